@@ -1,0 +1,113 @@
+"""Per-UNet-step cost of the IQA-Adapter against the base model, measured side by side in one run.
+
+Full-size UNet architecture built from its config with random weights (no download). Base and adapter
+steps are interleaved round by round (attach / detach between them), so machine load affects both alike.
+Also compares negative quality guidance (-k*q in the unconditional half) with plain CFG (dropped
+condition): both run the same batch of 2, so they should cost the same.
+
+    python benchmarks/bench_unet_overhead.py                      # SDXL, 64x64 latents on CPU
+    python benchmarks/bench_unet_overhead.py --latent 128 --device cuda --dtype fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from iqa_adapter import IQAAdapter, cc3m_stats
+from iqa_adapter.architectures import unet_from_config
+
+
+def unet_inputs(unet, batch: int, latent: int, device, dtype) -> dict:
+    width = unet.config.cross_attention_dim
+    inputs = {
+        "sample": torch.randn(batch, 4, latent, latent, device=device, dtype=dtype),
+        "timestep": torch.tensor(500, device=device),
+        "encoder_hidden_states": torch.randn(batch, 77, width, device=device, dtype=dtype),
+    }
+    if unet.config.addition_embed_type == "text_time":
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, 1280, device=device, dtype=dtype),
+            "time_ids": torch.tensor([[8 * latent, 8 * latent, 0, 0, 8 * latent, 8 * latent]] * batch,
+                                     device=device, dtype=dtype),
+        }
+    else:
+        inputs["added_cond_kwargs"] = {}
+    return inputs
+
+
+def with_quality(inputs: dict, embeds: list[torch.Tensor]) -> dict:
+    return {**inputs, "added_cond_kwargs": {**inputs["added_cond_kwargs"], "image_embeds": embeds}}
+
+
+@torch.inference_mode()
+def timed(unet, inputs: dict, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    unet(**inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="sdxl", choices=["sdxl", "sd15"])
+    parser.add_argument("--latent", type=int, default=None, help="latent side (default 64 on CPU, 128 on GPU)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    latent = args.latent or (128 if device.type == "cuda" else 64)
+
+    print(f"building {args.arch} UNet (random weights) on {device}, {dtype}, latents {latent}x{latent} ...")
+    torch.manual_seed(0)
+    unet = unet_from_config(args.arch).to(device=device, dtype=dtype).eval()
+    stats = cc3m_stats()
+    adapter = IQAAdapter.for_unet(unet, [stats["topiq_nr"], stats["laion_aes"]], seed=0)
+    adapter_params = sum(p.numel() for p in adapter.parameters())
+    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B parameters; adapter "
+          f"{adapter_params / 1e6:.1f} M ({len(adapter.config.layers)} cross-attention layers)")
+    z = adapter.z_scores({"topiq_nr": "p99", "laion_aes": "p99"})
+
+    single = unet_inputs(unet, 1, latent, device, dtype)
+    pair = unet_inputs(unet, 2, latent, device, dtype)
+    times: dict[str, list[float]] = {"base": [], "adapter": [], "cfg_base": [], "cfg_dropped": [], "cfg_negative": []}
+    for round_index in range(args.rounds + 1):  # round 0 warms up every path and is discarded
+        sample = {}
+        # alternate which configuration runs first, so slow drifts of the machine cancel out
+        for with_adapter in ((False, True) if round_index % 2 else (True, False)):
+            if not with_adapter:
+                sample["base"] = timed(unet, single, device)
+                sample["cfg_base"] = timed(unet, pair, device)
+                continue
+            adapter.attach(unet, scale=0.5)
+            sample["adapter"] = timed(unet, with_quality(single, adapter.embeds(z, do_classifier_free_guidance=False)), device)
+            sample["cfg_negative"] = timed(unet, with_quality(pair, adapter.embeds(z, negative_quality=1.0)), device)
+            sample["cfg_dropped"] = timed(unet, with_quality(pair, adapter.embeds(z)), device)
+            adapter.detach()
+        if round_index:
+            for key, value in sample.items():
+                times[key].append(value)
+        print(f"round {round_index}{' (warm-up)' if not round_index else ''}: "
+              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sample.items()))
+
+    median = {key: statistics.median(values) for key, values in times.items()}
+    print("\nmedian per-UNet-step time:")
+    for key, value in median.items():
+        print(f"  {key:13s} {value * 1000:9.1f} ms")
+    print(f"adapter overhead (lambda=0.5, batch 1): {100 * (median['adapter'] / median['base'] - 1):+.2f} %")
+    print(f"CFG batch 2, adapter with dropped condition vs base: {100 * (median['cfg_dropped'] / median['cfg_base'] - 1):+.2f} %")
+    print(f"negative quality guidance vs plain CFG (both with adapter): "
+          f"{100 * (median['cfg_negative'] / median['cfg_dropped'] - 1):+.2f} %")
+
+
+if __name__ == "__main__":
+    main()

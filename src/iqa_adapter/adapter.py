@@ -1,0 +1,359 @@
+"""The IQA-Adapter: quality projection plus decoupled cross-attention K/V, hosted in diffusers' IP-Adapter
+machinery.
+
+Attaching an adapter to a UNet (or to any diffusers pipeline that has one):
+
+* every cross-attention layer gets diffusers' ``IPAdapterAttnProcessor2_0``, computing
+  ``Attn(Q, K_text, V_text) + lambda * Attn(Q, K_q, V_q)`` with the query shared; its ``to_k_ip`` /
+  ``to_v_ip`` are *this adapter's* K/V modules (shared, not copied), so training updates and
+  ``save_pretrained`` see the same tensors; self-attention processors are left untouched;
+* ``unet.encoder_hid_proj`` becomes a ``MultiIPAdapterImageProjection`` around the quality projection, so
+  the pipeline's ``ip_adapter_image_embeds`` carry the quality features (see :meth:`IQAAdapter.embeds`).
+
+Because the layers are diffusers' own, users get ``pipe.set_ip_adapter_scale`` (global or per block),
+``pipe.unload_ip_adapter()``, ``IPAdapterScaleCutoffCallback`` and CFG batching of negative/positive
+embeds for free. :meth:`IQAAdapter.detach` restores the exact processors and projection the UNet had.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from diffusers.loaders import IPAdapterMixin
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .io_utils import atomic_write
+from .config import CONFIG_NAME, WEIGHTS_NAME, CrossAttentionLayer, IQAAdapterConfig
+from .projection import build_projection, quality_features
+from .stats import MetricStats
+from .targets import QualityTarget, targets_to_z
+
+SCORE_INPUT = "ip_image_proj"
+"""diffusers' ``encoder_hid_dim_type`` that routes ``added_cond_kwargs["image_embeds"]`` to the projection."""
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter that does not fit the UNet it is attached to."""
+
+
+class DecoupledKV(nn.Module):
+    """The extra key and value projections of one cross-attention layer (no bias, like the text K/V)."""
+
+    def __init__(self, cross_attention_dim: int, hidden_size: int):
+        super().__init__()
+        self.to_k = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_v = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+
+
+def _unet_of(model) -> nn.Module:
+    """The UNet of a pipeline, or the model itself."""
+    unet = getattr(model, "unet", model)
+    if not hasattr(unet, "attn_processors"):
+        raise TypeError(f"expected a diffusers UNet2DConditionModel or a pipeline with one, got {type(model).__name__}")
+    return unet
+
+
+def _base_layer(linear: nn.Module) -> nn.Module:
+    """The plain Linear behind a PEFT LoRA wrapper, or the layer itself."""
+    return getattr(linear, "base_layer", linear)
+
+
+def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
+    """Every cross-attention layer of a UNet, in ``unet.attn_processors`` order."""
+    layers = []
+    for processor_name in unet.attn_processors:
+        name = processor_name.removesuffix(".processor")
+        attention = unet.get_submodule(name)
+        if getattr(attention, "is_cross_attention", False):
+            layers.append(CrossAttentionLayer(name=name, hidden_size=_base_layer(attention.to_k).out_features))
+    if not layers:
+        raise AdapterMismatchError("this UNet has no cross-attention layers to attach an IQA-Adapter to")
+    return layers
+
+
+def describe_width(width: int) -> str:
+    known = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+    return f"{width} ({known[width]})" if width in known else str(width)
+
+
+class IQAAdapter(nn.Module):
+    """Quality conditioning for a frozen text-to-image UNet.
+
+    Create a fresh one for a base model with :meth:`for_unet`, load a trained one with
+    :meth:`from_pretrained`, then :meth:`attach` it to a pipeline and pass :meth:`embeds` as
+    ``ip_adapter_image_embeds`` (or use :func:`iqa_adapter.generate`).
+    """
+
+    def __init__(self, config: IQAAdapterConfig):
+        super().__init__()
+        self.config = config
+        self.projection = build_projection(config)
+        self.kv = nn.ModuleList(DecoupledKV(config.cross_attention_dim, layer.hidden_size) for layer in config.layers)
+        self._attachment: dict | None = None
+        self._per_image_embeds: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ construction and checkpoints
+    @classmethod
+    def for_unet(
+        cls,
+        unet_or_pipeline,
+        metrics: Sequence[MetricStats],
+        *,
+        num_tokens: int = 2,
+        projection: str = "linear",
+        mlp_hidden_dim: int = 128,
+        encoding_frequencies: int = 0,
+        flag_feature: bool = True,
+        default_scale: float = 0.5,
+        base_model: str | None = None,
+        seed: int | None = None,
+    ) -> "IQAAdapter":
+        """A new adapter for this UNet, its quality K/V initialised from each layer's text K/V."""
+        unet = _unet_of(unet_or_pipeline)
+        if base_model is None:
+            base_model = getattr(unet.config, "_name_or_path", None) or None
+        config = IQAAdapterConfig(
+            cross_attention_dim=int(unet.config.cross_attention_dim),
+            layers=cross_attention_layers(unet),
+            metrics=list(metrics),
+            num_tokens=num_tokens,
+            projection=projection,
+            mlp_hidden_dim=mlp_hidden_dim,
+            encoding_frequencies=encoding_frequencies,
+            flag_feature=flag_feature,
+            default_scale=default_scale,
+            base_model=base_model,
+        )
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                adapter = cls(config)
+        else:
+            adapter = cls(config)
+        adapter.init_from_text_kv(unet)
+        return adapter
+
+    @torch.no_grad()
+    def init_from_text_kv(self, unet_or_pipeline) -> None:
+        """Copy each layer's text ``to_k`` / ``to_v`` weights into the quality K/V (paper and IP-Adapter init)."""
+        unet = _unet_of(unet_or_pipeline)
+        self._check_compatible(unet)
+        for layer, kv in zip(self.config.layers, self.kv):
+            attention = unet.get_submodule(layer.name)
+            kv.to_k.weight.copy_(_base_layer(attention.to_k).weight)
+            kv.to_v.weight.copy_(_base_layer(attention.to_v).weight)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``adapter.safetensors`` (adapter weights only), each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, path, metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_NAME, lambda path: self.config.save_to_file(path))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device=None, dtype=None) -> "IQAAdapter":
+        """Load an adapter directory written by :meth:`save_pretrained` (safetensors only)."""
+        directory = Path(directory)
+        config = IQAAdapterConfig.load(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        adapter = cls(config)
+        state = load_file(weights)
+        missing, unexpected = adapter.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not match {directory / CONFIG_NAME}: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        return adapter.to(device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ attaching to a UNet
+    def _check_compatible(self, unet: nn.Module) -> None:
+        width = int(unet.config.cross_attention_dim)
+        if width != self.config.cross_attention_dim:
+            raise AdapterMismatchError(
+                f"adapter was made for a base model with cross-attention width "
+                f"{describe_width(self.config.cross_attention_dim)} (base {self.config.base_model!r}), but this "
+                f"UNet has width {describe_width(width)}: load the adapter trained for this base model"
+            )
+        expected = [(layer.name, layer.hidden_size) for layer in self.config.layers]
+        found = [(layer.name, layer.hidden_size) for layer in cross_attention_layers(unet)]
+        if expected != found:
+            difference = sorted(set(expected) ^ set(found))[:4]
+            raise AdapterMismatchError(
+                f"adapter has {len(expected)} cross-attention layers, this UNet has {len(found)}; they differ at "
+                f"{difference}: the adapter was made for another architecture (base {self.config.base_model!r})"
+            )
+
+    @property
+    def is_attached(self) -> bool:
+        return self._attachment is not None
+
+    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None) -> "IQAAdapter":
+        """Install the adapter's layers into a UNet or pipeline; ``scale`` defaults to the config's."""
+        unet = _unet_of(unet_or_pipeline)
+        if self._attachment is not None:
+            raise RuntimeError("this adapter is already attached; call detach() first")
+        if getattr(unet, "encoder_hid_proj", None) is not None:
+            raise RuntimeError(
+                "this UNet already has an encoder_hid_proj (an IP-Adapter or a text projection is loaded); "
+                "call pipe.unload_ip_adapter() or detach the other adapter first"
+            )
+        self._check_compatible(unet)
+        parameter = next(unet.parameters())
+        self.to(device=parameter.device, dtype=parameter.dtype)
+
+        original_processors = dict(unet.attn_processors)
+        processors = dict(original_processors)
+        for layer, kv in zip(self.config.layers, self.kv):
+            processor = IPAdapterAttnProcessor2_0(
+                hidden_size=layer.hidden_size,
+                cross_attention_dim=self.config.cross_attention_dim,
+                num_tokens=(self.config.num_tokens,),
+                scale=1.0,
+            )
+            processor.to_k_ip = nn.ModuleList([kv.to_k])
+            processor.to_v_ip = nn.ModuleList([kv.to_v])
+            processors[f"{layer.name}.processor"] = processor
+        self._attachment = {
+            "unet": unet,
+            "processors": original_processors,
+            "encoder_hid_proj": unet.encoder_hid_proj,
+            "encoder_hid_dim_type": unet.config.encoder_hid_dim_type,
+            "hook": unet.register_forward_pre_hook(self._route_quality_embeds, with_kwargs=True),
+        }
+        unet.set_attn_processor(processors)  # diffusers empties the dict it is given: pass a copy we own
+        unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.projection])
+        unet.config.encoder_hid_dim_type = SCORE_INPUT
+        self.set_scale(self.config.default_scale if scale is None else scale)
+        return self
+
+    def detach(self) -> None:
+        """Restore the UNet exactly as it was before :meth:`attach`."""
+        if self._attachment is None:
+            raise RuntimeError("this adapter is not attached")
+        attachment, self._attachment = self._attachment, None
+        unet = attachment["unet"]
+        attachment["hook"].remove()
+        unet.set_attn_processor(dict(attachment["processors"]))
+        unet.encoder_hid_proj = attachment["encoder_hid_proj"]
+        unet.config.encoder_hid_dim_type = attachment["encoder_hid_dim_type"]
+
+    def set_scale(self, scale: float | Mapping) -> None:
+        """Adapter strength lambda: a float, or a per-block dict in diffusers' form, e.g.
+        ``{"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}}`` (unlisted blocks get 0).
+
+        Delegates to diffusers' ``set_ip_adapter_scale``, the same code as ``pipe.set_ip_adapter_scale``.
+        """
+        if self._attachment is None:
+            raise RuntimeError("attach the adapter before setting its scale")
+        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self._attachment["unet"]), scale)
+
+    def _route_quality_embeds(self, unet, args, kwargs):
+        """UNet pre-hook: one quality feature row per sample, never a silent mix.
+
+        diffusers pipelines repeat ``ip_adapter_image_embeds`` ``batch x num_images`` times, so B different
+        vectors passed for B prompts become B*B rows that every sample attends to together (diffusers issue
+        9813). Inside :meth:`per_image_embeds` the rows given there replace what the pipeline built;
+        otherwise a row count that differs from the UNet batch is an error instead of a silent mix.
+        """
+        added = kwargs.get("added_cond_kwargs") or {}
+        if "image_embeds" not in added:
+            return None
+        batch = (args[0] if args else kwargs["sample"]).shape[0]
+        if self._per_image_embeds is not None:
+            rows = self._per_image_embeds
+            if rows.shape[0] != batch:
+                raise ValueError(f"per-image quality embeds have {rows.shape[0]} rows for a UNet batch of {batch}")
+            return args, {**kwargs, "added_cond_kwargs": {**added, "image_embeds": [rows]}}
+        rows = added["image_embeds"][0].shape[0]
+        if rows != batch:
+            raise ValueError(
+                f"the UNet got {rows} quality-embedding rows for a batch of {batch} samples: diffusers pipelines "
+                "repeat ip_adapter_image_embeds per prompt and image, which mixes per-image quality vectors. "
+                "Pass one quality vector per call, or use iqa_adapter.generate() / adapter.per_image_embeds()"
+            )
+        return None
+
+    @contextmanager
+    def per_image_embeds(self, embeds: list[torch.Tensor]):
+        """Within this block, pipeline calls use these rows (from :meth:`embeds`, one per image) as they are.
+
+        Pass ``ip_adapter_image_embeds=adapter.pipeline_placeholder(embeds)`` to the pipeline call.
+        """
+        if self._attachment is None:
+            raise RuntimeError("attach the adapter before generating")
+        self._per_image_embeds = embeds[0]
+        try:
+            yield
+        finally:
+            self._per_image_embeds = None
+
+    @staticmethod
+    def pipeline_placeholder(embeds: list[torch.Tensor], do_classifier_free_guidance: bool = True) -> list[torch.Tensor]:
+        """One row per CFG half of ``embeds``: what a pipeline must receive so that, after it repeats the
+        rows per image, the batch matches the rows installed by :meth:`per_image_embeds`."""
+        rows = embeds[0]
+        if do_classifier_free_guidance:
+            half = rows.shape[0] // 2
+            return [torch.cat([rows[:1], rows[half:half + 1]])]
+        return [rows[:1]]
+
+    # ------------------------------------------------------------------ quality conditions
+    @property
+    def metric_names(self) -> list[str]:
+        return self.config.metric_names
+
+    def z_scores(self, targets: Mapping[str, QualityTarget]) -> torch.Tensor:
+        """Z-scores (D,) for a mapping ``{metric: "p99" | "z2.0" | raw value}`` covering every metric."""
+        return torch.tensor(targets_to_z(targets, self.config.metrics), dtype=torch.float32)
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Projection input for z-scores (..., D): flag and sinusoidal encoding applied."""
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.shape[-1] != len(self.config.metrics):
+            raise ValueError(f"expected {len(self.config.metrics)} z-scores ({', '.join(self.metric_names)}), "
+                             f"got shape {tuple(z.shape)}")
+        return quality_features(z, self.config.flag_feature, self.config.encoding_frequencies)
+
+    def null_features(self, batch_size: int) -> torch.Tensor:
+        """The dropped condition used in training (all-zero features): the plain CFG unconditional input."""
+        return torch.zeros(batch_size, self.config.feature_dim)
+
+    def embeds(
+        self,
+        z: torch.Tensor,
+        *,
+        negative_quality: float | None = None,
+        do_classifier_free_guidance: bool = True,
+    ) -> list[torch.Tensor]:
+        """Quality features for the UNet, as ``ip_adapter_image_embeds``: ``[cat([unconditional, conditional])]``.
+
+        ``z`` is (B, D), or (D,) for one vector. A single vector can go straight into a pipeline call
+        (``pipe(..., ip_adapter_image_embeds=adapter.embeds(z))``), which repeats it for every image. For a
+        different vector per image use :func:`iqa_adapter.generate` (or :meth:`per_image_embeds`). Under CFG, the unconditional half is the dropped condition,
+        or, with ``negative_quality=k``, the negative quality condition ``-k * z`` (paper section 8; the
+        paper uses k = 1, the official code 0.5), at no extra UNet cost. The flag feature, when used,
+        stays 1.0 in the negative branch (it marks "a condition is present").
+        """
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.ndim == 1:
+            z = z[None]
+        positive = self.features(z)
+        tensors = [positive]
+        if do_classifier_free_guidance:
+            negative = self.null_features(len(z)) if negative_quality is None else self.features(-negative_quality * z)
+            tensors = [negative, positive]
+        parameter = self.projection.norm.weight
+        return [torch.cat(tensors)[:, None, :].to(device=parameter.device, dtype=parameter.dtype)]
+

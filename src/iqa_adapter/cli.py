@@ -1,0 +1,219 @@
+"""The ``iqa-adapter`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .stats import QualityTargetError
+
+
+def _scale(text: str):
+    """``--scale 0.5`` or a per-block JSON dict ``--scale '{"up": {"block_0": [0, 1, 0]}}'``."""
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise argparse.ArgumentTypeError(f"--scale takes a number or a JSON dict of per-block scales, got {text!r}")
+
+
+def _torch_dtype(name: str | None, device: str):
+    import torch
+
+    if name is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in dtypes:
+        raise SystemExit(f"error: --dtype must be one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(base: str, device: str, dtype):
+    """A diffusers text-to-image pipeline from a local directory or a hub id."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise SystemExit(
+            f"error: cannot load base model {base!r}: {error}\n"
+            "Give a diffusers model directory or a hub id (hub ids need the internet or a filled HF cache)."
+        ) from None
+    if not hasattr(pipe, "unet"):
+        raise SystemExit(f"error: {base!r} is a {type(pipe).__name__}, which has no UNet; IQA-Adapter needs SD 1.x/2.x or SDXL")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _qualities(args) -> tuple[list[dict], str | None]:
+    from .targets import parse_quality_assignment
+
+    fixed = dict(parse_quality_assignment(item) for item in args.quality)
+    if args.sweep is None:
+        return [fixed], None
+    metric, targets = parse_quality_assignment(args.sweep)
+    if metric in fixed:
+        raise QualityTargetError(f"metric {metric!r} is given both by --quality and --sweep; keep one")
+    from .generation import sweep_qualities
+
+    return sweep_qualities(fixed, metric, [t.strip() for t in targets.split(",") if t.strip()]), metric
+
+
+def cmd_generate(args) -> None:
+    from .adapter import IQAAdapter
+    from .generation import generate, save_images, sweep_grid
+
+    device = args.device or _default_device()
+    dtype = _torch_dtype(args.dtype, device)
+    adapter = IQAAdapter.from_pretrained(args.adapter)
+    qualities, sweep_metric = _qualities(args)
+    for quality in qualities:  # fail on bad targets before loading a large model
+        adapter.z_scores(quality)
+    pipe = load_pipeline(args.base, device, dtype)
+    adapter.attach(pipe, scale=args.scale)
+    started = time.perf_counter()
+    results = generate(
+        pipe, adapter, args.prompt, qualities,
+        negative_prompt=args.negative_prompt, negative_quality=args.negative_quality, seed=args.seed,
+        num_images=args.num_images, steps=args.steps, guidance=args.guidance, height=args.height,
+        width=args.width, batch_size=args.batch_size,
+    )
+    elapsed = time.perf_counter() - started
+    paths = save_images(results, args.out, extra={"base": args.base, "adapter": str(args.adapter)})
+    print(f"wrote {len(paths)} images with JSON sidecars to {args.out} ({elapsed:.1f} s)")
+    if sweep_metric is not None:
+        grid_path = Path(args.out) / f"sweep_{sweep_metric}.png"
+        sweep_grid(results, sweep_metric).save(grid_path)
+        print(f"wrote the sweep grid {grid_path}")
+
+
+def load_unet_structure(base: str):
+    """The UNet of ``base`` (diffusers directory, hub id, or ``sd15`` / ``sdxl``) on the meta device."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from .architectures import UNET_CONFIGS, unet_from_config
+
+    if base in UNET_CONFIGS:
+        return unet_from_config(base, device="meta")
+    try:
+        config = UNet2DConditionModel.load_config(base, subfolder="unet")
+    except OSError as error:
+        raise SystemExit(f"error: cannot read the UNet config of {base!r}: {error}") from None
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
+def cmd_convert_official(args) -> None:
+    from .convert import convert_official
+    from .stats import cc3m_stats, load_stats_table
+
+    table = load_stats_table(args.stats) if args.stats else cc3m_stats()
+    names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise SystemExit(f"error: no statistics for {unknown} in {args.stats or 'the shipped CC3M table'}; "
+                         f"it has: {', '.join(sorted(table))}")
+    unet = load_unet_structure(args.base)
+    adapter = convert_official(args.checkpoint, unet, [table[name] for name in names],
+                               trust_pickle=args.trust_pickle, base_model=args.base)
+    adapter.save_pretrained(args.out)
+    config = adapter.config
+    print(f"converted {args.checkpoint} -> {args.out}: {len(config.layers)} layers, {config.num_tokens} tokens, "
+          f"{config.projection} projection, flag={config.flag_feature}, L={config.encoding_frequencies}, "
+          f"metrics {', '.join(names)}")
+
+
+def cmd_info(args) -> None:
+    from .config import IQAAdapterConfig
+
+    config = IQAAdapterConfig.load(args.adapter)
+    print(f"base model: {config.base_model}  (cross-attention width {config.cross_attention_dim}, "
+          f"{len(config.layers)} layers)")
+    print(f"projection: {config.projection}, {config.num_tokens} tokens, flag={config.flag_feature}, "
+          f"L={config.encoding_frequencies}, default scale {config.default_scale}")
+    for metric in config.metrics:
+        table = ", ".join(f"p{p:g}={v:.4g}" for p, v in sorted(metric.percentiles.items()) if p in (1, 50, 99))
+        direction = "higher" if metric.higher_is_better else "lower"
+        print(f"  {metric.name}: mean {metric.mean:.4g}, std {metric.std:.4g}, {direction} is better; {table}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iqa-adapter", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate images at chosen quality levels")
+    generate.add_argument("--base", required=True, help="diffusers model directory or hub id (SD 1.x/2.x, SDXL)")
+    generate.add_argument("--adapter", required=True, help="adapter directory (config.json + adapter.safetensors)")
+    generate.add_argument("--prompt", required=True, action="append", help="prompt; repeat for several")
+    generate.add_argument("--negative-prompt", default=None)
+    generate.add_argument("--quality", action="append", default=[], metavar="METRIC=TARGET",
+                          help="target per metric: p99 (percentile), z2.0 (z-score) or 0.73 (raw value)")
+    generate.add_argument("--sweep", default=None, metavar="METRIC=T1,T2,...",
+                          help="generate one image per target of this metric and a labelled grid")
+    generate.add_argument("--scale", type=_scale, default=None,
+                          help="adapter scale lambda (default: the adapter's, 0.5) or a per-block JSON dict")
+    generate.add_argument("--negative-quality", type=float, nargs="?", const=1.0, default=None, metavar="K",
+                          help="negative quality guidance: unconditional branch gets -K*q (K defaults to 1.0)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--steps", type=int, default=35)
+    generate.add_argument("--guidance", type=float, default=7.5)
+    generate.add_argument("--num-images", type=int, default=1, help="images per prompt and quality (seeds seed, seed+1, ...)")
+    generate.add_argument("--height", type=int, default=None)
+    generate.add_argument("--width", type=int, default=None)
+    generate.add_argument("--batch-size", type=int, default=4)
+    generate.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    generate.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU)")
+    generate.add_argument("--out", required=True, help="output directory")
+    generate.set_defaults(func=cmd_generate)
+
+    convert = commands.add_parser("convert-official", help="import an official IQA-Adapter checkpoint")
+    convert.add_argument("--checkpoint", required=True, help="ip_adapter.bin / .safetensors / pytorch_model.bin")
+    convert.add_argument("--base", required=True, help="base model directory or hub id, or sd15 / sdxl")
+    convert.add_argument("--metrics", required=True, help="comma-separated metric names, in training order")
+    convert.add_argument("--stats", default=None, help="statistics CSV (layout of CC3M_stats.csv); default: shipped CC3M table")
+    convert.add_argument("--trust-pickle", action="store_true", help="allow reading torch pickle files")
+    convert.add_argument("--out", required=True)
+    convert.set_defaults(func=cmd_convert_official)
+
+    info = commands.add_parser("info", help="describe an adapter directory")
+    info.add_argument("--adapter", required=True)
+    info.set_defaults(func=cmd_info)
+
+    demo = commands.add_parser("demo", help="run the main job on the embedded default model")
+    demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--steps", type=int, default=20)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (QualityTargetError, FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The adapter's configuration, saved as ``config.json`` beside ``adapter.safetensors``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .stats import MetricStats
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+FORMAT_VERSION = 1
+PROJECTIONS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One cross-attention layer of the base UNet that gets decoupled quality K/V."""
+
+    name: str  # module path in the UNet, e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
+    hidden_size: int  # output width of the layer's to_k / to_v
+
+
+@dataclass
+class IQAAdapterConfig:
+    """Everything needed to rebuild an adapter and to turn quality targets into its input.
+
+    The condition fed to the projection is the vector of z-scores of ``metrics`` (in this order),
+    optionally followed by a constant 1.0 flag (``flag_feature``), then optionally expanded with the
+    sinusoidal encoding gamma(x) of paper section 20 (``encoding_frequencies`` = L > 0). A dropped condition
+    (classifier-free guidance, training drops) is the all-zero feature vector.
+    """
+
+    cross_attention_dim: int
+    layers: list[CrossAttentionLayer]
+    metrics: list[MetricStats]
+    num_tokens: int = 2
+    projection: str = "linear"
+    mlp_hidden_dim: int = 128
+    encoding_frequencies: int = 0
+    flag_feature: bool = True
+    default_scale: float = 0.5
+    base_model: str | None = None
+    condition: str = "scores"
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
+        if self.encoding_frequencies < 0:
+            raise ValueError(f"encoding_frequencies must be >= 0, got {self.encoding_frequencies}")
+        if not self.metrics:
+            raise ValueError("an adapter needs at least one metric")
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric names must be unique, got {names}")
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.metrics]
+
+    @property
+    def num_inputs(self) -> int:
+        """Length of the condition before encoding: one per metric, plus the flag."""
+        return len(self.metrics) + int(self.flag_feature)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the projection's input, after the optional sinusoidal encoding."""
+        return self.num_inputs * (1 + 2 * self.encoding_frequencies)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["metrics"] = [m.to_dict() for m in self.metrics]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "IQAAdapterConfig":
+        data = dict(data)
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"adapter format version {version} is newer than this library supports "
+                             f"({FORMAT_VERSION}); upgrade iqa-adapter")
+        data["layers"] = [CrossAttentionLayer(**layer) for layer in data["layers"]]
+        data["metrics"] = [MetricStats.from_dict(m) for m in data["metrics"]]
+        return cls(**data)
+
+    def save_to_file(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "IQAAdapterConfig":
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        return cls.from_dict(json.loads(path.read_text()))

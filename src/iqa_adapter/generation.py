@@ -1,0 +1,172 @@
+"""Quality-conditioned generation through an unmodified diffusers pipeline call.
+
+:func:`generate` runs every (prompt, quality target, seed) combination in batched pipeline calls. Each image
+gets its own quality vector: the batch is laid out flat (one prompt entry per image, ``num_images_per_prompt
+= 1``) and the per-image rows are handed to the UNet by the adapter (:meth:`IQAAdapter.per_image_embeds`),
+because diffusers repeats ``ip_adapter_image_embeds`` for every image and would make each image attend to
+every vector of the batch (diffusers issue 9813). Each image has its own CPU
+generator seeded with its seed, so an image is the same whatever batch it was generated in, on any device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .adapter import IQAAdapter
+from .grid import image_grid
+from .io_utils import atomic_write, write_json
+from .targets import QualityTarget
+
+Quality = Mapping[str, QualityTarget]
+
+
+@dataclass
+class GeneratedImage:
+    """One generated image and every setting needed to reproduce it."""
+
+    image: Image.Image
+    settings: dict = field(default_factory=dict)
+
+
+def sweep_qualities(fixed: Quality, metric: str, targets: Sequence[QualityTarget]) -> list[dict]:
+    """Quality mappings that vary ``metric`` over ``targets`` and keep the other metrics ``fixed``."""
+    return [{**fixed, metric: target} for target in targets]
+
+
+def _size(image) -> tuple[int, int]:
+    """(width, height) of a PIL image or of an H x W x C array (``output_type="np"``)."""
+    shape = getattr(image, "shape", None)
+    return (int(shape[1]), int(shape[0])) if shape is not None else image.size
+
+
+def _versions() -> dict:
+    import diffusers
+
+    from . import __version__
+
+    return {"iqa_adapter": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
+
+
+def generate(
+    pipe,
+    adapter: IQAAdapter,
+    prompts: str | Sequence[str],
+    qualities: Quality | Sequence[Quality],
+    *,
+    negative_prompt: str | None = None,
+    negative_quality: float | None = None,
+    scale: float | Mapping | None = None,
+    seed: int = 0,
+    num_images: int = 1,
+    steps: int = 35,
+    guidance: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    **pipeline_kwargs,
+) -> list[GeneratedImage]:
+    """Generate ``num_images`` images (seeds ``seed``, ``seed + 1``, ...) for every prompt and quality target.
+
+    The same seeds are used for every prompt and quality, so images that differ only in quality are paired
+    (same initial noise), as the paper's sweeps and RelGain need. If the adapter is not attached to ``pipe``
+    it is attached for this call and detached afterwards. ``scale`` (a float or a per-block dict) sets lambda;
+    ``negative_quality=k`` puts ``-k * q`` in the unconditional branch (paper: k = 1). Extra keyword arguments
+    go to the pipeline call unchanged.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    qualities = [qualities] if isinstance(qualities, Mapping) else list(qualities)
+    if not prompts or not qualities or num_images < 1:
+        raise ValueError("need at least one prompt, one quality target and num_images >= 1")
+    z_rows = [adapter.z_scores(quality) for quality in qualities]  # validates every target before any work
+    jobs = [
+        (prompt, quality_index, seed + image_index)
+        for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
+    ]
+    attached_here = not adapter.is_attached
+    if attached_here:
+        adapter.attach(pipe)
+    try:
+        if scale is not None:
+            adapter.set_scale(scale)
+        do_cfg = guidance > 1.0
+        results: list[GeneratedImage] = []
+        batches = range(0, len(jobs), batch_size)
+        bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress)
+        for start in batches:
+            chunk = jobs[start:start + batch_size]
+            z = torch.stack([z_rows[quality_index] for _, quality_index, _ in chunk])
+            embeds = adapter.embeds(z, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg)
+            with adapter.per_image_embeds(embeds):
+                output = pipe(
+                    prompt=[prompt for prompt, _, _ in chunk],
+                    negative_prompt=None if negative_prompt is None else [negative_prompt] * len(chunk),
+                    ip_adapter_image_embeds=adapter.pipeline_placeholder(embeds, do_cfg),
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    height=height,
+                    width=width,
+                    generator=[torch.Generator("cpu").manual_seed(job_seed) for _, _, job_seed in chunk],
+                    num_images_per_prompt=1,
+                    **pipeline_kwargs,
+                )
+            for (prompt, quality_index, job_seed), image in zip(chunk, output.images):
+                results.append(GeneratedImage(image=image, settings={
+                    "prompt": prompt,
+                    "negative_prompt": negative_prompt,
+                    "seed": job_seed,
+                    "quality": {name: str(target) for name, target in qualities[quality_index].items()},
+                    "quality_z": dict(zip(adapter.metric_names, z_rows[quality_index].tolist())),
+                    "negative_quality": negative_quality,
+                    "scale": adapter.config.default_scale if scale is None else scale,
+                    "steps": steps,
+                    "guidance": guidance,
+                    "height": _size(image)[1],
+                    "width": _size(image)[0],
+                    "base_model": getattr(pipe.config, "_name_or_path", None),
+                    "adapter_base_model": adapter.config.base_model,
+                    "pipeline": type(pipe).__name__,
+                    "scheduler": type(pipe.scheduler).__name__,
+                    "versions": _versions(),
+                }))
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        if attached_here:
+            adapter.detach()
+    return results
+
+
+def save_images(results: Sequence[GeneratedImage], out_dir: str | os.PathLike, extra: Mapping | None = None) -> list[Path]:
+    """Write ``NNNN.png`` and a ``NNNN.json`` sidecar of its settings (plus ``extra``) per image."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, result in enumerate(results):
+        path = out_dir / f"{index:04d}.png"
+        atomic_write(path, lambda temporary, image=result.image: image.save(temporary, format="PNG"))
+        write_json(path.with_suffix(".json"), {**result.settings, **(extra or {}), "file": path.name})
+        paths.append(path)
+    return paths
+
+
+def sweep_grid(results: Sequence[GeneratedImage], metric: str) -> Image.Image:
+    """A labelled grid of a sweep over ``metric``: one row per (prompt, seed), one column per target."""
+    rows: dict[tuple[str, int], list[GeneratedImage]] = {}
+    for result in results:
+        rows.setdefault((result.settings["prompt"], result.settings["seed"]), []).append(result)
+    first_row = next(iter(rows.values()))
+    return image_grid(
+        [result.image for row in rows.values() for result in row],
+        columns=len(first_row),
+        row_labels=[f"{prompt[:40]} | seed {seed}" for prompt, seed in rows],
+        column_labels=[f"{metric}={result.settings['quality'][metric]}" for result in first_row],
+    )

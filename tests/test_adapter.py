@@ -1,0 +1,229 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionControlNetPipeline
+from diffusers.callbacks import IPAdapterScaleCutoffCallback
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+from iqa_adapter import AdapterMismatchError, IQAAdapter
+from iqa_adapter.adapter import cross_attention_layers
+from iqa_adapter.generation import generate
+
+from conftest import run, two_metrics
+
+P99 = {"sharp": "p99", "aes": "p99"}
+
+
+def test_quality_kv_initialised_from_text_kv(pipe):
+    adapter = IQAAdapter.for_unet(pipe, two_metrics(), seed=0)
+    assert len(adapter.kv) == len(cross_attention_layers(pipe.unet)) > 0
+    for layer, kv in zip(adapter.config.layers, adapter.kv):
+        attention = pipe.unet.get_submodule(layer.name)
+        assert torch.equal(kv.to_k.weight, attention.to_k.weight)
+        assert torch.equal(kv.to_v.weight, attention.to_v.weight)
+
+
+def test_sdxl_deep_transformer_blocks_all_get_quality_attention(sdxl_pipe):
+    adapter = IQAAdapter.for_unet(sdxl_pipe, two_metrics(), seed=0)
+    names = [layer.name for layer in adapter.config.layers]
+    # transformer_layers_per_block=(1, 2): two transformer blocks per attention in the second down block
+    assert "down_blocks.1.attentions.0.transformer_blocks.1.attn2" in names
+    adapter.attach(sdxl_pipe)
+    processors = sdxl_pipe.unet.attn_processors
+    adapter.detach()
+    for name, processor in processors.items():
+        is_cross = name.removesuffix(".processor") in names
+        assert isinstance(processor, IPAdapterAttnProcessor2_0) == is_cross
+    assert sum(isinstance(p, IPAdapterAttnProcessor2_0) for p in processors.values()) == len(names)
+
+
+def test_scale_zero_equals_base_exactly_and_positive_scale_changes_output(pipe, adapter):
+    base = run(pipe)
+    adapter.attach(pipe, scale=0.0)
+    z = adapter.z_scores(P99)
+    assert torch.equal(run(pipe, adapter.embeds(z)), base)
+    adapter.set_scale(0.5)
+    conditioned = run(pipe, adapter.embeds(z))
+    assert (conditioned - base).abs().max() > 1e-3
+    low = run(pipe, adapter.embeds(adapter.z_scores({"sharp": "p1", "aes": "p1"})))
+    assert (conditioned - low).abs().max() > 1e-3  # the quality target itself matters
+
+
+def test_attach_and_detach_restore_the_pipeline_exactly(pipe, adapter):
+    before = dict(pipe.unet.attn_processors)
+    base = run(pipe)
+    adapter.attach(pipe)
+    assert pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
+    with pytest.raises(RuntimeError, match="already attached"):
+        adapter.attach(pipe)
+    adapter.detach()
+    after = pipe.unet.attn_processors
+    assert list(after) == list(before) and all(after[name] is before[name] for name in before)
+    assert pipe.unet.encoder_hid_proj is None and pipe.unet.config.encoder_hid_dim_type is None
+    assert torch.equal(run(pipe), base)
+    # diffusers' own unloading works on our layers too
+    adapter.attach(pipe)
+    pipe.unload_ip_adapter()
+    assert pipe.unet.encoder_hid_proj is None and torch.equal(run(pipe), base)
+    adapter._attachment = None  # the unet was restored by diffusers
+
+
+def test_per_block_scales_use_diffusers_dict_form(pipe, adapter):
+    base = run(pipe)
+    adapter.attach(pipe)
+    z = adapter.z_scores(P99)
+    base_scale_output = run(pipe, adapter.embeds(z))
+    last = len(pipe.unet.up_blocks[0].attentions) - 1
+    adapter.set_scale({"up": {"block_0": [0.0] * last + [0.8]}})  # only the last attention of up block 0
+    for name, processor in pipe.unet.attn_processors.items():
+        if isinstance(processor, IPAdapterAttnProcessor2_0):
+            expected = 0.8 if name.startswith(f"up_blocks.0.attentions.{last}") else 0.0
+            assert processor.scale == [expected], name
+    only_up = run(pipe, adapter.embeds(z))
+    adapter.set_scale({"up": {"block_0": 0.0}})
+    assert torch.equal(run(pipe, adapter.embeds(z)), base)  # all-zero dict = base model
+    assert (only_up - base_scale_output).abs().max() > 1e-4
+
+
+def test_negative_quality_guidance_branch_contents(pipe, adapter):
+    """The UNet sees [unconditional half, conditional half] features; check both halves."""
+    adapter.attach(pipe)
+    seen = []
+    hook = pipe.unet.encoder_hid_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0][0].clone()))
+    z = adapter.z_scores({"sharp": "p99", "aes": "p25"})
+    try:
+        run(pipe, adapter.embeds(z, negative_quality=1.0), steps=1)
+        run(pipe, adapter.embeds(z, negative_quality=0.5), steps=1)
+        run(pipe, adapter.embeds(z), steps=1)
+    finally:
+        hook.remove()
+    positive = adapter.features(z)
+    for features, k in zip(seen, (1.0, 0.5)):
+        assert features.shape == (2, 1, adapter.config.feature_dim)  # same batch as plain CFG: no extra UNet cost
+        assert torch.allclose(features[1, 0], positive)
+        assert torch.allclose(features[0, 0], adapter.features(-k * z))
+        assert features[0, 0, -1] == 1.0  # the flag still says "a condition is present"
+    assert torch.equal(seen[2][0, 0], torch.zeros(adapter.config.feature_dim))  # dropped condition
+    assert seen[0].shape == seen[2].shape
+
+
+def test_sweep_in_one_batch_matches_one_by_one(pipe, adapter):
+    """Every image of a batched sweep gets its own quality vector (diffusers issue 9813)."""
+    adapter.attach(pipe, scale=0.7)
+    qualities = [{"sharp": p, "aes": "p50"} for p in ("p1", "p50", "p99")]
+    kwargs = dict(seed=3, steps=2, num_images=2, progress=False, output_type="np")
+    batched = generate(pipe, adapter, ["a red circle", "a blue square"], qualities, batch_size=12, **kwargs)
+    assert len(batched) == 12
+    for index, result in enumerate(batched):
+        single = generate(pipe, adapter, result.settings["prompt"], [dict(result.settings["quality"])],
+                          **{**kwargs, "seed": result.settings["seed"], "num_images": 1})[0]
+        assert result.settings == single.settings
+        assert np.abs(result.image - single.image).max() < 1e-4
+    images = [torch.as_tensor(r.image) for r in batched]
+    # paired images differ only through the quality target
+    assert (images[0] - images[4]).abs().max() > 1e-3
+
+
+def test_direct_pipeline_call_with_several_vectors_fails_loudly(sd_pipe):
+    """Plain diffusers would repeat B vectors B times and let every image attend to all of them."""
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0).attach(sd_pipe)
+    try:
+        z = torch.stack([adapter.z_scores(P99), adapter.z_scores({"sharp": "p1", "aes": "p1"})])
+        with pytest.raises(ValueError, match="mixes per-image quality vectors"):
+            run(sd_pipe, adapter.embeds(z), prompt=["a", "b"])
+        assert torch.isfinite(run(sd_pipe, adapter.embeds(z[0]), prompt=["a", "b"])).all()  # one vector: fine
+    finally:
+        adapter.detach()
+
+
+def test_generate_is_reproducible_and_records_settings(sd_pipe):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    first = generate(sd_pipe, adapter, "a red circle", P99, seed=7, steps=2, progress=False, negative_quality=1.0)
+    second = generate(sd_pipe, adapter, "a red circle", P99, seed=7, steps=2, progress=False, negative_quality=1.0)
+    assert not adapter.is_attached  # attached for the call only
+    assert list(first[0].image.getdata()) == list(second[0].image.getdata())
+    settings = first[0].settings
+    assert settings["seed"] == 7 and settings["negative_quality"] == 1.0 and settings["scale"] == 0.5
+    assert settings["quality_z"]["sharp"] == pytest.approx(3.0)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path, pipe, adapter):
+    adapter.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter.safetensors", "config.json"]
+    loaded = IQAAdapter.from_pretrained(tmp_path / "adapter")
+    assert loaded.config == adapter.config
+    for (name, a), (_, b) in zip(adapter.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    z = adapter.z_scores(P99)
+    adapter.attach(pipe)
+    original = run(pipe, adapter.embeds(z))
+    adapter.detach()
+    loaded.attach(pipe)
+    try:
+        assert torch.equal(run(pipe, loaded.embeds(z)), original)
+    finally:
+        loaded.detach()
+
+
+def test_adapter_weights_only_no_unet(tmp_path, sd_pipe):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    adapter.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    keys = set(load_file(tmp_path / "adapter.safetensors"))
+    assert keys == set(adapter.state_dict())
+    assert all(k.startswith(("projection.", "kv.")) for k in keys)
+
+
+def test_mismatched_base_names_both_widths(sd_pipe, sdxl_pipe):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    with pytest.raises(AdapterMismatchError, match=r"width 32.*this UNet has width 64"):
+        adapter.attach(sdxl_pipe)
+    assert not adapter.is_attached and sdxl_pipe.unet.encoder_hid_proj is None
+
+
+def test_feature_count_errors(sd_pipe):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    with pytest.raises(ValueError, match=r"expected 2 z-scores \(sharp, aes\)"):
+        adapter.features(torch.zeros(3))
+
+
+def test_other_schedulers_and_cutoff_callback_work(sd_pipe):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    original = sd_pipe.scheduler
+    sd_pipe.scheduler = EulerDiscreteScheduler.from_config(original.config)
+    try:
+        adapter.attach(sd_pipe)
+        embeds = adapter.embeds(adapter.z_scores(P99))
+        out = run(sd_pipe, embeds, steps=3)
+        assert torch.isfinite(out).all()
+        # diffusers' callback switches the adapter off after a fraction of the steps
+        run(sd_pipe, embeds, steps=4, callback_on_step_end=IPAdapterScaleCutoffCallback(cutoff_step_ratio=0.5))
+        scales = [p.scale for p in sd_pipe.unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)]
+        assert all(s == [0.0] for s in scales)
+    finally:
+        adapter.detach()
+        sd_pipe.scheduler = original
+
+
+def test_controlnet_pipeline_keeps_working(sd_pipe):
+    torch.manual_seed(0)
+    # one stride-2 stage in the conditioning embedding: 32 px control image -> 16 px latents
+    controlnet = ControlNetModel.from_unet(sd_pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    control_pipe = StableDiffusionControlNetPipeline(
+        vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer, unet=sd_pipe.unet,
+        controlnet=controlnet, scheduler=sd_pipe.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    control_pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32)
+    base = run(control_pipe, image=image, height=32, width=32)
+    adapter = IQAAdapter.for_unet(control_pipe, two_metrics(), seed=0)
+    adapter.attach(control_pipe, scale=0.0)
+    try:
+        z = adapter.z_scores(P99)
+        assert torch.equal(run(control_pipe, adapter.embeds(z), image=image, height=32, width=32), base)
+        adapter.set_scale(0.5)
+        assert (run(control_pipe, adapter.embeds(z), image=image, height=32, width=32) - base).abs().max() > 1e-4
+    finally:
+        adapter.detach()

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from iqa_adapter import IQAAdapter
+from iqa_adapter.architectures import tiny_sd_pipeline
+from iqa_adapter.cli import main
+
+from conftest import two_metrics
+from test_convert import official_checkpoint, write
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """A tiny SD pipeline and an adapter for it, saved the way users have them on disk."""
+    root = tmp_path_factory.mktemp("models")
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.save_pretrained(root / "base")
+    IQAAdapter.for_unet(pipe, two_metrics(), seed=0, base_model=str(root / "base")).save_pretrained(root / "adapter")
+    return root / "base", root / "adapter"
+
+
+def test_generate_sweep_writes_images_sidecars_and_grid(tmp_path, model_dirs):
+    base, adapter = model_dirs
+    out = tmp_path / "out"
+    code = main(["generate", "--base", str(base), "--adapter", str(adapter), "--prompt", "a red circle",
+                 "--quality", "aes=p50", "--sweep", "sharp=p1,p50,p99", "--negative-quality", "--steps", "2",
+                 "--num-images", "2", "--seed", "5", "--out", str(out)])
+    assert code == 0
+    sidecars = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert len(sidecars) == 6 and len(list(out.glob("0*.png"))) == 6
+    assert [s["quality"]["sharp"] for s in sidecars] == ["p1", "p1", "p50", "p50", "p99", "p99"]
+    assert [s["seed"] for s in sidecars] == [5, 6] * 3
+    first = sidecars[0]
+    assert first["negative_quality"] == 1.0 and first["scale"] == 0.5 and first["steps"] == 2
+    assert first["quality_z"]["sharp"] == pytest.approx(-3.0) and first["adapter"] == str(adapter)
+    grid = Image.open(out / "sweep_sharp.png")
+    assert grid.width == 3 * 128 and grid.height > 2 * 128  # 3 targets x 2 seeds, cells enlarged to 128 px
+
+
+def test_generate_reports_bad_targets_before_loading_the_model(tmp_path, model_dirs, capsys):
+    base, adapter = model_dirs
+    common = ["generate", "--base", "/nonexistent", "--adapter", str(adapter), "--prompt", "x", "--out", str(tmp_path)]
+    assert main(common + ["--quality", "sharp=p99"]) == 2
+    assert "missing quality target for 'aes'" in capsys.readouterr().err
+    assert main(common + ["--quality", "sharp=p99", "--quality", "aes=p100"]) == 2
+    assert "valid percentiles are p1 to p99" in capsys.readouterr().err
+    assert main(common + ["--quality", "sharpness=p99", "--quality", "aes=p1"]) == 2
+    assert "conditioned on: sharp, aes" in capsys.readouterr().err
+
+
+def test_missing_adapter_directory_is_explained(tmp_path, capsys):
+    assert main(["info", "--adapter", str(tmp_path)]) == 2
+    assert "config.json and adapter.safetensors" in capsys.readouterr().err
+
+
+def test_convert_official_cli_and_info(tmp_path, model_dirs, capsys):
+    base, _ = model_dirs
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    image_proj, ip_adapter = official_checkpoint(unet, feature_dim=3)
+    write(tmp_path / "ip_adapter.bin", image_proj, ip_adapter, "torch")
+    args = ["convert-official", "--checkpoint", str(tmp_path / "ip_adapter.bin"), "--base", str(base),
+            "--metrics", "topiq_nr,laion_aes", "--out", str(tmp_path / "converted")]
+    assert main(args) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(args + ["--trust-pickle"]) == 0
+    converted = IQAAdapter.from_pretrained(tmp_path / "converted")
+    assert converted.metric_names == ["topiq_nr", "laion_aes"] and converted.config.flag_feature
+    assert torch.equal(converted.projection.proj.weight, image_proj["proj.weight"])
+    # the shipped CC3M table makes p99 of the official metrics available
+    assert converted.z_scores({"topiq_nr": "p99", "laion_aes": "p50"})[0] == pytest.approx(2.011, abs=1e-3)
+    capsys.readouterr()
+    assert main(["info", "--adapter", str(tmp_path / "converted")]) == 0
+    assert "topiq_nr: mean 0.5492" in capsys.readouterr().out
+
+
+def test_convert_official_rejects_unknown_metric(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="no statistics for \\['topiq'\\]"):
+        main(["convert-official", "--checkpoint", "x.safetensors", "--base", "sd15", "--metrics", "topiq",
+              "--out", str(tmp_path)])
+
+
+def test_demo_runs_offline(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["max_abs_pixel_difference_lambda0_vs_base"] == 0.0
+    assert report["images"] == len(list((tmp_path / "images").glob("*.png"))) == 20
+    assert (tmp_path / "sweep_topiq_nr.png").is_file()
