@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from iqa_adapter import IQAAdapter, cc3m_stats
 from iqa_adapter.architectures import unet_from_config
@@ -54,6 +55,26 @@ def timed(unet, inputs: dict, device) -> float:
     return time.perf_counter() - start
 
 
+def flop_overhead(arch: str, latent: int) -> tuple[float, float]:
+    """(base, adapter) FLOPs of one UNet step, counted on the meta device: exact and instant."""
+    unet = unet_from_config(arch, device="meta")
+    stats = cc3m_stats()
+    with torch.device("meta"):
+        adapter = IQAAdapter.for_unet(unet, [stats["topiq_nr"], stats["laion_aes"]])
+    inputs = unet_inputs(unet, 1, latent, torch.device("meta"), torch.float32)
+    z = adapter.z_scores({"topiq_nr": "p99", "laion_aes": "p99"})
+    counts = []
+    for attached in (False, True):
+        if attached:
+            adapter.attach(unet, scale=0.5)
+            inputs = with_quality(inputs, adapter.embeds(z, do_classifier_free_guidance=False))
+        with FlopCounterMode(display=False) as counter:
+            unet(**inputs)
+        counts.append(counter.get_total_flops())
+    adapter.detach()
+    return counts[0], counts[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="sdxl", choices=["sdxl", "sd15"])
@@ -61,7 +82,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--flops-only", action="store_true", help="only count FLOPs (seconds, no weights)")
     args = parser.parse_args()
+    for side in (64, 128):
+        base_flops, adapter_flops = flop_overhead(args.arch, side)
+        print(f"FLOPs per UNet step, {args.arch} {side}x{side} latents: base {base_flops / 1e12:.3f} T, "
+              f"adapter {adapter_flops / 1e12:.3f} T ({100 * (adapter_flops / base_flops - 1):+.3f} %)")
+    if args.flops_only:
+        return
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
@@ -103,10 +131,15 @@ def main() -> None:
     print("\nmedian per-UNet-step time:")
     for key, value in median.items():
         print(f"  {key:13s} {value * 1000:9.1f} ms")
-    print(f"adapter overhead (lambda=0.5, batch 1): {100 * (median['adapter'] / median['base'] - 1):+.2f} %")
-    print(f"CFG batch 2, adapter with dropped condition vs base: {100 * (median['cfg_dropped'] / median['cfg_base'] - 1):+.2f} %")
-    print(f"negative quality guidance vs plain CFG (both with adapter): "
-          f"{100 * (median['cfg_negative'] / median['cfg_dropped'] - 1):+.2f} %")
+
+    def paired(numerator: str, denominator: str) -> str:
+        """Median over rounds of the per-round ratio (both measured within the same round), and its spread."""
+        ratios = [100 * (a / b - 1) for a, b in zip(times[numerator], times[denominator])]
+        return f"{statistics.median(ratios):+.2f} % (rounds: {', '.join(f'{r:+.1f}' for r in ratios)})"
+
+    print(f"adapter (lambda=0.5) vs base, batch 1:            {paired('adapter', 'base')}")
+    print(f"CFG batch 2, adapter with dropped condition vs base: {paired('cfg_dropped', 'cfg_base')}")
+    print(f"negative quality guidance vs plain CFG (adapter):   {paired('cfg_negative', 'cfg_dropped')}")
 
 
 if __name__ == "__main__":

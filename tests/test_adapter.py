@@ -65,7 +65,9 @@ def test_attach_and_detach_restore_the_pipeline_exactly(pipe, adapter):
     adapter.attach(pipe)
     pipe.unload_ip_adapter()
     assert pipe.unet.encoder_hid_proj is None and torch.equal(run(pipe), base)
-    adapter._attachment = None  # the unet was restored by diffusers
+    adapter.detach()  # still safe afterwards: removes the routing hook, restores the original processors
+    assert all(pipe.unet.attn_processors[name] is before[name] for name in before)
+    assert torch.equal(run(pipe), base)
 
 
 def test_per_block_scales_use_diffusers_dict_form(pipe, adapter):
@@ -227,3 +229,31 @@ def test_controlnet_pipeline_keeps_working(sd_pipe):
         assert (run(control_pipe, adapter.embeds(z), image=image, height=32, width=32) - base).abs().max() > 1e-4
     finally:
         adapter.detach()
+
+
+def test_lora_on_the_base_keeps_working():
+    """A LoRA on the text K/V: quality K/V start from the LoRA's frozen base weights; lambda=0 = LoRA model."""
+    from peft import LoraConfig
+
+    from iqa_adapter.architectures import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with_lora = run(pipe)
+    pipe.unet.disable_adapters()
+    without_lora = run(pipe)
+    pipe.unet.enable_adapters()
+    assert (with_lora - without_lora).abs().max() > 1e-4  # the LoRA is active
+
+    adapter = IQAAdapter.for_unet(pipe, two_metrics(), seed=0)
+    layer = pipe.unet.get_submodule(adapter.config.layers[0].name)
+    assert torch.equal(adapter.kv[0].to_k.weight, layer.to_k.base_layer.weight)
+    adapter.attach(pipe, scale=0.0)
+    z = adapter.z_scores(P99)
+    assert torch.equal(run(pipe, adapter.embeds(z)), with_lora)
+    adapter.set_scale(0.5)
+    assert (run(pipe, adapter.embeds(z)) - with_lora).abs().max() > 1e-4
+    adapter.detach()
+    assert torch.equal(run(pipe), with_lora)

@@ -127,13 +127,17 @@ def write(path, image_proj, ip_adapter, layout):
         state = {f"qual_proj_model.{k}": v for k, v in image_proj.items()}
         state.update({f"adapter_modules.{k}": v for k, v in ip_adapter.items()})
         state["unet.conv_in.weight"] = torch.zeros(1)
-        torch.save(state, path)
+        if path.suffix == ".safetensors":  # accelerate's save_state(safe_serialization=True)
+            save_file(state, path)
+        else:
+            torch.save(state, path)
 
 
 @pytest.mark.parametrize("layout, suffix, mlp, flag, frequencies", [
     ("torch", ".bin", False, True, 0),
     ("safetensors", ".safetensors", True, False, 0),
     ("wrapper", ".bin", False, True, 2),
+    ("wrapper", ".safetensors", True, True, 1),
 ])
 def test_imported_official_checkpoint_reproduces_official_outputs(tmp_path, pipe, layout, suffix, mlp, flag, frequencies):
     unet = pipe.unet

@@ -99,6 +99,7 @@ class IQAAdapter(nn.Module):
         self.kv = nn.ModuleList(DecoupledKV(config.cross_attention_dim, layer.hidden_size) for layer in config.layers)
         self._attachment: dict | None = None
         self._per_image_embeds: torch.Tensor | None = None
+        self.scale: float | Mapping | None = None  # the lambda last set while attached
 
     # ------------------------------------------------------------------ construction and checkpoints
     @classmethod
@@ -258,6 +259,7 @@ class IQAAdapter(nn.Module):
         if self._attachment is None:
             raise RuntimeError("attach the adapter before setting its scale")
         IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self._attachment["unet"]), scale)
+        self.scale = scale
 
     def _route_quality_embeds(self, unet, args, kwargs):
         """UNet pre-hook: one quality feature row per sample, never a silent mix.

@@ -126,7 +126,7 @@ def generate(
                     "quality": {name: str(target) for name, target in qualities[quality_index].items()},
                     "quality_z": dict(zip(adapter.metric_names, z_rows[quality_index].tolist())),
                     "negative_quality": negative_quality,
-                    "scale": adapter.config.default_scale if scale is None else scale,
+                    "scale": adapter.scale,
                     "steps": steps,
                     "guidance": guidance,
                     "height": _size(image)[1],
