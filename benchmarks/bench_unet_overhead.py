@@ -5,6 +5,11 @@ steps are interleaved round by round (attach / detach between them), so machine 
 Also compares negative quality guidance (-k*q in the unconditional half) with plain CFG (dropped
 condition): both run the same batch of 2, so they should cost the same.
 
+Whole-step timings on a busy CPU vary by several per cent between identical runs, more than the adapter
+costs, so the script also reports two finer figures: the FLOPs of one step counted on the meta device
+(exact), and the cost of the cross-attention layers alone, each layer timed with diffusers' plain processor
+and with the adapter's processor on the inputs it really receives, many times, interleaved.
+
     python benchmarks/bench_unet_overhead.py                      # SDXL, 64x64 latents on CPU
     python benchmarks/bench_unet_overhead.py --latent 128 --device cuda --dtype fp16
 """
@@ -75,6 +80,45 @@ def flop_overhead(arch: str, latent: int) -> tuple[float, float]:
     return counts[0], counts[1]
 
 
+@torch.inference_mode()
+def attention_overhead(unet, adapter: IQAAdapter, plain_processors: dict, inputs: dict, embeds, device,
+                       repeats: int) -> tuple[float, float]:
+    """(plain, adapter) seconds per UNet step spent in the cross-attention layers, timed layer by layer.
+
+    The adapter must be attached; ``plain_processors`` are the UNet's processors from before. Each distinct
+    layer input shape is timed ``repeats`` times with each processor, alternating; the medians are summed
+    over the layers of the step.
+    """
+    inputs = with_quality(inputs, embeds)
+    captured: dict[str, tuple] = {}
+    hooks = [
+        unet.get_submodule(layer.name).register_forward_pre_hook(
+            lambda module, args, kwargs, name=layer.name: captured.setdefault(name, (args, kwargs)), with_kwargs=True)
+        for layer in adapter.config.layers
+    ]
+    unet(**inputs)
+    for hook in hooks:
+        hook.remove()
+    groups: dict[tuple, list[str]] = {}
+    for name, (args, kwargs) in captured.items():
+        groups.setdefault((unet.get_submodule(name).to_k.out_features, tuple(args[0].shape)), []).append(name)
+    plain_total = adapter_total = 0.0
+    for names in groups.values():
+        module = unet.get_submodule(names[0])
+        args, kwargs = captured[names[0]]
+        text_only = {**kwargs, "encoder_hidden_states": kwargs["encoder_hidden_states"][0]}
+        ip_processor, plain_processor = module.processor, plain_processors[f"{names[0]}.processor"]
+        plain_times, adapter_times = [], []
+        for _ in range(repeats + 1):
+            module.set_processor(plain_processor)
+            plain_times.append(timed(module, {"hidden_states": args[0], **text_only}, device))
+            module.set_processor(ip_processor)
+            adapter_times.append(timed(module, {"hidden_states": args[0], **kwargs}, device))
+        plain_total += len(names) * statistics.median(plain_times[1:])
+        adapter_total += len(names) * statistics.median(adapter_times[1:])
+    return plain_total, adapter_total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="sdxl", choices=["sdxl", "sd15"])
@@ -83,6 +127,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--flops-only", action="store_true", help="only count FLOPs (seconds, no weights)")
+    parser.add_argument("--layer-repeats", type=int, default=30, help="timings per cross-attention layer shape")
     args = parser.parse_args()
     for side in (64, 128):
         base_flops, adapter_flops = flop_overhead(args.arch, side)
@@ -106,6 +151,12 @@ def main() -> None:
     z = adapter.z_scores({"topiq_nr": "p99", "laion_aes": "p99"})
 
     single = unet_inputs(unet, 1, latent, device, dtype)
+    plain_processors = dict(unet.attn_processors)
+    adapter.attach(unet, scale=0.5)
+    plain_attention, adapter_attention = attention_overhead(
+        unet, adapter, plain_processors, single, adapter.embeds(z, do_classifier_free_guidance=False), device,
+        args.layer_repeats)
+    adapter.detach()
     pair = unet_inputs(unet, 2, latent, device, dtype)
     times: dict[str, list[float]] = {"base": [], "adapter": [], "cfg_base": [], "cfg_dropped": [], "cfg_negative": []}
     for round_index in range(args.rounds + 1):  # round 0 warms up every path and is discarded
@@ -137,6 +188,9 @@ def main() -> None:
         ratios = [100 * (a / b - 1) for a, b in zip(times[numerator], times[denominator])]
         return f"{statistics.median(ratios):+.2f} % (rounds: {', '.join(f'{r:+.1f}' for r in ratios)})"
 
+    extra = adapter_attention - plain_attention
+    print(f"cross-attention layers per step, batch 1: plain {plain_attention * 1000:.1f} ms, with adapter "
+          f"{adapter_attention * 1000:.1f} ms: +{extra * 1000:.1f} ms = {100 * extra / median['base']:+.2f} % of a base step")
     print(f"adapter (lambda=0.5) vs base, batch 1:            {paired('adapter', 'base')}")
     print(f"CFG batch 2, adapter with dropped condition vs base: {paired('cfg_dropped', 'cfg_base')}")
     print(f"negative quality guidance vs plain CFG (adapter):   {paired('cfg_negative', 'cfg_dropped')}")

@@ -7,6 +7,7 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
 from iqa_adapter import AdapterMismatchError, IQAAdapter
 from iqa_adapter.adapter import cross_attention_layers
+from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.generation import generate
 
 from conftest import run, two_metrics
@@ -149,6 +150,16 @@ def test_generate_is_reproducible_and_records_settings(sd_pipe):
     assert settings["quality_z"]["sharp"] == pytest.approx(3.0)
 
 
+def test_generate_refuses_an_adapter_attached_elsewhere(sd_pipe):
+    other = tiny_sd_pipeline(seed=1)
+    adapter = IQAAdapter.for_unet(other, two_metrics(), seed=0).attach(other)
+    try:
+        with pytest.raises(RuntimeError, match="attached to another UNet"):
+            generate(sd_pipe, adapter, "a", P99, steps=1, progress=False)
+    finally:
+        adapter.detach()
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path, pipe, adapter):
     adapter.save_pretrained(tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter.safetensors", "config.json"]
@@ -234,8 +245,6 @@ def test_controlnet_pipeline_keeps_working(sd_pipe):
 def test_lora_on_the_base_keeps_working():
     """A LoRA on the text K/V: quality K/V start from the LoRA's frozen base weights; lambda=0 = LoRA model."""
     from peft import LoraConfig
-
-    from iqa_adapter.architectures import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)

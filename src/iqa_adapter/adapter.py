@@ -36,7 +36,7 @@ from .projection import build_projection, quality_features
 from .stats import MetricStats
 from .targets import QualityTarget, targets_to_z
 
-SCORE_INPUT = "ip_image_proj"
+ENCODER_HID_DIM_TYPE = "ip_image_proj"
 """diffusers' ``encoder_hid_dim_type`` that routes ``added_cond_kwargs["image_embeds"]`` to the projection."""
 
 
@@ -200,6 +200,11 @@ class IQAAdapter(nn.Module):
     def is_attached(self) -> bool:
         return self._attachment is not None
 
+    @property
+    def attached_unet(self) -> nn.Module | None:
+        """The UNet the adapter is attached to, if any."""
+        return None if self._attachment is None else self._attachment["unet"]
+
     def attach(self, unet_or_pipeline, scale: float | Mapping | None = None) -> "IQAAdapter":
         """Install the adapter's layers into a UNet or pipeline; ``scale`` defaults to the config's."""
         unet = _unet_of(unet_or_pipeline)
@@ -235,7 +240,7 @@ class IQAAdapter(nn.Module):
         }
         unet.set_attn_processor(processors)  # diffusers empties the dict it is given: pass a copy we own
         unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.projection])
-        unet.config.encoder_hid_dim_type = SCORE_INPUT
+        unet.config.encoder_hid_dim_type = ENCODER_HID_DIM_TYPE
         self.set_scale(self.config.default_scale if scale is None else scale)
         return self
 
@@ -258,7 +263,7 @@ class IQAAdapter(nn.Module):
         """
         if self._attachment is None:
             raise RuntimeError("attach the adapter before setting its scale")
-        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self._attachment["unet"]), scale)
+        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.attached_unet), scale)
         self.scale = scale
 
     def _route_quality_embeds(self, unet, args, kwargs):

@@ -92,6 +92,8 @@ def generate(
         for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
     ]
     attached_here = not adapter.is_attached
+    if adapter.is_attached and adapter.attached_unet is not pipe.unet:
+        raise RuntimeError("the adapter is attached to another UNet than this pipeline's; detach it first")
     if attached_here:
         adapter.attach(pipe)
     try:
@@ -99,9 +101,8 @@ def generate(
             adapter.set_scale(scale)
         do_cfg = guidance > 1.0
         results: list[GeneratedImage] = []
-        batches = range(0, len(jobs), batch_size)
         bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress)
-        for start in batches:
+        for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             z = torch.stack([z_rows[quality_index] for _, quality_index, _ in chunk])
             embeds = adapter.embeds(z, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg)
@@ -119,6 +120,7 @@ def generate(
                     **pipeline_kwargs,
                 )
             for (prompt, quality_index, job_seed), image in zip(chunk, output.images):
+                width, height = _size(image)
                 results.append(GeneratedImage(image=image, settings={
                     "prompt": prompt,
                     "negative_prompt": negative_prompt,
@@ -129,8 +131,8 @@ def generate(
                     "scale": adapter.scale,
                     "steps": steps,
                     "guidance": guidance,
-                    "height": _size(image)[1],
-                    "width": _size(image)[0],
+                    "height": height,
+                    "width": width,
                     "base_model": getattr(pipe.config, "_name_or_path", None),
                     "adapter_base_model": adapter.config.base_model,
                     "pipeline": type(pipe).__name__,
