@@ -156,3 +156,20 @@ def cc3m_stats() -> dict[str, MetricStats]:
     """Statistics of 21 pyiqa metrics over CC3M (512x512), as used by the official IQA-Adapter weights."""
     with resources.as_file(resources.files("iqa_adapter") / "data" / CC3M_STATS_FILE) as path:
         return load_stats_table(path)
+
+
+TABLE_QUANTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+
+
+def write_stats_table(stats: list[MetricStats], path: str | Path) -> None:
+    """Write statistics in the layout of ``CC3M_stats.csv`` (quantiles 1, 5, 10, 25, 50, 75, 90, 95, 99),
+    plus a ``higher_is_better`` column; :func:`load_stats_table` reads it back."""
+    columns = ["", "metric", "min_val", "max_val", "mean_val", "std_val"]
+    columns += [f"quantile_{q}" for q in TABLE_QUANTILES] + ["higher_is_better"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for index, metric in enumerate(stats):
+            quantiles = [metric.percentiles.get(float(q), "") for q in TABLE_QUANTILES]
+            writer.writerow([index, metric.name, metric.min, metric.max, metric.mean, metric.std, *quantiles,
+                             str(metric.higher_is_better).lower()])

@@ -1,0 +1,436 @@
+"""Score an image-text dataset with several quality metrics in one resumable, distributed pass.
+
+:func:`annotate` reads and decodes every image once (in data-loader workers), resizes it, and scores each
+batch with all the metrics. The dataset is cut into chunks of ``chunk_size`` samples in reading order, and
+each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNNN.parquet``: a run killed at any
+point and started again with the same command redoes only the unfinished chunks. Under ``accelerate
+launch`` the unfinished chunks are dealt out to the processes in turn (``out_dir`` must be on a file system
+that all of them see), and the main process merges the chunk files once every process is done. ``out_dir``
+then holds:
+
+* ``scores.parquet``: ``key, caption, width, height`` (original size), then one float32 column per metric;
+* ``stats.csv``: statistics of each metric over its finite scores, in the layout of ``CC3M_stats.csv``;
+* ``skipped.csv``: ``key, source, reason`` for every sample that could not be scored (unreadable, corrupt,
+  truncated, no image, duplicate key) and for every NaN or infinite score (such scores stay in
+  ``scores.parquet`` but are left out of the statistics);
+* ``job.json``: the job's parameters; a restart with other parameters is refused.
+
+:class:`ScoreTable` loads ``scores.parquet`` for look-ups by sample key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, KeysView, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .datasets import SUPPORTED_INPUTS, DatasetError, DecodedImage, ImageTextReader, Sample, load_image, open_dataset
+from .io_utils import atomic_write, write_json
+from .metrics import QualityMetric, create_metric, metric_info
+from .stats import MetricStats, write_stats_table
+
+JOB_FILE = "job.json"
+CHUNKS_DIR = "chunks"
+SCORES_FILE = "scores.parquet"
+STATS_FILE = "stats.csv"
+SKIPPED_FILE = "skipped.csv"
+INFO_COLUMNS = ("key", "caption", "width", "height")
+REPORT_COLUMNS = ("key", "source", "reason")
+
+
+class JobMismatchError(ValueError):
+    """``out_dir`` holds a job started with other parameters."""
+
+
+@dataclass(frozen=True)
+class AnnotationSummary:
+    """What a finished annotation job produced."""
+
+    out_dir: Path
+    scored: int
+    skipped: int
+    invalid_scores: dict[str, int]
+    without_statistics: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f"scored {self.scored} images into {self.out_dir / SCORES_FILE}; skipped {self.skipped} "
+                 f"(reasons in {self.out_dir / SKIPPED_FILE})"]
+        lines += [f"  {name}: {count} NaN or infinite scores, left out of the statistics (listed in {SKIPPED_FILE})"
+                  for name, count in self.invalid_scores.items() if count]
+        lines += [f"  {name}: fewer than 2 finite scores, no statistics" for name in self.without_statistics]
+        return "\n".join(lines)
+
+
+def annotate(
+    data: str,
+    metrics: Sequence[str],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    resize: int | None = 512,
+    device: str | torch.device | None = None,
+    chunk_size: int = 1000,
+    metric_options: dict[str, dict] | None = None,
+    progress: bool = True,
+) -> AnnotationSummary | None:
+    """Score every image of ``data`` with ``metrics`` and write the outputs described in this module to ``out_dir``.
+
+    Args:
+        data: the dataset (see :func:`iqa_adapter.datasets.open_dataset`): a folder of images with ``.txt``
+            captions or a ``captions.jsonl``/``.csv``, a listing file, ``.tar`` shards (a path, a glob or
+            ``shards/{00000..00009}.tar``) or ``.parquet`` files.
+        metrics: metric names of the registry (``iqa-adapter metrics`` lists them).
+        out_dir: output folder; running again with the same arguments resumes an interrupted job.
+        batch_size: images per scoring batch.
+        num_workers: data-loader processes that read and decode images (0 decodes in this process).
+        resize: every image is resized to ``resize`` x ``resize`` pixels (bicubic), as the IQA-Adapter paper
+            scored CC3M at 512x512; ``None`` keeps the native size, and images of different sizes in a batch
+            are then scored in separate calls.
+        device: device of the metrics; ``None`` takes the device accelerate gives this process.
+        chunk_size: samples per chunk, the unit of work that is saved, resumed and shared between processes.
+        metric_options: keyword arguments per metric name, passed to :func:`iqa_adapter.metrics.create_metric`.
+        progress: show a progress bar (images/s) and print a summary, on the main process.
+
+    Returns:
+        The summary on the main process, ``None`` on the others.
+    """
+    metrics = list(metrics)
+    metric_options = dict(metric_options or {})
+    _check_arguments(metrics, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize)
+    out_dir = Path(out_dir)
+    reader = open_dataset(data)
+    state = _process_state(device)
+    parameters = {"data": str(Path(data).expanduser().absolute()), "metrics": metrics, "resize": resize,
+                  "chunk_size": chunk_size, "metric_options": metric_options}
+    num_samples = _start_or_resume(out_dir, json.loads(json.dumps(parameters)), reader, state)
+
+    num_chunks = math.ceil(num_samples / chunk_size)
+    unfinished = [index for index in range(num_chunks) if not _chunk_path(out_dir, index).exists()]
+    state.wait_for_everyone()  # every process has listed the same finished chunks before new ones appear
+    mine = unfinished[state.process_index :: state.num_processes]
+
+    device = torch.device(device) if device is not None else state.device
+    models = {name: create_metric(name, device=device, **metric_options.get(name, {})).eval() for name in metrics}
+    show = progress and state.is_main_process
+    total = sum(min(chunk_size, num_samples - index * chunk_size) for index in mine)
+    with tqdm(total=total, unit="img", desc="annotate", disable=not show, dynamic_ncols=True) as bar:
+        _score_chunks(reader, mine, models, out_dir, chunk_size=chunk_size, batch_size=batch_size,
+                      num_workers=num_workers, resize=resize, device=device, on_batch=bar.update)
+    state.wait_for_everyone()  # every chunk file is written
+    if not state.is_main_process:
+        return None
+    summary = _merge(out_dir, num_chunks, {name: model.higher_is_better for name, model in models.items()})
+    if show:
+        print(summary)
+    return summary
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def _check_arguments(metrics: list[str], metric_options: dict, *, batch_size: int, chunk_size: int,
+                     resize: int | None) -> None:
+    if not metrics:
+        raise ValueError("give at least one metric (`iqa-adapter metrics` lists them)")
+    repeated = sorted({name for name in metrics if metrics.count(name) > 1})
+    if repeated:
+        raise ValueError(f"metrics are listed twice: {', '.join(repeated)}")
+    reserved = sorted(set(metrics) & {*INFO_COLUMNS, *REPORT_COLUMNS})
+    if reserved:
+        raise ValueError(f"metric names {reserved} clash with the output columns {INFO_COLUMNS + REPORT_COLUMNS[1:]}")
+    for name in metrics:
+        metric_info(name)  # raises, listing the known metrics, for an unknown name
+    unknown = sorted(set(metric_options) - set(metrics))
+    if unknown:
+        raise ValueError(f"metric_options name metrics that are not scored: {', '.join(unknown)}")
+    for name, value in {"batch_size": batch_size, "chunk_size": chunk_size, "resize": resize}.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _process_state(device: str | torch.device | None) -> PartialState:
+    """accelerate's view of this process; CPU runs (``--cpu``, a CPU device, or no GPU) use the gloo backend."""
+    cpu = (parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+           or (device is not None and torch.device(device).type == "cpu"))
+    return PartialState(cpu=cpu)
+
+
+def _start_or_resume(out_dir: Path, parameters: dict, reader: ImageTextReader, state: PartialState) -> int:
+    """Record the job in ``out_dir`` on a first run, or check that a restart has the same parameters.
+
+    Returns the number of samples, counted once on the first run.
+    """
+    job_file = out_dir / JOB_FILE
+    if state.is_main_process:
+        if not job_file.exists():
+            write_json(job_file, {**parameters, "num_samples": _count_samples(reader, parameters["data"])})
+        for leftover in (out_dir / CHUNKS_DIR).glob(".*.tmp"):  # chunk files half-written by a killed run
+            leftover.unlink()
+    state.wait_for_everyone()
+    job = json.loads(job_file.read_text())
+    changed = [f"{name}: {job.get(name)!r} -> {value!r}"
+               for name, value in parameters.items() if job.get(name) != value]
+    if changed:
+        raise JobMismatchError(f"{out_dir} holds a job started with other parameters ({'; '.join(changed)}); rerun "
+                               "with the original parameters to resume it, or choose a new --out")
+    return int(job["num_samples"])
+
+
+def _count_samples(reader: ImageTextReader, data: str) -> int:
+    count = sum(1 for _ in reader)
+    if count == 0:
+        raise DatasetError(f"no images found in {data!r}; give {SUPPORTED_INPUTS}")
+    return count
+
+
+def _chunk_path(out_dir: Path, index: int) -> Path:
+    return out_dir / CHUNKS_DIR / f"chunk_{index:06d}.parquet"
+
+
+# ---------------------------------------------------------------- scoring
+
+
+class _WorkItem(NamedTuple):
+    """A sample with its place in the job: its chunk, the chunk's number of samples, its position there."""
+
+    chunk: int
+    chunk_length: int
+    position: int
+    sample: Sample
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+@dataclass(frozen=True)
+class _ChunkBatches:
+    """Batch sampler: lists the dataset and yields batches of the work items of the given chunks.
+
+    A batch never mixes chunks. The items are the keys of :class:`_Decoder`, sent to the loader workers.
+    """
+
+    reader: ImageTextReader
+    chunks: Sequence[int]
+    chunk_size: int
+    batch_size: int
+
+    def __iter__(self) -> Iterator[list[_WorkItem]]:
+        wanted, last = set(self.chunks), max(self.chunks, default=-1)
+        for index, samples in enumerate(_batched(self.reader, self.chunk_size)):
+            if index > last:
+                return
+            if index in wanted:
+                items = [_WorkItem(index, len(samples), position, sample) for position, sample in enumerate(samples)]
+                yield from _batched(items, self.batch_size)
+
+
+class _Decoder(Dataset):
+    """Reads and decodes the image of a work item (in a loader worker)."""
+
+    def __init__(self, resize: int | None):
+        self.resize = resize
+
+    def __getitem__(self, item: _WorkItem) -> tuple[_WorkItem, DecodedImage]:
+        return item, load_image(item.sample, self.resize)
+
+
+ImageGroup = tuple[list[tuple[_WorkItem, DecodedImage]], torch.Tensor | None]
+
+
+def _group_by_size(pairs: list[tuple[_WorkItem, DecodedImage]]) -> list[ImageGroup]:
+    """Collate: stack the images of equal size into uint8 (N, 3, H, W); skipped samples form a group without images."""
+    groups: dict[tuple | None, list] = defaultdict(list)
+    for item, decoded in pairs:
+        groups[None if decoded.image is None else tuple(decoded.image.shape)].append((item, decoded))
+    return [([(item, replace(decoded, image=None)) for item, decoded in group],
+             None if size is None else torch.stack([decoded.image for _, decoded in group]))
+            for size, group in groups.items()]
+
+
+def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[str, QualityMetric], out_dir: Path, *,
+                  chunk_size: int, batch_size: int, num_workers: int, resize: int | None, device: torch.device,
+                  on_batch: Callable[[int], object]) -> None:
+    """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
+    loader = DataLoader(_Decoder(resize), batch_sampler=_ChunkBatches(reader, chunks, chunk_size, batch_size),
+                        num_workers=num_workers, collate_fn=_group_by_size)
+    writer = _ChunkWriter(out_dir, list(models))
+    for groups in loader:
+        for pairs, images in groups:
+            scores = {} if images is None else _score(models, images, device, [item.sample.key for item, _ in pairs])
+            for row, (item, decoded) in enumerate(pairs):
+                writer.add(item, {"key": item.sample.key, "caption": item.sample.caption, "width": decoded.width,
+                                  "height": decoded.height, **{name: values[row] for name, values in scores.items()},
+                                  "source": item.sample.source, "reason": decoded.reason})
+            on_batch(len(pairs))
+
+
+def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch.device,
+           keys: list[str]) -> dict[str, np.ndarray]:
+    """Scores of uint8 images (N, 3, H, W) with every metric."""
+    batch = images.to(device).float().div_(255)
+    scores = {}
+    for name, model in models.items():
+        try:
+            values = model.score(batch).cpu().numpy()
+        except Exception as error:
+            raise RuntimeError(f"metric {name!r} failed on the images {', '.join(keys[:5])}: {error}") from error
+        if values.shape != (len(keys),):
+            raise RuntimeError(f"metric {name!r} returned {values.shape[0]} scores for {len(keys)} images")
+        scores[name] = values
+    return scores
+
+
+class _ChunkWriter:
+    """Collects the rows of each chunk; writes a chunk's file atomically once all its rows are in."""
+
+    def __init__(self, out_dir: Path, metrics: list[str]):
+        self.out_dir = out_dir
+        self.metrics = metrics
+        self.rows: dict[int, dict[int, dict]] = defaultdict(dict)
+
+    def add(self, item: _WorkItem, row: dict) -> None:
+        rows = self.rows[item.chunk]
+        rows[item.position] = row
+        if len(rows) == item.chunk_length:
+            frame = _chunk_frame([rows[position] for position in sorted(rows)], self.metrics)
+            path = _chunk_path(self.out_dir, item.chunk)
+            atomic_write(path, lambda temporary: frame.to_parquet(temporary, index=False))
+            del self.rows[item.chunk]
+
+
+def _chunk_frame(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
+    """A chunk's rows: the columns of ``scores.parquet``, then ``source`` and ``reason`` (set for skipped samples)."""
+    dtypes = {"key": "string", "caption": "string", "width": "Int64", "height": "Int64",
+              **{name: "float32" for name in metrics}, "source": "string", "reason": "string"}
+    return pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes)
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _merge(out_dir: Path, num_chunks: int, higher_is_better: dict[str, bool]) -> AnnotationSummary:
+    """Merge the chunk files into ``scores.parquet``, ``skipped.csv`` and ``stats.csv``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = [_chunk_path(out_dir, index) for index in range(num_chunks)]
+    missing = [path.name for path in paths if not path.exists()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {num_chunks} chunk files are missing (first: {missing[0]}); run the "
+                           "same command again to finish them")
+    metrics = list(higher_is_better)
+    schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+                        *[(name, pa.float32()) for name in metrics]])
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
+    problems: list[pd.DataFrame] = []
+    seen_keys: set[str] = set()
+
+    def write_scores(temporary: str) -> None:
+        with pq.ParquetWriter(temporary, schema) as writer:
+            for path in paths:
+                scored, chunk_problems = _split_chunk(pd.read_parquet(path), metrics, seen_keys)
+                writer.write_table(pa.Table.from_pandas(scored[schema.names], schema=schema, preserve_index=False))
+                problems.extend(chunk_problems)
+                for name in metrics:
+                    scores[name].append(scored[name].to_numpy(np.float32))
+
+    atomic_write(out_dir / SCORES_FILE, write_scores)
+    skipped = pd.concat(problems, ignore_index=True)
+    atomic_write(out_dir / SKIPPED_FILE, lambda temporary: skipped.to_csv(temporary, index=False))
+
+    values = {name: np.concatenate(scores[name]) for name in metrics}
+    finite = {name: int(np.isfinite(values[name]).sum()) for name in metrics}
+    stats = [MetricStats.from_scores(name, values[name], higher_is_better[name])
+             for name in metrics if finite[name] >= 2]
+    atomic_write(out_dir / STATS_FILE, lambda temporary: write_stats_table(stats, temporary))
+
+    invalid = {name: len(values[name]) - finite[name] for name in metrics}
+    scored_count = len(values[metrics[0]])
+    return AnnotationSummary(out_dir, scored=scored_count, skipped=len(skipped) - sum(invalid.values()),
+                             invalid_scores=invalid,
+                             without_statistics=tuple(name for name in metrics if finite[name] < 2))
+
+
+def _split_chunk(frame: pd.DataFrame, metrics: list[str],
+                 seen_keys: set[str]) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """The scored rows of a chunk (first occurrence of each key), and the rows to report in ``skipped.csv``."""
+    unreadable = frame["reason"].notna()
+    scored = frame[~unreadable]
+    duplicate = scored["key"].duplicated() | scored["key"].isin(seen_keys)
+    problems = [frame.loc[unreadable, list(REPORT_COLUMNS)],
+                scored.loc[duplicate, ["key", "source"]].assign(reason="duplicate key: an earlier sample has this key")]
+    scored = scored[~duplicate]
+    seen_keys.update(scored["key"])
+    for name in metrics:
+        invalid = scored.loc[~np.isfinite(scored[name].to_numpy(np.float32)), ["key", "source", name]]
+        reasons = [f"{name} score is {value}: kept in {SCORES_FILE}, left out of the statistics"
+                   for value in invalid[name]]
+        problems.append(invalid[["key", "source"]].assign(reason=reasons))
+    return scored, problems
+
+
+# ---------------------------------------------------------------- look-ups
+
+
+class ScoreTable:
+    """Metric scores by sample key, held in a dict: a look-up is O(1), never a scan.
+
+    ``table[key]`` gives ``{metric: score}``; ``table.vector(key)`` the float32 scores in ``table.metrics``
+    order; ``key in table`` and ``len(table)`` work as for a dict.
+    """
+
+    def __init__(self, keys: Sequence[str], metrics: Sequence[str], values: np.ndarray):
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (len(keys), len(metrics)):
+            raise ValueError(f"values must have shape ({len(keys)}, {len(metrics)}) for {len(keys)} keys and "
+                             f"{len(metrics)} metrics, got {values.shape}")
+        self.metrics = tuple(metrics)
+        self._values = values
+        self._rows = {key: row for row, key in enumerate(keys)}
+        if len(self._rows) != len(keys):
+            raise ValueError("keys must be unique")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScoreTable":
+        """Load ``scores.parquet`` (or the annotation folder holding it)."""
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / SCORES_FILE
+        metrics = [name for name in pq.read_schema(path).names if name not in INFO_COLUMNS]
+        frame = pd.read_parquet(path, columns=["key", *metrics])
+        return cls(frame["key"].astype(str).tolist(), metrics, frame[metrics].to_numpy(np.float32))
+
+    def __getitem__(self, key: str) -> dict[str, float]:
+        return dict(zip(self.metrics, self.vector(key).tolist()))
+
+    def vector(self, key: str) -> np.ndarray:
+        """The scores of ``key`` as a float32 array in ``self.metrics`` order."""
+        return self._values[self._rows[key]]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def keys(self) -> KeysView[str]:
+        return self._rows.keys()

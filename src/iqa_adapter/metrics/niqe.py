@@ -1,0 +1,334 @@
+"""NIQE: Natural Image Quality Evaluator (Mittal et al. 2013).
+
+NIQE measures how far the statistics of an image's 96x96 patches lie from those of pristine (clean,
+sharp) photographs. The pristine model is a mean ``mu`` (36,) and covariance ``cov`` (36, 36) of patch
+features. None is bundled: fit one on a folder of clean images with :func:`fit_niqe_folder` (the CLI's
+``iqa-adapter niqe-fit --images DIR --out FILE``), which writes a safetensors file, or use the
+``modelparameters.mat`` of the authors' MATLAB release (needs scipy).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io_utils import atomic_write
+from .base import QualityMetric, check_images
+from .classical import luma, mscn, require_size, split_blocks
+from .pyiqa_backend import MetricUnavailableError
+from .registry import register_metric
+
+PATCH_SIZE = 96
+SHARPNESS_THRESHOLD = 0.75
+FEATURES_PER_SCALE = 18
+NUM_FEATURES = 2 * FEATURES_PER_SCALE
+PARAMS_FORMAT = "iqa_adapter.niqe"
+PARAMS_HINT = (
+    "NIQE needs a model of pristine images, which is not bundled: fit one on a folder of clean, sharp "
+    "photographs with `iqa-adapter niqe-fit --images DIR --out FILE` (or fit_niqe_folder), or use the "
+    "modelparameters.mat of the MATLAB release (http://live.ece.utexas.edu/research/quality/niqe_release.zip); "
+    'then create_metric("niqe", params=FILE)'
+)
+# Directions of the products of neighbouring MSCN coefficients: horizontal, vertical, two diagonals.
+PAIR_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+# MATLAB imresize(image, 0.5): bicubic (Keys, a = -0.5) with antialiasing, i.e. the cubic stretched by 2.
+HALF_SCALE_TAPS = (-0.0234375, -0.0703125, 0.2265625, 0.8671875, 0.8671875, 0.2265625, -0.0703125, -0.0234375)
+
+
+# ---------------------------------------------------------------- features
+
+
+def _shape_grid(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shape values 0.2, 0.201, ..., 10 and their moment ratios Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)), float64.
+
+    The ratio grows monotonically with the shape, so the table is sorted.
+    """
+    shapes = 0.2 + 0.001 * torch.arange(9801, dtype=torch.float64, device=device)
+    ratios = torch.exp(2 * torch.lgamma(2 / shapes) - torch.lgamma(1 / shapes) - torch.lgamma(3 / shapes))
+    return shapes, ratios
+
+
+def aggd_fit(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fit an asymmetric generalized Gaussian (AGGD) to each row of ``samples`` (..., n) by moment matching.
+
+    Lasmar, Stitou and Berthoumieu (ICIP 2009), as in the NIQE/BRISQUE reference code: with the left and
+    right standard deviations ``s_l``, ``s_r`` (of the negative and positive samples), ``g = s_l / s_r`` and
+    ``r = mean(|x|)^2 / mean(x^2)``, the shape ``a`` is the value of the grid 0.2:0.001:10 whose
+    ``Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a))`` is nearest to ``r (g^3 + 1)(g + 1) / (g^2 + 1)^2``, and the
+    scales are ``beta = s * sqrt(Gamma(1/a) / Gamma(3/a))``. Returns ``(shape, beta_left, beta_right)``;
+    rows without negative or without positive samples give NaN scales.
+    """
+    negative, positive = samples < 0, samples > 0
+    left_std = ((samples * negative).square().sum(-1) / negative.sum(-1)).sqrt()
+    right_std = ((samples * positive).square().sum(-1) / positive.sum(-1)).sqrt()
+    g = left_std / right_std
+    r = samples.abs().mean(-1).square() / samples.square().mean(-1)
+    target = r * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
+
+    shapes, ratios = _shape_grid(samples.device)
+    upper = torch.searchsorted(ratios, target.contiguous()).clamp(1, len(ratios) - 1)
+    lower_is_nearer = (target - ratios[upper - 1]) <= (ratios[upper] - target)
+    shape = shapes[upper - lower_is_nearer.long()]
+    scale = torch.exp(torch.lgamma(1 / shape) - torch.lgamma(3 / shape)).sqrt()
+    return shape, left_std * scale, right_std * scale
+
+
+def _scale_features(coefficients: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The 18 NIQE features of each patch of MSCN coefficients (N, 1, H, W), as (N, patches, 18).
+
+    AGGD fits of the coefficients (shape, mean scale) and of the products of horizontal, vertical and
+    diagonal neighbours (shape, mean, left scale, right scale); neighbours wrap around inside a patch
+    (MATLAB ``circshift``).
+    """
+    patches = split_blocks(coefficients, patch_size)
+    maps = [patches] + [patches * torch.roll(patches, shift, dims=(-2, -1)) for shift in PAIR_SHIFTS]
+    shape, beta_left, beta_right = aggd_fit(torch.stack(maps, dim=2).flatten(-2))  # each (N, patches, 5)
+    mean = (beta_right - beta_left) * torch.exp(torch.lgamma(2 / shape) - torch.lgamma(1 / shape))
+    products = torch.stack([shape, mean, beta_left, beta_right], dim=-1)[..., 1:, :].flatten(-2)
+    return torch.cat([shape[..., :1], (beta_left[..., :1] + beta_right[..., :1]) / 2, products], dim=-1)
+
+
+def _half_scale(gray: torch.Tensor) -> torch.Tensor:
+    """MATLAB ``imresize(gray, 0.5)`` of images (N, 1, H, W) with even sides: 8-tap filter, symmetric borders."""
+    taps = torch.tensor(HALF_SCALE_TAPS, dtype=gray.dtype, device=gray.device) / 2
+    for dim in (-2, -1):
+        start, end = gray.narrow(dim, 0, 3).flip(dim), gray.narrow(dim, gray.shape[dim] - 3, 3).flip(dim)
+        gray = torch.cat([start, gray, end], dim)
+        kernel = taps.view(1, 1, -1, 1) if dim == -2 else taps.view(1, 1, 1, -1)
+        gray = F.conv2d(gray, kernel, stride=(2, 1) if dim == -2 else (1, 2))
+    return gray
+
+
+def niqe_features(images: torch.Tensor, patch_size: int = PATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch features (N, patches, 36) and patch sharpness (N, patches) of RGB images (N, 3, H, W) in [0, 1].
+
+    The luma in [0, 255] (rounded, as 8-bit MATLAB input) is cropped to a multiple of ``patch_size``; the 18
+    features (:func:`_scale_features`) of its MSCN coefficients are computed on ``patch_size`` patches, then
+    again on the image downscaled by 2 (MATLAB ``imresize``) with half-size patches. Sharpness is the mean
+    local standard deviation (the MSCN ``sigma``) of each patch at full scale. Computed in float64.
+    """
+    require_size(images, patch_size, patch_size, "niqe", f"one {patch_size}x{patch_size} NIQE patch")
+    height, width = (side // patch_size * patch_size for side in images.shape[-2:])
+    gray = torch.round(255 * luma(images[..., :height, :width].double()))
+    coefficients, sigma = mscn(gray)
+    sharpness = split_blocks(sigma, patch_size).mean(dim=(-2, -1))
+    fine = _scale_features(coefficients, patch_size)
+    coarse = _scale_features(mscn(_half_scale(gray))[0], patch_size // 2)
+    return torch.cat([fine, coarse], dim=-1), sharpness
+
+
+def _mean_cov(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (N, F) and sample covariance (N, F, F) of patch features (N, patches, F), skipping rows with NaN.
+
+    Patches with an undefined feature are left out of both, as MATLAB ``nancov`` does; a single patch gives a
+    zero covariance, an image without any complete patch a NaN mean.
+    """
+    complete = ~features.isnan().any(dim=-1, keepdim=True)
+    count = complete.sum(dim=1)
+    values = torch.where(complete, features, 0.0)
+    mean = values.sum(dim=1) / count
+    centred = torch.where(complete, values - mean[:, None], 0.0)
+    cov = centred.transpose(1, 2) @ centred / (count - 1).clamp_min(1)[..., None]
+    return mean, cov
+
+
+def niqe_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> torch.Tensor:
+    """NIQE distance ``sqrt((mu1 - mu2)^T pinv((cov1 + cov2) / 2) (mu1 - mu2))`` between two Gaussian models.
+
+    Eq. 10 of Mittal et al. 2013 with the pseudo-inverse of the reference code; broadcasts over leading
+    batch dimensions (mu: (..., F), cov: (..., F, F)).
+    """
+    difference = mu1 - mu2
+    inverse = torch.linalg.pinv((cov1 + cov2) / 2)
+    squared = torch.einsum("...i,...ij,...j->...", difference, inverse, difference)
+    return squared.clamp_min(0).sqrt()
+
+
+# ---------------------------------------------------------------- pristine model: load, save, fit
+
+
+def load_niqe_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Read a pristine model: ``(mu (36,), cov (36, 36), patch_size)`` in float64.
+
+    ``.mat`` files are MATLAB ``modelparameters.mat`` (keys ``mu_prisparam`` and ``cov_prisparam``, 96x96
+    patches; needs scipy); anything else is this library's safetensors format (:func:`save_niqe_params`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"NIQE parameter file {str(path)!r} does not exist; {PARAMS_HINT}")
+    if path.suffix.lower() == ".mat":
+        try:
+            from scipy.io import loadmat
+        except ImportError:
+            raise MetricUnavailableError("reading MATLAB .mat NIQE parameters needs scipy: pip install scipy") from None
+        data = loadmat(path)
+        missing = {"mu_prisparam", "cov_prisparam"} - set(data)
+        if missing:
+            raise ValueError(f"{path} is not a NIQE modelparameters.mat: missing {', '.join(sorted(missing))}")
+        mu, cov, patch_size = np.ravel(data["mu_prisparam"]), data["cov_prisparam"], PATCH_SIZE
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != PARAMS_FORMAT or not {"mu", "cov"} <= set(handle.keys()):
+                raise ValueError(f"{path} is not a NIQE parameter file (written by fit_niqe_folder); {PARAMS_HINT}")
+            mu, cov = handle.get_tensor("mu"), handle.get_tensor("cov")
+        patch_size = int(metadata.get("patch_size", PATCH_SIZE))
+    mu = torch.as_tensor(mu, dtype=torch.float64)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    if mu.shape != (NUM_FEATURES,) or cov.shape != (NUM_FEATURES, NUM_FEATURES):
+        raise ValueError(f"{path}: expected NIQE parameters of shapes ({NUM_FEATURES},) and "
+                         f"({NUM_FEATURES}, {NUM_FEATURES}), got {tuple(mu.shape)} and {tuple(cov.shape)}")
+    return mu, cov, patch_size
+
+
+def save_niqe_params(path: str | os.PathLike, mu: torch.Tensor, cov: torch.Tensor,
+                     patch_size: int = PATCH_SIZE, **metadata) -> None:
+    """Write a pristine model as safetensors (tensors ``mu``, ``cov``; string metadata), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {"mu": mu.detach().double().cpu().contiguous(), "cov": cov.detach().double().cpu().contiguous()}
+    header = {"format": PARAMS_FORMAT, "patch_size": str(patch_size)}
+    header.update((key, str(value)) for key, value in metadata.items())
+    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=header))
+
+
+def _check_patch_size(patch_size: int) -> None:
+    if patch_size < 8 or patch_size % 2:
+        raise ValueError(f"patch_size must be an even number of pixels >= 8 (standard: {PATCH_SIZE}), got {patch_size}")
+
+
+def _pristine_features(images: Iterable[torch.Tensor], patch_size: int,
+                       sharpness_threshold: float) -> tuple[torch.Tensor, int]:
+    """Features (patches, 36) of the sharpest patches of each image, and the number of images read."""
+    selected, count = [], 0
+    for image in images:
+        batch = check_images(image[None] if image.ndim == 3 else image, "niqe-fit")
+        features, sharpness = niqe_features(batch, patch_size)
+        sharp = sharpness > sharpness_threshold * sharpness.amax(dim=1, keepdim=True)
+        rows = features[sharp]
+        selected.append(rows[~rows.isnan().any(dim=-1)].cpu())
+        count += batch.shape[0]
+    patches = torch.cat(selected) if selected else torch.empty(0, NUM_FEATURES, dtype=torch.float64)
+    if len(patches) < 2:
+        raise ValueError(f"NIQE fitting found {len(patches)} usable patch(es) in {count} image(s); give more, "
+                         f"larger (at least {patch_size}x{patch_size}) and textured images")
+    return patches, count
+
+
+def fit_niqe(images: Iterable[torch.Tensor] | str | os.PathLike, patch_size: int = PATCH_SIZE,
+             sharpness_threshold: float = SHARPNESS_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit a pristine NIQE model ``(mu (36,), cov (36, 36))`` on clean images (reference: ``estimatemodelparam.m``).
+
+    ``images``: RGB tensors (3, H, W) or batches (N, 3, H, W) in [0, 1], or a folder of image files (files
+    that cannot be read or are smaller than a patch are skipped; :func:`fit_niqe_folder` reports them). In
+    each image only the patches sharper than ``sharpness_threshold`` times its sharpest patch are kept
+    (sharpness: mean local standard deviation); patches with undefined features are dropped.
+    """
+    _check_patch_size(patch_size)
+    if isinstance(images, (str, os.PathLike)):
+        images = _folder_images(Path(images), patch_size, skipped={})
+    patches, _ = _pristine_features(images, patch_size, sharpness_threshold)
+    return patches.mean(dim=0), torch.cov(patches.T)
+
+
+@dataclass
+class NIQEFit:
+    """What :func:`fit_niqe_folder` did."""
+
+    path: Path  # the parameter file written
+    images_used: int
+    patches_used: int
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it was skipped
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """An image file as an RGB tensor (3, H, W) in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _folder_images(folder: Path, patch_size: int, skipped: dict[str, str]) -> Iterator[torch.Tensor]:
+    """The readable images of ``folder`` (sorted, not recursive), at least one patch large; others go to ``skipped``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            image = _read_image(path)
+        except (OSError, ValueError) as error:  # PIL: not an image, truncated, too large
+            skipped[path.name] = f"unreadable: {error}"
+            continue
+        if min(image.shape[-2:]) < patch_size:
+            height, width = image.shape[-2:]
+            skipped[path.name] = f"smaller than one {patch_size}x{patch_size} patch: {height}x{width}"
+            continue
+        yield image
+
+
+def fit_niqe_folder(folder: str | os.PathLike, out_file: str | os.PathLike, patch_size: int = PATCH_SIZE,
+                    sharpness_threshold: float = SHARPNESS_THRESHOLD) -> NIQEFit:
+    """Fit NIQE on every image file of ``folder`` and save the model to ``out_file`` (safetensors, atomic).
+
+    Files that PIL cannot read, or smaller than one patch, are skipped and reported. Use the result with
+    ``create_metric("niqe", params=out_file)``. The model is only as good as the images: use a few hundred
+    clean, sharp, well-exposed photographs (the reference model used 125).
+    """
+    _check_patch_size(patch_size)
+    skipped: dict[str, str] = {}
+    images = _folder_images(Path(folder), patch_size, skipped)
+    patches, count = _pristine_features(images, patch_size, sharpness_threshold)
+    save_niqe_params(out_file, patches.mean(dim=0), torch.cov(patches.T), patch_size,
+                     sharpness_threshold=sharpness_threshold, images=count, patches=len(patches))
+    return NIQEFit(path=Path(out_file), images_used=count, patches_used=len(patches), skipped=skipped)
+
+
+# ---------------------------------------------------------------- metric
+
+
+@register_metric
+class NIQE(QualityMetric):
+    """NIQE: distance of the patch statistics from a pristine-image model (needs params=FILE), lower is better.
+
+    A. Mittal, R. Soundararajan and A. C. Bovik, "Making a 'completely blind' image quality analyzer", IEEE
+    Signal Processing Letters 20(3), 2013; follows the authors' MATLAB code (``computequality.m``).
+
+    The luma in [0, 255] is cropped (bottom and right) to a multiple of the patch size (96, or the size the
+    parameters were fitted with) and must hold at least one patch. Each patch gives 36 features
+    (:func:`niqe_features`: AGGD fits of MSCN coefficients and of their neighbour products, at full and half
+    scale); a Gaussian ``(mu, cov)`` fitted to the image's patches is compared with the pristine model:
+    ``NIQE = sqrt((mu_p - mu)^T pinv((cov_p + cov) / 2) (mu_p - mu))`` (:func:`niqe_distance`). Patches
+    whose features are undefined (flat patches) are skipped; an image without any other patch scores NaN.
+
+    ``params``: the pristine model, a file from :func:`fit_niqe_folder` or a MATLAB ``modelparameters.mat``.
+    The shape-parameter grid search makes the score non-differentiable.
+    """
+
+    name = "niqe"
+    higher_is_better = False
+    score_range = (0.0, 20.0)
+    differentiable = False
+
+    def __init__(self, params: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        if params is None:
+            raise MetricUnavailableError(PARAMS_HINT)
+        mu, cov, self.patch_size = load_niqe_params(params)
+        self.register_buffer("mu", mu)
+        self.register_buffer("cov", cov)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features, _ = niqe_features(images, self.patch_size)
+        mu, cov = _mean_cov(features)
+        return niqe_distance(self.mu.to(mu), self.cov.to(cov), mu, cov).to(images.dtype)

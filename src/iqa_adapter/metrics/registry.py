@@ -1,0 +1,93 @@
+"""One registry of quality metrics: list them, describe them, create them by name.
+
+Built-in metrics register themselves with :func:`register_metric`. Names with a ``pyiqa:`` prefix come
+from the optional pyiqa backend; a plain name that is not built in is looked up in pyiqa when it is
+installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .base import QualityMetric
+
+PYIQA_PREFIX = "pyiqa:"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric is, without building it."""
+
+    name: str
+    higher_is_better: bool
+    score_range: tuple[float, float]
+    differentiable: bool
+    description: str
+    factory: Callable[..., QualityMetric]
+    backend: str = "builtin"
+
+
+_REGISTRY: dict[str, MetricInfo] = {}
+
+
+def register_metric(cls: type[QualityMetric]) -> type[QualityMetric]:
+    """Class decorator: register a built-in metric under ``cls.name`` (first docstring line = description)."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"metric {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = MetricInfo(
+        name=cls.name,
+        higher_is_better=cls.higher_is_better,
+        score_range=tuple(cls.score_range),
+        differentiable=cls.differentiable,
+        description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        factory=cls,
+    )
+    return cls
+
+
+def _load_builtins() -> None:
+    from . import classical, niqe  # noqa: F401  (registration happens on import)
+
+
+def builtin_metrics() -> dict[str, MetricInfo]:
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def list_metrics(include_pyiqa: bool = True) -> list[MetricInfo]:
+    """Every available metric: the built-in ones, then pyiqa's no-reference metrics when pyiqa is installed."""
+    infos = list(builtin_metrics().values())
+    if include_pyiqa:
+        from .pyiqa_backend import pyiqa_available, pyiqa_metric_infos
+
+        if pyiqa_available():
+            infos.extend(pyiqa_metric_infos())
+    return infos
+
+
+def metric_info(name: str) -> MetricInfo:
+    """Describe a metric by name without building it."""
+    builtins = builtin_metrics()
+    if name in builtins:
+        return builtins[name]
+    from .pyiqa_backend import pyiqa_metric_info
+
+    return pyiqa_metric_info(name.removeprefix(PYIQA_PREFIX), unknown_hint=_unknown_hint(name, builtins))
+
+
+def create_metric(name: str, device=None, **options) -> QualityMetric:
+    """Build a metric by registry name (``piqe``, ``pyiqa:topiq_nr``, ``topiq_nr``) on ``device``."""
+    builtins = builtin_metrics()
+    if name in builtins and not name.startswith(PYIQA_PREFIX):
+        metric = builtins[name].factory(**options)
+        return metric.to(device) if device is not None else metric
+    from .pyiqa_backend import create_pyiqa_metric
+
+    return create_pyiqa_metric(name.removeprefix(PYIQA_PREFIX), device=device,
+                               unknown_hint=_unknown_hint(name, builtins), **options)
+
+
+def _unknown_hint(name: str, builtins: dict[str, MetricInfo]) -> str:
+    return (f"{name!r} is not a built-in metric (built-in: {', '.join(sorted(builtins))}); other names are "
+            "looked up in pyiqa (`pip install iqa-adapter[pyiqa]`, names as `pyiqa:topiq_nr`)")
