@@ -90,3 +90,44 @@ def test_demo_runs_offline(tmp_path, capsys):
     assert report["max_abs_pixel_difference_lambda0_vs_base"] == 0.0
     assert report["images"] == len(list((tmp_path / "images").glob("*.png"))) == 20
     assert (tmp_path / "sweep_topiq_nr.png").is_file()
+
+
+def test_metrics_lists_directions_and_ranges(capsys):
+    assert main(["metrics"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"piqe", "niqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"} <= set(rows)
+    assert rows["piqe"][1:5] == ["lower", "0", "..", "100"] and rows["sharpness"][1] == "higher"
+    assert rows["sharpness"][5] == "yes" and rows["piqe"][5] == "no"
+
+
+def test_niqe_fit_then_annotate_with_metric_options(tmp_path, capsys):
+    import pandas as pd
+
+    data = tmp_path / "data"
+    data.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for index in range(4):
+        smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=64, mode="bicubic")
+        pixels = (smooth.clamp(0, 1)[0].permute(1, 2, 0) * 255).round().byte().numpy()
+        Image.fromarray(pixels).save(data / f"{index}.png")
+        (data / f"{index}.txt").write_text(f"texture {index}")
+    params = tmp_path / "niqe.safetensors"
+    assert main(["niqe-fit", "--images", str(data), "--out", str(params), "--patch-size", "32"]) == 0
+    assert f"niqe.params={params}" in capsys.readouterr().out
+
+    out = tmp_path / "scores"
+    assert main(["annotate", "--data", str(data), "--metrics", "niqe,sharpness", "--out", str(out), "--resize", "none",
+                 "--workers", "0", "--batch-size", "2", "--metric-option", f"niqe.params={params}",
+                 "--no-progress"]) == 0
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert scores["key"].tolist() == ["0", "1", "2", "3"] and scores["caption"].tolist()[0] == "texture 0"
+    assert scores["niqe"].notna().all() and (scores["sharpness"] > 0).all()
+    assert {"stats.csv", "skipped.csv"} <= {path.name for path in out.iterdir()}
+
+
+def test_annotate_errors_name_the_problem(tmp_path, capsys):
+    assert main(["annotate", "--data", str(tmp_path / "missing"), "--metrics", "piqe", "--out", str(tmp_path / "o")]) == 2
+    assert "do not exist" in capsys.readouterr().err
+    assert main(["annotate", "--data", str(tmp_path), "--metrics", "piqe", "--out", str(tmp_path / "o"),
+                 "--metric-option", "params=x"]) == 2
+    assert "METRIC.OPTION=VALUE" in capsys.readouterr().err

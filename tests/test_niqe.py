@@ -175,13 +175,14 @@ def test_fit_folder_skips_unreadable_files_and_writes_atomically(tmp_path):
     for seed in range(3):
         pixels = (pristine(seed)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"image{seed}.png")
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "image0.txt").write_text("a caption beside the image: ignored")
+    (folder / "broken.png").write_bytes(b"not an image")
     Image.new("RGB", (50, 200)).save(folder / "small.png")
     out = tmp_path / "models" / "niqe.safetensors"
 
     result = fit_niqe_folder(folder, out, patch_size=64)
     assert result.path == out and result.images_used == 3 and result.patches_used >= 3
-    assert set(result.skipped) == {"notes.txt", "small.png"}
+    assert set(result.skipped) == {"broken.png", "small.png"}
     assert os.listdir(out.parent) == ["niqe.safetensors"]  # no temporary file left behind
     with safe_open(str(out), framework="pt") as handle:
         assert handle.metadata()["patch_size"] == "64" and handle.metadata()["images"] == "3"

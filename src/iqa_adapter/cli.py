@@ -150,6 +150,58 @@ def cmd_info(args) -> None:
         print(f"  {metric.name}: mean {metric.mean:.4g}, std {metric.std:.4g}, {direction} is better; {table}")
 
 
+def _metric_options(items: list[str]) -> dict[str, dict]:
+    """``--metric-option niqe.params=FILE`` -> ``{"niqe": {"params": "FILE"}}`` (values stay strings unless numeric)."""
+    options: dict[str, dict] = {}
+    for item in items:
+        target, separator, value = item.partition("=")
+        metric, dot, option = target.rpartition(".")
+        if not separator or not dot or not metric or not option:
+            raise ValueError(f"--metric-option takes METRIC.OPTION=VALUE (e.g. niqe.params=niqe.safetensors), got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options.setdefault(metric, {})[option] = parsed if isinstance(parsed, (int, float, bool)) else value
+    return options
+
+
+def _comma_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def cmd_annotate(args) -> None:
+    from .annotate import annotate
+
+    resize = None if args.resize.lower() in ("none", "native", "0") else int(args.resize)
+    annotate(args.data, _comma_list(args.metrics), args.out, batch_size=args.batch_size, num_workers=args.workers,
+             resize=resize, device=args.device, chunk_size=args.chunk_size,
+             metric_options=_metric_options(args.metric_option), progress=not args.no_progress)
+
+
+def cmd_metrics(args) -> None:
+    from .metrics import list_metrics
+
+    infos = list_metrics()
+    width = max(len(info.name) for info in infos)
+    print(f"{'name':{width}s}  {'better':6s}  {'range':>16s}  {'grad':4s}  {'backend':7s}  description")
+    for info in infos:
+        low, high = info.score_range
+        print(f"{info.name:{width}s}  {'higher' if info.higher_is_better else 'lower':6s}  {f'{low:g} .. {high:g}':>16s}  "
+              f"{'yes' if info.differentiable else 'no':4s}  {info.backend:7s}  {info.description}")
+
+
+def cmd_niqe_fit(args) -> None:
+    from .metrics.niqe import fit_niqe_folder
+
+    fit = fit_niqe_folder(args.images, args.out, patch_size=args.patch_size,
+                          sharpness_threshold=args.sharpness_threshold)
+    print(f"fitted NIQE on {fit.patches_used} patches of {fit.images_used} images -> {fit.path}")
+    for name, reason in fit.skipped.items():
+        print(f"  skipped {name}: {reason}")
+    print(f"use it with: --metrics niqe --metric-option niqe.params={fit.path}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -202,13 +254,56 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--steps", type=int, default=20)
     demo.set_defaults(func=cmd_demo)
+
+    annotate = commands.add_parser(
+        "annotate", help="score an image-text dataset with several metrics in one resumable pass",
+        description="Score every image of a dataset with several metrics, each image decoded once. Writes "
+                    "OUT/scores.parquet, OUT/stats.csv and OUT/skipped.csv; run the same command again to resume. "
+                    "Spread it over GPUs or nodes with `accelerate launch -m iqa_adapter annotate ...`.")
+    annotate.add_argument("--data", required=True,
+                          help="folder of images with .txt captions (or captions.jsonl/.csv), a .jsonl/.csv listing, "
+                               "webdataset shards ('shards/{00000..00009}.tar') or .parquet files")
+    annotate.add_argument("--metrics", required=True, help="comma-separated registry names (`iqa-adapter metrics`)")
+    annotate.add_argument("--out", required=True, help="output folder (also the resume state)")
+    annotate.add_argument("--resize", default="512", help="square side every image is resized to, or 'none' (default 512, as the paper)")
+    annotate.add_argument("--batch-size", type=int, default=32)
+    annotate.add_argument("--workers", type=int, default=2, help="data-loader processes decoding images")
+    annotate.add_argument("--chunk-size", type=int, default=1000, help="samples per resumable chunk")
+    annotate.add_argument("--device", default=None, help="default: the device accelerate gives this process")
+    annotate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE",
+                          help="an option for one metric, e.g. niqe.params=niqe.safetensors; repeatable")
+    annotate.add_argument("--no-progress", action="store_true")
+    annotate.set_defaults(func=cmd_annotate)
+
+    metrics = commands.add_parser("metrics", help="list every available quality metric")
+    metrics.set_defaults(func=cmd_metrics)
+
+    niqe_fit = commands.add_parser("niqe-fit", help="fit a NIQE pristine model on a folder of clean images")
+    niqe_fit.add_argument("--images", required=True, help="folder of clean, sharp images (not recursive)")
+    niqe_fit.add_argument("--out", required=True, help="output .safetensors file")
+    niqe_fit.add_argument("--patch-size", type=int, default=96, help="patch side in pixels (standard 96; even, >= 8)")
+    niqe_fit.add_argument("--sharpness-threshold", type=float, default=0.75,
+                          help="keep patches sharper than this fraction of the image's sharpest patch")
+    niqe_fit.set_defaults(func=cmd_niqe_fit)
+
+    for add_commands in command_groups():
+        add_commands(commands)
     return parser
+
+
+def command_groups() -> list:
+    """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
+    groups = []
+    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except KeyError as error:  # unknown names: the message is the first argument
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
     except (QualityTargetError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -259,11 +259,17 @@ def _read_image(path: Path) -> torch.Tensor:
 
 
 def _folder_images(folder: Path, patch_size: int, skipped: dict[str, str]) -> Iterator[torch.Tensor]:
-    """The readable images of ``folder`` (sorted, not recursive), at least one patch large; others go to ``skipped``."""
+    """The readable images of ``folder`` (sorted, not recursive), at least one patch large.
+
+    Only files with an image extension are read (captions and other files beside the images are ignored);
+    image files that cannot be decoded or are too small go to ``skipped``.
+    """
+    from ..datasets import IMAGE_EXTENSIONS
+
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {str(folder)!r} does not exist")
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         try:
             image = _read_image(path)
