@@ -281,7 +281,7 @@ def test_restart_skips_finished_work_and_refuses_changed_parameters(tmp_path):
     for changed in [{"metrics": ["test-brightness", "test-redness"]}, {"resize": 32}, {"chunk_size": 5},
                     {"data": str(tmp_path)}, {"metric_options": {"test-brightness": {}}}]:
         arguments = {"data": data, "metrics": ["test-brightness"], "out_dir": out, **RUN, **changed}
-        with pytest.raises(JobMismatchError, match=f"{next(iter(changed))}: .*choose a new --out"):
+        with pytest.raises(JobMismatchError, match=f"{next(iter(changed))}: .*choose a new output folder"):
             annotate(**arguments)
     assert chunk_mtimes(out) == mtimes
 

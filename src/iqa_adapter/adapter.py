@@ -205,8 +205,12 @@ class IQAAdapter(nn.Module):
         """The UNet the adapter is attached to, if any."""
         return None if self._attachment is None else self._attachment["unet"]
 
-    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None) -> "IQAAdapter":
-        """Install the adapter's layers into a UNet or pipeline; ``scale`` defaults to the config's."""
+    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None, *, cast: bool = True) -> "IQAAdapter":
+        """Install the adapter's layers into a UNet or pipeline; ``scale`` defaults to the config's.
+
+        The adapter moves to the UNet's device and, with ``cast`` (default), to its dtype. Training keeps
+        float32 adapter weights on a half-precision UNet (``cast=False``) and runs under autocast.
+        """
         unet = _unet_of(unet_or_pipeline)
         if self._attachment is not None:
             raise RuntimeError("this adapter is already attached; call detach() first")
@@ -217,7 +221,7 @@ class IQAAdapter(nn.Module):
             )
         self._check_compatible(unet)
         parameter = next(unet.parameters())
-        self.to(device=parameter.device, dtype=parameter.dtype)
+        self.to(device=parameter.device, dtype=parameter.dtype if cast else None)
 
         original_processors = dict(unet.attn_processors)
         processors = dict(original_processors)

@@ -20,25 +20,23 @@ then holds:
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
-import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, KeysView, Sequence
+from collections.abc import Callable, KeysView, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .datasets import SUPPORTED_INPUTS, DatasetError, DecodedImage, ImageTextReader, Sample, load_image, open_dataset
-from .io_utils import atomic_write, write_json
+from .chunks import (ChunkBatches, ChunkCollector, ItemLoader, JobMismatchError, WorkItem, my_unfinished_chunks,
+                     process_state, start_or_resume)
+from .datasets import DecodedImage, ImageTextReader, load_image, open_dataset
+from .io_utils import atomic_write
 from .metrics import QualityMetric, create_metric, metric_info
 from .stats import MetricStats, write_stats_table
 
@@ -51,8 +49,7 @@ INFO_COLUMNS = ("key", "caption", "width", "height")
 REPORT_COLUMNS = ("key", "source", "reason")
 
 
-class JobMismatchError(ValueError):
-    """``out_dir`` holds a job started with other parameters."""
+__all__ = ["AnnotationSummary", "JobMismatchError", "ScoreTable", "annotate"]
 
 
 @dataclass(frozen=True)
@@ -113,15 +110,12 @@ def annotate(
     _check_arguments(metrics, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize)
     out_dir = Path(out_dir)
     reader = open_dataset(data)
-    state = _process_state(device)
+    state = process_state(device)
     parameters = {"data": str(Path(data).expanduser().absolute()), "metrics": metrics, "resize": resize,
                   "chunk_size": chunk_size, "metric_options": metric_options}
-    num_samples = _start_or_resume(out_dir, json.loads(json.dumps(parameters)), reader, state)
-
-    num_chunks = math.ceil(num_samples / chunk_size)
-    unfinished = [index for index in range(num_chunks) if not _chunk_path(out_dir, index).exists()]
-    state.wait_for_everyone()  # every process has listed the same finished chunks before new ones appear
-    mine = unfinished[state.process_index :: state.num_processes]
+    num_samples = start_or_resume(out_dir / JOB_FILE, json.loads(json.dumps(parameters)), reader, state,
+                                  partial_files=out_dir / CHUNKS_DIR)
+    num_chunks, mine = my_unfinished_chunks(num_samples, chunk_size, functools.partial(_chunk_path, out_dir), state)
 
     device = torch.device(device) if device is not None else state.device
     models = {name: create_metric(name, device=device, **metric_options.get(name, {})).eval() for name in metrics}
@@ -162,41 +156,6 @@ def _check_arguments(metrics: list[str], metric_options: dict, *, batch_size: in
             raise ValueError(f"{name} must be a positive integer, got {value}")
 
 
-def _process_state(device: str | torch.device | None) -> PartialState:
-    """accelerate's view of this process; CPU runs (``--cpu``, a CPU device, or no GPU) use the gloo backend."""
-    cpu = (parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-           or (device is not None and torch.device(device).type == "cpu"))
-    return PartialState(cpu=cpu)
-
-
-def _start_or_resume(out_dir: Path, parameters: dict, reader: ImageTextReader, state: PartialState) -> int:
-    """Record the job in ``out_dir`` on a first run, or check that a restart has the same parameters.
-
-    Returns the number of samples, counted once on the first run.
-    """
-    job_file = out_dir / JOB_FILE
-    if state.is_main_process:
-        if not job_file.exists():
-            write_json(job_file, {**parameters, "num_samples": _count_samples(reader, parameters["data"])})
-        for leftover in (out_dir / CHUNKS_DIR).glob(".*.tmp"):  # chunk files half-written by a killed run
-            leftover.unlink()
-    state.wait_for_everyone()
-    job = json.loads(job_file.read_text())
-    changed = [f"{name}: {job.get(name)!r} -> {value!r}"
-               for name, value in parameters.items() if job.get(name) != value]
-    if changed:
-        raise JobMismatchError(f"{out_dir} holds a job started with other parameters ({'; '.join(changed)}); rerun "
-                               "with the original parameters to resume it, or choose a new --out")
-    return int(job["num_samples"])
-
-
-def _count_samples(reader: ImageTextReader, data: str) -> int:
-    count = sum(1 for _ in reader)
-    if count == 0:
-        raise DatasetError(f"no images found in {data!r}; give {SUPPORTED_INPUTS}")
-    return count
-
-
 def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / CHUNKS_DIR / f"chunk_{index:06d}.parquet"
 
@@ -204,57 +163,10 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
 # ---------------------------------------------------------------- scoring
 
 
-class _WorkItem(NamedTuple):
-    """A sample with its place in the job: its chunk, the chunk's number of samples, its position there."""
-
-    chunk: int
-    chunk_length: int
-    position: int
-    sample: Sample
+ImageGroup = tuple[list[tuple[WorkItem, DecodedImage]], torch.Tensor | None]
 
 
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
-
-
-@dataclass(frozen=True)
-class _ChunkBatches:
-    """Batch sampler: lists the dataset and yields batches of the work items of the given chunks.
-
-    A batch never mixes chunks. The items are the keys of :class:`_Decoder`, sent to the loader workers.
-    """
-
-    reader: ImageTextReader
-    chunks: Sequence[int]
-    chunk_size: int
-    batch_size: int
-
-    def __iter__(self) -> Iterator[list[_WorkItem]]:
-        wanted, last = set(self.chunks), max(self.chunks, default=-1)
-        for index, samples in enumerate(_batched(self.reader, self.chunk_size)):
-            if index > last:
-                return
-            if index in wanted:
-                items = [_WorkItem(index, len(samples), position, sample) for position, sample in enumerate(samples)]
-                yield from _batched(items, self.batch_size)
-
-
-class _Decoder(Dataset):
-    """Reads and decodes the image of a work item (in a loader worker)."""
-
-    def __init__(self, resize: int | None):
-        self.resize = resize
-
-    def __getitem__(self, item: _WorkItem) -> tuple[_WorkItem, DecodedImage]:
-        return item, load_image(item.sample, self.resize)
-
-
-ImageGroup = tuple[list[tuple[_WorkItem, DecodedImage]], torch.Tensor | None]
-
-
-def _group_by_size(pairs: list[tuple[_WorkItem, DecodedImage]]) -> list[ImageGroup]:
+def _group_by_size(pairs: list[tuple[WorkItem, DecodedImage]]) -> list[ImageGroup]:
     """Collate: stack the images of equal size into uint8 (N, 3, H, W); skipped samples form a group without images."""
     groups: dict[tuple | None, list] = defaultdict(list)
     for item, decoded in pairs:
@@ -268,9 +180,16 @@ def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[s
                   chunk_size: int, batch_size: int, num_workers: int, resize: int | None, device: torch.device,
                   on_batch: Callable[[int], object]) -> None:
     """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
-    loader = DataLoader(_Decoder(resize), batch_sampler=_ChunkBatches(reader, chunks, chunk_size, batch_size),
+    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize)),
+                        batch_sampler=ChunkBatches(reader, chunks, chunk_size, batch_size),
                         num_workers=num_workers, collate_fn=_group_by_size)
-    writer = _ChunkWriter(out_dir, list(models))
+    metrics = list(models)
+
+    def write_chunk(chunk: int, rows: list[dict]) -> None:
+        frame = _chunk_frame(rows, metrics)
+        atomic_write(_chunk_path(out_dir, chunk), lambda temporary: frame.to_parquet(temporary, index=False))
+
+    writer = ChunkCollector(write_chunk)
     for groups in loader:
         for pairs, images in groups:
             scores = {} if images is None else _score(models, images, device, [item.sample.key for item, _ in pairs])
@@ -295,24 +214,6 @@ def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch
             raise RuntimeError(f"metric {name!r} returned {values.shape[0]} scores for {len(keys)} images")
         scores[name] = values
     return scores
-
-
-class _ChunkWriter:
-    """Collects the rows of each chunk; writes a chunk's file atomically once all its rows are in."""
-
-    def __init__(self, out_dir: Path, metrics: list[str]):
-        self.out_dir = out_dir
-        self.metrics = metrics
-        self.rows: dict[int, dict[int, dict]] = defaultdict(dict)
-
-    def add(self, item: _WorkItem, row: dict) -> None:
-        rows = self.rows[item.chunk]
-        rows[item.position] = row
-        if len(rows) == item.chunk_length:
-            frame = _chunk_frame([rows[position] for position in sorted(rows)], self.metrics)
-            path = _chunk_path(self.out_dir, item.chunk)
-            atomic_write(path, lambda temporary: frame.to_parquet(temporary, index=False))
-            del self.rows[item.chunk]
 
 
 def _chunk_frame(rows: list[dict], metrics: list[str]) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""Model architectures built from configs: the full SD 1.5 / SDXL UNets (for benchmarks and layout checks,
-random weights) and tiny SD / SDXL pipelines (for tests and the offline demo).
+"""Model architectures built from configs: the full SD 1.5 / SDXL UNets and pipelines (for benchmarks and
+layout checks, random weights) and tiny SD / SDXL pipelines (for tests).
 
 Nothing here downloads anything: the tiny pipelines include a character-level CLIP tokenizer made on the
 spot, so they run on a machine with no internet.
@@ -156,3 +156,43 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         unet=unet,
         scheduler=DDIMScheduler(**_SCHEDULER),
     )
+
+
+# Text encoders and VAEs of the full-size models (CLIP ViT-L/14, OpenCLIP ViT-bigG/14, the SD / SDXL VAE).
+CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                   projection_dim=768, hidden_act="quick_gelu")
+CLIP_BIGG_TEXT = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                      projection_dim=1280, hidden_act="gelu")
+FULL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def full_size_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+    """The full SD 1.5 or SDXL pipeline architecture with random weights and an offline character tokenizer.
+
+    For benchmarks of memory and speed (nothing is downloaded; the images it makes are noise).
+    """
+    if name not in UNET_CONFIGS:
+        raise ValueError(f"unknown architecture {name!r}; choose from {sorted(UNET_CONFIGS)}")
+    tokenizer = char_tokenizer()
+
+    def text_config(sizes: dict) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes)
+
+    with torch.device(device or "cpu"):
+        unet = UNet2DConditionModel(**UNET_CONFIGS[name])
+        scheduler = DDIMScheduler(**_SCHEDULER)
+        if name == "sd15":
+            pipe = StableDiffusionPipeline(
+                vae=AutoencoderKL(**FULL_VAE, sample_size=512, scaling_factor=0.18215),
+                text_encoder=CLIPTextModel(text_config(CLIP_L_TEXT)), tokenizer=tokenizer, unet=unet,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        else:
+            pipe = StableDiffusionXLPipeline(
+                vae=AutoencoderKL(**FULL_VAE, sample_size=1024, scaling_factor=0.13025),
+                text_encoder=CLIPTextModel(text_config(CLIP_L_TEXT)),
+                text_encoder_2=CLIPTextModelWithProjection(text_config(CLIP_BIGG_TEXT)),
+                tokenizer=tokenizer, tokenizer_2=char_tokenizer(), unet=unet, scheduler=scheduler)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

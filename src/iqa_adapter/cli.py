@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_groups() -> list:
     """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
-    groups = []
-    return groups
+    from .training.cli import add_commands as add_training_commands
+
+    return [add_training_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

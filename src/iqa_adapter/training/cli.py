@@ -1,0 +1,92 @@
+"""``iqa-adapter train``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local paths are recorded absolute (so a resumed run compares equal); hub ids stay as they are."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def cmd_train(args) -> None:
+    from .config import TrainConfig
+    from .trainer import train
+
+    config = TrainConfig(
+        base=_absolute(args.base), data=_absolute(args.data), scores=_absolute(args.scores),
+        metrics=[name.strip() for name in args.metrics.split(",") if name.strip()], out=_absolute(args.out) or args.out,
+        num_tokens=args.num_tokens, projection=args.projection, encoding_frequencies=args.encoding_frequencies,
+        flag_feature=not args.no_flag, init_adapter=_absolute(args.init_adapter), stats_from=args.stats_from,
+        resolution=args.resolution, crop=args.crop, flip=args.flip, cache_dir=_absolute(args.cache_dir),
+        cache_dtype=args.cache_dtype,
+        num_workers=args.workers, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        max_steps=args.max_steps, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None,
+        ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, drop_quality=args.drop_quality,
+        drop_text=args.drop_text, drop_both=args.drop_both, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        checkpoints_total_limit=args.checkpoints_total_limit, resume=args.resume, log_every=args.log_every,
+        validation_every=args.validation_every, validation_prompts=args.validation_prompt,
+        validation_steps=args.validation_steps, progress=not args.no_progress,
+    )
+    train(config)
+
+
+def add_commands(commands) -> None:
+    """Register ``train``."""
+    parser = commands.add_parser(
+        "train", help="train an IQA-Adapter on a frozen SD 1.x/2.x or SDXL base",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Adapter-only training (projection + per-layer quality K/V) with the denoising loss. Resumable "
+                    "(--resume latest), multi-GPU / multi-node with `accelerate launch -m iqa_adapter train ...`.")
+    parser.add_argument("--base", required=True, help="diffusers model folder or hub id (SD 1.x/2.x, SDXL)")
+    parser.add_argument("--data", required=True, help="dataset in any format `annotate` reads")
+    parser.add_argument("--scores", required=True, help="scores.parquet from `iqa-adapter annotate` (or its folder)")
+    parser.add_argument("--metrics", required=True, help="comma-separated score columns to condition on, in order")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, validation grids, adapter/")
+    group = parser.add_argument_group("adapter")
+    group.add_argument("--num-tokens", type=int, default=2)
+    group.add_argument("--projection", default="linear", choices=["linear", "mlp"])
+    group.add_argument("--encoding-frequencies", type=int, default=0, help="L of the sinusoidal score encoding (0: off)")
+    group.add_argument("--no-flag", action="store_true", help="no constant flag feature beside the scores")
+    group.add_argument("--init-adapter", default=None, help="start from this adapter (second stage of the paper)")
+    group.add_argument("--stats-from", default="data", choices=["data", "init"],
+                       help="normalise with this dataset's statistics, or keep those of --init-adapter")
+    group = parser.add_argument_group("data")
+    group.add_argument("--resolution", type=int, default=512)
+    group.add_argument("--crop", default="center", choices=["center", "random"])
+    group.add_argument("--flip", action="store_true", help="random horizontal flips (not for position-aware captions)")
+    group.add_argument("--cache-dir", default=None, help="precompute VAE latents and text embeddings here once, reuse them")
+    group.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    group.add_argument("--workers", type=int, default=2, help="data-loader processes")
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--batch-size", type=int, default=16, help="per process")
+    group.add_argument("--gradient-accumulation", type=int, default=1)
+    group.add_argument("--max-steps", type=int, default=1000)
+    group.add_argument("--learning-rate", type=float, default=1e-4)
+    group.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
+    group.add_argument("--warmup-steps", type=int, default=0)
+    group.add_argument("--weight-decay", type=float, default=1e-2)
+    group.add_argument("--max-grad-norm", type=float, default=1.0, help="0 turns clipping off")
+    group.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the adapter (e.g. 0.999)")
+    group.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    group.add_argument("--gradient-checkpointing", action="store_true")
+    group.add_argument("--drop-quality", type=float, default=0.01, help="rate of dropping the quality condition only")
+    group.add_argument("--drop-text", type=float, default=0.05, help="rate of dropping the caption only")
+    group.add_argument("--drop-both", type=float, default=0.01, help="rate of dropping both")
+    group.add_argument("--seed", type=int, default=0)
+    group = parser.add_argument_group("checkpoints and logs")
+    group.add_argument("--checkpoint-every", type=int, default=500)
+    group.add_argument("--checkpoints-total-limit", type=int, default=3, help="keep this many newest checkpoints (0: all)")
+    group.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    group.add_argument("--log-every", type=int, default=10)
+    group.add_argument("--validation-every", type=int, default=0, help="steps between validation grids (0: never)")
+    group.add_argument("--validation-prompt", action="append", default=[], help="repeatable")
+    group.add_argument("--validation-steps", type=int, default=20)
+    group.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=cmd_train)

@@ -1,0 +1,125 @@
+"""The settings of a training run, saved as ``train_config.json`` in its output folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..config import PROJECTIONS
+from .data import CROPS
+
+CONFIG_FILE = "train_config.json"
+LR_SCHEDULES = ("constant", "cosine", "linear")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+STATS_SOURCES = ("data", "init")
+# Settings that may change when a run is resumed: they do not change what the finished steps computed.
+RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every", "checkpoints_total_limit", "log_every",
+                               "validation_every", "validation_prompts", "validation_steps", "num_workers",
+                               "resume", "progress"})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults follow the paper (section 9) and REFERENCE.md.
+
+    Paper: AdamW (0.9, 0.999), weight decay 1e-2, lr 1e-4 (CC3M at 512 px) then 1e-5 for the second
+    stage, bf16, 2 tokens, linear projection. Official code: condition drops from one uniform draw, quality
+    1 %, text 5 %, both 1 %; no schedule, EMA, caching or resume (all optional here).
+    """
+
+    base: str
+    data: str
+    scores: str
+    metrics: list[str]
+    out: str
+    # adapter (a new one; with init_adapter, its own architecture and, by default, its statistics are kept)
+    num_tokens: int = 2
+    projection: str = "linear"
+    encoding_frequencies: int = 0
+    flag_feature: bool = True
+    init_adapter: str | None = None
+    stats_from: str = "data"  # "data": this dataset's statistics; "init": keep the init adapter's
+    # data
+    resolution: int = 512
+    crop: str = "center"
+    flip: bool = False
+    cache_dir: str | None = None
+    cache_dtype: str = "float16"
+    num_workers: int = 2
+    # optimisation
+    batch_size: int = 16  # per process
+    gradient_accumulation: int = 1
+    max_steps: int = 1000
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-2
+    max_grad_norm: float | None = 1.0
+    ema_decay: float | None = None
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    drop_quality: float = 0.01
+    drop_text: float = 0.05
+    drop_both: float = 0.01
+    seed: int = 0
+    # checkpoints and visibility
+    checkpoint_every: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume: str | None = None  # "latest" or a checkpoint folder
+    log_every: int = 10
+    validation_every: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_steps: int = 20
+    validation_guidance: float = 7.5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "projection": (self.projection, PROJECTIONS), "crop": (self.crop, CROPS),
+            "lr_schedule": (self.lr_schedule, LR_SCHEDULES), "mixed_precision": (self.mixed_precision, MIXED_PRECISION),
+            "stats_from": (self.stats_from, STATS_SOURCES),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not self.metrics:
+            raise ValueError("give at least one metric to condition on (--metrics topiq_nr,laion_aes)")
+        for name in ("batch_size", "gradient_accumulation", "max_steps", "resolution", "num_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        drops = (self.drop_quality, self.drop_text, self.drop_both)
+        if min(drops) < 0 or sum(drops) > 1:
+            raise ValueError(f"condition drop rates must be >= 0 and sum to at most 1, got {drops}")
+        if self.stats_from == "init" and self.init_adapter is None:
+            raise ValueError("stats_from='init' keeps the statistics of --init-adapter, which is not given")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def save(self, out_dir: str | Path) -> None:
+        from ..io_utils import write_json
+
+        write_json(Path(out_dir) / CONFIG_FILE, self.to_dict())
+
+    def changes_from(self, saved: "TrainConfig") -> list[str]:
+        """Settings that differ from a saved run's and would change its results (resume refuses them)."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        return [f"{name}: {theirs[name]!r} -> {mine[name]!r}" for name in mine
+                if name not in RESUMABLE_CHANGES and mine[name] != theirs[name]]
+
+
+def load_train_config(out_dir: str | Path) -> TrainConfig | None:
+    """The settings saved in a run's output folder, if any."""
+    path = Path(out_dir) / CONFIG_FILE
+    return TrainConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
