@@ -131,3 +131,13 @@ def test_annotate_errors_name_the_problem(tmp_path, capsys):
     assert main(["annotate", "--data", str(tmp_path), "--metrics", "piqe", "--out", str(tmp_path / "o"),
                  "--metric-option", "params=x"]) == 2
     assert "METRIC.OPTION=VALUE" in capsys.readouterr().err
+
+
+def test_evaluate_writes_the_report(tmp_path, model_dirs, capsys):
+    base, adapter = model_dirs
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--base", str(base), "--adapter", str(adapter), "--metrics", "sharpness,contrast",
+                 "--prompt", "a red circle", "--seeds", "1", "--steps", "2", "--scale", "0.75", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["default_scale"] == 0.75 and set(report["relgain"]["p99"]) == {"sharpness", "contrast"}
+    assert "Claims of the paper" in capsys.readouterr().out

@@ -202,6 +202,31 @@ def cmd_niqe_fit(args) -> None:
     print(f"use it with: --metrics niqe --metric-option niqe.params={fit.path}")
 
 
+def cmd_evaluate(args) -> None:
+    from .adapter import IQAAdapter
+    from .evaluation import EvaluationSettings, evaluate_adapter
+    from .metrics import create_metric
+
+    device = args.device or _default_device()
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give prompts with --prompt (repeatable) or --prompts-file")
+    options = _metric_options(args.metric_option)
+    metrics = {name: create_metric(name, device=device, **options.get(name, {})).eval()
+               for name in _comma_list(args.metrics)}
+    adapter = IQAAdapter.from_pretrained(args.adapter)
+    pipe = load_pipeline(args.base, device, _torch_dtype(args.dtype, device))
+    adapter.attach(pipe)
+    settings = EvaluationSettings(prompts=prompts, seeds=args.seeds, seed=args.seed, steps=args.steps,
+                                  guidance=args.guidance, negative_quality=args.negative_quality, scale=args.scale,
+                                  batch_size=args.batch_size)
+    report = evaluate_adapter(pipe, adapter, metrics, settings, args.out)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"{report['n_images']} images, {report['seconds']} s; report {Path(args.out) / 'report.json'}")
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -274,6 +299,29 @@ def build_parser() -> argparse.ArgumentParser:
                           help="an option for one metric, e.g. niqe.params=niqe.safetensors; repeatable")
     annotate.add_argument("--no-progress", action="store_true")
     annotate.set_defaults(func=cmd_annotate)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="the paper's experiments for an adapter: percentile sweep, RelGain, scale sweep, negative guidance",
+        description="Generate paired images (same prompts and seeds) for the base model, a p1..p99 sweep, an adapter-"
+                    "scale sweep and negative quality guidance; score them with every --metrics; write OUT/report.json, "
+                    "OUT/report.md, OUT/figures/*.png and every image under OUT/images/ with a CSV.")
+    evaluate.add_argument("--base", required=True, help="diffusers model directory or hub id")
+    evaluate.add_argument("--adapter", required=True, help="adapter directory")
+    evaluate.add_argument("--metrics", required=True, help="comma-separated evaluation metrics (registry names)")
+    evaluate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE")
+    evaluate.add_argument("--prompt", action="append", default=[], help="repeatable")
+    evaluate.add_argument("--prompts-file", default=None, help="one prompt per line")
+    evaluate.add_argument("--seeds", type=int, default=4, help="images per prompt and condition")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--steps", type=int, default=35)
+    evaluate.add_argument("--guidance", type=float, default=7.5)
+    evaluate.add_argument("--scale", type=float, default=None, help="the adapter scale of the sweeps (default: the adapter's)")
+    evaluate.add_argument("--negative-quality", type=float, default=1.0, help="K of the negative-guidance experiment")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--dtype", default=None)
+    evaluate.add_argument("--out", required=True)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     metrics = commands.add_parser("metrics", help="list every available quality metric")
     metrics.set_defaults(func=cmd_metrics)
