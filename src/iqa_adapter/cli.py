@@ -71,27 +71,49 @@ def _qualities(args) -> tuple[list[dict], str | None]:
     return sweep_qualities(fixed, metric, [t.strip() for t in targets.split(",") if t.strip()]), metric
 
 
+def _iqa_guidance(args, device: str):
+    """The IQA-gradient guidance the generate arguments ask for, or None."""
+    if args.guidance_metric is None:
+        return None
+    from .guidance import IQAGuidance
+    from .metrics import create_metric
+
+    start, _, end = args.guidance_window.partition(",")
+    metric = create_metric(args.guidance_metric, device=device).eval()
+    return IQAGuidance(metric, alpha=args.guidance_alpha, window=(float(start), float(end or 1.0)),
+                       decode_scale=args.guidance_decode_scale, checkpointing=not args.no_guidance_checkpointing)
+
+
 def cmd_generate(args) -> None:
     from .adapter import IQAAdapter
     from .generation import generate, save_images, sweep_grid
 
     device = args.device or _default_device()
     dtype = _torch_dtype(args.dtype, device)
-    adapter = IQAAdapter.from_pretrained(args.adapter)
-    qualities, sweep_metric = _qualities(args)
-    for quality in qualities:  # fail on bad targets before loading a large model
-        adapter.z_scores(quality)
+    if args.no_adapter:
+        if args.quality or args.sweep:
+            raise ValueError("--quality and --sweep need an adapter; drop --no-adapter")
+        adapter, qualities, sweep_metric = None, None, None
+    else:
+        if args.adapter is None:
+            raise ValueError("give --adapter DIR (or --no-adapter for the base model alone)")
+        adapter = IQAAdapter.from_pretrained(args.adapter)
+        qualities, sweep_metric = _qualities(args)
+        for quality in qualities:  # fail on bad targets before loading a large model
+            adapter.z_scores(quality)
+    iqa_guidance = _iqa_guidance(args, device)
     pipe = load_pipeline(args.base, device, dtype)
-    adapter.attach(pipe, scale=args.scale)
+    if adapter is not None:
+        adapter.attach(pipe, scale=args.scale)
     started = time.perf_counter()
     results = generate(
         pipe, adapter, args.prompt, qualities,
         negative_prompt=args.negative_prompt, negative_quality=args.negative_quality, seed=args.seed,
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, height=args.height,
-        width=args.width, batch_size=args.batch_size,
+        width=args.width, batch_size=args.batch_size, iqa_guidance=iqa_guidance,
     )
     elapsed = time.perf_counter() - started
-    paths = save_images(results, args.out, extra={"base": args.base, "adapter": str(args.adapter)})
+    paths = save_images(results, args.out, extra={"base": args.base, "adapter": args.adapter and str(args.adapter)})
     print(f"wrote {len(paths)} images with JSON sidecars to {args.out} ({elapsed:.1f} s)")
     if sweep_metric is not None:
         grid_path = Path(args.out) / f"sweep_{sweep_metric}.png"
@@ -239,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate images at chosen quality levels")
     generate.add_argument("--base", required=True, help="diffusers model directory or hub id (SD 1.x/2.x, SDXL)")
-    generate.add_argument("--adapter", required=True, help="adapter directory (config.json + adapter.safetensors)")
+    generate.add_argument("--adapter", default=None, help="adapter directory (config.json + adapter.safetensors)")
+    generate.add_argument("--no-adapter", action="store_true", help="the base model alone (e.g. with gradient guidance)")
     generate.add_argument("--prompt", required=True, action="append", help="prompt; repeat for several")
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("--quality", action="append", default=[], metavar="METRIC=TARGET",
@@ -250,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="adapter scale lambda (default: the adapter's, 0.5) or a per-block JSON dict")
     generate.add_argument("--negative-quality", type=float, nargs="?", const=1.0, default=None, metavar="K",
                           help="negative quality guidance: unconditional branch gets -K*q (K defaults to 1.0)")
+    generate.add_argument("--guidance-metric", default=None, metavar="METRIC",
+                          help="IQA-gradient guidance (paper 3.1) with this differentiable metric")
+    generate.add_argument("--guidance-alpha", type=float, default=30.0, help="gradient guidance scale (paper: 30)")
+    generate.add_argument("--guidance-window", default="0,1", metavar="START,END",
+                          help="fractions of sampling where gradient guidance acts")
+    generate.add_argument("--guidance-decode-scale", type=float, default=1.0,
+                          help="decode the latent downsampled by this factor for the metric (less memory)")
+    generate.add_argument("--no-guidance-checkpointing", action="store_true",
+                          help="no gradient checkpointing through the VAE decoder (faster, more memory)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--steps", type=int, default=35)
     generate.add_argument("--guidance", type=float, default=7.5)

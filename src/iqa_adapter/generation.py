@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .adapter import IQAAdapter
 from .grid import image_grid
+from .guidance import IQAGuidance
 from .io_utils import atomic_write, write_json
 from .targets import QualityTarget
 
@@ -57,9 +59,9 @@ def _versions() -> dict:
 
 def generate(
     pipe,
-    adapter: IQAAdapter,
+    adapter: IQAAdapter | None,
     prompts: str | Sequence[str],
-    qualities: Quality | Sequence[Quality],
+    qualities: Quality | Sequence[Quality] | None = None,
     *,
     negative_prompt: str | None = None,
     negative_quality: float | None = None,
@@ -71,6 +73,7 @@ def generate(
     height: int | None = None,
     width: int | None = None,
     batch_size: int = 8,
+    iqa_guidance: IQAGuidance | None = None,
     progress: bool = True,
     **pipeline_kwargs,
 ) -> list[GeneratedImage]:
@@ -79,62 +82,75 @@ def generate(
     The same seeds are used for every prompt and quality, so images that differ only in quality are paired
     (same initial noise), as the paper's sweeps and RelGain need. If the adapter is not attached to ``pipe``
     it is attached for this call and detached afterwards. ``scale`` (a float or a per-block dict) sets lambda;
-    ``negative_quality=k`` puts ``-k * q`` in the unconditional branch (paper: k = 1). Extra keyword arguments
-    go to the pipeline call unchanged.
+    ``negative_quality=k`` puts ``-k * q`` in the unconditional branch (paper: k = 1). ``adapter=None``
+    generates with the base model alone (no ``qualities``). ``iqa_guidance`` adds IQA-gradient guidance
+    (:class:`~iqa_adapter.guidance.IQAGuidance`, paper section 3.1). Extra keyword arguments go to the
+    pipeline call unchanged.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    qualities = [qualities] if isinstance(qualities, Mapping) else list(qualities)
+    if adapter is None:
+        if qualities:
+            raise ValueError("quality targets need an adapter; pass adapter=None only without qualities")
+        qualities = [{}]
+    else:
+        qualities = [qualities] if isinstance(qualities, Mapping) else list(qualities or [])
     if not prompts or not qualities or num_images < 1:
         raise ValueError("need at least one prompt, one quality target and num_images >= 1")
-    z_rows = [adapter.z_scores(quality) for quality in qualities]  # validates every target before any work
+    z_rows = [adapter.z_scores(quality) if adapter else None for quality in qualities]  # validated before any work
     jobs = [
         (prompt, quality_index, seed + image_index)
         for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
     ]
-    attached_here = not adapter.is_attached
-    if adapter.is_attached and adapter.attached_unet is not pipe.unet:
+    attached_here = adapter is not None and not adapter.is_attached
+    if adapter is not None and adapter.is_attached and adapter.attached_unet is not pipe.unet:
         raise RuntimeError("the adapter is attached to another UNet than this pipeline's; detach it first")
     if attached_here:
         adapter.attach(pipe)
     try:
-        if scale is not None:
+        if scale is not None and adapter is not None:
             adapter.set_scale(scale)
         do_cfg = guidance > 1.0
         results: list[GeneratedImage] = []
         bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress)
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
-            z = torch.stack([z_rows[quality_index] for _, quality_index, _ in chunk])
-            embeds = adapter.embeds(z, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg)
-            with adapter.per_image_embeds(embeds):
+            with ExitStack() as stack:
+                call = dict(pipeline_kwargs)
+                if adapter is not None:
+                    z = torch.stack([z_rows[quality_index] for _, quality_index, _ in chunk])
+                    embeds = adapter.embeds(z, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg)
+                    stack.enter_context(adapter.per_image_embeds(embeds))
+                    call["ip_adapter_image_embeds"] = adapter.pipeline_placeholder(embeds, do_cfg)
+                if iqa_guidance is not None:
+                    stack.enter_context(iqa_guidance.applied(pipe))
                 output = pipe(
                     prompt=[prompt for prompt, _, _ in chunk],
                     negative_prompt=None if negative_prompt is None else [negative_prompt] * len(chunk),
-                    ip_adapter_image_embeds=adapter.pipeline_placeholder(embeds, do_cfg),
                     num_inference_steps=steps,
                     guidance_scale=guidance,
                     height=height,
                     width=width,
                     generator=[torch.Generator("cpu").manual_seed(job_seed) for _, _, job_seed in chunk],
                     num_images_per_prompt=1,
-                    **pipeline_kwargs,
+                    **call,
                 )
             for (prompt, quality_index, job_seed), image in zip(chunk, output.images):
-                width, height = _size(image)
+                image_width, image_height = _size(image)
                 results.append(GeneratedImage(image=image, settings={
                     "prompt": prompt,
                     "negative_prompt": negative_prompt,
                     "seed": job_seed,
                     "quality": {name: str(target) for name, target in qualities[quality_index].items()},
-                    "quality_z": dict(zip(adapter.metric_names, z_rows[quality_index].tolist())),
+                    "quality_z": dict(zip(adapter.metric_names, z_rows[quality_index].tolist())) if adapter else {},
                     "negative_quality": negative_quality,
-                    "scale": adapter.scale,
+                    "scale": adapter.scale if adapter else None,
+                    "iqa_guidance": iqa_guidance.describe() if iqa_guidance else None,
                     "steps": steps,
                     "guidance": guidance,
-                    "height": height,
-                    "width": width,
+                    "height": image_height,
+                    "width": image_width,
                     "base_model": getattr(pipe.config, "_name_or_path", None),
-                    "adapter_base_model": adapter.config.base_model,
+                    "adapter_base_model": adapter.config.base_model if adapter else None,
                     "pipeline": type(pipe).__name__,
                     "scheduler": type(pipe.scheduler).__name__,
                     "versions": _versions(),
