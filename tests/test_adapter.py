@@ -100,11 +100,11 @@ def test_negative_quality_guidance_branch_contents(pipe, adapter):
         run(pipe, adapter.embeds(z), steps=1)
     finally:
         hook.remove()
-    positive = adapter.features(z)
+    positive = adapter.condition_inputs(z)
     for features, k in zip(seen, (1.0, 0.5)):
         assert features.shape == (2, 1, adapter.config.feature_dim)  # same batch as plain CFG: no extra UNet cost
         assert torch.allclose(features[1, 0], positive)
-        assert torch.allclose(features[0, 0], adapter.features(-k * z))
+        assert torch.allclose(features[0, 0], adapter.condition_inputs(-k * z))
         assert features[0, 0, -1] == 1.0  # the flag still says "a condition is present"
     assert torch.equal(seen[2][0, 0], torch.zeros(adapter.config.feature_dim))  # dropped condition
     assert seen[0].shape == seen[2].shape
@@ -198,7 +198,7 @@ def test_mismatched_base_names_both_widths(sd_pipe, sdxl_pipe):
 def test_feature_count_errors(sd_pipe):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
     with pytest.raises(ValueError, match=r"expected 2 z-scores \(sharp, aes\)"):
-        adapter.features(torch.zeros(3))
+        adapter.condition_inputs(torch.zeros(3))
 
 
 def test_other_schedulers_and_cutoff_callback_work(sd_pipe):

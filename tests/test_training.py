@@ -272,7 +272,7 @@ def test_second_stage_starts_from_an_adapter(world, tmp_path):
     assert_same_weights(first.adapter_dir, frozen.adapter_dir)  # lr 0: the stage-1 weights, carried over
     assert (IQAAdapter.from_pretrained(frozen.adapter_dir).config.metrics
             == IQAAdapter.from_pretrained(first.adapter_dir).config.metrics)
-    with pytest.raises(ValueError, match="same metrics"):
+    with pytest.raises(ValueError, match="same condition"):
         train(config(world, tmp_path / "stage2b", init_adapter=str(first.adapter_dir), metrics=["colorfulness"]))
 
 

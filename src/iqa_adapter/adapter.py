@@ -97,6 +97,9 @@ class IQAAdapter(nn.Module):
         self.config = config
         self.projection = build_projection(config)
         self.kv = nn.ModuleList(DecoupledKV(config.cross_attention_dim, layer.hidden_size) for layer in config.layers)
+        if config.condition == "reference":  # standardisation of the reference features, set from training data
+            self.register_buffer("feature_mean", torch.zeros(config.condition_dim))
+            self.register_buffer("feature_std", torch.ones(config.condition_dim))
         self._attachment: dict | None = None
         self._per_image_embeds: torch.Tensor | None = None
         self.scale: float | Mapping | None = None  # the lambda last set while attached
@@ -106,8 +109,9 @@ class IQAAdapter(nn.Module):
     def for_unet(
         cls,
         unet_or_pipeline,
-        metrics: Sequence[MetricStats],
+        metrics: Sequence[MetricStats] = (),
         *,
+        reference: dict | None = None,
         num_tokens: int = 2,
         projection: str = "linear",
         mlp_hidden_dim: int = 128,
@@ -117,7 +121,11 @@ class IQAAdapter(nn.Module):
         base_model: str | None = None,
         seed: int | None = None,
     ) -> "IQAAdapter":
-        """A new adapter for this UNet, its quality K/V initialised from each layer's text K/V."""
+        """A new adapter for this UNet, its quality K/V initialised from each layer's text K/V.
+
+        Conditioned on the z-scores of ``metrics``, or, with ``reference={"metric", "layers", "feature_dim"}``,
+        on the features of a reference image (:mod:`iqa_adapter.reference`).
+        """
         unet = _unet_of(unet_or_pipeline)
         if base_model is None:
             base_model = getattr(unet.config, "_name_or_path", None) or None
@@ -132,6 +140,8 @@ class IQAAdapter(nn.Module):
             flag_feature=flag_feature,
             default_scale=default_scale,
             base_model=base_model,
+            condition="scores" if reference is None else "reference",
+            reference=reference,
         )
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
@@ -329,17 +339,31 @@ class IQAAdapter(nn.Module):
         """Z-scores (D,) for a mapping ``{metric: "p99" | "z2.0" | raw value}`` covering every metric."""
         return torch.tensor(targets_to_z(targets, self.config.metrics), dtype=torch.float32)
 
-    def features(self, z: torch.Tensor) -> torch.Tensor:
-        """Projection input for z-scores (..., D): flag and sinusoidal encoding applied."""
-        z = torch.as_tensor(z, dtype=torch.float32)
-        if z.shape[-1] != len(self.config.metrics):
-            raise ValueError(f"expected {len(self.config.metrics)} z-scores ({', '.join(self.metric_names)}), "
-                             f"got shape {tuple(z.shape)}")
-        return quality_features(z, self.config.flag_feature, self.config.encoding_frequencies)
+    def condition_inputs(self, values: torch.Tensor) -> torch.Tensor:
+        """Projection input for raw conditions (..., D): z-scores, or reference features (standardised here);
+        flag and sinusoidal encoding applied."""
+        values = torch.as_tensor(values, dtype=torch.float32)
+        if values.shape[-1] != self.config.condition_dim:
+            what = (f"z-scores ({', '.join(self.metric_names)})" if self.config.condition == "scores"
+                    else "reference features")
+            raise ValueError(f"expected {self.config.condition_dim} {what}, got shape {tuple(values.shape)}")
+        if self.config.condition == "reference":
+            values = (values - self.feature_mean.float().to(values.device)) / self.feature_std.float().to(values.device)
+        return quality_features(values, self.config.flag_feature, self.config.encoding_frequencies)
 
-    def null_features(self, batch_size: int) -> torch.Tensor:
-        """The dropped condition used in training (all-zero features): the plain CFG unconditional input."""
+    def null_inputs(self, batch_size: int) -> torch.Tensor:
+        """The dropped condition used in training (all-zero projection input): the plain CFG unconditional input."""
         return torch.zeros(batch_size, self.config.feature_dim)
+
+    def stack_embeds(self, positive: torch.Tensor, negative: torch.Tensor | None = None,
+                     do_classifier_free_guidance: bool = True) -> list[torch.Tensor]:
+        """``ip_adapter_image_embeds`` from projection inputs (B, F): ``[cat([unconditional, conditional])]``
+        under CFG, the unconditional half being ``negative`` or, when it is None, the dropped condition."""
+        tensors = [positive]
+        if do_classifier_free_guidance:
+            tensors = [self.null_inputs(len(positive)) if negative is None else negative, positive]
+        parameter = self.projection.norm.weight
+        return [torch.cat([t.to(parameter.device) for t in tensors])[:, None, :].to(dtype=parameter.dtype)]
 
     def embeds(
         self,
@@ -352,19 +376,36 @@ class IQAAdapter(nn.Module):
 
         ``z`` is (B, D), or (D,) for one vector. A single vector can go straight into a pipeline call
         (``pipe(..., ip_adapter_image_embeds=adapter.embeds(z))``), which repeats it for every image. For a
-        different vector per image use :func:`iqa_adapter.generate` (or :meth:`per_image_embeds`). Under CFG, the unconditional half is the dropped condition,
-        or, with ``negative_quality=k``, the negative quality condition ``-k * z`` (paper section 8; the
-        paper uses k = 1, the official code 0.5), at no extra UNet cost. The flag feature, when used,
-        stays 1.0 in the negative branch (it marks "a condition is present").
+        different vector per image use :func:`iqa_adapter.generate` (or :meth:`per_image_embeds`). Under CFG,
+        the unconditional half is the dropped condition, or, with ``negative_quality=k``, the negative
+        quality condition ``-k * z`` (paper section 8; the paper uses k = 1, the official code 0.5), at no
+        extra UNet cost. The flag feature, when used, stays 1.0 in the negative branch (it marks "a condition
+        is present").
         """
+        if self.config.condition != "scores":
+            raise ValueError("this adapter is conditioned on reference images: use reference_embeds()")
         z = torch.as_tensor(z, dtype=torch.float32)
         if z.ndim == 1:
             z = z[None]
-        positive = self.features(z)
-        tensors = [positive]
-        if do_classifier_free_guidance:
-            negative = self.null_features(len(z)) if negative_quality is None else self.features(-negative_quality * z)
-            tensors = [negative, positive]
-        parameter = self.projection.norm.weight
-        return [torch.cat(tensors)[:, None, :].to(device=parameter.device, dtype=parameter.dtype)]
+        negative = None if negative_quality is None else self.condition_inputs(-negative_quality * z)
+        return self.stack_embeds(self.condition_inputs(z), negative, do_classifier_free_guidance)
 
+    def reference_embeds(
+        self,
+        features: torch.Tensor,
+        negative_features: torch.Tensor | None = None,
+        *,
+        do_classifier_free_guidance: bool = True,
+    ) -> list[torch.Tensor]:
+        """Reference-image features (B, F) (from :class:`~iqa_adapter.reference.ReferenceEncoder`) for the
+        UNet. Under CFG the unconditional half holds ``negative_features`` (e.g. of a clean image, to push
+        away from it) or, when None, the dropped condition."""
+        if self.config.condition != "reference":
+            raise ValueError("this adapter is conditioned on quality scores: use embeds()")
+        features = torch.as_tensor(features, dtype=torch.float32)
+        features = features[None] if features.ndim == 1 else features
+        negative = None
+        if negative_features is not None:
+            negative = torch.as_tensor(negative_features, dtype=torch.float32)
+            negative = self.condition_inputs(negative[None] if negative.ndim == 1 else negative).expand(len(features), -1)
+        return self.stack_embeds(self.condition_inputs(features), negative, do_classifier_free_guidance)

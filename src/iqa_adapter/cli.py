@@ -91,29 +91,54 @@ def cmd_generate(args) -> None:
     device = args.device or _default_device()
     dtype = _torch_dtype(args.dtype, device)
     if args.no_adapter:
-        if args.quality or args.sweep:
-            raise ValueError("--quality and --sweep need an adapter; drop --no-adapter")
+        if args.quality or args.sweep or args.reference:
+            raise ValueError("--quality, --sweep and --reference need an adapter; drop --no-adapter")
         adapter, qualities, sweep_metric = None, None, None
     else:
         if args.adapter is None:
             raise ValueError("give --adapter DIR (or --no-adapter for the base model alone)")
         adapter = IQAAdapter.from_pretrained(args.adapter)
-        qualities, sweep_metric = _qualities(args)
-        for quality in qualities:  # fail on bad targets before loading a large model
-            adapter.z_scores(quality)
+        if adapter.config.condition == "reference":
+            if not args.reference or args.quality or args.sweep:
+                raise ValueError(f"{args.adapter} is a reference-based adapter: give --reference IMAGE (repeatable), "
+                                 "not --quality or --sweep")
+            qualities, sweep_metric = None, None
+        else:
+            if args.reference:
+                raise ValueError(f"{args.adapter} is conditioned on quality scores: give --quality, not --reference")
+            qualities, sweep_metric = _qualities(args)
+            for quality in qualities:  # fail on bad targets before loading a large model
+                adapter.z_scores(quality)
+    references = {}
+    if args.reference:
+        from PIL import Image
+
+        references = {"references": [Image.open(path).convert("RGB") for path in args.reference],
+                      "negative_reference": Image.open(args.negative_reference).convert("RGB")
+                      if args.negative_reference else None}
     iqa_guidance = _iqa_guidance(args, device)
     pipe = load_pipeline(args.base, device, dtype)
     if adapter is not None:
         adapter.attach(pipe, scale=args.scale)
+    extra = {}
+    if args.init_image:
+        from diffusers import AutoPipelineForImage2Image
+        from PIL import Image
+
+        pipe = AutoPipelineForImage2Image.from_pipe(pipe)  # the same components, adapter included
+        extra = {"image": Image.open(args.init_image).convert("RGB"), "strength": args.strength}
     started = time.perf_counter()
     results = generate(
         pipe, adapter, args.prompt, qualities,
         negative_prompt=args.negative_prompt, negative_quality=args.negative_quality, seed=args.seed,
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, height=args.height,
-        width=args.width, batch_size=args.batch_size, iqa_guidance=iqa_guidance,
+        width=args.width, batch_size=args.batch_size, iqa_guidance=iqa_guidance, **references, **extra,
     )
     elapsed = time.perf_counter() - started
-    paths = save_images(results, args.out, extra={"base": args.base, "adapter": args.adapter and str(args.adapter)})
+    paths = save_images(results, args.out, extra={
+        "base": args.base, "adapter": args.adapter and str(args.adapter), "reference_files": args.reference,
+        "negative_reference_file": args.negative_reference, "init_image": args.init_image,
+        "strength": args.strength if args.init_image else None})
     print(f"wrote {len(paths)} images with JSON sidecars to {args.out} ({elapsed:.1f} s)")
     if sweep_metric is not None:
         grid_path = Path(args.out) / f"sweep_{sweep_metric}.png"
@@ -273,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="adapter scale lambda (default: the adapter's, 0.5) or a per-block JSON dict")
     generate.add_argument("--negative-quality", type=float, nargs="?", const=1.0, default=None, metavar="K",
                           help="negative quality guidance: unconditional branch gets -K*q (K defaults to 1.0)")
+    generate.add_argument("--reference", action="append", default=[], metavar="IMAGE",
+                          help="reference-based adapters: transfer this image's quality (repeatable)")
+    generate.add_argument("--negative-reference", default=None, metavar="IMAGE",
+                          help="reference-based adapters: an image whose quality to steer away from (CFG branch)")
+    generate.add_argument("--init-image", default=None, metavar="IMAGE", help="img2img: start from this image")
+    generate.add_argument("--strength", type=float, default=0.6, help="img2img: how much of the image to redo")
     generate.add_argument("--guidance-metric", default=None, metavar="METRIC",
                           help="IQA-gradient guidance (paper 3.1) with this differentiable metric")
     generate.add_argument("--guidance-alpha", type=float, default=30.0, help="gradient guidance scale (paper: 30)")

@@ -12,6 +12,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 FORMAT_VERSION = 1
 PROJECTIONS = ("linear", "mlp")
+CONDITIONS = ("scores", "reference")
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,12 @@ class CrossAttentionLayer:
 class IQAAdapterConfig:
     """Everything needed to rebuild an adapter and to turn quality targets into its input.
 
-    The condition fed to the projection is the vector of z-scores of ``metrics`` (in this order),
-    optionally followed by a constant 1.0 flag (``flag_feature``), then optionally expanded with the
-    sinusoidal encoding gamma(x) of paper section 20 (``encoding_frequencies`` = L > 0). A dropped condition
-    (classifier-free guidance, training drops) is the all-zero feature vector.
+    With ``condition="scores"`` the condition fed to the projection is the vector of z-scores of ``metrics``
+    (in this order); with ``condition="reference"`` it is the standardised feature vector of a reference
+    image (``reference``: the metric, its layers and the feature width; see :mod:`iqa_adapter.reference`).
+    Either is optionally followed by a constant 1.0 flag (``flag_feature``), then optionally expanded with
+    the sinusoidal encoding gamma(x) of paper section 20 (``encoding_frequencies`` = L > 0). A dropped
+    condition (classifier-free guidance, training drops) is the all-zero feature vector.
     """
 
     cross_attention_dim: int
@@ -43,6 +46,7 @@ class IQAAdapterConfig:
     default_scale: float = 0.5
     base_model: str | None = None
     condition: str = "scores"
+    reference: dict | None = None  # {"metric": registry name, "layers": [...], "feature_dim": F}
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -53,8 +57,12 @@ class IQAAdapterConfig:
             raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
         if self.encoding_frequencies < 0:
             raise ValueError(f"encoding_frequencies must be >= 0, got {self.encoding_frequencies}")
-        if not self.metrics:
-            raise ValueError("an adapter needs at least one metric")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
+        if self.condition == "scores" and not self.metrics:
+            raise ValueError("a score-conditioned adapter needs at least one metric")
+        if self.condition == "reference" and not (self.reference and {"metric", "layers", "feature_dim"} <= set(self.reference)):
+            raise ValueError("a reference-conditioned adapter needs reference = {metric, layers, feature_dim}")
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names must be unique, got {names}")
@@ -64,9 +72,14 @@ class IQAAdapterConfig:
         return [m.name for m in self.metrics]
 
     @property
+    def condition_dim(self) -> int:
+        """Length of the raw condition: one z-score per metric, or the reference feature width."""
+        return int(self.reference["feature_dim"]) if self.condition == "reference" else len(self.metrics)
+
+    @property
     def num_inputs(self) -> int:
-        """Length of the condition before encoding: one per metric, plus the flag."""
-        return len(self.metrics) + int(self.flag_feature)
+        """Length of the condition before encoding, plus the flag."""
+        return self.condition_dim + int(self.flag_feature)
 
     @property
     def feature_dim(self) -> int:

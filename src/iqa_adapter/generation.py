@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .adapter import IQAAdapter
 from .grid import image_grid
 from .guidance import IQAGuidance
+from .reference import ReferenceEncoder, ReferenceSpec
 from .io_utils import atomic_write, write_json
 from .targets import QualityTarget
 
@@ -74,6 +75,9 @@ def generate(
     width: int | None = None,
     batch_size: int = 8,
     iqa_guidance: IQAGuidance | None = None,
+    references: Sequence[Image.Image] | None = None,
+    negative_reference: Image.Image | None = None,
+    reference_encoder: ReferenceEncoder | None = None,
     progress: bool = True,
     **pipeline_kwargs,
 ) -> list[GeneratedImage]:
@@ -84,19 +88,36 @@ def generate(
     it is attached for this call and detached afterwards. ``scale`` (a float or a per-block dict) sets lambda;
     ``negative_quality=k`` puts ``-k * q`` in the unconditional branch (paper: k = 1). ``adapter=None``
     generates with the base model alone (no ``qualities``). ``iqa_guidance`` adds IQA-gradient guidance
-    (:class:`~iqa_adapter.guidance.IQAGuidance`, paper section 3.1). Extra keyword arguments go to the
-    pipeline call unchanged.
+    (:class:`~iqa_adapter.guidance.IQAGuidance`, paper section 3.1).
+
+    A reference-based adapter takes ``references`` (images whose quality to transfer) instead of
+    ``qualities``, and optionally a ``negative_reference`` for the unconditional branch (else the dropped
+    condition); their features come from ``reference_encoder``, by default the one the adapter's config names.
+    Extra keyword arguments go to the pipeline call unchanged (e.g. ``image`` and ``strength`` for img2img).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    by_reference = adapter is not None and adapter.config.condition == "reference"
     if adapter is None:
-        if qualities:
+        if qualities or references:
             raise ValueError("quality targets need an adapter; pass adapter=None only without qualities")
         qualities = [{}]
+    elif by_reference:
+        if qualities or not references:
+            raise ValueError("this adapter is conditioned on reference images: pass references=[...], not qualities")
+        qualities = [{} for _ in references]
     else:
+        if references:
+            raise ValueError("this adapter is conditioned on quality scores: pass qualities, not references")
         qualities = [qualities] if isinstance(qualities, Mapping) else list(qualities or [])
     if not prompts or not qualities or num_images < 1:
         raise ValueError("need at least one prompt, one quality target and num_images >= 1")
-    z_rows = [adapter.z_scores(quality) if adapter else None for quality in qualities]  # validated before any work
+    if by_reference:
+        encoder = reference_encoder or ReferenceEncoder.from_spec(
+            ReferenceSpec(adapter.config.reference["metric"], tuple(adapter.config.reference["layers"])))
+        rows = list(encoder.encode(list(references)).cpu())
+        negative_row = None if negative_reference is None else encoder.encode([negative_reference]).cpu()[0]
+    else:
+        rows = [adapter.z_scores(quality) if adapter else None for quality in qualities]  # validated before any work
     jobs = [
         (prompt, quality_index, seed + image_index)
         for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
@@ -117,19 +138,24 @@ def generate(
             with ExitStack() as stack:
                 call = dict(pipeline_kwargs)
                 if adapter is not None:
-                    z = torch.stack([z_rows[quality_index] for _, quality_index, _ in chunk])
-                    embeds = adapter.embeds(z, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg)
+                    values = torch.stack([rows[quality_index] for _, quality_index, _ in chunk])
+                    if by_reference:
+                        negative = None if negative_row is None else negative_row.expand(len(chunk), -1)
+                        embeds = adapter.reference_embeds(values, negative, do_classifier_free_guidance=do_cfg)
+                    else:
+                        embeds = adapter.embeds(values, negative_quality=negative_quality,
+                                                do_classifier_free_guidance=do_cfg)
                     stack.enter_context(adapter.per_image_embeds(embeds))
                     call["ip_adapter_image_embeds"] = adapter.pipeline_placeholder(embeds, do_cfg)
                 if iqa_guidance is not None:
                     stack.enter_context(iqa_guidance.applied(pipe))
+                if height is not None or width is not None:  # img2img pipelines take the size of their image
+                    call.update(height=height, width=width)
                 output = pipe(
                     prompt=[prompt for prompt, _, _ in chunk],
                     negative_prompt=None if negative_prompt is None else [negative_prompt] * len(chunk),
                     num_inference_steps=steps,
                     guidance_scale=guidance,
-                    height=height,
-                    width=width,
                     generator=[torch.Generator("cpu").manual_seed(job_seed) for _, _, job_seed in chunk],
                     num_images_per_prompt=1,
                     **call,
@@ -141,7 +167,10 @@ def generate(
                     "negative_prompt": negative_prompt,
                     "seed": job_seed,
                     "quality": {name: str(target) for name, target in qualities[quality_index].items()},
-                    "quality_z": dict(zip(adapter.metric_names, z_rows[quality_index].tolist())) if adapter else {},
+                    "quality_z": (dict(zip(adapter.metric_names, rows[quality_index].tolist()))
+                                  if adapter is not None and not by_reference else {}),
+                    "reference_index": quality_index if by_reference else None,
+                    "negative_reference": by_reference and negative_reference is not None,
                     "negative_quality": negative_quality,
                     "scale": adapter.scale if adapter else None,
                     "iqa_guidance": iqa_guidance.describe() if iqa_guidance else None,

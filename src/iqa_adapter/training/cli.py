@@ -19,7 +19,8 @@ def cmd_train(args) -> None:
 
     config = TrainConfig(
         base=_absolute(args.base), data=_absolute(args.data), scores=_absolute(args.scores),
-        metrics=[name.strip() for name in args.metrics.split(",") if name.strip()], out=_absolute(args.out) or args.out,
+        metrics=[name.strip() for name in (args.metrics or "").split(",") if name.strip()],
+        reference_features=args.reference_features, out=_absolute(args.out) or args.out,
         num_tokens=args.num_tokens, projection=args.projection, encoding_frequencies=args.encoding_frequencies,
         flag_feature=not args.no_flag, init_adapter=_absolute(args.init_adapter), stats_from=args.stats_from,
         resolution=args.resolution, crop=args.crop, flip=args.flip, cache_dir=_absolute(args.cache_dir),
@@ -46,8 +47,11 @@ def add_commands(commands) -> None:
                     "(--resume latest), multi-GPU / multi-node with `accelerate launch -m iqa_adapter train ...`.")
     parser.add_argument("--base", required=True, help="diffusers model folder or hub id (SD 1.x/2.x, SDXL)")
     parser.add_argument("--data", required=True, help="dataset in any format `annotate` reads")
-    parser.add_argument("--scores", required=True, help="scores.parquet from `iqa-adapter annotate` (or its folder)")
-    parser.add_argument("--metrics", required=True, help="comma-separated score columns to condition on, in order")
+    parser.add_argument("--scores", default=None, help="scores.parquet from `iqa-adapter annotate` (or its folder)")
+    parser.add_argument("--metrics", default=None, help="comma-separated score columns to condition on, in order")
+    parser.add_argument("--reference-features", default=None, metavar="METRIC:LAYERS",
+                        help="train a reference-based adapter on these activations of each training image, e.g. "
+                             "loda:checkpoints/loda:distortion_tokens (instead of --scores and --metrics)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, validation grids, adapter/")
     group = parser.add_argument_group("adapter")
     group.add_argument("--num-tokens", type=int, default=2)

@@ -30,9 +30,11 @@ class TrainConfig:
 
     base: str
     data: str
-    scores: str
+    scores: str | None
     metrics: list[str]
     out: str
+    # a reference-conditioned adapter: "<metric>:<layers>" (iqa_adapter.reference); then no scores or metrics
+    reference_features: str | None = None
     # adapter (a new one; with init_adapter, its own architecture and, by default, its statistics are kept)
     num_tokens: int = 2
     projection: str = "linear"
@@ -86,8 +88,11 @@ class TrainConfig:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if not self.metrics:
-            raise ValueError("give at least one metric to condition on (--metrics topiq_nr,laion_aes)")
+        if self.reference_features is None and (not self.metrics or self.scores is None):
+            raise ValueError("give the scores and at least one metric to condition on (--scores DIR --metrics "
+                             "topiq_nr,laion_aes), or --reference-features for a reference-based adapter")
+        if self.reference_features is not None and self.metrics:
+            raise ValueError("a reference-based adapter is conditioned on image features, not on --metrics")
         for name in ("batch_size", "gradient_accumulation", "max_steps", "resolution", "num_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

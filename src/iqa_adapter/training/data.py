@@ -75,8 +75,16 @@ class SampleListing:
                 f"{self.non_finite_scores} with a NaN or infinite score")
 
 
-def list_training_samples(data: str, scores: ScoreTable, metrics: Sequence[str]) -> SampleListing:
-    """Join every sample of ``data`` to its scores for ``metrics`` (columns of ``scores``) by key."""
+def list_training_samples(data: str, scores: ScoreTable | None, metrics: Sequence[str]) -> SampleListing:
+    """Join every sample of ``data`` to its scores for ``metrics`` (columns of ``scores``) by key.
+
+    Without a score table (reference-conditioned training) every sample is listed, with no scores.
+    """
+    if scores is None:
+        samples = [TrainingSample(sample, np.zeros(0, dtype=np.float32)) for sample in open_dataset(data)]
+        if not samples:
+            raise ValueError(f"no samples found in {data!r}")
+        return SampleListing(samples, 0, 0)
     missing = [name for name in metrics if name not in scores.metrics]
     if missing:
         raise ValueError(f"the score table has no column for {', '.join(missing)}; it has {', '.join(scores.metrics)} "

@@ -6,7 +6,7 @@ steps, noise added to the image's latent, and the UNet, with the adapter attache
 z-scores of the sample's quality scores; the loss is the mean squared error. Only the adapter (projection
 and per-layer quality K/V) has gradients. Conditions are dropped for classifier-free guidance from one
 uniform draw per sample: quality only (rate ``drop_quality``), text only (``drop_text``), both
-(``drop_both``); a dropped quality is the all-zero feature vector (:meth:`IQAAdapter.null_features`), a
+(``drop_both``); a dropped quality is the all-zero feature vector (:meth:`IQAAdapter.null_inputs`), a
 dropped text the pipeline's own unconditional input.
 
 Every random draw of a sample is seeded by the run's seed and the sample's place in the run
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -40,6 +41,7 @@ from ..adapter import IQAAdapter
 from ..annotate import STATS_FILE, ScoreTable
 from ..grid import image_grid
 from ..io_utils import atomic_write
+from ..reference import ReferenceEncoder, ReferenceSpec
 from ..stats import MetricStats, load_stats_table
 from .base_model import FrozenBase, TextEmbeddings, load_pipeline_for_training
 from .cache import TrainingCache, build_cache, cached_crops, cached_text, read_cache_entry
@@ -155,20 +157,53 @@ def training_statistics(config: TrainConfig, samples: list[TrainingSample]) -> l
     return stats
 
 
-def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample]) -> IQAAdapter:
-    """A new adapter for the base, or the ``init_adapter`` to continue from (second stage)."""
-    stats = training_statistics(config, samples)
+def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample], encoder: ReferenceEncoder | None
+                  ) -> IQAAdapter:
+    """A new adapter for the base, or the ``init_adapter`` to continue from (second stage).
+
+    Statistics (z-score normalisation, or the reference features' standardisation) come from the training
+    samples, or stay those of ``init_adapter`` with ``stats_from="init"``.
+    """
+    stats = training_statistics(config, samples) if encoder is None else []
+    reference = None
+    if encoder is not None:
+        spec = ReferenceSpec.parse(config.reference_features)
+        reference = {"metric": spec.metric, "layers": list(spec.layers), "feature_dim": encoder.feature_dim}
     if config.init_adapter is None:
-        return IQAAdapter.for_unet(pipe, stats, num_tokens=config.num_tokens, projection=config.projection,
-                                   encoding_frequencies=config.encoding_frequencies, flag_feature=config.flag_feature,
-                                   base_model=config.base, seed=config.seed)
-    adapter = IQAAdapter.from_pretrained(config.init_adapter)
-    if adapter.metric_names != list(config.metrics):
-        raise ValueError(f"--init-adapter is conditioned on {adapter.metric_names}, this run on {config.metrics}; "
-                         "train on the same metrics, in the same order")
-    if config.stats_from == "data":
-        adapter.config.metrics = stats
+        adapter = IQAAdapter.for_unet(pipe, stats, reference=reference, num_tokens=config.num_tokens,
+                                      projection=config.projection, encoding_frequencies=config.encoding_frequencies,
+                                      flag_feature=config.flag_feature, base_model=config.base, seed=config.seed)
+    else:
+        adapter = IQAAdapter.from_pretrained(config.init_adapter)
+        if (adapter.metric_names, adapter.config.reference) != (list(config.metrics), reference):
+            raise ValueError(f"--init-adapter is conditioned on {adapter.metric_names or adapter.config.reference}, this "
+                             f"run on {config.metrics or reference}; train on the same condition, in the same order")
+        if config.stats_from == "data":
+            adapter.config.metrics = stats
+    if encoder is not None and (config.init_adapter is None or config.stats_from == "data"):
+        mean, std = reference_statistics(config, samples, encoder)
+        adapter.feature_mean.copy_(mean)
+        adapter.feature_std.copy_(std)
     return adapter
+
+
+REFERENCE_STATISTICS_SAMPLES = 256
+
+
+@torch.no_grad()
+def reference_statistics(config: TrainConfig, samples: list[TrainingSample], encoder: ReferenceEncoder
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the reference features over the first training samples (centre crops)."""
+    transform = ImageTransform(config.resolution, "center")
+    features = []
+    for sample in samples[:REFERENCE_STATISTICS_SAMPLES]:
+        loaded = load_training_image(sample, transform, None)
+        if not isinstance(loaded, str):
+            features.append(encoder.encode((loaded[0][None] + 1) / 2).cpu())
+    if len(features) < 2:
+        raise ValueError("fewer than 2 readable images to standardise the reference features with")
+    stacked = torch.cat(features)
+    return stacked.mean(dim=0), stacked.std(dim=0).clamp_min(1e-6)
 
 
 @contextmanager
@@ -233,14 +268,20 @@ class Trainer:
             pipe.vae.to(torch.float32)  # SD and SDXL VAEs overflow in float16
         self.base = FrozenBase(pipe)
         self.pipe = pipe
-        listing = list_training_samples(config.data, ScoreTable.load(config.scores), config.metrics)
+        self.encoder = (ReferenceEncoder.from_spec(config.reference_features, device=self.accelerator.device)
+                        if config.reference_features else None)
+        if self.encoder is not None and config.cache_dir:
+            raise ValueError("reference-feature training computes the features of each training image on the fly; "
+                             "train it without --cache-dir")
+        listing = list_training_samples(config.data, ScoreTable.load(config.scores) if config.scores else None,
+                                        config.metrics)
         self.cache = self._prepare_cache() if config.cache_dir else None
         samples = listing.samples
         if self.cache is not None:
             samples = [sample for sample in samples if sample.key in self.cache]
         self.samples = samples
         self.listing = listing
-        self.adapter = _make_adapter(config, pipe, samples)
+        self.adapter = _make_adapter(config, pipe, samples, self.encoder)
         self.adapter.attach(pipe, cast=False)
         self.adapter.to(self.accelerator.device, torch.float32).requires_grad_(True)
         if config.gradient_checkpointing:
@@ -252,6 +293,7 @@ class Trainer:
         self.optimizer = optimizer
         self.ema = ({name: parameter.detach().clone() for name, parameter in self.adapter.named_parameters()}
                     if config.ema_decay else None)
+        # z-score normalisation of the scores (empty for a reference-based adapter)
         self.z_mean = torch.tensor([m.mean for m in self.adapter.config.metrics], dtype=torch.float32)
         self.z_std = torch.tensor([m.std for m in self.adapter.config.metrics], dtype=torch.float32)
 
@@ -293,7 +335,8 @@ class Trainer:
             text = TextEmbeddings(*(t.to(device) if t is not None else None for t in cached_text(cached)))
             crops = cached_crops(cached)
         else:
-            parameters = base.encode_images(torch.stack([item["pixels"] for item in valid]))
+            pixels = torch.stack([item["pixels"] for item in valid])
+            parameters = base.encode_images(pixels)
             text = base.encode_text([item["caption"] for item in valid])
             crops = [item["crop"] for item in valid]
         latents = base.sample_latents(parameters, generators("latent"))
@@ -303,8 +346,11 @@ class Trainer:
         drop_quality, drop_text = condition_drops(torch.stack([torch.rand((), generator=g) for g in generators("drop")]),
                                                   config)
 
-        scores = torch.stack([item["scores"] for item in valid])
-        features = self.adapter.features((scores - self.z_mean) / self.z_std)
+        if self.encoder is not None:  # the adapter learns the relation between an image and its own features
+            features = self.adapter.condition_inputs(self.encoder.encode((pixels + 1) / 2))
+        else:
+            scores = torch.stack([item["scores"] for item in valid])
+            features = self.adapter.condition_inputs((scores - self.z_mean) / self.z_std)
         features = torch.where(drop_quality[:, None], torch.zeros_like(features), features).to(device)
         text = text.where(drop_text.to(device), base.unconditional_text(len(valid)))
         dtype = base.unet.dtype
@@ -409,6 +455,19 @@ class Trainer:
         total_loss, used, skipped = totals.tolist()
         return total_loss / max(used, 1), int(used), int(skipped)
 
+    def _validation_references(self) -> list[Image.Image]:
+        """Centre crops of the first readable training images (at most 3), the validation references."""
+        transform = ImageTransform(self.config.resolution, "center")
+        references = []
+        for sample in self.samples:
+            loaded = load_training_image(sample, transform, None)
+            if not isinstance(loaded, str):
+                pixels = ((loaded[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+                references.append(Image.fromarray(pixels))
+            if len(references) == 3:
+                break
+        return references
+
     def _checkpoint(self, step: int, counters: dict) -> None:
         accelerator = self.accelerator
         if accelerator.is_main_process:
@@ -420,21 +479,29 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, step: int) -> None:
-        """A grid: one row per validation prompt, columns at the p1, p50 and p99 targets of every metric."""
+        """A grid: one row per validation prompt, columns at the p1, p50 and p99 targets of every metric (for a
+        reference-based adapter: the first training images as references)."""
         if not self.accelerator.is_main_process or not self.config.validation_prompts:
             self.accelerator.wait_for_everyone()
             return
         from ..generation import generate
 
         config = self.config
-        qualities = [{name: target for name in self.adapter.metric_names} for target in VALIDATION_PERCENTILES]
+        conditions: dict = {}
+        if self.encoder is None:
+            conditions["qualities"] = [{name: target for name in self.adapter.metric_names}
+                                       for target in VALIDATION_PERCENTILES]
+            labels = [f"all metrics {target}" for target in VALIDATION_PERCENTILES]
+        else:
+            conditions["references"] = self._validation_references()
+            conditions["reference_encoder"] = self.encoder
+            labels = [f"reference {sample.key}"[:24] for sample in self.samples[:len(conditions["references"])]]
         with _ema_weights(self.adapter, self.ema), self.autocast:
-            results = generate(self.pipe, self.adapter, config.validation_prompts, qualities, seed=config.seed,
+            results = generate(self.pipe, self.adapter, config.validation_prompts, seed=config.seed,
                                steps=config.validation_steps, guidance=config.validation_guidance,
-                               height=config.resolution, width=config.resolution, progress=False)
-        grid = image_grid([result.image for result in results], columns=len(qualities),
-                          row_labels=[prompt[:40] for prompt in config.validation_prompts],
-                          column_labels=[f"all metrics {target}" for target in VALIDATION_PERCENTILES])
+                               height=config.resolution, width=config.resolution, progress=False, **conditions)
+        grid = image_grid([result.image for result in results], columns=len(labels),
+                          row_labels=[prompt[:40] for prompt in config.validation_prompts], column_labels=labels)
         atomic_write(self.out / "validation" / f"step_{step:08d}.png", lambda path: grid.save(path, format="PNG"))
         self.accelerator.wait_for_everyone()
 
