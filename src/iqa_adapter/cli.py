@@ -40,23 +40,6 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(base: str, device: str, dtype):
-    """A diffusers text-to-image pipeline from a local directory or a hub id."""
-    from diffusers import DiffusionPipeline
-
-    try:
-        pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise SystemExit(
-            f"error: cannot load base model {base!r}: {error}\n"
-            "Give a diffusers model directory or a hub id (hub ids need the internet or a filled HF cache)."
-        ) from None
-    if not hasattr(pipe, "unet"):
-        raise SystemExit(f"error: {base!r} is a {type(pipe).__name__}, which has no UNet; IQA-Adapter needs SD 1.x/2.x or SDXL")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def _qualities(args) -> tuple[list[dict], str | None]:
     from .targets import parse_quality_assignment
 
@@ -87,6 +70,7 @@ def _iqa_guidance(args, device: str):
 def cmd_generate(args) -> None:
     from .adapter import IQAAdapter
     from .generation import generate, save_images, sweep_grid
+    from .pipelines import load_pipeline
 
     device = args.device or _default_device()
     dtype = _torch_dtype(args.dtype, device)
@@ -253,6 +237,7 @@ def cmd_evaluate(args) -> None:
     from .adapter import IQAAdapter
     from .evaluation import EvaluationSettings, evaluate_adapter
     from .metrics import create_metric
+    from .pipelines import load_pipeline
 
     device = args.device or _default_device()
     prompts = list(args.prompt)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 
+from ..pipelines import load_pipeline
+
 from .data import CropInfo
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -35,23 +37,8 @@ class TextEmbeddings(NamedTuple):
 
 
 def load_pipeline_for_training(base: str, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
-    """The base pipeline from a diffusers folder or hub id, every weight frozen, on ``device`` in ``dtype``."""
-    try:
-        components = DiffusionPipeline.load_config(base)
-        # the safety checker and its feature extractor judge generated images; training never uses them
-        skipped = {name: None for name in ("safety_checker", "feature_extractor") if name in components}
-        pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, **skipped)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load the base model {base!r}: {error}. Give a diffusers model folder or a hub id "
-                         "(hub ids need the internet or a filled Hugging Face cache)") from None
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
-        raise ValueError(f"{base!r} is a {type(pipe).__name__}; IQA-Adapter training needs an SD 1.x/2.x or SDXL "
-                         "pipeline (UNet, VAE and text encoder)")
-    for name, component in pipe.components.items():
-        if isinstance(component, torch.nn.Module):
-            component.requires_grad_(False).eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    """The base pipeline with every weight frozen (see :func:`iqa_adapter.pipelines.load_pipeline`)."""
+    return load_pipeline(base, device, dtype, frozen=True)
 
 
 @dataclass
