@@ -95,3 +95,9 @@ def test_missing_pyiqa_is_explained_and_core_still_works(monkeypatch):
     with pytest.raises(MetricUnavailableError, match=r"iqa-adapter\[pyiqa\]"):
         create_metric("pyiqa:topiq_nr")
     assert all(info.backend == "builtin" for info in list_metrics())
+
+
+def test_unknown_plain_names_without_pyiqa_are_unknown_names(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyiqa", None)
+    with pytest.raises(KeyError, match=r"unknown metric 'sharpnes'.*built-in: .*sharpness.*pyiqa is not available"):
+        create_metric("sharpnes")

@@ -389,9 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_groups() -> list:
     """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
-    from .training.cli import add_commands as add_training_commands
+    from .loda.cli import add_commands as loda_commands
+    from .training.cli import add_commands as training_commands
 
-    return [add_training_commands]
+    return [training_commands, loda_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,17 +2,22 @@
 
 Built-in metrics register themselves with :func:`register_metric`. Names with a ``pyiqa:`` prefix come
 from the optional pyiqa backend; a plain name that is not built in is looked up in pyiqa when it is
-installed.
+installed. Other prefixes name metrics made from an argument, such as ``loda:<checkpoint directory>``:
+:data:`PREFIXED_METRICS` maps each prefix to the module that builds them (imported on first use).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .base import QualityMetric
 
 PYIQA_PREFIX = "pyiqa:"
+# prefix -> module providing prefixed_metric_info(argument) and create_prefixed_metric(argument, **options)
+PREFIXED_METRICS = {"loda:": "iqa_adapter.loda.metric"}
 
 
 @dataclass(frozen=True)
@@ -66,28 +71,62 @@ def list_metrics(include_pyiqa: bool = True) -> list[MetricInfo]:
     return infos
 
 
+def _prefixed(name: str):
+    """(module, argument) when ``name`` has one of the :data:`PREFIXED_METRICS` prefixes, else None."""
+    for prefix, module in PREFIXED_METRICS.items():
+        if name.startswith(prefix):
+            return importlib.import_module(module), name[len(prefix):]
+    return None
+
+
 def metric_info(name: str) -> MetricInfo:
     """Describe a metric by name without building it."""
+    prefixed = _prefixed(name)
+    if prefixed is not None:
+        module, argument = prefixed
+        return module.prefixed_metric_info(argument)
     builtins = builtin_metrics()
     if name in builtins:
         return builtins[name]
     from .pyiqa_backend import pyiqa_metric_info
 
-    return pyiqa_metric_info(name.removeprefix(PYIQA_PREFIX), unknown_hint=_unknown_hint(name, builtins))
+    with _plain_names_need_pyiqa(name, builtins):
+        return pyiqa_metric_info(name.removeprefix(PYIQA_PREFIX), unknown_hint=_unknown_hint(name, builtins))
 
 
 def create_metric(name: str, device=None, **options) -> QualityMetric:
-    """Build a metric by registry name (``piqe``, ``pyiqa:topiq_nr``, ``topiq_nr``) on ``device``."""
+    """Build a metric by registry name (``piqe``, ``pyiqa:topiq_nr``, ``topiq_nr``, ``loda:<dir>``) on ``device``."""
+    prefixed = _prefixed(name)
+    if prefixed is not None:
+        module, argument = prefixed
+        metric = module.create_prefixed_metric(argument, **options)
+        return metric.to(device) if device is not None else metric
     builtins = builtin_metrics()
     if name in builtins and not name.startswith(PYIQA_PREFIX):
         metric = builtins[name].factory(**options)
         return metric.to(device) if device is not None else metric
     from .pyiqa_backend import create_pyiqa_metric
 
-    return create_pyiqa_metric(name.removeprefix(PYIQA_PREFIX), device=device,
-                               unknown_hint=_unknown_hint(name, builtins), **options)
+    with _plain_names_need_pyiqa(name, builtins):
+        return create_pyiqa_metric(name.removeprefix(PYIQA_PREFIX), device=device,
+                                   unknown_hint=_unknown_hint(name, builtins), **options)
+
+
+@contextmanager
+def _plain_names_need_pyiqa(name: str, builtins: dict[str, MetricInfo]):
+    """A plain name that is not built in, asked of a missing pyiqa, is first of all an unknown name."""
+    from .pyiqa_backend import MetricUnavailableError, pyiqa_available
+
+    try:
+        yield
+    except MetricUnavailableError as error:
+        if name.startswith(PYIQA_PREFIX) or pyiqa_available():  # pyiqa is there: a real problem of that metric
+            raise
+        raise KeyError(f"unknown metric {name!r}: {_unknown_hint(name, builtins)}. (pyiqa is not available here: "
+                       f"{error})") from None
 
 
 def _unknown_hint(name: str, builtins: dict[str, MetricInfo]) -> str:
     return (f"{name!r} is not a built-in metric (built-in: {', '.join(sorted(builtins))}); other names are "
-            "looked up in pyiqa (`pip install iqa-adapter[pyiqa]`, names as `pyiqa:topiq_nr`)")
+            "looked up in pyiqa (`pip install iqa-adapter[pyiqa]`, names as `pyiqa:topiq_nr`); trained LoDa "
+            "checkpoints are `loda:<checkpoint directory>`")

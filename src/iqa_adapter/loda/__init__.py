@@ -1,0 +1,8 @@
+"""LoDa (Xu et al., CVPR 2024): a frozen ViT with local distortion features of a frozen CNN injected by
+cross-attention, trained for no-reference image quality assessment; with its training, evaluation
+protocol, ablation baselines, synthetic datasets and a quality-metric wrapper (``loda:<checkpoint>``)."""
+
+from .config import LoDaConfig, loda_preset
+from .model import LoDa, build_model
+
+__all__ = ["LoDa", "LoDaConfig", "build_model", "loda_preset"]

@@ -1,0 +1,109 @@
+"""IQA evaluation as in the paper: correlation metrics, multi-crop prediction, summaries over splits.
+
+* SRCC and KRCC: rank correlations of the raw predictions with the MOS (scipy ``spearmanr``, ``kendalltau``).
+* PLCC and RMSE: after mapping the predictions to the MOS scale with the VQEG 4-parameter logistic
+  ``yhat = b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))`` fitted by least squares (scipy ``curve_fit``,
+  start ``[max y, min y, mean x, 0.5]``); if the fit does not converge, a straight-line fit is used instead.
+* Prediction averages the scores of ``crops`` crops per image: random ones (15, the paper's protocol,
+  seeded per image) or a deterministic uniform grid.
+* Over splits, each metric is summarised by its median (what the paper's tables report) and mean +- std
+  (population standard deviation).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from scipy import stats
+from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.special import expit
+from torch.utils.data import DataLoader
+
+from .data import IQATable, EvalCrops
+
+METRICS = ("srcc", "plcc", "krcc", "rmse")
+
+
+def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    """The VQEG 4-parameter logistic mapping."""
+    return b2 + (b1 - b2) * expit((x - b3) / np.abs(b4))
+
+
+def _logistic4_jacobian(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    """Derivatives of :func:`logistic4` in (b1, b2, b3, b4), (len(x), 4)."""
+    s = expit((x - b3) / np.abs(b4))
+    slope = (b1 - b2) * s * (1 - s)
+    return np.stack([s, 1 - s, -slope / np.abs(b4), -slope * (x - b3) * np.sign(b4) / b4**2], axis=1)
+
+
+def fit_logistic(predictions: np.ndarray, mos: np.ndarray) -> np.ndarray:
+    """The predictions mapped onto the MOS scale by the fitted 4-parameter logistic.
+
+    The fit uses the analytic Jacobian: with finite differences it stalls when the mean prediction is
+    about 0 (the start value of b3, and typical of LoDa's cosine scores in [-1, 1]).
+    """
+    x, y = np.asarray(predictions, dtype=np.float64), np.asarray(mos, dtype=np.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)  # the covariance estimate of a degenerate fit
+            params, _ = curve_fit(logistic4, x, y, p0=[y.max(), y.min(), x.mean(), 0.5], jac=_logistic4_jacobian,
+                                  maxfev=20000)
+            mapped = logistic4(x, *params)
+        if np.all(np.isfinite(mapped)):
+            return mapped
+    except (RuntimeError, ValueError):
+        pass
+    slope, intercept = np.polyfit(x, y, 1)
+    return slope * x + intercept
+
+
+def correlation_metrics(predictions, mos) -> dict[str, float]:
+    """SRCC, PLCC (after the logistic fit), KRCC and RMSE (after the fit) of predictions against MOS."""
+    x, y = np.asarray(predictions, dtype=np.float64), np.asarray(mos, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 3:
+        raise ValueError(f"need one prediction per score and at least 3 of them, got {x.shape} and {y.shape}")
+    if np.ptp(x) == 0:  # constant predictions carry no ranking
+        return {"srcc": float("nan"), "plcc": float("nan"), "krcc": float("nan"), "rmse": float(np.std(y))}
+    mapped = fit_logistic(x, y)
+    return {
+        "srcc": float(stats.spearmanr(x, y)[0]),
+        "plcc": float(stats.pearsonr(mapped, y)[0]) if np.ptp(mapped) > 0 else float("nan"),
+        "krcc": float(stats.kendalltau(x, y)[0]),
+        "rmse": float(np.sqrt(np.mean((mapped - y) ** 2))),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, table: IQATable, indices: list[int], crops: int = 15, crop_mode: str = "random",
+            seed: int = 0, batch_size: int = 64, workers: int = 0) -> np.ndarray:
+    """Score of each image ``table.paths[i]``, ``i`` in ``indices``: the mean over its crops (model in eval
+    mode; ``batch_size`` crops at a time, at least one image)."""
+    was_training = model.training
+    model.train(False)
+    device = next(model.parameters()).device
+    dataset = EvalCrops(table, indices, model.crop_size, crops, crop_mode, seed)
+    loader = DataLoader(dataset, batch_size=max(1, batch_size // crops), num_workers=workers)
+    scores = []
+    for stacks in loader:  # (images, crops, 3, S, S)
+        scores.append(model(stacks.flatten(0, 1).to(device)).view(len(stacks), crops).mean(dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(scores).double().numpy()
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Median, mean and std over runs of each metric."""
+    summary = {}
+    for name in METRICS:
+        values = np.array([run[name] for run in runs], dtype=np.float64)
+        summary[name] = {"median": float(np.median(values)), "mean": float(values.mean()),
+                         "std": float(values.std()), "runs": len(values)}
+    return summary
+
+
+def format_summary(label: str, summary: dict[str, dict[str, float]]) -> str:
+    """One line per run group: ``label  SRCC median (mean +- std)  PLCC ...``."""
+    parts = [f"{name.upper()} {s['median']:.4f} ({s['mean']:.4f} +- {s['std']:.4f})" for name, s in summary.items()]
+    return f"{label:<14} " + "  ".join(parts)

@@ -1,0 +1,184 @@
+"""LoDa's data conventions, loss and evaluation metrics, against hand computations and scipy."""
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from iqa_adapter.loda.data import (IQADataError, EvalCrops, TrainCrops, crop_positions, epoch_batches, fit_min_size,
+                                   random_splits, read_meta, read_split_file, split_from_column)
+from iqa_adapter.loda.evaluate import correlation_metrics, fit_logistic, logistic4, summarize
+from iqa_adapter.loda.losses import norm_in_norm_loss
+
+# ---------------------------------------------------------------- loss
+
+
+def test_norm_in_norm_loss_by_hand():
+    predictions = np.array([0.2, -0.1, 0.5, 0.3])
+    labels = np.array([3.0, 1.0, 4.5, 2.0])
+    p = (predictions - predictions.mean()) / (predictions.std() + 1e-8)  # population std
+    q = (labels - labels.mean()) / (labels.std() + 1e-8)
+    loss0 = np.mean((p - q) ** 2) / 4
+    rho = np.mean(p * q)
+    loss1 = np.mean((rho * p - q) ** 2) / 4
+    expected = (loss0 + loss1) / 2
+    got = norm_in_norm_loss(torch.tensor(predictions), torch.tensor(labels))
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    # loss0 is (1 - PLCC) / 2, the paper's Eq. 5
+    assert loss0 == pytest.approx((1 - stats.pearsonr(predictions, labels)[0]) / 2)
+    # invariant to the scale and offset of either side; 0 for a perfect linear relation
+    assert norm_in_norm_loss(torch.tensor(predictions) * 7 + 1, torch.tensor(labels)).item() == pytest.approx(expected)
+    assert norm_in_norm_loss(torch.tensor(labels) * 0.1, torch.tensor(labels)).item() == pytest.approx(0, abs=1e-12)
+
+
+def test_loss_gradient_goes_to_predictions_only():
+    predictions = torch.tensor([0.1, 0.4, 0.2], requires_grad=True)
+    labels = torch.tensor([1.0, 3.0, 2.5], requires_grad=True)
+    norm_in_norm_loss(predictions, labels).backward()
+    assert predictions.grad.abs().sum() > 0 and labels.grad is None
+    with pytest.raises(ValueError, match="B >= 2"):
+        norm_in_norm_loss(torch.tensor([0.1]), torch.tensor([1.0]))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_correlation_metrics_match_scipy_and_hand_values():
+    predictions = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.2])
+    mos = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 1.5])
+    metrics = correlation_metrics(predictions, mos)
+    assert metrics["srcc"] == pytest.approx(stats.spearmanr(predictions, mos)[0])
+    assert metrics["krcc"] == pytest.approx(stats.kendalltau(predictions, mos)[0])
+    # by hand: ranks of predictions 1 4 3 6 5 2 vs mos 1 3 4 5 6 2 -> sum d^2 = 4 -> SRCC = 1 - 6*4/(6*35)
+    assert metrics["srcc"] == pytest.approx(1 - 6 * 4 / (6 * 35))
+    # 15 pairs, 2 discordant (0.4/0.35 and 0.8/0.7) -> KRCC = (13 - 2) / 15
+    assert metrics["krcc"] == pytest.approx(11 / 15)
+    mapped = fit_logistic(predictions, mos)
+    assert metrics["plcc"] == pytest.approx(stats.pearsonr(mapped, mos)[0])
+    assert metrics["rmse"] == pytest.approx(np.sqrt(np.mean((mapped - mos) ** 2)))
+
+
+def test_logistic_fit_removes_a_monotone_nonlinearity():
+    # MOS that are an exact logistic of the predictions: raw PLCC < 1, PLCC after the fit = 1
+    predictions = np.linspace(-1, 1, 40)
+    mos = logistic4(predictions, 5.0, 1.0, 0.1, 0.15)
+    assert stats.pearsonr(predictions, mos)[0] < 0.97
+    metrics = correlation_metrics(predictions, mos)
+    assert metrics["plcc"] == pytest.approx(1, abs=1e-6) and metrics["rmse"] == pytest.approx(0, abs=1e-4)
+    assert metrics["srcc"] == pytest.approx(1) and metrics["krcc"] == pytest.approx(1)
+    assert np.isnan(correlation_metrics(np.zeros(5), mos[:5])["srcc"])
+
+
+def test_summary_over_splits():
+    runs = [{"srcc": s, "plcc": s, "krcc": s, "rmse": 1 - s} for s in (0.9, 0.7, 0.8, 0.6, 1.0)]
+    summary = summarize(runs)
+    assert summary["srcc"]["median"] == pytest.approx(0.8) and summary["srcc"]["mean"] == pytest.approx(0.8)
+    assert summary["srcc"]["std"] == pytest.approx(np.std([0.9, 0.7, 0.8, 0.6, 1.0]))
+    assert summary["rmse"]["median"] == pytest.approx(0.2) and summary["srcc"]["runs"] == 5
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_random_splits_by_reference_never_leak():
+    refs = [f"ref{i % 7}" for i in range(70)]
+    splits = random_splits(70, refs, num_splits=10, seed=3)
+    assert len(splits) == 10
+    for split in splits:
+        train_refs = {refs[i] for i in split["train"]}
+        test_refs = {refs[i] for i in split["test"]}
+        assert train_refs and test_refs and not train_refs & test_refs
+        assert sorted(split["train"] + split["test"]) == list(range(70))
+        assert len(train_refs) == round(0.8 * 7)
+    assert len({tuple(s["test"]) for s in splits}) > 1, "the splits must differ"
+    assert random_splits(70, refs, num_splits=10, seed=3) == splits
+    by_image = random_splits(50, None, num_splits=2, seed=0)
+    assert len(by_image[0]["train"]) == 40 and len(by_image[0]["test"]) == 10
+
+
+def test_split_files_and_columns(tmp_path):
+    frame = pd.DataFrame({"image_name": ["a.png", "b.png", "c.png", "d.png"], "MOS": [1, 2, 3, 4],
+                          "split": ["train", "test", "val", "train"]})
+    frame.to_csv(tmp_path / "meta.csv", index=False)
+    table = read_meta(tmp_path / "meta.csv")
+    assert split_from_column(table, "split") == {"train": [0, 3], "val": [2], "test": [1]}
+    data = {0: {"train": [0, 1], "val": [], "test": [2, 3]}, 1: {"train": [2, 3], "val": [1], "test": [0]}}
+    (tmp_path / "split.json").write_text(json.dumps({str(k): v for k, v in data.items()}))
+    assert read_split_file(tmp_path / "split.json") == [data[0], data[1]]
+    with open(tmp_path / "split.pkl", "wb") as handle:
+        pickle.dump(data, handle)
+    with pytest.raises(IQADataError, match="--trust-pickle"):
+        read_split_file(tmp_path / "split.pkl")
+    assert read_split_file(tmp_path / "split.pkl", trust_pickle=True) == [data[0], data[1]]
+    with pytest.raises(IQADataError, match="not in"):
+        split_from_column(table, "fold")
+
+
+def test_meta_csv_columns(tmp_path):
+    pd.DataFrame({"dist_name": ["x.png"], "ref_name": ["r.png"], "dmos": [2.5]}).to_csv(tmp_path / "m.csv", index=False)
+    table = read_meta(tmp_path / "m.csv", root="/data", lower_is_better=True)
+    assert str(table.paths[0]) == "/data/x.png" and table.refs == ["r.png"] and table.mos[0] == -2.5
+    pd.DataFrame({"file": ["x.png"], "quality": [2.5]}).to_csv(tmp_path / "n.csv", index=False)
+    with pytest.raises(IQADataError, match="no image path column"):
+        read_meta(tmp_path / "n.csv")
+    assert read_meta(tmp_path / "n.csv", image_column="file", mos_column="quality").mos[0] == 2.5
+
+
+# ---------------------------------------------------------------- crops
+
+
+def test_crop_positions():
+    grid = crop_positions(60, 100, 32, 15, "uniform")
+    assert len(grid) == 15 and len({top for top, _ in grid}) == 3 and len({left for _, left in grid}) == 5
+    assert (0, 0) in grid and (28, 68) in grid  # corner to corner
+    assert len({left for _, left in crop_positions(100, 60, 32, 15, "uniform")}) == 3  # tall: 5 rows
+    rng = np.random.default_rng(0)
+    random = crop_positions(60, 100, 32, 50, "random", rng)
+    assert all(0 <= t <= 28 and 0 <= left <= 68 for t, left in random) and len(set(random)) > 10
+    with pytest.raises(IQADataError, match="crop mode"):
+        crop_positions(60, 100, 32, 3, "centre")
+
+
+def test_fit_min_size_keeps_the_aspect():
+    assert fit_min_size(torch.rand(3, 16, 40), 32).shape == (3, 32, 80)
+    image = torch.rand(3, 40, 50)
+    assert fit_min_size(image, 32) is image
+
+
+@pytest.fixture
+def image_table(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40 + i, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"img_name": f"{i}.png", "mos": float(i)})
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    return read_meta(tmp_path / "meta.csv")
+
+
+def test_training_crops_are_reproducible_and_vary(image_table):
+    crops = TrainCrops(image_table, [0, 2, 4], crop=32, crops_per_image=3, seed=1)
+    assert len(crops) == 9
+    first, label = crops[4]
+    assert first.shape == (3, 32, 32) and label.item() == 2.0
+    assert torch.equal(crops[4][0], first)
+    assert not torch.equal(crops[3][0], first), "crops of one image differ"
+    crops.set_epoch(1)
+    assert not torch.equal(crops[4][0], first), "and differ between epochs"
+    batches = epoch_batches(9, 4, seed=1, epoch=0)
+    assert len(batches) == 2 and all(len(b) == 4 for b in batches) and len(set(sum(batches, []))) == 8
+    assert batches == epoch_batches(9, 4, seed=1, epoch=0) != epoch_batches(9, 4, seed=1, epoch=1)
+    with pytest.raises(IQADataError, match="--batch-size"):
+        epoch_batches(3, 4, seed=1, epoch=0)
+
+
+def test_test_crops(image_table):
+    uniform = EvalCrops(image_table, [1, 3], crop=32, crops=4, mode="uniform", seed=0)
+    assert uniform[0].shape == (4, 3, 32, 32)
+    random = EvalCrops(image_table, [1, 3], crop=32, crops=4, mode="random", seed=0)
+    assert torch.equal(random[1], EvalCrops(image_table, [1, 3], 32, 4, "random", seed=0)[1])
