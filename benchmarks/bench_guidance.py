@@ -22,11 +22,10 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
+from child_process import run_child
 
 CONFIGURATIONS = {
     "plain decode": dict(grad=False, checkpointing=False, decode_scale=1.0),
@@ -96,11 +95,7 @@ def main() -> None:
     for name, options in CONFIGURATIONS.items():
         settings = {**vars(args), **options}
         settings.pop("child")
-        finished = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)], capture_output=True,
-                                  text=True, check=False)
-        if finished.returncode:
-            raise SystemExit(f"{name} failed:\n{finished.stderr[-3000:]}")
-        figures[name] = json.loads(finished.stdout.strip().splitlines()[-1])
+        figures[name] = run_child(__file__, name, settings)
         print(f"  {name:42s} {figures[name]['seconds']:7.2f} s  peak +{figures[name]['peak_mb']:8.0f} MB")
     full, lean = figures["guided"], figures["guided + checkpointing + half-size decode"]
     print(f"checkpointing + half-size decoding: {full['peak_mb'] / max(lean['peak_mb'], 1):.1f}x less memory than "

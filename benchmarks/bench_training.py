@@ -17,8 +17,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from child_process import run_child
 from PIL import Image
 
 
@@ -109,11 +108,7 @@ def main() -> None:
         figures = {}
         for name, extra in (("on-the-fly", {}), ("cached", {"cache_dir": str(root / "cache")})):
             settings = {**common, **extra, "out": str(root / name)}
-            finished = subprocess.run([sys.executable, __file__, "--child", json.dumps(settings)],
-                                      capture_output=True, text=True, check=False)
-            if finished.returncode:
-                raise SystemExit(f"{name} failed:\n{finished.stderr[-3000:]}")
-            figures[name] = json.loads(finished.stdout.strip().splitlines()[-1])
+            figures[name] = run_child(__file__, name, settings)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"{args.arch} pipeline, {args.resolution} px, batch {args.batch_size}, {args.steps} steps, "
