@@ -296,6 +296,21 @@ def test_arguments_and_empty_datasets_are_checked(tmp_path):
         annotate(str(tmp_path), ["test-brightness"], tmp_path / "out2", **RUN, metric_options={"test-slow": {}})
 
 
+def test_score_columns_can_be_renamed(tmp_path):
+    data = str(make_folder(tmp_path / "data", corrupt=False))
+    annotate(data, ["light=test-brightness", "test-redness"], tmp_path / "out", **RUN,
+             metric_options={"light": {}})
+    scores = pd.read_parquet(tmp_path / "out" / "scores.parquet")
+    assert list(scores.columns) == ["key", "caption", "width", "height", "light", "test-redness"]
+    expected = [expected_score(index, Brightness()) for index in range(len(LEVELS))]
+    np.testing.assert_allclose(scores["light"], expected, rtol=1e-6)
+    assert [row["metric"] for row in read_csv(tmp_path / "out" / "stats.csv")] == ["light", "test-redness"]
+    with pytest.raises(ValueError, match="COLUMN=NAME"):
+        annotate(data, ["=test-brightness"], tmp_path / "out2", **RUN)
+    with pytest.raises(ValueError, match="listed twice"):
+        annotate(data, ["x=test-brightness", "x=test-redness"], tmp_path / "out2", **RUN)
+
+
 # ---------------------------------------------------------------- kill -9 and several processes
 
 

@@ -90,7 +90,9 @@ def annotate(
         data: the dataset (see :func:`iqa_adapter.datasets.open_dataset`): a folder of images with ``.txt``
             captions or a ``captions.jsonl``/``.csv``, a listing file, ``.tar`` shards (a path, a glob or
             ``shards/{00000..00009}.tar``) or ``.parquet`` files.
-        metrics: metric names of the registry (``iqa-adapter metrics`` lists them).
+        metrics: metric names of the registry (``iqa-adapter metrics`` lists them), each the name of its score
+            column, or ``column=name`` to give the column another name (``loda=loda:checkpoints/loda``,
+            ``topiq=pyiqa:topiq_nr``).
         out_dir: output folder; running again with the same arguments resumes an interrupted job.
         batch_size: images per scoring batch.
         num_workers: data-loader processes that read and decode images (0 decodes in this process).
@@ -99,7 +101,8 @@ def annotate(
             are then scored in separate calls.
         device: device of the metrics; ``None`` takes the device accelerate gives this process.
         chunk_size: samples per chunk, the unit of work that is saved, resumed and shared between processes.
-        metric_options: keyword arguments per metric name, passed to :func:`iqa_adapter.metrics.create_metric`.
+        metric_options: keyword arguments per metric (by column name), passed to
+            :func:`iqa_adapter.metrics.create_metric`.
         progress: show a progress bar (images/s) and print a summary, on the main process.
 
     Returns:
@@ -107,7 +110,8 @@ def annotate(
     """
     metrics = list(metrics)
     metric_options = dict(metric_options or {})
-    _check_arguments(metrics, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize)
+    columns = metric_columns(metrics)
+    _check_arguments(columns, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize)
     out_dir = Path(out_dir)
     reader = open_dataset(data)
     state = process_state(device)
@@ -118,7 +122,8 @@ def annotate(
     num_chunks, mine = my_unfinished_chunks(num_samples, chunk_size, functools.partial(_chunk_path, out_dir), state)
 
     device = torch.device(device) if device is not None else state.device
-    models = {name: create_metric(name, device=device, **metric_options.get(name, {})).eval() for name in metrics}
+    models = {column: create_metric(name, device=device, **metric_options.get(column, {})).eval()
+              for column, name in columns.items()}
     show = progress and state.is_main_process
     total = sum(min(chunk_size, num_samples - index * chunk_size) for index in mine)
     with tqdm(total=total, unit="img", desc="annotate", disable=not show, dynamic_ncols=True) as bar:
@@ -136,19 +141,30 @@ def annotate(
 # ---------------------------------------------------------------- set-up
 
 
-def _check_arguments(metrics: list[str], metric_options: dict, *, batch_size: int, chunk_size: int,
+def metric_columns(metrics: Sequence[str]) -> dict[str, str]:
+    """``{score column: registry name}`` from ``name`` or ``column=name`` entries."""
+    columns: dict[str, str] = {}
+    for entry in metrics:
+        column, _, name = entry.rpartition("=") if "=" in entry else (entry, "", entry)
+        column, name = column.strip(), name.strip()
+        if not column or not name:
+            raise ValueError(f"metric entries are NAME or COLUMN=NAME, got {entry!r}")
+        if column in columns:
+            raise ValueError(f"metrics are listed twice: {column}")
+        columns[column] = name
+    return columns
+
+
+def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_size: int, chunk_size: int,
                      resize: int | None) -> None:
-    if not metrics:
+    if not columns:
         raise ValueError("give at least one metric (`iqa-adapter metrics` lists them)")
-    repeated = sorted({name for name in metrics if metrics.count(name) > 1})
-    if repeated:
-        raise ValueError(f"metrics are listed twice: {', '.join(repeated)}")
-    reserved = sorted(set(metrics) & {*INFO_COLUMNS, *REPORT_COLUMNS})
+    reserved = sorted(set(columns) & {*INFO_COLUMNS, *REPORT_COLUMNS})
     if reserved:
         raise ValueError(f"metric names {reserved} clash with the output columns {INFO_COLUMNS + REPORT_COLUMNS[1:]}")
-    for name in metrics:
+    for name in columns.values():
         metric_info(name)  # raises, listing the known metrics, for an unknown name
-    unknown = sorted(set(metric_options) - set(metrics))
+    unknown = sorted(set(metric_options) - set(columns))
     if unknown:
         raise ValueError(f"metric_options name metrics that are not scored: {', '.join(unknown)}")
     for name, value in {"batch_size": batch_size, "chunk_size": chunk_size, "resize": resize}.items():

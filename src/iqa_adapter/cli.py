@@ -336,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--data", required=True,
                           help="folder of images with .txt captions (or captions.jsonl/.csv), a .jsonl/.csv listing, "
                                "webdataset shards ('shards/{00000..00009}.tar') or .parquet files")
-    annotate.add_argument("--metrics", required=True, help="comma-separated registry names (`iqa-adapter metrics`)")
+    annotate.add_argument("--metrics", required=True,
+                          help="comma-separated registry names (`iqa-adapter metrics`); COLUMN=NAME names the score "
+                               "column, e.g. loda=loda:checkpoints/loda,topiq=pyiqa:topiq_nr")
     annotate.add_argument("--out", required=True, help="output folder (also the resume state)")
     annotate.add_argument("--resize", default="512", help="square side every image is resized to, or 'none' (default 512, as the paper)")
     annotate.add_argument("--batch-size", type=int, default=32)
