@@ -120,3 +120,14 @@ def test_cli_reference_generation_and_img2img(world, tmp_path):  # noqa: F811
     assert sidecar["reference_files"] == [str(tmp_path / "ref.png")] and sidecar["strength"] == 0.5
     assert main(["generate", "--base", str(world / "sd"), "--adapter", str(adapter_dir), "--prompt", "x",
                  "--quality", "noise=p50", "--out", str(out)]) == 2
+
+
+def test_relative_metric_paths_resolve_against_the_adapter_folder(tmp_path):
+    from iqa_adapter.metrics.registry import resolve_metric_path
+
+    (tmp_path / "loda").mkdir()
+    adapter_dir = tmp_path / "adapter"
+    adapter_dir.mkdir()
+    assert resolve_metric_path("loda:../loda", adapter_dir) == f"loda:{(tmp_path / 'loda').resolve()}"
+    assert resolve_metric_path("loda:../missing", adapter_dir) == "loda:../missing"
+    assert resolve_metric_path("sharpness", adapter_dir) == "sharpness"

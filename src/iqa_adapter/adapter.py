@@ -102,6 +102,7 @@ class IQAAdapter(nn.Module):
             self.register_buffer("feature_std", torch.ones(config.condition_dim))
         self._attachment: dict | None = None
         self._per_image_embeds: torch.Tensor | None = None
+        self.source_directory: Path | None = None  # the folder it was loaded from (resolves relative metric paths)
         self.scale: float | Mapping | None = None  # the lambda last set while attached
 
     # ------------------------------------------------------------------ construction and checkpoints
@@ -179,6 +180,7 @@ class IQAAdapter(nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
         adapter = cls(config)
+        adapter.source_directory = directory
         state = load_file(weights)
         missing, unexpected = adapter.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -389,6 +391,19 @@ class IQAAdapter(nn.Module):
             z = z[None]
         negative = None if negative_quality is None else self.condition_inputs(-negative_quality * z)
         return self.stack_embeds(self.condition_inputs(z), negative, do_classifier_free_guidance)
+
+    def reference_encoder(self, device=None):
+        """The :class:`~iqa_adapter.reference.ReferenceEncoder` the config names (a metric path relative to the
+        adapter's folder, such as ``loda:../loda``, is resolved against it)."""
+        from .metrics.registry import resolve_metric_path
+        from .reference import ReferenceEncoder, ReferenceSpec
+
+        if self.config.condition != "reference":
+            raise ValueError("this adapter is conditioned on quality scores, not on reference images")
+        metric = self.config.reference["metric"]
+        if self.source_directory is not None:
+            metric = resolve_metric_path(metric, self.source_directory)
+        return ReferenceEncoder.from_spec(ReferenceSpec(metric, tuple(self.config.reference["layers"])), device=device)
 
     def reference_embeds(
         self,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .adapter import IQAAdapter
 from .grid import image_grid
 from .guidance import IQAGuidance
-from .reference import ReferenceEncoder, ReferenceSpec
+from .reference import ReferenceEncoder
 from .io_utils import atomic_write, write_json
 from .targets import QualityTarget
 
@@ -112,8 +112,7 @@ def generate(
     if not prompts or not qualities or num_images < 1:
         raise ValueError("need at least one prompt, one quality target and num_images >= 1")
     if by_reference:
-        encoder = reference_encoder or ReferenceEncoder.from_spec(
-            ReferenceSpec(adapter.config.reference["metric"], tuple(adapter.config.reference["layers"])))
+        encoder = reference_encoder or adapter.reference_encoder()
         rows = list(encoder.encode(list(references)).cpu())
         negative_row = None if negative_reference is None else encoder.encode([negative_reference]).cpu()[0]
     else:

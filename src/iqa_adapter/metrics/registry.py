@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .base import QualityMetric
 
@@ -77,6 +78,20 @@ def _prefixed(name: str):
         if name.startswith(prefix):
             return importlib.import_module(module), name[len(prefix):]
     return None
+
+
+def resolve_metric_path(name: str, directory: str | Path) -> str:
+    """``name`` with a relative checkpoint path (``loda:../loda``) made absolute against ``directory``.
+
+    Configs that travel with a folder (an adapter and the LoDa checkpoint beside it) can so name their metric
+    by a relative path; other names are returned unchanged.
+    """
+    for prefix in PREFIXED_METRICS:
+        if name.startswith(prefix):
+            argument = Path(name[len(prefix):])
+            if not argument.is_absolute() and (Path(directory) / argument).exists():
+                return prefix + str((Path(directory) / argument).resolve())
+    return name
 
 
 def metric_info(name: str) -> MetricInfo:
