@@ -141,3 +141,14 @@ def test_evaluate_writes_the_report(tmp_path, model_dirs, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["default_scale"] == 0.75 and set(report["relgain"]["p99"]) == {"sharpness", "contrast"}
     assert "Claims of the paper" in capsys.readouterr().out
+
+
+def test_atomic_writes_have_the_usual_permissions(tmp_path):
+    import os
+
+    from iqa_adapter.io_utils import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask

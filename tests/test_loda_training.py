@@ -141,7 +141,7 @@ def test_protocol_trains_every_variant_on_every_split(dataset, tmp_path):
 
 def test_registry_metric_scores_any_size_with_gradients_and_features(trained):
     out, model, _ = trained
-    metric = create_metric(f"loda:{out}", crops=4)
+    metric = create_metric(f"loda:{out}", crops=4, calibrated=False)  # raw cosine scores
     assert isinstance(metric, LoDaMetric) and metric.name == "loda" and metric.differentiable
     assert metric.higher_is_better and metric_info(f"loda:{out}").differentiable
     images = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(0))
@@ -151,7 +151,7 @@ def test_registry_metric_scores_any_size_with_gradients_and_features(trained):
     torch.testing.assert_close(scores, alone)
     assert metric.score(torch.rand(2, 3, 20, 24)).shape == (2,)  # smaller than a crop: upscaled
     # one crop of an image of exactly the crop size is the network's own score
-    one = create_metric(f"loda:{out}", crops=1)
+    one = create_metric(f"loda:{out}", crops=1, calibrated=False)
     crop = images[:, :, :32, :32]
     torch.testing.assert_close(one.score(crop), model(crop).detach())
     # gradients reach the images, not the weights

@@ -18,8 +18,8 @@ the loss ``-log f`` instead. The sign here is the one that raises the metric (te
 **Score optimised.** ``log`` needs a positive argument, so the objective uses the metric's declared range
 ``(low, high)``: ``log(f - low)`` for higher-is-better metrics with a finite ``low``, ``log(high - f)`` for
 lower-is-better metrics with a finite ``high`` (both clamped at 1e-6), and the plain score ``f`` (or ``-f``)
-when that bound is infinite. For PIQE (0 best, 100 worst) this is ``log(100 - PIQE)``; for LoDa (cosine
-head in [-1, 1]) ``log(f + 1)``.
+when that bound is infinite. For PIQE (0 best, 100 worst) this is ``log(100 - PIQE)``; for a calibrated LoDa
+``log(f - lowest training MOS)``, for raw LoDa scores (cosine head in [-1, 1]) ``log(f + 1)``.
 
 **Practicality.** The correction is a forward hook on the UNet, so it works inside an unmodified diffusers
 pipeline call, under classifier-free guidance (both halves get the same correction, which the CFG

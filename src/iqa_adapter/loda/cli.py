@@ -83,6 +83,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=0, help="data-loading processes")
     group.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     group.add_argument("--log-every", type=int, default=50)
+    group.add_argument("--calibration-crops", type=int, default=15,
+                       help="after training, fit calibrated = a * raw + b to the training MOS with this many uniform "
+                            "crops per image (0: no calibration; the metric then gives raw cosine scores)")
 
 
 def _add_test_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,12 +155,17 @@ def _settings(args):
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          crops_per_image=args.crops_per_image, seed=args.seed, save_every=args.save_every,
                          max_iterations=args.max_iterations, workers=args.workers, device=_device(args.device),
-                         log_every=args.log_every)
+                         log_every=args.log_every, calibration_crops=args.calibration_crops)
 
 
 def _print_metrics(label: str, metrics: dict, count: int) -> None:
     values = "  ".join(f"{name.upper()} {value:.4f}" for name, value in metrics.items())
     print(f"{label}: {values}  ({count} images)")
+
+
+def _calibration_line(calibration) -> str:
+    return (f"scores: calibrated {calibration.a:.4g} * raw + {calibration.b:.4g} on {calibration.samples} training "
+            f"images (MOS range {calibration.mos_min:.4g} to {calibration.mos_max:.4g}, RMSE {calibration.rmse:.3g})")
 
 
 def _logging() -> None:
@@ -168,6 +176,7 @@ def _logging() -> None:
 
 
 def cmd_info(args) -> None:
+    from .calibration import read_calibration
     from .config import BN_MODES, VARIANTS, LoDaConfig
     from .model import build_model, read_checkpoint_config
 
@@ -175,6 +184,8 @@ def cmd_info(args) -> None:
         meta = read_checkpoint_config(args.checkpoint)
         config = LoDaConfig.from_dict(meta["config"])
         print(f"checkpoint {args.checkpoint}; training: {meta.get('training', '-')}")
+        calibration = read_calibration(meta)
+        print(_calibration_line(calibration) if calibration else "scores: raw cosine in [-1, 1] (no calibration)")
     else:
         config = _model_config(args)
     counts = build_model(config, device="meta").parameter_counts()
@@ -204,7 +215,9 @@ def cmd_make_dataset(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .calibration import read_calibration
     from .evaluate import correlation_metrics, predict
+    from .model import read_checkpoint_config
     from .train import train
 
     _logging()
@@ -213,6 +226,9 @@ def cmd_train(args) -> None:
     train_rows = split["train"] if split is not None else list(range(len(table)))
     model = train(_model_config(args), table, train_rows, _settings(args), args.out, resume=args.resume)
     print(f"checkpoint in {args.out} (trained on {len(train_rows)} images)")
+    calibration = read_calibration(read_checkpoint_config(args.out))
+    if calibration is not None:
+        print(_calibration_line(calibration))
     if split is not None and split["test"] and not args.no_test:
         predictions = predict(model, table, split["test"], crops=args.test_crops, crop_mode=args.crop_mode,
                               seed=args.eval_seed)

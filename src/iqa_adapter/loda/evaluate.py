@@ -6,6 +6,11 @@
   start ``[max y, min y, mean x, 0.5]``); if the fit does not converge, a straight-line fit is used instead.
 * Prediction averages the scores of ``crops`` crops per image: random ones (15, the paper's protocol,
   seeded per image) or a deterministic uniform grid.
+* :func:`score_images` scores a batch of images already in memory the way the registry metric
+  ``loda:<dir>`` does (the same crop positions in every image, each distinct position scored once).
+* All of these use the network's raw cosine scores: the linear calibration of a checkpoint
+  (:mod:`iqa_adapter.loda.calibration`) changes neither SRCC nor KRCC, and PLCC and RMSE are computed after
+  the logistic fit, which absorbs a linear map.
 * Over splits, each metric is summarised by its median (what the paper's tables report) and mean +- std
   (population standard deviation).
 """
@@ -21,7 +26,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
 from torch.utils.data import DataLoader
 
-from .data import IQATable, EvalCrops
+from .data import IQATable, EvalCrops, crop_positions, fit_min_size, take_crops
 
 METRICS = ("srcc", "plcc", "krcc", "rmse")
 
@@ -91,6 +96,38 @@ def predict(model: torch.nn.Module, table: IQATable, indices: list[int], crops: 
         scores.append(model(stacks.flatten(0, 1).to(device)).view(len(stacks), crops).mean(dim=1).cpu())
     model.train(was_training)
     return torch.cat(scores).double().numpy()
+
+
+def distinct_positions(positions: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The distinct crop positions, in order of first appearance, and how often each occurs."""
+    counts: dict[tuple[int, int], int] = {}
+    for position in positions:
+        counts[position] = counts.get(position, 0) + 1
+    return list(counts), list(counts.values())
+
+
+def image_crops(images: torch.Tensor, size: int, crops: int, crop_mode: str,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crops that score a batch (N, 3, H, W): images whose shorter side is below ``size`` are upscaled
+    to it, then ``crops`` positions are drawn once for the batch (``crop_mode``, ``numpy`` generator of
+    ``seed``). Returns the distinct crops (N, k, 3, size, size) and the weight of each, (k,), summing to 1
+    (k = 1 for images of exactly the crop size, whatever ``crops``)."""
+    images = fit_min_size(images, size)
+    positions = crop_positions(*images.shape[-2:], size, crops, crop_mode, np.random.default_rng(seed))
+    distinct, counts = distinct_positions(positions)
+    weights = torch.tensor(counts, dtype=images.dtype, device=images.device) / crops
+    return take_crops(images, size, distinct), weights
+
+
+def score_images(model: torch.nn.Module, images: torch.Tensor, crops: int = 15, crop_mode: str = "uniform",
+                 seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """Raw scores (N,) of images (N, 3, H, W) in [0, 1] on the model's device: the mean of the scores of
+    ``crops`` crops (see :func:`image_crops`), ``batch_size`` crops per forward pass. Gradients flow to the
+    images when enabled; the model's train/eval mode is left as it is."""
+    device = next(model.parameters()).device
+    stacks, weights = image_crops(images.to(device), model.crop_size, crops, crop_mode, seed)
+    scores = torch.cat([model(chunk) for chunk in stacks.flatten(0, 1).split(batch_size)])
+    return (scores.view(len(images), -1) * weights).sum(dim=1)
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:

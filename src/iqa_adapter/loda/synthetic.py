@@ -1,12 +1,16 @@
 """Synthetic IQA datasets made offline, KADIS-style: clean images x distortion families x levels, each
 distorted image scored by a full-reference measure against its clean image (a pseudo-MOS).
 
-The clean images are procedural (:func:`procedural_images`: colour gradients, gratings, sharp-edged shapes
-and fine texture), so nothing is downloaded. The result is a dataset in the meta-CSV convention of
-:mod:`iqa_adapter.loda.data`: ``meta.csv`` with ``img_name, ref_name, family, level, mos`` (``mos`` =
-100 x SSIM (or MS-SSIM) of the 8-bit distorted image against its reference, higher is better), images under
-``distorted/`` and the clean ones under ``reference/``. Splits by reference image then keep every
-clean image's distortions on one side.
+The clean images are procedural by default (:func:`procedural_images`: colour gradients, gratings,
+sharp-edged shapes and fine texture), so nothing is downloaded; any other clean images can be given instead
+(``images=``, e.g. the rendered scenes of :mod:`iqa_adapter.toy.iqa_models`). The result is a dataset in the
+meta-CSV convention of :mod:`iqa_adapter.loda.data`: ``meta.csv`` with ``img_name, ref_name, family, level,
+mos`` (``mos`` = 100 x SSIM (or MS-SSIM) of the 8-bit distorted image against its reference, higher is
+better), images under ``distorted/`` and the clean ones under ``reference/``. With ``include_clean`` every
+clean image is also a row of its own (family ``clean``, level 0, ``mos`` = 100, the measure of an image
+against itself), so that a model learns that no distortion is best. Splits by reference image then keep
+every clean image's distortions (and the clean image) on one side. Every file is written atomically and
+``meta.csv`` last, so a dataset with a ``meta.csv`` is complete.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..distortions import FAMILIES, distort
 from ..io_utils import atomic_write
@@ -74,21 +79,42 @@ def pseudo_mos(distorted: torch.Tensor, clean: torch.Tensor, measure: str = "ssi
     return ms_ssim(distorted, clean, scales=scales) * 100
 
 
+CLEAN_FAMILY = "clean"
+
+
 def make_dataset(out_dir: str | Path, num_references: int = 8, size: int = 48,
-                 families: Sequence[str] = FAMILIES, levels: int = 5, seed: int = 0, measure: str = "ssim") -> Path:
+                 families: Sequence[str] = FAMILIES, levels: int = 5, seed: int = 0, measure: str = "ssim",
+                 images: torch.Tensor | None = None, include_clean: bool = False, progress: bool = False) -> Path:
     """Write a synthetic dataset of ``num_references * len(families) * levels`` distorted images (levels
-    ``k / levels``, k = 1..levels) and return the path of its ``meta.csv``."""
+    ``k / levels``, k = 1..levels) and return the path of its ``meta.csv``.
+
+    ``images``: clean images (N, 3, H, W) in [0, 1] to use instead of ``num_references`` procedural ones of
+    ``size`` px (they are rounded to 8 bits first, as saved). ``include_clean``: add a row per clean image.
+    ``seed`` draws the procedural images and the randomness of the random families (one generator per
+    reference and family). ``progress``: a progress bar over the references.
+    """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
-    if levels < 1 or num_references < 1:
-        raise ValueError("make_dataset needs at least one reference image and one level")
+    if images is None:
+        if levels < 1 or num_references < 1:
+            raise ValueError("make_dataset needs at least one reference image and one level")
+        images = procedural_images(num_references, size, seed)
+    elif images.ndim != 4 or images.shape[1] != 3 or len(images) < 1 or not images.is_floating_point():
+        raise ValueError(f"images must be float clean images (N, 3, H, W) in [0, 1], N >= 1, got "
+                         f"{tuple(images.shape)} {images.dtype}")
+    if levels < 1:
+        raise ValueError("make_dataset needs at least one level")
     out_dir = Path(out_dir)
-    clean = _to_8bit(procedural_images(num_references, size, seed))
+    clean = _to_8bit(images.detach().cpu().float())
     strengths = torch.arange(1, levels + 1, dtype=torch.float32) / levels
     rows = []
-    for r, reference in enumerate(clean):
+    for r, reference in enumerate(tqdm(clean, desc="IQA dataset", unit="ref", disable=not progress)):
         ref_name = f"reference/ref_{r:03d}.png"
         _save_png(out_dir / ref_name, reference)
+        if include_clean:
+            mos = pseudo_mos(reference[None], reference[None], measure)
+            rows.append({"img_name": ref_name, "ref_name": ref_name, "family": CLEAN_FAMILY, "level": 0.0,
+                         "mos": round(float(mos[0]), 6)})
         batch = reference[None].expand(levels, -1, -1, -1)
         for f, family in enumerate(families):
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence((seed, r, f)).generate_state(1)[0]))

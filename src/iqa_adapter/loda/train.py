@@ -5,6 +5,13 @@ per image and epoch, random horizontal and vertical flips; the norm-in-norm PLCC
 weight decay 1e-2) on the trained parameters only; a cosine schedule to 0 stepped every iteration; batch
 128, 10 epochs, seed 3407; incomplete last batches are dropped.
 
+Calibration: once the last epoch is done, a linear map ``mos ~ a * raw + b`` of the raw cosine scores onto
+the MOS scale is fitted by least squares on the training rows (raw scores as the registry metric computes
+them: ``calibration_crops`` uniform crops per image) and stored in the checkpoint's ``config.json``
+(:mod:`iqa_adapter.loda.calibration`); ``calibration_crops=0`` skips it. It does not change the weights, so
+it is a run setting: changing it on resume is allowed. Paused runs (``max_iterations``) are not calibrated
+until they finish.
+
 Outputs in ``out_dir``: the checkpoint (``config.json`` + ``loda.safetensors``, updated at every save) and
 ``training_state.safetensors``: the trained weights, AdamW's moments, the scheduler, the RNG state and the
 position (epoch, batch) in one file written atomically, at every epoch end and every ``save_every``
@@ -27,6 +34,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from ..io_utils import atomic_write
+from .calibration import CALIBRATION_KEY, calibrate
 from .config import LoDaConfig
 from .data import IQATable, TrainCrops, epoch_batches
 from .losses import norm_in_norm_loss
@@ -52,8 +60,9 @@ class TrainSettings:
     workers: int = 0  # data-loading processes
     device: str = "cpu"
     log_every: int = 50
+    calibration_crops: int = 15  # uniform crops per image for the calibration's raw scores (0: no calibration)
 
-    RUN_FIELDS = ("save_every", "max_iterations", "workers", "device", "log_every")
+    RUN_FIELDS = ("save_every", "max_iterations", "workers", "device", "log_every", "calibration_crops")
 
     def recipe(self) -> dict:
         """The fields that define the result (a resumed run must keep them)."""
@@ -166,4 +175,12 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
             position["epoch"] += 1
             position["batch"] = 0
             save()
-    return model.train(False)
+    model.train(False)
+    if settings.calibration_crops:
+        calibration = calibrate(model, table, train_indices, crops=settings.calibration_crops)
+        logger.info("calibration on %d training images: mos ~ %.4g * raw + %.4g (RMSE %.3g, MOS range %.4g to %.4g)",
+                    calibration.samples, calibration.a, calibration.b, calibration.rmse, calibration.mos_min,
+                    calibration.mos_max)
+        model.save_pretrained(out_dir, extra={"training": {**training_info["training"], **position},
+                                              CALIBRATION_KEY: calibration.to_dict()})
+    return model
