@@ -84,14 +84,6 @@ def test_convert_official_rejects_unknown_metric(tmp_path, capsys):
               "--out", str(tmp_path)])
 
 
-def test_demo_runs_offline(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["max_abs_pixel_difference_lambda0_vs_base"] == 0.0
-    assert report["images"] == len(list((tmp_path / "images").glob("*.png"))) == 20
-    assert (tmp_path / "sweep_topiq_nr.png").is_file()
-
-
 def test_metrics_lists_directions_and_ranges(capsys):
     assert main(["metrics"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}

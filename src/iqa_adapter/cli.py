@@ -67,6 +67,20 @@ def _iqa_guidance(args, device: str):
                        decode_scale=args.guidance_decode_scale, checkpointing=not args.no_guidance_checkpointing)
 
 
+def _default_to_the_toy_world(args) -> None:
+    """Without --base, generate uses the embedded toy world: its base model and, unless --adapter or
+    --no-adapter is given, its score adapter (or its reference adapter when --reference is given)."""
+    if args.base is not None:
+        return
+    from .toy.world import shipped_world
+
+    world = shipped_world().check()
+    args.base = str(world.base)
+    if args.adapter is None and not args.no_adapter:
+        args.adapter = str(world.reference_adapter if args.reference else world.adapter)
+    print(f"using the embedded toy world ({world.root}); give --base and --adapter for your own models")
+
+
 def cmd_generate(args) -> None:
     from .adapter import IQAAdapter
     from .generation import generate, save_images, sweep_grid
@@ -74,6 +88,7 @@ def cmd_generate(args) -> None:
 
     device = args.device or _default_device()
     dtype = _torch_dtype(args.dtype, device)
+    _default_to_the_toy_world(args)
     if args.no_adapter:
         if args.quality or args.sweep or args.reference:
             raise ValueError("--quality, --sweep and --reference need an adapter; drop --no-adapter")
@@ -235,6 +250,7 @@ def cmd_niqe_fit(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .adapter import IQAAdapter
+    from .annotate import metric_columns
     from .evaluation import EvaluationSettings, evaluate_adapter
     from .metrics import create_metric
     from .pipelines import load_pipeline
@@ -246,8 +262,8 @@ def cmd_evaluate(args) -> None:
     if not prompts:
         raise ValueError("give prompts with --prompt (repeatable) or --prompts-file")
     options = _metric_options(args.metric_option)
-    metrics = {name: create_metric(name, device=device, **options.get(name, {})).eval()
-               for name in _comma_list(args.metrics)}
+    metrics = {column: create_metric(name, device=device, **options.get(column, {})).eval()
+               for column, name in metric_columns(_comma_list(args.metrics)).items()}
     adapter = IQAAdapter.from_pretrained(args.adapter)
     pipe = load_pipeline(args.base, device, _torch_dtype(args.dtype, device))
     adapter.attach(pipe)
@@ -260,9 +276,16 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .demo import DemoSettings, run_demo
+    from .toy.world import ToyWorld, WorldSettings, build_world, shipped_world
 
-    run_demo(args.out, steps=args.steps)
+    started = time.perf_counter()
+    if args.retrain:
+        world = build_world(Path(args.out) / "world", WorldSettings.miniature() if args.quick else WorldSettings())
+    else:
+        world = (ToyWorld(Path(args.world)) if args.world else shipped_world()).check()
+    run_demo(args.out, world, DemoSettings.quick() if args.quick else DemoSettings())
+    print(f"total {time.perf_counter() - started:.0f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="generate images at chosen quality levels")
-    generate.add_argument("--base", required=True, help="diffusers model directory or hub id (SD 1.x/2.x, SDXL)")
+    generate.add_argument("--base", default=None,
+                          help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world")
     generate.add_argument("--adapter", default=None, help="adapter directory (config.json + adapter.safetensors)")
     generate.add_argument("--no-adapter", action="store_true", help="the base model alone (e.g. with gradient guidance)")
     generate.add_argument("--prompt", required=True, action="append", help="prompt; repeat for several")
@@ -307,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=4)
     generate.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     generate.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU)")
-    generate.add_argument("--out", required=True, help="output directory")
+    generate.add_argument("--out", default="iqa-adapter-output", help="output directory")
     generate.set_defaults(func=cmd_generate)
 
     convert = commands.add_parser("convert-official", help="import an official IQA-Adapter checkpoint")
@@ -323,9 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--adapter", required=True)
     info.set_defaults(func=cmd_info)
 
-    demo = commands.add_parser("demo", help="run the main job on the embedded default model")
+    demo = commands.add_parser(
+        "demo", help="reproduce the paper's main experiments offline on the embedded toy world",
+        description="Percentile sweep, RelGain at p99 / p1 on every metric, adapter-scale sweep, negative quality "
+                    "guidance, gradient guidance and reference-based transfer on the toy world; writes OUT/report.json, "
+                    "OUT/report.md, OUT/figures/ and OUT/images/.")
     demo.add_argument("--out", default="demo-output")
-    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--retrain", action="store_true",
+                      help="first rebuild every toy model from scratch in OUT/world (about an hour on 2 CPU cores)")
+    demo.add_argument("--world", default=None, help="a toy world folder (default: the embedded one)")
+    demo.add_argument("--quick", action="store_true", help="a seconds-long miniature (with --retrain: tiny models)")
     demo.set_defaults(func=cmd_demo)
 
     annotate = commands.add_parser(
@@ -357,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/report.md, OUT/figures/*.png and every image under OUT/images/ with a CSV.")
     evaluate.add_argument("--base", required=True, help="diffusers model directory or hub id")
     evaluate.add_argument("--adapter", required=True, help="adapter directory")
-    evaluate.add_argument("--metrics", required=True, help="comma-separated evaluation metrics (registry names)")
+    evaluate.add_argument("--metrics", required=True,
+                          help="comma-separated evaluation metrics (registry names, or COLUMN=NAME as for annotate)")
     evaluate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE")
     evaluate.add_argument("--prompt", action="append", default=[], help="repeatable")
     evaluate.add_argument("--prompts-file", default=None, help="one prompt per line")
@@ -392,9 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
 def command_groups() -> list:
     """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
     from .loda.cli import add_commands as loda_commands
+    from .toy.cli import add_commands as toy_commands
     from .training.cli import add_commands as training_commands
 
-    return [training_commands, loda_commands]
+    return [training_commands, loda_commands, toy_commands]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,70 +1,267 @@
-"""``iqa-adapter demo``: the main job on the embedded default model.
+"""``iqa-adapter demo``: the paper's main experiments, reproduced offline on the embedded toy world.
 
-Until the project ships its trained toy world, the embedded default is a tiny SD-shaped pipeline with
-random weights built from a config, and an adapter initialised as training would initialise it (quality
-K/V copied from the text K/V, seeded random projection), conditioned on the CC3M statistics of topiq_nr and
-laion_aes. Its images are noise-like: the demo shows the mechanics (a percentile sweep through an unmodified
-diffusers pipeline, sidecars, grid) and measures that lambda = 0 reproduces the base model exactly while
-the quality target changes the output when lambda > 0.
+The toy world (:mod:`iqa_adapter.toy.world`) is a small text-to-image model, toy IQA models (a tiny LoDa,
+a NIQE model, the classical metrics) and IQA-Adapters, all trained by this project's own commands on
+procedural captioned images. The demo runs, with fixed prompts and seeds:
+
+1. the experiments of :func:`iqa_adapter.evaluation.evaluate_adapter` for the score adapter: percentile sweep
+   (paper Figures 1, 4, 10, 16, 17), RelGain at p99 and p1 for every metric (Figure 3a, section 5.1),
+   adapter-scale sweep (Figure 13), negative quality guidance (Figure 8);
+2. IQA-gradient guidance (section 3.1) on the toy LoDa, without adapter, RelGain on every metric beside the
+   adapter's (Figure 9: the paper finds target-only gains and adversarial patterns for guidance, cross-metric
+   gains for the adapter);
+3. reference-based transfer: references degraded with each distortion family. ``match`` is the fraction of
+   generated images that a distortion classifier (nearest centroid in the reference features, fitted on toy
+   images with known distortions) assigns to the reference's family; ``content_leak`` the fraction whose
+   object takes the reference's colour instead of the prompt's (read by :mod:`iqa_adapter.toy.caption_check`).
+
+The numbers are whatever the models produce; ``report.json`` and ``report.md`` say which claims hold.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .adapter import IQAAdapter
-from .architectures import tiny_sd_pipeline
-from .generation import generate, save_images, sweep_grid, sweep_qualities
-from .io_utils import write_json
-from .stats import cc3m_stats
+from .distortions import FAMILIES, distort
+from .evaluation import EvaluationSettings, evaluate_adapter, relgain, report_markdown, score_images
+from .generation import generate
+from .grid import image_grid
+from .guidance import IQAGuidance
+from .io_utils import atomic_write, write_json
+from .metrics import QualityMetric, create_metric
+from .toy.caption_check import read_object
+from .toy.scenes import Scene, render_scene, scene_for
+from .toy.world import ToyWorld, shipped_world
 
-DEMO_PROMPTS = ("a red circle on a blue background", "a green square, high detail")
-DEMO_PERCENTILES = ("p1", "p25", "p50", "p75", "p99")
+PROMPT_SEED = 2000  # toy scenes of the demo prompts: a seed no training data uses
+REFERENCE_SEED = 3000  # clean scenes that become the references
+CLASSIFIER_SEED = 4000  # labelled distorted scenes that fit the distortion classifier
+REFERENCE_LEVEL = 0.8  # distortion level of the references (1 = strongest)
 
 
-def _pixels(results) -> np.ndarray:
-    return np.stack([np.asarray(result.image, dtype=np.float32) / 255.0 for result in results])
+@dataclass
+class DemoSettings:
+    """How much the demo generates; ``quick`` shrinks everything for the test suite."""
+
+    prompts: int = 8
+    seeds: int = 4
+    steps: int = 20
+    guidance: float = 4.0
+    guidance_alpha: float = 30.0
+    classifier_images: int = 24  # per family
+
+    @classmethod
+    def quick(cls) -> "DemoSettings":
+        return cls(prompts=2, seeds=1, steps=2, classifier_images=2)
 
 
-def run_demo(out_dir: str | Path, steps: int = 20, seeds: int = 2) -> dict:
-    """Generate a topiq_nr percentile sweep on the embedded default and write images, grid and report."""
-    out_dir = Path(out_dir)
+def demo_scenes(count: int) -> list[Scene]:
+    """Single-object toy scenes with every attribute in the caption (their captions are the prompts)."""
+    return [scene_for(PROMPT_SEED, index, kind="single", full_caption=True) for index in range(count)]
+
+
+def demo_metrics(world: ToyWorld, device: str | torch.device = "cpu") -> dict[str, QualityMetric]:
+    """Every metric the demo evaluates: the toy LoDa, NIQE fitted on clean toy images, the classical ones."""
+    metrics = {"loda": create_metric(f"loda:{world.loda}", device=device),
+               "niqe": create_metric("niqe", device=device, params=world.niqe)}
+    for name in ("piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"):
+        metrics[name] = create_metric(name, device=device)
+    return {name: metric.eval() for name, metric in metrics.items()}
+
+
+def _pixels(images: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                        for image in images])
+
+
+def _to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    arrays = (pixels.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    return [Image.fromarray(array) for array in arrays]
+
+
+def _save_grid(images: list[Image.Image], columns: int, path: Path, **labels) -> str:
+    grid = image_grid(images, columns=columns, min_cell=96, **labels)
+    atomic_write(path, lambda temporary: grid.save(temporary, format="PNG"))
+    return path.name
+
+
+# ---------------------------------------------------------------- gradient guidance
+
+
+def gradient_guidance_experiment(pipe, metrics: dict[str, QualityMetric], prompts: list[str], settings: DemoSettings,
+                                 out_dir: Path, adapter_relgain: dict[str, float]) -> dict:
+    """Base model with and without IQA-gradient guidance on the toy LoDa: RelGain on every metric."""
+    common = dict(seed=0, num_images=settings.seeds, steps=settings.steps, guidance=settings.guidance, progress=False)
+    base = generate(pipe, None, prompts, **common)
+    guidance = IQAGuidance(metrics["loda"], alpha=settings.guidance_alpha)
+    guided = generate(pipe, None, prompts, iqa_guidance=guidance, **common)
+    base_scores = score_images([r.image for r in base], metrics)
+    guided_scores = score_images([r.image for r in guided], metrics)
+    gains = {name: relgain(base_scores[name], guided_scores[name], metric.higher_is_better)
+             for name, metric in metrics.items()}
+    others = [name for name in metrics if name != "loda"]
+    figure = _save_grid([image for pair in zip(base, guided) for image in (pair[0].image, pair[1].image)], 2,
+                        out_dir / "figures" / "gradient_guidance.png", column_labels=["base", "LoDa guidance"])
+    return {"target": "loda", "alpha": settings.guidance_alpha, "relgain": gains,
+            "adapter_relgain_p99": adapter_relgain,
+            "improved_other_metrics": sum(gains[name] > 0 for name in others),
+            "adapter_improved_other_metrics": sum(adapter_relgain.get(name, 0) > 0 for name in others),
+            "figure": f"figures/{figure}"}
+
+
+# ---------------------------------------------------------------- reference transfer
+
+
+class DistortionClassifier:
+    """Nearest centroid of standardised reference features: which distortion family (or clean) an image has."""
+
+    def __init__(self, encoder, size: int, images_per_family: int):
+        self.encoder = encoder
+        self.labels = ["clean", *FAMILIES]
+        generator = torch.Generator().manual_seed(CLASSIFIER_SEED)
+        clean = _render(CLASSIFIER_SEED, images_per_family, size)
+        features = []
+        for label in self.labels:
+            if label == "clean":
+                features.append(self.encoder.encode(clean).cpu())
+                continue
+            levels = 0.5 + 0.5 * torch.rand(images_per_family, generator=generator)
+            features.append(self.encoder.encode(distort(clean, label, levels, generator)).cpu())
+        stacked = torch.cat(features)
+        self.mean, self.std = stacked.mean(dim=0), stacked.std(dim=0).clamp_min(1e-6)
+        self.centroids = torch.stack([((f - self.mean) / self.std).mean(dim=0) for f in features])
+
+    def predict(self, pixels: torch.Tensor) -> list[str]:
+        features = (self.encoder.encode(pixels).cpu() - self.mean) / self.std
+        return [self.labels[index] for index in torch.cdist(features, self.centroids).argmin(dim=1).tolist()]
+
+
+def _render(seed: int, count: int, size: int) -> torch.Tensor:
+    scenes = [scene_for(seed, index, kind="single", full_caption=True) for index in range(count)]
+    return torch.stack([torch.from_numpy(render_scene(scene, size)).permute(2, 0, 1).float() / 255 for scene in scenes])
+
+
+def reference_transfer_experiment(pipe, adapter: IQAAdapter, scenes: list[Scene], settings: DemoSettings,
+                                  out_dir: Path) -> dict:
+    """One degraded reference per family (a scene whose object colour differs from every prompt's)."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    encoder = adapter.reference_encoder()
+    classifier = DistortionClassifier(encoder, size, settings.classifier_images)
+    prompt_colours = {scene.objects[0].colour for scene in scenes}
+    reference_scene = next(scene for index in range(1000)
+                           for scene in [scene_for(REFERENCE_SEED, index, kind="single", full_caption=True)]
+                           if scene.objects[0].colour not in prompt_colours)
+    clean = torch.from_numpy(render_scene(reference_scene, size)).permute(2, 0, 1).float()[None] / 255
+    generator = torch.Generator().manual_seed(REFERENCE_SEED)
+    results: dict[str, dict] = {}
+    grid_images, labels = [], []
+    for family in ["clean", *FAMILIES]:
+        reference = clean if family == "clean" else distort(clean, family, REFERENCE_LEVEL, generator)
+        reference_image = _to_images(reference)[0]
+        generated = generate(pipe, adapter, [scene.caption for scene in scenes], references=[reference_image],
+                             reference_encoder=encoder, seed=0, num_images=settings.seeds, steps=settings.steps,
+                             guidance=settings.guidance, progress=False)
+        pixels = _pixels([result.image for result in generated])
+        predicted = classifier.predict(pixels)
+        readings = [read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
+                    for index, result in enumerate(generated)]
+        results[family] = {
+            "match": float(np.mean([label == family for label in predicted])),
+            "content_leak": float(np.mean([r.colour == reference_scene.objects[0].colour for r in readings])),
+            "prompt_colour": float(np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour
+                                            for i, r in enumerate(readings)])),
+            "reference_classified_as": classifier.predict(reference)[0],
+        }
+        grid_images += [reference_image] + [result.image for result in generated[:: settings.seeds]]
+        labels.append(family)
+    figure = _save_grid(grid_images, len(scenes) + 1, out_dir / "figures" / "reference_transfer.png",
+                        row_labels=labels, column_labels=["reference"] + [f"prompt {i + 1}" for i in range(len(scenes))])
+    return {"families": results, "chance": 1 / len(classifier.labels),
+            "reference_caption": reference_scene.caption, "reference_level": REFERENCE_LEVEL,
+            "figure": f"figures/{figure}"}
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoSettings | None = None,
+             progress: bool = True) -> dict:
+    """Run every experiment on ``world`` (default: the shipped one); write reports, figures and images."""
+    from .pipelines import load_pipeline
+
     started = time.perf_counter()
-    pipe = tiny_sd_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    stats = cc3m_stats()
-    adapter = IQAAdapter.for_unet(pipe, [stats["topiq_nr"], stats["laion_aes"]], seed=0, base_model="tiny-sd (random)")
-    adapter.attach(pipe)
-    qualities = sweep_qualities({"laion_aes": "p50"}, "topiq_nr", DEMO_PERCENTILES)
-    settings = dict(seed=0, num_images=seeds, steps=steps, guidance=7.5)
-    sweep = generate(pipe, adapter, DEMO_PROMPTS, qualities, **settings)
-    save_images(sweep, out_dir / "images")
-    grid_path = out_dir / "sweep_topiq_nr.png"
-    sweep_grid(sweep, "topiq_nr").save(grid_path)
+    out_dir = Path(out_dir)
+    world = world or shipped_world()
+    settings = settings or DemoSettings()
+    pipe = load_pipeline(str(world.base), "cpu", torch.float32)
+    metrics = demo_metrics(world)
+    scenes = demo_scenes(settings.prompts)
+    prompts = [scene.caption for scene in scenes]
 
-    at_zero = generate(pipe, adapter, DEMO_PROMPTS, qualities[:1], scale=0.0, progress=False, **settings)
+    adapter = IQAAdapter.from_pretrained(world.adapter)
+    evaluation = EvaluationSettings(prompts=prompts, seeds=settings.seeds, steps=settings.steps,
+                                    guidance=settings.guidance)
+    report = evaluate_adapter(pipe, adapter, metrics, evaluation, out_dir, progress=progress)
     adapter.detach()
-    base = pipe(prompt=[p for p in DEMO_PROMPTS for _ in range(seeds)], num_inference_steps=steps, guidance_scale=7.5,
-                generator=[torch.Generator().manual_seed(s) for _ in DEMO_PROMPTS for s in range(seeds)]).images
-    base_pixels = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in base])
-
-    pixels = _pixels(sweep).reshape(len(DEMO_PROMPTS), len(DEMO_PERCENTILES), seeds, *base_pixels.shape[1:])
-    low, high = pixels[:, 0], pixels[:, -1]
-    report = {
-        "model": "tiny SD pipeline with random weights (placeholder until the toy world ships)",
-        "images": len(sweep),
-        "grid": str(grid_path),
-        "mean_abs_pixel_difference_p1_vs_p99": float(np.abs(high - low).mean()),
-        "max_abs_pixel_difference_lambda0_vs_base": float(np.abs(_pixels(at_zero) - base_pixels).max()),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    report["gradient_guidance"] = gradient_guidance_experiment(pipe, metrics, prompts, settings, out_dir,
+                                                               report["relgain"]["p99"])
+    reference_adapter = IQAAdapter.from_pretrained(world.reference_adapter)
+    report["reference_transfer"] = reference_transfer_experiment(pipe, reference_adapter, scenes, settings, out_dir)
+    report["world"] = world.describe()
+    report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / "report.json", report)
-    print(f"demo: {report['images']} images in {out_dir / 'images'}, grid {grid_path}")
-    print(f"  mean |p99 - p1| pixel difference: {report['mean_abs_pixel_difference_p1_vs_p99']:.4f}")
-    print(f"  max |lambda=0 - base| pixel difference: {report['max_abs_pixel_difference_lambda0_vs_base']:.4f}")
-    print(f"  {report['seconds']} s; report {out_dir / 'report.json'}")
+    atomic_write(out_dir / "report.md", lambda path: Path(path).write_text(demo_markdown(report)))
+    summary = demo_summary(report)
+    if progress:
+        print(summary)
     return report
+
+
+def demo_markdown(report: dict) -> str:
+    """The evaluation's Markdown report, followed by the guidance and reference-transfer sections."""
+    lines = [report_markdown(report), "## IQA-gradient guidance vs IQA-Adapter (RelGain %, + = better)", "",
+             f"Guidance on `{report['gradient_guidance']['target']}` with alpha = {report['gradient_guidance']['alpha']:g}, "
+             "no adapter; adapter at p99.", "", "| metric | gradient guidance | IQA-Adapter p99 |", "|---|---|---|"]
+    guidance = report["gradient_guidance"]
+    for name, gain in guidance["relgain"].items():
+        lines.append(f"| {name} | {gain:+.2f} | {guidance['adapter_relgain_p99'].get(name, float('nan')):+.2f} |")
+    transfer = report["reference_transfer"]
+    lines += ["", "## Reference-based transfer", "",
+              f"Reference: \"{transfer['reference_caption']}\", degraded at level {transfer['reference_level']}. "
+              f"Chance level of the distortion classifier: {transfer['chance']:.2f}.", "",
+              "| reference | match | content leak | prompt colour kept | reference classified as |", "|---|---|---|---|---|"]
+    for family, values in transfer["families"].items():
+        lines.append(f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
+                     f"| {values['reference_classified_as']} |")
+    lines += ["", f"Total: {report['seconds']} s.", ""]
+    return "\n".join(lines)
+
+
+def demo_summary(report: dict) -> str:
+    """A few lines for the terminal."""
+    targets = report["target_metrics"]
+    p99, p1 = report["relgain"]["p99"], report["relgain"]["p1"]
+    sweep = report["percentile_sweep"]
+    guidance = report["gradient_guidance"]
+    transfer = report["reference_transfer"]["families"]
+    lines = [f"demo: {report['n_images']} images, {report['seconds']} s (report.md, report.json, figures/, images/)",
+             "RelGain vs base (%, + = better):  " + "  ".join(f"{name} p99 {p99[name]:+.1f} / p1 {p1[name]:+.1f}"
+                                                           for name in p99),
+             "percentile -> score Spearman:    " + "  ".join(f"{name} {sweep[name]['spearman']:+.2f}" for name in sweep),
+             f"gradient guidance on loda: loda {guidance['relgain']['loda']:+.1f} %, other metrics improved "
+             f"{guidance['improved_other_metrics']}/{len(guidance['relgain']) - 1} (adapter p99: "
+             f"{guidance['adapter_improved_other_metrics']})",
+             "reference transfer match / leak: " + "  ".join(f"{family} {v['match']:.2f}/{v['content_leak']:.2f}"
+                                                           for family, v in transfer.items()),
+             "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no'}"
+                                    for claim, value in report["claims"].items()),
+             f"(conditioning metrics: {', '.join(targets)})"]
+    return "\n".join(lines)
+

@@ -1,0 +1,47 @@
+import json
+
+import numpy as np
+import pytest
+
+from iqa_adapter.cli import main
+from iqa_adapter.toy.world import ToyWorld
+
+REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
+               "seconds", "gradient_guidance", "reference_transfer")
+METRICS = {"loda", "niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"}
+
+
+def check_report(out, report: dict) -> None:
+    assert set(REPORT_KEYS) <= set(report) and report["target_metrics"] == ["loda", "niqe"]
+    for name in METRICS:
+        sweep = report["percentile_sweep"][name]
+        assert len(sweep["percentiles"]) == len(sweep["mean_scores"]) and "spearman" in sweep
+        assert name in report["relgain"]["p99"] and name in report["relgain"]["p1"]
+        assert name in report["negative_guidance"]["relgain"] and name in report["gradient_guidance"]["relgain"]
+        assert len(report["scale_sweep"][name]["mean_scores"]) == len(report["scale_sweep"][name]["scales"])
+    for family, values in report["reference_transfer"]["families"].items():
+        assert 0 <= values["match"] <= 1 and 0 <= values["content_leak"] <= 1
+    rows = (out / "images" / "images.csv").read_text().splitlines()
+    assert len(rows) == 1 + report["n_images"]
+    for figure in ("percentile_grid", "percentile_sweep", "relgain", "scale_sweep"):
+        assert (out / report["figures"][figure]).is_file()
+    assert (out / "figures" / "reference_transfer.png").is_file() and (out / "report.md").is_file()
+
+
+def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
+    """demo --retrain --quick: every toy model rebuilt by the project's commands (tiny settings), then the demo."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--retrain", "--quick", "--out", str(out)]) == 0
+    world = ToyWorld(out / "world").check()
+    built = json.loads((world.root / "world.json").read_text())
+    assert list(built["steps"]) == ["data", "base", "iqa_models", "annotate", "adapter", "reference_adapter"]
+    assert json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "loda:../loda"
+    report = json.loads((out / "report.json").read_text())
+    check_report(out, report)
+    assert "claims:" in capsys.readouterr().out
+
+    moved = tmp_path / "moved"  # a world folder works wherever it goes
+    world.root.rename(moved)
+    assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "reference_adapter"),
+                 "--prompt", "a red circle", "--reference", str(out / "images" / "base" / "0000.png"), "--steps", "2",
+                 "--out", str(tmp_path / "gen")]) == 0
