@@ -45,3 +45,7 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "reference_adapter"),
                  "--prompt", "a red circle", "--reference", str(out / "images" / "base" / "0000.png"), "--steps", "2",
                  "--out", str(tmp_path / "gen")]) == 0
+    assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "adapter"), "--prompt", "a red circle",
+                 "--quality", "loda=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
+    sidecar = json.loads((tmp_path / "gen2" / "0000.json").read_text())
+    assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"}  # the adapter's default target fills niqe

@@ -73,3 +73,14 @@ def test_cli_assignment_parsing():
     assert parse_quality_assignment("topiq_nr=p99") == ("topiq_nr", "p99")
     with pytest.raises(QualityTargetError, match="METRIC=TARGET"):
         parse_quality_assignment("topiq_nr")
+
+
+def test_default_targets_fill_the_metrics_a_call_leaves_out():
+    from iqa_adapter.targets import targets_to_z
+
+    metrics = [MetricStats("a", mean=0.0, std=1.0, percentiles={50.0: 0.5}),
+               MetricStats("b", mean=0.0, std=2.0, percentiles={50.0: 1.0})]
+    assert targets_to_z({"a": "z1.0"}, metrics, {"b": "p50"}) == [1.0, 0.5]
+    assert targets_to_z({"a": "z1.0", "b": "z3.0"}, metrics, {"b": "p50"}) == [1.0, 3.0]
+    with pytest.raises(QualityTargetError, match="missing quality target for 'b'"):
+        targets_to_z({"a": "z1.0"}, metrics)

@@ -339,7 +339,12 @@ class IQAAdapter(nn.Module):
 
     def z_scores(self, targets: Mapping[str, QualityTarget]) -> torch.Tensor:
         """Z-scores (D,) for a mapping ``{metric: "p99" | "z2.0" | raw value}`` covering every metric."""
-        return torch.tensor(targets_to_z(targets, self.config.metrics), dtype=torch.float32)
+        return torch.tensor(targets_to_z(targets, self.config.metrics, self.config.default_targets),
+                            dtype=torch.float32)
+
+    def complete_targets(self, targets: Mapping[str, QualityTarget]) -> dict[str, QualityTarget]:
+        """``targets`` with the config's default targets for the metrics they do not name."""
+        return {**self.config.default_targets, **targets}
 
     def condition_inputs(self, values: torch.Tensor) -> torch.Tensor:
         """Projection input for raw conditions (..., D): z-scores, or reference features (standardised here);

@@ -44,6 +44,7 @@ class IQAAdapterConfig:
     encoding_frequencies: int = 0
     flag_feature: bool = True
     default_scale: float = 0.5
+    default_targets: dict = field(default_factory=dict)  # metric -> target used when a call names none
     base_model: str | None = None
     condition: str = "scores"
     reference: dict | None = None  # {"metric": registry name, "layers": [...], "feature_dim": F}

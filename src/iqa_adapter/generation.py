@@ -165,7 +165,9 @@ def generate(
                     "prompt": prompt,
                     "negative_prompt": negative_prompt,
                     "seed": job_seed,
-                    "quality": {name: str(target) for name, target in qualities[quality_index].items()},
+                    "quality": {name: str(target) for name, target in
+                                (adapter.complete_targets(qualities[quality_index]) if adapter is not None
+                                 else {}).items()},
                     "quality_z": (dict(zip(adapter.metric_names, rows[quality_index].tolist()))
                                   if adapter is not None and not by_reference else {}),
                     "reference_index": quality_index if by_reference else None,

@@ -41,11 +41,14 @@ def target_to_z(target: QualityTarget, stats: MetricStats) -> float:
     return stats.z_from_raw(value)
 
 
-def targets_to_z(targets: Mapping[str, QualityTarget], metrics: Sequence[MetricStats]) -> list[float]:
+def targets_to_z(targets: Mapping[str, QualityTarget], metrics: Sequence[MetricStats],
+                 defaults: Mapping[str, QualityTarget] | None = None) -> list[float]:
     """Z-scores for every metric of an adapter, in the adapter's metric order.
 
-    Every metric of the adapter needs a target, and no other metric may be named.
+    Every metric of the adapter needs a target (given, or a default of the adapter's config), and no other
+    metric may be named.
     """
+    targets = {**(defaults or {}), **targets}
     known = [m.name for m in metrics]
     unknown = [name for name in targets if name not in known]
     if unknown:

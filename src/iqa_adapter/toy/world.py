@@ -170,11 +170,12 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
 
     def adapter() -> None:
         result = train(TrainConfig(scores=str(scores), metrics=list(ADAPTER_METRICS), out=str(work / "adapter"),
+                                   default_target="p50",
                                    cache_dir=str(work / "cache"), max_steps=settings.adapter_steps, **common))
         _replace(result.adapter_dir, world.adapter)
 
     step("adapter", f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics "
-                    f"{','.join(ADAPTER_METRICS)} --resolution {base_config.size} --batch-size "
+                    f"{','.join(ADAPTER_METRICS)} --default-target p50 --resolution {base_config.size} --batch-size "
                     f"{settings.adapter_batch_size} --learning-rate {settings.adapter_lr} --max-steps "
                     f"{settings.adapter_steps} --cache-dir {work / 'cache'} --out {work / 'adapter'}", adapter)
 

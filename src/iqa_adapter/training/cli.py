@@ -23,6 +23,7 @@ def cmd_train(args) -> None:
         reference_features=args.reference_features, out=_absolute(args.out) or args.out,
         num_tokens=args.num_tokens, projection=args.projection, encoding_frequencies=args.encoding_frequencies,
         flag_feature=not args.no_flag, init_adapter=_absolute(args.init_adapter), stats_from=args.stats_from,
+        default_target=args.default_target,
         resolution=args.resolution, crop=args.crop, flip=args.flip, cache_dir=_absolute(args.cache_dir),
         cache_dtype=args.cache_dtype,
         num_workers=args.workers, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
@@ -59,6 +60,9 @@ def add_commands(commands) -> None:
     group.add_argument("--encoding-frequencies", type=int, default=0, help="L of the sinusoidal score encoding (0: off)")
     group.add_argument("--no-flag", action="store_true", help="no constant flag feature beside the scores")
     group.add_argument("--init-adapter", default=None, help="start from this adapter (second stage of the paper)")
+    group.add_argument("--default-target", default=None, metavar="TARGET",
+                       help="store TARGET (e.g. p50) as the target of every metric a generate call does not name "
+                            "(default: every metric must be named)")
     group.add_argument("--stats-from", default="data", choices=["data", "init"],
                        help="normalise with this dataset's statistics, or keep those of --init-adapter")
     group = parser.add_argument_group("data")

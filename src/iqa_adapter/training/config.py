@@ -42,6 +42,7 @@ class TrainConfig:
     flag_feature: bool = True
     init_adapter: str | None = None
     stats_from: str = "data"  # "data": this dataset's statistics; "init": keep the init adapter's
+    default_target: str | None = None  # e.g. "p50": the target of every metric a generate call leaves out
     # data
     resolution: int = 512
     crop: str = "center"

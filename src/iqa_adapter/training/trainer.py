@@ -180,6 +180,8 @@ def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample], enco
                              f"run on {config.metrics or reference}; train on the same condition, in the same order")
         if config.stats_from == "data":
             adapter.config.metrics = stats
+    if config.default_target is not None:
+        adapter.config.default_targets = {name: config.default_target for name in adapter.metric_names}
     if encoder is not None and (config.init_adapter is None or config.stats_from == "data"):
         mean, std = reference_statistics(config, samples, encoder)
         adapter.feature_mean.copy_(mean)
