@@ -28,7 +28,8 @@ def cmd_train(args) -> None:
         cache_dtype=args.cache_dtype,
         num_workers=args.workers, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         max_steps=args.max_steps, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None,
+        warmup_steps=args.warmup_steps, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+        adam_epsilon=args.adam_epsilon, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None,
         ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, drop_quality=args.drop_quality,
         drop_text=args.drop_text, drop_both=args.drop_both, seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -79,6 +80,9 @@ def add_commands(commands) -> None:
     group.add_argument("--learning-rate", type=float, default=1e-4)
     group.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
     group.add_argument("--warmup-steps", type=int, default=0)
+    group.add_argument("--adam-beta1", type=float, default=0.9)
+    group.add_argument("--adam-beta2", type=float, default=0.999)
+    group.add_argument("--adam-epsilon", type=float, default=1e-8)
     group.add_argument("--weight-decay", type=float, default=1e-2)
     group.add_argument("--max-grad-norm", type=float, default=1.0, help="0 turns clipping off")
     group.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the adapter (e.g. 0.999)")
