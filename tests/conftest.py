@@ -9,6 +9,15 @@ from iqa_adapter import IQAAdapter, MetricStats
 from iqa_adapter.architectures import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train faster on one thread, and far faster than on two when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def two_metrics() -> list[MetricStats]:
     """Two metrics with simple hand-checkable statistics."""
     return [

@@ -20,12 +20,7 @@ from iqa_adapter.metrics import create_metric, metric_info
 FAMILIES = ("gaussian_noise", "gaussian_blur", "contrast")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from iqa_adapter.metrics import create_metric, metric_info
 FAMILIES = ("gaussian_noise", "gaussian_blur", "contrast", "jpeg", "brightness")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread, and far faster than on two when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
