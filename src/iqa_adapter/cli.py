@@ -9,6 +9,11 @@ import time
 from pathlib import Path
 
 from .stats import QualityTargetError
+from .toy.world import GUIDANCE_SCALE as TOY_GUIDANCE
+from .toy.world import SAMPLING_STEPS as TOY_STEPS
+
+DEFAULT_STEPS = 35
+DEFAULT_GUIDANCE = 7.5
 
 
 def _scale(text: str):
@@ -68,14 +73,18 @@ def _iqa_guidance(args, device: str):
 
 
 def _default_to_the_toy_world(args) -> None:
-    """Without --base, generate uses the embedded toy world: its base model and, unless --adapter or
-    --no-adapter is given, its score adapter (or its reference adapter when --reference is given)."""
+    """Without --base, generate uses the embedded toy world: its base model, its sampling settings and, unless
+    --adapter or --no-adapter is given, its score adapter (or its reference adapter when --reference is given)."""
     if args.base is not None:
+        args.steps = args.steps or DEFAULT_STEPS
+        args.guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
         return
     from .toy.world import shipped_world
 
     world = shipped_world().check()
     args.base = str(world.base)
+    args.steps = args.steps or TOY_STEPS
+    args.guidance = args.guidance if args.guidance is not None else TOY_GUIDANCE
     if args.adapter is None and not args.no_adapter:
         args.adapter = str(world.reference_adapter if args.reference else world.adapter)
     print(f"using the embedded toy world ({world.root}); give --base and --adapter for your own models")
@@ -323,8 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-guidance-checkpointing", action="store_true",
                           help="no gradient checkpointing through the VAE decoder (faster, more memory)")
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--steps", type=int, default=35)
-    generate.add_argument("--guidance", type=float, default=7.5)
+    generate.add_argument("--steps", type=int, default=None,
+                          help=f"sampling steps (default: {DEFAULT_STEPS}; the toy world's {TOY_STEPS} without --base)")
+    generate.add_argument("--guidance", type=float, default=None,
+                          help=f"CFG scale (default: {DEFAULT_GUIDANCE}; the toy world's {TOY_GUIDANCE} without --base)")
     generate.add_argument("--num-images", type=int, default=1, help="images per prompt and quality (seeds seed, seed+1, ...)")
     generate.add_argument("--height", type=int, default=None)
     generate.add_argument("--width", type=int, default=None)
@@ -395,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompts-file", default=None, help="one prompt per line")
     evaluate.add_argument("--seeds", type=int, default=4, help="images per prompt and condition")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--steps", type=int, default=35)
-    evaluate.add_argument("--guidance", type=float, default=7.5)
+    evaluate.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    evaluate.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     evaluate.add_argument("--scale", type=float, default=None, help="the adapter scale of the sweeps (default: the adapter's)")
     evaluate.add_argument("--negative-quality", type=float, default=1.0, help="K of the negative-guidance experiment")
     evaluate.add_argument("--batch-size", type=int, default=16)

@@ -38,7 +38,7 @@ from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
 from .toy.caption_check import read_object
 from .toy.scenes import Scene, render_scene, scene_for
-from .toy.world import ToyWorld, shipped_world
+from .toy.world import GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
 
 PROMPT_SEED = 2000  # toy scenes of the demo prompts: a seed no training data uses
 REFERENCE_SEED = 3000  # clean scenes that become the references
@@ -52,8 +52,8 @@ class DemoSettings:
 
     prompts: int = 8
     seeds: int = 4
-    steps: int = 20
-    guidance: float = 4.0
+    steps: int = SAMPLING_STEPS
+    guidance: float = GUIDANCE_SCALE
     guidance_alpha: float = 30.0
     classifier_images: int = 24  # per family
 

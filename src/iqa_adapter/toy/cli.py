@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .world import GUIDANCE_SCALE, SAMPLING_STEPS
+
 
 def cmd_make_data(args) -> None:
     from .data import write_toy_dataset
@@ -101,6 +103,6 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--count", type=int, default=200, help="prompts for the caption-following check")
     evaluate.add_argument("--vae-images", type=int, default=128, help="images per distortion family for the VAE PSNR")
     evaluate.add_argument("--seeds", type=int, default=6, help="grid columns (one seed each)")
-    evaluate.add_argument("--steps", type=int, default=20)
-    evaluate.add_argument("--guidance", type=float, default=4.0)
+    evaluate.add_argument("--steps", type=int, default=SAMPLING_STEPS)
+    evaluate.add_argument("--guidance", type=float, default=GUIDANCE_SCALE)
     evaluate.set_defaults(func=cmd_evaluate_base)

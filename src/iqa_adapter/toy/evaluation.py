@@ -25,6 +25,7 @@ from ..grid import image_grid
 from .caption_check import caption_following
 from .data import TRAINING_CLEAN_FRACTION
 from .scenes import Scene, render_scene, scene_for
+from .world import GUIDANCE_SCALE, SAMPLING_STEPS
 
 EVALUATION_SEED = 1000
 GRID_PROMPTS = (
@@ -86,8 +87,8 @@ def vae_psnr(vae: AutoencoderKL, size: int, count: int = 128, seed: int = EVALUA
                 distortion_rank_correlation=float(correlation))
 
 
-def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20,
-             guidance: float = 4.0, batch_size: int = 32) -> list[np.ndarray]:
+def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = SAMPLING_STEPS,
+             guidance: float = GUIDANCE_SCALE, batch_size: int = 32) -> list[np.ndarray]:
     """One image per (prompt, seed) pair, as (H, W, 3) uint8 arrays; each image has its own CPU generator."""
     if len(prompts) != len(seeds):
         raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
@@ -101,8 +102,8 @@ def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Seque
     return images
 
 
-def caption_following_report(pipe: StableDiffusionPipeline, count: int = 200, steps: int = 20,
-                             guidance: float = 4.0, seed: int = EVALUATION_SEED) -> dict:
+def caption_following_report(pipe: StableDiffusionPipeline, count: int = 200, steps: int = SAMPLING_STEPS,
+                             guidance: float = GUIDANCE_SCALE, seed: int = EVALUATION_SEED) -> dict:
     """Caption following of generated images, with the ceilings measured on rendered scenes: ``clean``
     (the reading's own accuracy) and ``training_mix`` (degraded as the training data)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -116,7 +117,7 @@ def caption_following_report(pipe: StableDiffusionPipeline, count: int = 200, st
 
 
 def sample_grid(pipe: StableDiffusionPipeline, prompts: Sequence[str] = GRID_PROMPTS, seeds: Sequence[int] = range(6),
-                steps: int = 20, guidance: float = 4.0) -> Image.Image:
+                steps: int = SAMPLING_STEPS, guidance: float = GUIDANCE_SCALE) -> Image.Image:
     """A grid with one row per prompt (labelled) and one column per seed."""
     seeds = list(seeds)
     images = generate(pipe, [prompt for prompt in prompts for _ in seeds], seeds * len(prompts), steps, guidance)

@@ -41,6 +41,9 @@ WORLD_FILE = "world.json"
 ADAPTER_METRICS = ("loda", "niqe")
 REFERENCE_LAYERS = ("distortion_tokens",)
 RELATIVE_LODA = "loda:../loda"
+# Sampling settings for the toy base model (its caption-following check and the demo use them too).
+SAMPLING_STEPS = 20
+GUIDANCE_SCALE = 4.0
 
 
 @dataclass(frozen=True)
