@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from iqa_adapter.cli import main
-from iqa_adapter.toy.world import ToyWorld
+from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
 REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
                "seconds", "gradient_guidance", "reference_transfer")
@@ -39,6 +39,16 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out
+
+    # a resumed build adds up each step's time and counts the runs killed inside a step
+    built["steps"]["adapter"]["finished"] = False
+    (world.root / "world.json").write_text(json.dumps(built))
+    build_world(world.root, WorldSettings.miniature(), progress=False)
+    rebuilt = json.loads((world.root / "world.json").read_text())
+    assert all(entry["finished"] for entry in rebuilt["steps"].values())
+    assert rebuilt["steps"]["adapter"]["interrupted_runs"] == 1 and rebuilt["steps"]["data"]["interrupted_runs"] == 0
+    assert all(rebuilt["steps"][name]["seconds"] >= built["steps"][name]["seconds"] for name in built["steps"])
+    assert rebuilt["seconds"] == pytest.approx(sum(entry["seconds"] for entry in rebuilt["steps"].values()), abs=0.2)
 
     moved = tmp_path / "moved"  # a world folder works wherever it goes
     world.root.rename(moved)

@@ -7,7 +7,9 @@ A world is a folder::
     niqe.safetensors      NIQE fitted on clean toy scenes (8 px patches)
     adapter/              the IQA-Adapter conditioned on ``loda`` and ``niqe`` scores
     reference_adapter/    the reference-based IQA-Adapter on the toy LoDa's distortion tokens
-    world.json            how it was built: settings, the equivalent commands, the time of every step
+    world.json            how it was built: settings, the equivalent commands, the time of every step (summed
+                          over resumed runs; ``interrupted_runs`` counts the runs killed inside a step, whose
+                          unfinished work is not in the time)
 
 The package ships one (:func:`shipped_world`), the embedded default of ``iqa-adapter generate`` and
 ``iqa-adapter demo``. :func:`build_world` rebuilds one in any folder (its scratch data, about 1 GB, in a
@@ -129,14 +131,20 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     settings = settings or WorldSettings()
     root = Path(root).absolute()
     world, work = ToyWorld(root), root.with_name(f"{root.name}-work")
-    log: dict = {"settings": dataclasses.asdict(settings), "steps": {}}
+    log: dict = {"settings": dataclasses.asdict(settings), "steps": _earlier_steps(root / WORLD_FILE, settings)}
 
     def step(name: str, command: str, run) -> None:
+        """Run one step; its time adds up over resumed runs (a killed run's unfinished work is not counted)."""
+        earlier = log["steps"].get(name, {})
+        entry = {"command": command, "seconds": earlier.get("seconds", 0.0), "finished": False,
+                 "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False)}
+        log["steps"][name] = entry
+        write_json(root / WORLD_FILE, log)
         started = time.perf_counter()
         if progress:
             print(f"[toy world] {name}: {command}", flush=True)
         run()
-        log["steps"][name] = {"command": command, "seconds": round(time.perf_counter() - started, 1)}
+        entry.update(seconds=round(entry["seconds"] + time.perf_counter() - started, 1), finished=True)
         write_json(root / WORLD_FILE, log)
 
     data = work / "data"
@@ -200,6 +208,14 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     log["seconds"] = round(sum(entry["seconds"] for entry in log["steps"].values()), 1)
     write_json(root / WORLD_FILE, log)
     return world.check()
+
+
+def _earlier_steps(log_file: Path, settings: WorldSettings) -> dict:
+    """The step log of an earlier, resumed build of the same world (empty when there is none)."""
+    if not log_file.is_file():
+        return {}
+    earlier = json.loads(log_file.read_text())
+    return earlier.get("steps", {}) if earlier.get("settings") == dataclasses.asdict(settings) else {}
 
 
 def _replace(source: Path, target: Path) -> None:
