@@ -2,8 +2,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from iqa_adapter.cli import main
+from iqa_adapter.demo import DistortionClassifier
+from iqa_adapter.distortions import distort
+from iqa_adapter.toy.scenes import render_scene, scene_for
 from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
 REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
@@ -19,6 +23,7 @@ def check_report(out, report: dict) -> None:
         assert name in report["relgain"]["p99"] and name in report["relgain"]["p1"]
         assert name in report["negative_guidance"]["relgain"] and name in report["gradient_guidance"]["relgain"]
         assert len(report["scale_sweep"][name]["mean_scores"]) == len(report["scale_sweep"][name]["scales"])
+    assert 0 <= report["reference_transfer"]["classifier_accuracy"] <= 1
     for family, values in report["reference_transfer"]["families"].items():
         assert 0 <= values["match"] <= 1 and 0 <= values["content_leak"] <= 1
     rows = (out / "images" / "images.csv").read_text().splitlines()
@@ -59,3 +64,20 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
                  "--quality", "loda=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
     sidecar = json.loads((tmp_path / "gen2" / "0000.json").read_text())
     assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"}  # the adapter's default target fills niqe
+
+
+def statistics(pixels):
+    """Hand-made distortion features: per-channel mean and std, and the energy of horizontal and vertical steps."""
+    steps_x = (pixels[..., 1:] - pixels[..., :-1]).abs().mean(dim=(2, 3))
+    steps_y = (pixels[..., 1:, :] - pixels[..., :-1, :]).abs().mean(dim=(2, 3))
+    return torch.cat([pixels.mean(dim=(2, 3)), pixels.std(dim=(2, 3)), steps_x, steps_y], dim=1)
+
+
+def test_distortion_classifier_tells_families_apart_on_held_out_images():
+    scenes = [scene_for(7, index, kind="single", full_caption=True) for index in range(48)]
+    clean = torch.stack([torch.from_numpy(render_scene(scene, 32)).permute(2, 0, 1).float() / 255 for scene in scenes])
+    classifier = DistortionClassifier(statistics, clean)
+    assert classifier.labels[0] == "clean" and len(classifier.labels) == 12
+    assert classifier.accuracy > 3 / len(classifier.labels)  # chance is 1/12
+    noisy = distort(clean[24:28], "gaussian_noise", torch.full((4,), 0.75), torch.Generator().manual_seed(0))
+    assert classifier.predict(noisy).count("gaussian_noise") >= 3

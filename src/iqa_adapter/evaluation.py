@@ -193,9 +193,10 @@ def _claims(report: dict) -> dict:
         "p99_improves_every_target_metric": all(p99[name] > 0 for name in evaluated_targets) if evaluated_targets else None,
         "p99_improves_most_other_metrics": (sum(p99[name] > 0 for name in others) > len(others) / 2) if others else None,
         "p1_degrades_every_target_metric": all(p1[name] < 0 for name in evaluated_targets) if evaluated_targets else None,
-        "negative_guidance_strengthens_the_p99_gain": (
-            float(np.nanmean([negative[n] for n in report["relgain"]["p99"]]))
-            > float(np.nanmean(list(p99.values())))),
+        "negative_guidance_strengthens_the_p99_gain_on_every_target_metric": all(
+            negative[name] > p99[name] for name in evaluated_targets) if evaluated_targets else None,
+        "negative_guidance_strengthens_the_p99_gain_on_most_other_metrics": (
+            sum(negative[name] > p99[name] for name in others) > len(others) / 2) if others else None,
     }
     return claims
 
