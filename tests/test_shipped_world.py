@@ -1,0 +1,38 @@
+"""The toy world that ships in the package: complete, small, safetensors only, and the default of `generate`."""
+
+import json
+
+from PIL import Image
+
+from iqa_adapter import IQAAdapter
+from iqa_adapter.cli import main
+from iqa_adapter.toy.world import ADAPTER_METRICS, shipped_world
+
+MAX_BYTES = 10 * 2**20
+
+
+def test_the_shipped_world_is_complete_small_and_holds_no_pickles():
+    world = shipped_world().check()
+    files = [path for path in world.root.rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) < MAX_BYTES
+    weights = [path for path in files if path.suffix not in {".json", ".txt", ".md"}]
+    assert weights and all(path.suffix == ".safetensors" for path in weights), weights
+    assert not list(world.root.glob("*-work")) and not list(world.root.rglob("checkpoints"))
+
+
+def test_the_shipped_adapter_carries_its_metrics_statistics_and_default_targets():
+    adapter = IQAAdapter.from_pretrained(shipped_world().adapter)
+    assert tuple(adapter.metric_names) == ADAPTER_METRICS
+    for stats in adapter.config.metrics:
+        assert stats.std > 0 and len(stats.percentiles) >= 5
+    assert set(adapter.config.default_targets) == set(ADAPTER_METRICS)
+
+
+def test_generate_needs_only_a_prompt_and_one_target(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "--prompt", "a large red circle on the left on a plain blue background",
+                 "--quality", "loda=p99", "--out", str(out), "--device", "cpu"]) == 0
+    assert "embedded toy world" in capsys.readouterr().out
+    sidecar = json.loads((out / "0000.json").read_text())
+    assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"} and sidecar["steps"] == 20  # niqe: default target
+    assert Image.open(out / "0000.png").size == (32, 32)
