@@ -227,7 +227,7 @@ def reference_transfer_experiment(pipe, adapter: IQAAdapter, metrics: dict[str, 
         labels.append(family)
     figure = _save_grid(grid_images, len(scenes) + 1, out_dir / "figures" / "reference_transfer.png",
                         row_labels=labels, column_labels=["reference"] + [f"prompt {i + 1}" for i in range(len(scenes))])
-    return {"families": results, "chance": 1 / len(classifier.labels), "classifier_accuracy": classifier.accuracy,
+    return {**results, "chance": 1 / len(classifier.labels), "classifier_accuracy": classifier.accuracy,
             "reference_caption": reference_scene.caption, "reference_level": REFERENCE_LEVEL,
             "figure": f"figures/{figure}"}
 
@@ -269,6 +269,11 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     return report
 
 
+def transfer_by_family(transfer: dict) -> dict[str, dict]:
+    """The per-family entries of ``report["reference_transfer"]`` (``clean`` and every distortion family)."""
+    return {family: transfer[family] for family in ["clean", *FAMILIES] if family in transfer}
+
+
 def demo_markdown(report: dict) -> str:
     """The evaluation's Markdown report, followed by the guidance and reference-transfer sections."""
     lines = [report_markdown(report), "## IQA-gradient guidance vs IQA-Adapter (RelGain %, + = better)", "",
@@ -287,7 +292,7 @@ def demo_markdown(report: dict) -> str:
               f"chance {transfer['chance']:.2f}. Content leak: the share in which the object takes the reference's "
               "colour instead of the prompt's.", "",
               "| reference | match | content leak | prompt colour kept | reference classified as |", "|---|---|---|---|---|"]
-    for family, values in transfer["families"].items():
+    for family, values in transfer_by_family(transfer).items():
         lines.append(f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
                      f"| {values['reference_classified_as']} |")
     lines += ["", f"Total: {report['seconds']} s.", ""]
@@ -300,7 +305,7 @@ def demo_summary(report: dict) -> str:
     p99, p1 = report["relgain"]["p99"], report["relgain"]["p1"]
     sweep = report["percentile_sweep"]
     guidance = report["gradient_guidance"]
-    transfer = report["reference_transfer"]["families"]
+    transfer = transfer_by_family(report["reference_transfer"])
     lines = [f"demo: {report['n_images']} images, {report['seconds']} s (report.md, report.json, figures/, images/)",
              "RelGain vs base (%, + = better):  " + "  ".join(f"{name} p99 {p99[name]:+.1f} / p1 {p1[name]:+.1f}"
                                                            for name in p99),
