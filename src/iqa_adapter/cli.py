@@ -72,9 +72,10 @@ def _iqa_guidance(args, device: str):
                        decode_scale=args.guidance_decode_scale, checkpointing=not args.no_guidance_checkpointing)
 
 
-def _default_to_the_toy_world(args) -> None:
-    """Without --base, generate uses the embedded toy world: its base model, its sampling settings and, unless
-    --adapter or --no-adapter is given, its score adapter (or its reference adapter when --reference is given)."""
+def _resolve_model_and_sampling(args) -> None:
+    """Fill in the base model, adapter and sampling settings a call leaves out. Without --base, generate uses the
+    embedded toy world: its base model, its sampling settings and, unless --adapter or --no-adapter is given,
+    its score adapter (or its reference adapter when --reference is given)."""
     if args.base is not None:
         args.steps = args.steps or DEFAULT_STEPS
         args.guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
@@ -97,7 +98,7 @@ def cmd_generate(args) -> None:
 
     device = args.device or _default_device()
     dtype = _torch_dtype(args.dtype, device)
-    _default_to_the_toy_world(args)
+    _resolve_model_and_sampling(args)
     if args.no_adapter:
         if args.quality or args.sweep or args.reference:
             raise ValueError("--quality, --sweep and --reference need an adapter; drop --no-adapter")
