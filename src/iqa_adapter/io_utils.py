@@ -1,4 +1,4 @@
-"""Small file helpers shared by checkpoints and generated outputs."""
+"""Small helpers shared by checkpoints, configs and generated outputs."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 def write_json(path: str | os.PathLike, data) -> None:
     """Write ``data`` as indented JSON, atomically."""
     atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def reject_unknown_fields(config_class, data: dict, what: str, hint: str = "") -> None:
+    """Raise ValueError naming the keys of ``data`` that are not fields of the dataclass ``config_class``."""
+    import dataclasses
+
+    names = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}{hint}")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..io_utils import reject_unknown_fields
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -92,10 +94,7 @@ class LoDaConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> LoDaConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LoDa config fields {unknown}; the checkpoint may come from a newer version")
+        reject_unknown_fields(cls, data, "LoDa config", hint=" (the checkpoint may come from a newer version)")
         return cls(**data)
 
     def replace(self, **changes) -> LoDaConfig:

@@ -57,7 +57,7 @@ from diffusers.utils import logging as diffusers_logging
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..io_utils import atomic_write, write_json
+from ..io_utils import atomic_write, reject_unknown_fields, write_json
 from .tokenizer import toy_tokenizer
 
 PIPELINE_DIR = "pipeline"
@@ -107,10 +107,7 @@ class ToyBaseConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ToyBaseConfig:
         """The inverse of ``dataclasses.asdict`` (lists become tuples); unknown keys are errors."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown toy base config keys: {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        reject_unknown_fields(cls, data, "toy base config")
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
     def to_dict(self) -> dict:
