@@ -66,6 +66,13 @@ def test_encoder_reads_named_features_and_hooked_modules():
         ReferenceEncoder.from_spec("test-conv-iqa:nope")
 
 
+def test_sixteen_bit_references_are_read_at_full_precision():
+    encoder = ReferenceEncoder.from_spec("test-conv-iqa:pooled")
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    expected = torch.from_numpy(ramp / 65535).float().expand(3, -1, -1)[None]
+    torch.testing.assert_close(encoder.encode([Image.fromarray(ramp)]), encoder.encode(expected))
+
+
 def test_reference_adapter_trains_round_trips_and_generates(world, tmp_path):  # noqa: F811
     config = TrainConfig(base=str(world / "sd"), data=str(world / "data"), scores=None, metrics=[],
                          reference_features="test-conv-iqa:body.2", out=str(tmp_path / "run"), resolution=32,

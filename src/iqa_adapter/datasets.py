@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import functools
 import glob
-import io
 import itertools
 import json
 import os
@@ -38,7 +37,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .images import DEFAULT_MAX_PIXELS, is_high_depth, open_image, resized, rgb_array, to_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 LISTING_FILES = ("captions.jsonl", "captions.csv")
@@ -120,22 +121,24 @@ def missing_image(reason: str) -> bytes:
 # ---------------------------------------------------------------- decoding
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes to an RGB image; raises on corrupt or truncated data."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode encoded image bytes completely, in the image's own mode; raises ImageReadError on corrupt,
+    truncated or oversized data (:func:`iqa_adapter.images.open_image`)."""
+    return open_image(data, max_pixels=max_pixels)
 
 
 def resize_image(image: Image.Image, size: int | None) -> Image.Image:
     """Resize to ``size`` x ``size`` pixels (bicubic, aspect ratio not kept), or keep the size for ``None``."""
-    if size is None or image.size == (size, size):
-        return image
-    return image.resize((size, size), Image.Resampling.BICUBIC)
+    return resized(image, None if size is None else (size, size))
 
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A sample's image as uint8 (3, H, W) after resizing, with its original size; or why it has none."""
+    """A sample's image after resizing, with its original size; or why it has none.
+
+    The image is uint8 (3, H, W) for 8-bit images, and float32 (3, H, W) in [0, 1] for 16-bit and float
+    images, which keep their precision.
+    """
 
     image: torch.Tensor | None
     width: int | None = None
@@ -143,21 +146,23 @@ class DecodedImage:
     reason: str | None = None
 
 
-def load_image(sample: Sample, resize: int | None) -> DecodedImage:
+def load_image(sample: Sample, resize: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Read, decode and resize a sample's image; failures come back as a reason, never as an exception."""
     try:
         data = sample.read()
     except Exception as error:  # noqa: BLE001 - any unreadable entry is reported, not fatal
         return DecodedImage(None, reason=f"cannot read image: {error}")
     try:
-        image = decode_image(data)
-    except UnidentifiedImageError:
-        return DecodedImage(None, reason="cannot decode image: not an image, or a format PIL cannot read")
+        image = decode_image(data, max_pixels)
     except Exception as error:  # noqa: BLE001 - PIL raises many types for corrupt data
         return DecodedImage(None, reason=f"cannot decode image: {error}")
     width, height = image.size
-    pixels = np.array(resize_image(image, resize), dtype=np.uint8)
-    return DecodedImage(torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), width, height)
+    image = resize_image(image, resize)
+    if is_high_depth(image):
+        pixels = torch.from_numpy(rgb_array(image)).permute(2, 0, 1).contiguous()
+    else:
+        pixels = torch.from_numpy(np.array(to_rgb(image), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return DecodedImage(pixels, width, height)
 
 
 # ---------------------------------------------------------------- paths

@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from .images import rgb_tensor
 from .metrics import QualityMetric, create_metric
 
 PROBE_SIZE = 64
@@ -115,6 +115,5 @@ class ReferenceEncoder(nn.Module):
         """Feature vectors (N, F) of PIL images or of a tensor batch in [0, 1], without gradients."""
         if torch.is_tensor(images):
             return self(images.to(self.metric.device))
-        tensors = [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                   for image in images]  # images may differ in size: one at a time
+        tensors = [rgb_tensor(image) for image in images]  # images may differ in size: one at a time
         return torch.cat([self(tensor[None].to(self.metric.device)) for tensor in tensors])

@@ -167,7 +167,8 @@ def load_images(data: str | Path, size: int | None = None, progress: bool = True
         decoded = load_image(sample, size)
         if decoded.image is None:
             raise ValueError(f"{sample.source}: {decoded.reason}")
-        images.append(decoded.image)
+        image = decoded.image
+        images.append(image if image.dtype == torch.uint8 else image.mul(255).round().to(torch.uint8))
         captions.append(sample.caption)
     if not images:
         raise ValueError(f"{data}: no images found")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..chunks import ChunkBatches, ChunkCollector, ItemLoader, my_unfinished_chunks, process_state, start_or_resume
 from ..datasets import Sample, decode_image, open_dataset
+from ..images import to_rgb
 from ..io_utils import atomic_write
 from .base_model import FrozenBase, TextEmbeddings
 from .data import CropInfo, ImageTransform
@@ -52,7 +53,7 @@ def _shard_path(cache_dir: Path, index: int) -> Path:
 def _read_crop(sample: Sample, transform: ImageTransform) -> tuple[torch.Tensor, CropInfo] | str:
     """The centre crop of a sample's image (loader worker), or why it cannot be read."""
     try:
-        image = decode_image(sample.read())
+        image = to_rgb(decode_image(sample.read()))
     except Exception as error:  # noqa: BLE001 - unreadable images are recorded, never fatal
         return f"cannot read image: {error}"
     return transform(image)

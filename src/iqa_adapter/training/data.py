@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..annotate import ScoreTable
 from ..datasets import Sample, decode_image, open_dataset
+from ..images import to_rgb
 
 CROPS = ("center", "random")
 
@@ -153,7 +154,7 @@ def load_training_image(sample: TrainingSample, transform: ImageTransform, gener
                         ) -> tuple[torch.Tensor, CropInfo] | str:
     """The sample's training crop, or the reason it cannot be read (corrupt, truncated, missing)."""
     try:
-        image = decode_image(sample.sample.read())
+        image = to_rgb(decode_image(sample.sample.read()))
     except Exception as error:  # noqa: BLE001 - any unreadable image is skipped and counted, never fatal
         return f"{sample.sample.source}: {error}"
     return transform(image, generator)
