@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iqa_adapter.metrics import NotDifferentiableError, create_metric, list_metrics
+from iqa_adapter.metrics import NotDifferentiableError, classical, create_metric, list_metrics
 
 CLASSICAL = ["piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"]
 DIFFERENTIABLE = ["sharpness", "noise", "blockiness", "colorfulness", "contrast"]
@@ -301,3 +301,98 @@ def test_piqe_matches_by_hand_on_textures_and_ranks_distortions_worse():
         assert score("piqe", candidate).item() == pytest.approx(expected, rel=1e-5)
     values = [score("piqe", candidate).item() for candidate in [image] + distorted]
     assert values[0] < values[1] < values[2] and values[0] < values[3]
+
+
+# ---------------------------------------------------------------- working in steps of bounded memory
+
+HUGE = 2**62  # pixels per step: every batch in one step, the whole-image computation
+
+
+def step_sizes(images: torch.Tensor) -> list[int]:
+    """Pixels per step that cut ``images`` into steps of one row (or block row), strips of a few rows, and
+    groups of two whole images."""
+    height, width = images.shape[-2:]
+    return [1, 7 * width, 5 * height * width // 2]
+
+
+AWKWARD_SHAPES = [(3, 37, 24),  # odd height, not a multiple of 8 or 16 rows: several strips per image
+                  (2, 16, 37),  # exactly one PIQE block row
+                  (1, 9, 21)]   # the smallest Blockiness image
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scores_in_steps_equal_the_whole_image_scores(name, dtype, monkeypatch):
+    metric = create_metric(name)
+    for count, height, width in AWKWARD_SHAPES:
+        if height < metric.min_size[0] or width < metric.min_size[1]:
+            continue
+        images = torch.cat([add_noise(texture(seed, height, width), 0.05, seed) for seed in range(count)]).to(dtype)
+        monkeypatch.setattr(classical, "PIXELS_PER_STEP", HUGE)
+        whole = metric(images)
+        for pixels in step_sizes(images):
+            monkeypatch.setattr(classical, "PIXELS_PER_STEP", pixels)
+            in_steps = metric(images)
+            if name == "piqe":  # per-block values, summed as on the whole image: identical
+                assert torch.equal(in_steps, whole)
+            else:
+                rtol = 1e-5 if dtype == torch.float32 else 1e-12
+                torch.testing.assert_close(in_steps, whole, rtol=rtol, atol=0)
+
+
+def whole_image_formula(name: str, images: torch.Tensor) -> torch.Tensor:
+    """Contrast or colourfulness of images (N, 3, H, W) computed over the whole image at once."""
+    if name == "contrast":
+        return (images * torch.as_tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1).var(dim=(-2, -1), correction=0).sqrt()
+    red, green, blue = (255 * images).unbind(dim=1)
+    rg, yb = red - green, (red + green) / 2 - blue
+    spread = rg.var(dim=(-2, -1), correction=0) + yb.var(dim=(-2, -1), correction=0)
+    return spread.sqrt() + 0.3 * (rg.mean(dim=(-2, -1)).square() + yb.mean(dim=(-2, -1)).square()).sqrt()
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_gradients_in_steps_equal_the_whole_image_gradients(name, monkeypatch):
+    metric = create_metric(name)
+    images = torch.cat([texture(seed, 29, 24) for seed in range(2)]).double()
+    gradients = []
+    for pixels in (HUGE, 1, 7 * 24):
+        monkeypatch.setattr(classical, "PIXELS_PER_STEP", pixels)
+        leaf = images.clone().requires_grad_(True)
+        metric.score_with_grad(leaf).sum().backward()
+        gradients.append(leaf.grad)
+    if name in ("contrast", "colorfulness"):  # one step is not the whole-image formula: compare with that too
+        leaf = images.clone().requires_grad_(True)
+        whole_image_formula(name, leaf).sum().backward()
+        gradients.append(leaf.grad)
+    for gradient in gradients[1:]:
+        torch.testing.assert_close(gradient, gradients[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("height, halo, multiple, rows", [(53, (0, 0), 1, None), (53, (0, 2), 1, 51),
+                                                          (64, (3, 3), 16, None), (40, (10, 10), 8, None)])
+def test_strips_cover_every_row_once_within_the_budget(height, halo, multiple, rows, monkeypatch):
+    images = torch.zeros(3, 3, height, 20)
+    owned = rows or height
+    for pixels in (1, 20 * 7, 20 * 30, HUGE):
+        monkeypatch.setattr(classical, "PIXELS_PER_STEP", pixels)
+        covered = torch.zeros(3, owned, dtype=torch.long)
+        for strip in classical.strips(images, halo, multiple, rows):
+            covered[strip.batch, strip.top : strip.bottom] += 1
+            assert strip.start == max(strip.top - halo[0], 0) and strip.stop == min(strip.bottom + halo[1], height)
+            assert strip.top % multiple == 0 and strip.bottom - strip.top >= min(multiple, owned)
+            # pixels read: within the budget, or the smallest strip (one multiple of rows and the halo)
+            assert strip.read(images)[:, 0].numel() <= max(pixels, (multiple + sum(halo)) * 20)
+        assert (covered == 1).all()
+    monkeypatch.setattr(classical, "PIXELS_PER_STEP", 1)
+    assert len(list(classical.strips(images[:0], halo, multiple, rows))) == 1  # an empty batch: one empty step
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_min_size_is_the_smallest_size_scored(name):
+    metric = create_metric(name)
+    height, width = metric.min_size
+    assert torch.isfinite(metric.score(torch.rand(1, 3, height, width))).all()
+    for smaller in ((height - 1, width), (height, width - 1)):
+        if min(smaller) > 0:
+            with pytest.raises(ValueError, match=f"{height}x{width}"):
+                metric.score(torch.rand(1, 3, *smaller))

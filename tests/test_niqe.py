@@ -10,9 +10,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from iqa_adapter.metrics import create_metric
+from iqa_adapter.metrics import classical, create_metric
 from iqa_adapter.metrics.niqe import (
-    NIQE, _half_scale, aggd_fit, fit_niqe, fit_niqe_folder, niqe_distance, niqe_features, save_niqe_params,
+    HALO, NIQE, _half_scale, aggd_fit, fit_niqe, fit_niqe_folder, niqe_distance, niqe_features, save_niqe_params,
 )
 from iqa_adapter.metrics.pyiqa_backend import MetricUnavailableError
 from test_classical_metrics import add_noise, gaussian_blur, texture
@@ -64,7 +64,8 @@ def test_aggd_fit_recovers_known_distributions():
     assert left.tolist() == pytest.approx([math.sqrt(2)] * 2, rel=0.02)
     assert right.tolist() == pytest.approx([3 * math.sqrt(2)] * 2, rel=0.02)
     # a Laplace distribution has shape 1 and scale b
-    laplace = torch.distributions.Laplace(0.0, 0.5).sample((200_000,)).double()
+    uniform = torch.rand(200_000, generator=generator, dtype=torch.float64) - 0.5  # Laplace by inverse CDF, seeded
+    laplace = -0.5 * uniform.sign() * torch.log1p(-2 * uniform.abs())
     shape, left, right = aggd_fit(laplace)
     assert shape.item() == pytest.approx(1.0, abs=0.03)
     assert (left.item(), right.item()) == pytest.approx((0.5, 0.5), rel=0.02)
@@ -111,6 +112,30 @@ def test_features_per_patch():
 
 
 # ---------------------------------------------------------------- the metric
+
+
+@pytest.mark.parametrize("patch_size, shapes", [(8, [(3, 61, 50), (2, 13, 40)]), (32, [(2, 101, 70), (1, 32, 45)])])
+def test_features_in_strips_equal_the_whole_image_features(patch_size, shapes, monkeypatch):
+    # odd heights, heights that are not a multiple of the patch size, one patch row, batches of several images
+    for count, height, width in shapes:
+        images = torch.cat([add_noise(texture(seed, height, width, finest=64), 0.02, seed) for seed in range(count)])
+        monkeypatch.setattr(classical, "PIXELS_PER_STEP", 2**62)  # one step: the whole-image computation
+        whole = niqe_features(images, patch_size)
+        # one patch row per step; two patch rows (and the halo) per step; two whole images per step
+        for pixels in (1, (2 * patch_size + 2 * HALO) * width, 2 * height * width):
+            monkeypatch.setattr(classical, "PIXELS_PER_STEP", pixels)
+            for in_strips, expected in zip(niqe_features(images, patch_size), whole):
+                torch.testing.assert_close(in_strips, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_scores_in_strips_equal_the_whole_image_scores(params_file, monkeypatch):
+    metric = create_metric("niqe", params=params_file)
+    assert metric.min_size == (96, 96)
+    images = torch.cat([add_noise(texture(seed, 301, 200, finest=64), 0.02, seed) for seed in (3, 4)])
+    monkeypatch.setattr(classical, "PIXELS_PER_STEP", 2**62)
+    whole = metric.score(images)
+    monkeypatch.setattr(classical, "PIXELS_PER_STEP", 1)
+    assert torch.equal(metric.score(images), whole)
 
 
 def test_missing_parameters_say_how_to_get_them():

@@ -29,8 +29,8 @@ class QualityMetric(nn.Module):
     """A no-reference image quality (IQA) or aesthetics (IAA) model.
 
     Subclasses set the class attributes and implement :meth:`forward`, which maps a batch of RGB images
-    (N, 3, H, W), float in [0, 1], of any size, to N scores; any resizing or cropping happens inside and is
-    documented by the subclass. Use :meth:`score` for batch scoring (no gradients) and
+    (N, 3, H, W), float in [0, 1], of any size from ``min_size`` up, to N scores; any resizing or cropping
+    happens inside and is documented by the subclass. Use :meth:`score` for batch scoring (no gradients) and
     :meth:`score_with_grad` for guidance (differentiable metrics only).
     """
 
@@ -38,6 +38,7 @@ class QualityMetric(nn.Module):
     higher_is_better: bool = True
     score_range: tuple[float, float] = (float("-inf"), float("inf"))  # typical range of the scores
     differentiable: bool = False
+    min_size: tuple[int, int] = (1, 1)  # smallest (height, width) the metric can score
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

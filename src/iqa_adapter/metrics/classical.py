@@ -1,14 +1,27 @@
 """Built-in classical no-reference metrics that need no weight files.
 
-Every metric takes RGB images (N, 3, H, W) in [0, 1], works on the images' device and processes the
-whole batch at once. Most of them look at the luma only (:func:`luma`, ITU-R BT.601 weights as MATLAB's
-``rgb2gray``). :func:`mscn` (mean-subtracted contrast-normalised coefficients) and :func:`split_blocks` are
-shared with NIQE (:mod:`iqa_adapter.metrics.niqe`).
+Every metric takes RGB images (N, 3, H, W) in [0, 1] and works on the images' device. Most of them look at
+the luma only (:func:`luma`, ITU-R BT.601 weights as MATLAB's ``rgb2gray``). :func:`mscn` (mean-subtracted
+contrast-normalised coefficients), :func:`split_blocks` and :func:`over_strips` are shared with NIQE
+(:mod:`iqa_adapter.metrics.niqe`).
+
+Memory and speed: a metric's intermediate maps are several times the size of its input, so no metric
+works on a whole batch at once. :func:`over_strips` cuts the work into steps of at most
+:data:`PIXELS_PER_STEP` pixels: groups of whole images, or horizontal strips of one larger image, read with
+the neighbouring rows their filters need, so that the scores are those of the whole-image computation. A
+step never holds less than one strip of the metric's smallest height (one row, or one row of blocks or
+patches, plus the halo) of one image. Each metric's docstring states its working memory per pixel of a
+step (measured with float32 images; twice that for float64, except NIQE, which computes in float64
+anyway). Small steps are also faster than whole images: their maps stay in the processor's caches.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +33,26 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as MATLAB's rgb2gray
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 JPEG_BLOCK = 8
+MSCN_HALO = 3  # rows the 7x7 MSCN window (:func:`mscn`) reads on each side of a pixel
+PIXELS_PER_STEP = 2**18  # pixels a metric reads in one step (a 512x512 image); tests shrink it
 
 
 # ---------------------------------------------------------------- shared helpers
 
 
-def luma(images: torch.Tensor) -> torch.Tensor:
-    """Luma Y = 0.299 R + 0.587 G + 0.114 B of RGB images (N, 3, H, W), as (N, 1, H, W) on the same scale."""
-    weights = images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+def luma(images: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Luma Y = 0.299 R + 0.587 G + 0.114 B of RGB images (N, 3, H, W), as (N, 1, H, W) on the same scale.
+
+    Computed in ``dtype`` (default: the images'), channel by channel: no (N, 3, H, W) temporary.
+    """
+    red, green, blue = (images[:, channel : channel + 1].to(dtype or images.dtype) for channel in range(3))
+    return LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue
 
 
-def require_size(images: torch.Tensor, min_height: int, min_width: int, metric: str, reason: str) -> None:
-    """Raise a ValueError naming the metric when images are smaller than ``min_height`` x ``min_width``."""
+def require_size(images: torch.Tensor, min_size: tuple[int, int], metric: str, reason: str) -> None:
+    """Raise a ValueError naming the metric when images are smaller than ``min_size`` (height, width)."""
     height, width = images.shape[-2:]
+    min_height, min_width = min_size
     if height < min_height or width < min_width:
         raise ValueError(f"{metric}: images must be at least {min_height}x{min_width} pixels ({reason}), got "
                          f"{height}x{width}; upscale small images first")
@@ -79,17 +98,121 @@ def split_blocks(gray: torch.Tensor, size: int) -> torch.Tensor:
     """Non-overlapping ``size`` x ``size`` blocks of images (N, 1, H, W), as (N, blocks, size, size).
 
     Rows and columns past the last whole block (bottom and right) are dropped; blocks are in row-major order.
+    The result is contiguous whatever the number of block rows, so reductions over blocks round alike.
     """
     count, _, height, width = gray.shape
     rows, cols = height // size, width // size
     gray = gray[:, 0, : rows * size, : cols * size]
-    return gray.reshape(count, rows, size, cols, size).transpose(2, 3).reshape(count, rows * cols, size, size)
+    blocks = gray.reshape(count, rows, size, cols, size).transpose(2, 3)
+    return blocks.reshape(count, rows * cols, size, size).contiguous()
 
 
 def _sqrt_or_zero(value: torch.Tensor) -> torch.Tensor:
     """Square root whose gradient at 0 is 0, not infinite, so flat images do not give NaN gradients."""
     positive = value > 0
     return torch.where(positive, torch.where(positive, value, 1.0).sqrt(), 0.0)
+
+
+# ---------------------------------------------------------------- working in steps
+
+
+@dataclass(frozen=True)
+class Strip:
+    """One step of :func:`strips`: rows ``top:bottom`` of the images ``batch`` of a batch, which it reads as
+    rows ``start:stop``, with the halo rows around them that the image has."""
+
+    batch: slice
+    top: int
+    bottom: int
+    start: int
+    stop: int
+
+    def read(self, images: torch.Tensor) -> torch.Tensor:
+        """The rows the strip reads, a view of ``images`` (N, C, H, W)."""
+        return images[self.batch, :, self.start : self.stop]
+
+    @property
+    def own(self) -> slice:
+        """The strip's own rows ``top:bottom``, counted within the rows it reads."""
+        return slice(self.top - self.start, self.bottom - self.start)
+
+
+def strips(images: torch.Tensor, halo: tuple[int, int] = (0, 0), multiple: int = 1,
+           rows: int | None = None) -> Iterator[Strip]:
+    """Cut the work on a batch (N, C, H, W) into steps that read at most :data:`PIXELS_PER_STEP` pixels.
+
+    The strips own rows ``0:rows`` (default: all H rows) of every image, and each reads ``halo`` = (above,
+    below) rows more, as far as the image goes: at its top and bottom the computation pads as it would on
+    the whole image. Whole images are grouped when one fits in a step; larger ones are cut into strips of
+    near-equal height, in multiples of ``multiple`` rows (``rows`` is a multiple of it), of at least
+    ``multiple`` rows whatever the budget. An empty batch gives one empty step, so results keep their shape.
+    """
+    count, _, height, width = images.shape
+    rows = height if rows is None else rows
+    above, below = halo
+    if height * width <= PIXELS_PER_STEP or not count:
+        group = max(1, PIXELS_PER_STEP // (height * width))
+        for first in range(0, max(count, 1), group):
+            yield Strip(slice(first, first + group), 0, rows, 0, height)
+        return
+    units = rows // multiple
+    units_per_step = max(1, (PIXELS_PER_STEP // width - above - below) // multiple)
+    steps = math.ceil(units / units_per_step)
+    bounds = [multiple * (units * step // steps) for step in range(steps + 1)]
+    for index in range(count):
+        for top, bottom in itertools.pairwise(bounds):
+            yield Strip(slice(index, index + 1), top, bottom, max(top - above, 0), min(bottom + below, height))
+
+
+def over_strips(images: torch.Tensor, step: Callable[[torch.Tensor, Strip], torch.Tensor],
+                combine: Callable[[list[torch.Tensor]], torch.Tensor] = sum, **layout) -> torch.Tensor:
+    """Run ``step(rows read, strip)`` on the steps of :func:`strips` (``layout``: its halo, multiple, rows).
+
+    ``step`` returns a tensor with one row per image of its strip; the results of the strips of the same
+    images are combined by ``combine`` (default: summed), then concatenated along the batch.
+    """
+    by_images = itertools.groupby(strips(images, **layout), key=lambda strip: strip.batch)
+    return torch.cat([combine([step(strip.read(images), strip) for strip in group]) for _, group in by_images])
+
+
+def _valid_mean(images: torch.Tensor, response: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Mean over the (H - 2) x (W - 2) positions of ``response(luma)``, a 3x3 filter without padding, (N,).
+
+    Strips own the output rows and read the 2 rows below them that the filter needs.
+    """
+    height, width = images.shape[-2:]
+    total = over_strips(images, lambda rows, _: response(luma(rows)).sum(dim=(1, 2, 3)), halo=(0, 2),
+                        rows=height - 2)
+    return total / ((height - 2) * (width - 2))
+
+
+def _pixel_moments(images: torch.Tensor,
+                   values: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance over the pixels of each image of the maps ``values(images)`` (N, C, H, W).
+
+    Returned as (N, C) float64. Each strip's mean and variance are computed in two passes in the maps' dtype
+    (the mean, then the mean squared deviation from it); those of the strips of an image are merged in
+    float64 by the law of total variance (the pixel-weighted mean of the strips' variances plus the
+    variance of their means).
+    """
+
+    def moments(rows: torch.Tensor, _) -> torch.Tensor:
+        maps = values(rows)
+        mean = maps.mean(dim=(-2, -1), keepdim=True)
+        variance = (maps - mean).square().mean(dim=(-2, -1))
+        mean = mean[..., 0, 0]
+        pixels = torch.full_like(mean, rows.shape[-2] * rows.shape[-1])
+        return torch.stack([pixels, mean, variance], dim=-1).double()  # (N, C, 3)
+
+    def merge(parts: list[torch.Tensor]) -> torch.Tensor:
+        pixels, mean, variance = torch.stack(parts).unbind(dim=-1)  # each (strips, N, C)
+        total = pixels.sum(dim=0)
+        grand_mean = (pixels * mean).sum(dim=0) / total
+        spread = (pixels * (variance + (mean - grand_mean).square())).sum(dim=0) / total
+        return torch.stack([total, grand_mean, spread], dim=-1)
+
+    _, mean, variance = over_strips(images, moments, combine=merge).unbind(dim=-1)
+    return mean, variance
 
 
 # ---------------------------------------------------------------- metrics
@@ -116,12 +239,15 @@ class PIQE(QualityMetric):
     4. ``PIQE = 100 (sum over active blocks of [noticeable] (1 - v) + [noisy] v + 1) / (active blocks + 1)``.
 
     A flat image has no active block and scores 100. Thresholding makes the score non-differentiable.
+    Memory: besides the input, about 90 bytes per pixel of a step (:data:`PIXELS_PER_STEP`; a step for
+    ``max(Y)``, then steps of whole block rows, at least one block row and 3 rows above and below it).
     """
 
     name = "piqe"
     higher_is_better = False
     score_range = (0.0, 100.0)
     differentiable = False
+    min_size = (16, 16)
 
     block_size = 16
     activity_threshold = 0.1
@@ -130,16 +256,28 @@ class PIQE(QualityMetric):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.block_size
-        require_size(images, size, size, self.name, f"one {size}x{size} block")
+        require_size(images, self.min_size, self.name, f"one {size}x{size} block")
         height, width = (side // size * size for side in images.shape[-2:])
-        gray = luma(images[..., :height, :width])
-        peak = gray.amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(gray.dtype).tiny)
-        coefficients, _ = mscn(torch.round(255 * gray / peak))
-        blocks = split_blocks(coefficients, size)
+        images = images[..., :height, :width]
+        peak = over_strips(images, lambda rows, _: luma(rows).amax(dim=(1, 2, 3)),
+                           combine=lambda parts: torch.stack(parts).amax(dim=0))
+        peak = peak.clamp_min(torch.finfo(peak.dtype).tiny).view(-1, 1, 1, 1)
+
+        def blocks(rows: torch.Tensor, strip: Strip) -> torch.Tensor:
+            coefficients, _ = mscn(torch.round(255 * luma(rows) / peak[strip.batch]))
+            return self._block_scores(split_blocks(coefficients[..., strip.own, :], size))
+
+        scores = over_strips(images, blocks, combine=functools.partial(torch.cat, dim=-1),
+                             halo=(MSCN_HALO, MSCN_HALO), multiple=size)
+        distortion, active = scores.unbind(dim=1)
+        return 100 * (distortion.sum(dim=1) + 1) / (active.sum(dim=1) + 1)
+
+    def _block_scores(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Distortion and activity (1 or 0) of blocks of MSCN coefficients (N, blocks, 16, 16), as (N, 2, blocks)."""
         variance = blocks.var(dim=(-2, -1))
         active = variance > self.activity_threshold
         distortion = (self._noticeable(blocks) * (1 - variance) + self._noisy(blocks, variance) * variance) * active
-        return 100 * (distortion.sum(dim=1) + 1) / (active.sum(dim=1) + 1)
+        return torch.stack([distortion, active.to(distortion.dtype)], dim=1)
 
     def _noticeable(self, blocks: torch.Tensor) -> torch.Tensor:
         """Blocks with a low-variance segment on one of their 4 edges (N, blocks), boolean."""
@@ -167,17 +305,19 @@ class Sharpness(QualityMetric):
     fits). Energy of Laplacian: Subbarao, Choi and Nikzad, "Focusing techniques", Optical Engineering 32(11),
     1993; see also Pech-Pacheco et al., "Diatom autofocusing in brightfield microscopy: a comparative study",
     ICPR 2000. Bounded by 16 (a one-pixel checkerboard); natural photographs mostly score below 0.05.
-    Needs images of at least 3x3 pixels.
+    Needs images of at least 3x3 pixels. Memory: besides the input, about 100 bytes per pixel of a step
+    (:data:`PIXELS_PER_STEP`).
     """
 
     name = "sharpness"
     higher_is_better = True
     score_range = (0.0, 16.0)
     differentiable = True
+    min_size = (3, 3)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        require_size(images, 3, 3, self.name, "one 3x3 Laplacian window")
-        return filter2d(luma(images), LAPLACIAN).square().mean(dim=(1, 2, 3))
+        require_size(images, self.min_size, self.name, "one 3x3 Laplacian window")
+        return _valid_mean(images, lambda gray: filter2d(gray, LAPLACIAN).square())
 
 
 @register_metric
@@ -188,17 +328,19 @@ class Noise(QualityMetric):
     ``sigma = sqrt(pi / 2) / (6 (W - 2)(H - 2)) * sum |Y * N|`` with the luma ``Y`` in [0, 255] and
     ``N = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (the difference of two Laplacians, blind to linear ramps),
     summed over the (H-2) x (W-2) positions where the kernel fits. Strong texture also raises the estimate.
-    Needs images of at least 3x3 pixels.
+    Needs images of at least 3x3 pixels. Memory: besides the input, about 100 bytes per pixel of a step
+    (:data:`PIXELS_PER_STEP`).
     """
 
     name = "noise"
     higher_is_better = False
     score_range = (0.0, 20.0)
     differentiable = True
+    min_size = (3, 3)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        require_size(images, 3, 3, self.name, "one 3x3 noise-estimation window")
-        response = filter2d(255 * luma(images), IMMERKAER).abs().mean(dim=(1, 2, 3))
+        require_size(images, self.min_size, self.name, "one 3x3 noise-estimation window")
+        response = _valid_mean(images, lambda gray: filter2d(255 * gray, IMMERKAER).abs())
         return math.sqrt(math.pi / 2) / 6 * response
 
 
@@ -212,28 +354,38 @@ class Blockiness(QualityMetric):
     ``blockiness = (B + 1) / (A + 1)``. The 1 (one grey level) keeps flat images at 1. The boundary
     differences ``B`` are those of Wang, Sheikh and Bovik, "No-reference perceptual quality assessment of
     JPEG compressed images", ICIP 2002, here simply normalised by the activity inside blocks. Needs images of
-    at least 9x9 pixels (one block boundary each way).
+    at least 9x9 pixels (one block boundary each way). Memory: besides the input, about 20 bytes per pixel
+    of a step (:data:`PIXELS_PER_STEP`).
     """
 
     name = "blockiness"
     higher_is_better = False
     score_range = (1.0, 3.0)
     differentiable = True
+    min_size = (JPEG_BLOCK + 1, JPEG_BLOCK + 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        require_size(images, JPEG_BLOCK + 1, JPEG_BLOCK + 1, self.name, "one 8x8 block boundary each way")
-        gray = 255 * luma(images)[:, 0]
-        height, width = gray.shape[-2:]
-        across_columns = (gray[..., :, 1:] - gray[..., :, :-1]).abs()  # (N, H, W-1)
-        across_rows = (gray[..., 1:, :] - gray[..., :-1, :]).abs()  # (N, H-1, W)
-        on_column_grid = torch.arange(1, width, device=gray.device) % JPEG_BLOCK == 0
-        on_row_grid = torch.arange(1, height, device=gray.device) % JPEG_BLOCK == 0
+        require_size(images, self.min_size, self.name, "one 8x8 block boundary each way")
+        height, width = images.shape[-2:]
+        on_column_grid = torch.arange(1, width, device=images.device) % JPEG_BLOCK == 0
 
-        boundary_sum = (across_columns[..., on_column_grid].sum(dim=(-2, -1))
+        def sums(rows: torch.Tensor, strip: Strip) -> torch.Tensor:
+            """Sums (N, 2) of the differences on the grid and of all differences, from each pixel of the
+            strip's own rows to its right and its lower neighbour."""
+            gray = 255 * luma(rows)[:, 0]
+            own = gray[:, strip.own]
+            across_columns = (own[..., :, 1:] - own[..., :, :-1]).abs()  # (N, rows, W-1)
+            across_rows = (gray[..., 1:, :] - gray[..., :-1, :]).abs()  # (N, rows or rows - 1 at the bottom, W)
+            on_row_grid = torch.arange(strip.top + 1, strip.top + 1 + across_rows.shape[-2],
+                                       device=images.device) % JPEG_BLOCK == 0
+            boundary = (across_columns[..., on_column_grid].sum(dim=(-2, -1))
                         + across_rows[..., on_row_grid, :].sum(dim=(-2, -1)))
-        total_sum = across_columns.sum(dim=(-2, -1)) + across_rows.sum(dim=(-2, -1))
-        boundary_count = int(on_column_grid.sum()) * height + int(on_row_grid.sum()) * width
-        inner_count = across_columns[0].numel() + across_rows[0].numel() - boundary_count
+            total = across_columns.sum(dim=(-2, -1)) + across_rows.sum(dim=(-2, -1))
+            return torch.stack([boundary, total], dim=-1)
+
+        boundary_sum, total_sum = over_strips(images, sums, halo=(0, 1)).unbind(dim=-1)
+        boundary_count = int(on_column_grid.sum()) * height + (height - 1) // JPEG_BLOCK * width
+        inner_count = height * (width - 1) + (height - 1) * width - boundary_count
         boundary = boundary_sum / boundary_count
         inner = (total_sum - boundary_sum) / inner_count
         return (boundary + 1) / (inner + 1)
@@ -247,20 +399,26 @@ class Colorfulness(QualityMetric):
     Electronic Imaging VIII, 2003: with R, G, B in [0, 255], ``rg = R - G`` and ``yb = (R + G) / 2 - B``,
     ``M = sqrt(std_rg^2 + std_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)`` (standard deviations over the
     pixels, population form). The paper's scale: 15 slightly, 33 moderately, 59 quite, 109 extremely colourful.
+    Memory: besides the input, about 30 bytes per pixel of a step (:data:`PIXELS_PER_STEP`).
     """
 
     name = "colorfulness"
     higher_is_better = True
     score_range = (0.0, 150.0)
     differentiable = True
+    min_size = (1, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        require_size(images, self.min_size, self.name, "one pixel")
+        mean, variance = _pixel_moments(images, self._opponents)
+        spread, offset = variance.sum(dim=-1), mean.square().sum(dim=-1)
+        return (_sqrt_or_zero(spread) + 0.3 * _sqrt_or_zero(offset)).to(images.dtype)
+
+    @staticmethod
+    def _opponents(images: torch.Tensor) -> torch.Tensor:
+        """The opponent colours ``rg`` and ``yb`` in [-255, 255] of RGB images (N, 3, H, W), as (N, 2, H, W)."""
         red, green, blue = (255 * images).unbind(dim=1)
-        rg = red - green
-        yb = (red + green) / 2 - blue
-        spread = rg.var(dim=(-2, -1), correction=0) + yb.var(dim=(-2, -1), correction=0)
-        offset = rg.mean(dim=(-2, -1)).square() + yb.mean(dim=(-2, -1)).square()
-        return _sqrt_or_zero(spread) + 0.3 * _sqrt_or_zero(offset)
+        return torch.stack([red - green, (red + green) / 2 - blue], dim=1)
 
 
 @register_metric
@@ -268,13 +426,17 @@ class Contrast(QualityMetric):
     """Contrast: RMS contrast, the standard deviation of the luma in [0, 1], higher is more contrasted.
 
     ``C = sqrt(mean((Y - mean(Y))^2))`` (population form); E. Peli, "Contrast in complex images", JOSA A 7(10),
-    1990. Bounded by 0.5 (half black, half white).
+    1990. Bounded by 0.5 (half black, half white). Memory: besides the input, about 25 bytes per pixel of a
+    step (:data:`PIXELS_PER_STEP`).
     """
 
     name = "contrast"
     higher_is_better = True
     score_range = (0.0, 0.5)
     differentiable = True
+    min_size = (1, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return _sqrt_or_zero(luma(images).var(dim=(1, 2, 3), correction=0))
+        require_size(images, self.min_size, self.name, "one pixel")
+        _, variance = _pixel_moments(images, luma)
+        return _sqrt_or_zero(variance[:, 0]).to(images.dtype)

@@ -9,6 +9,7 @@ features. None is bundled: fit one on a folder of clean images with :func:`fit_n
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import ImageReadError, open_image, rgb_tensor
 from ..io_utils import atomic_write
 from .base import QualityMetric, check_images
-from .classical import luma, mscn, require_size, split_blocks
+from .classical import Strip, luma, mscn, over_strips, require_size, split_blocks
 from .pyiqa_backend import MetricUnavailableError
 from .registry import register_metric
 
@@ -33,12 +35,17 @@ PARAMS_HINT = (
     "NIQE needs a model of pristine images, which is not bundled: fit one on a folder of clean, sharp "
     "photographs with `iqa-adapter niqe-fit --images DIR --out FILE` (or fit_niqe_folder), or use the "
     "modelparameters.mat of the MATLAB release (http://live.ece.utexas.edu/research/quality/niqe_release.zip); "
-    'then create_metric("niqe", params=FILE)'
+    'then give it with --metric-option niqe.params=FILE on the command line, or create_metric("niqe", params=FILE)'
 )
 # Directions of the products of neighbouring MSCN coefficients: horizontal, vertical, two diagonals.
 PAIR_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 # MATLAB imresize(image, 0.5): bicubic (Keys, a = -0.5) with antialiasing, i.e. the cubic stretched by 2.
 HALF_SCALE_TAPS = (-0.0234375, -0.0703125, 0.2265625, 0.8671875, 0.8671875, 0.2265625, -0.0703125, -0.0234375)
+# Rows a strip of patches reads beyond its own on each side: the half-scale MSCN window reaches 3 half-scale
+# rows further, which the 8-tap filter computes from up to 2 * 3 + 3 = 9 full-scale rows beyond (more than
+# the 3 of the full-scale MSCN); rounded up to even, so that strips start on even rows as the stride-2
+# filter needs.
+HALO = 10
 
 
 # ---------------------------------------------------------------- features
@@ -111,16 +118,27 @@ def niqe_features(images: torch.Tensor, patch_size: int = PATCH_SIZE) -> tuple[t
     The luma in [0, 255] (rounded, as 8-bit MATLAB input) is cropped to a multiple of ``patch_size``; the 18
     features (:func:`_scale_features`) of its MSCN coefficients are computed on ``patch_size`` patches, then
     again on the image downscaled by 2 (MATLAB ``imresize``) with half-size patches. Sharpness is the mean
-    local standard deviation (the MSCN ``sigma``) of each patch at full scale. Computed in float64.
+    local standard deviation (the MSCN ``sigma``) of each patch at full scale. Computed in float64, in
+    steps (:func:`~iqa_adapter.metrics.classical.over_strips`) of whole images or strips of whole patch
+    rows, read with :data:`HALO` more rows above and below.
     """
-    require_size(images, patch_size, patch_size, "niqe", f"one {patch_size}x{patch_size} NIQE patch")
+    require_size(images, (patch_size, patch_size), "niqe", f"one {patch_size}x{patch_size} NIQE patch")
     height, width = (side // patch_size * patch_size for side in images.shape[-2:])
-    gray = torch.round(255 * luma(images[..., :height, :width].double()))
+    values = over_strips(images[..., :height, :width], functools.partial(_strip_features, patch_size=patch_size),
+                         combine=functools.partial(torch.cat, dim=1), halo=(HALO, HALO), multiple=patch_size)
+    return values[..., :-1], values[..., -1]
+
+
+def _strip_features(rows: torch.Tensor, strip: Strip, patch_size: int) -> torch.Tensor:
+    """The 36 features and the sharpness (:func:`niqe_features`) of the patches a strip owns, as (N, patches, 37)."""
+    gray = torch.round(255 * luma(rows, torch.float64))
     coefficients, sigma = mscn(gray)
-    sharpness = split_blocks(sigma, patch_size).mean(dim=(-2, -1))
-    fine = _scale_features(coefficients, patch_size)
-    coarse = _scale_features(mscn(_half_scale(gray))[0], patch_size // 2)
-    return torch.cat([fine, coarse], dim=-1), sharpness
+    own = strip.own
+    half = slice(own.start // 2, own.stop // 2)
+    sharpness = split_blocks(sigma[..., own, :], patch_size).mean(dim=(-2, -1))
+    fine = _scale_features(coefficients[..., own, :], patch_size)
+    coarse = _scale_features(mscn(_half_scale(gray))[0][..., half, :], patch_size // 2)
+    return torch.cat([fine, coarse, sharpness[..., None]], dim=-1)
 
 
 def _mean_cov(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,13 +191,18 @@ def load_niqe_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
             raise ValueError(f"{path} is not a NIQE modelparameters.mat: missing {', '.join(sorted(missing))}")
         mu, cov, patch_size = np.ravel(data["mu_prisparam"]), data["cov_prisparam"], PATCH_SIZE
     else:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != PARAMS_FORMAT or not {"mu", "cov"} <= set(handle.keys()):
-                raise ValueError(f"{path} is not a NIQE parameter file (written by fit_niqe_folder); {PARAMS_HINT}")
-            mu, cov = handle.get_tensor("mu"), handle.get_tensor("cov")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                found = set(handle.keys())
+                if metadata.get("format") == PARAMS_FORMAT and {"mu", "cov"} <= found:
+                    mu, cov = handle.get_tensor("mu"), handle.get_tensor("cov")
+        except SafetensorError:  # not a safetensors file at all
+            metadata, found = {}, set()
+        if metadata.get("format") != PARAMS_FORMAT or not {"mu", "cov"} <= found:
+            raise ValueError(f"{path} is not a NIQE parameter file (written by fit_niqe_folder); {PARAMS_HINT}")
         patch_size = int(metadata.get("patch_size", PATCH_SIZE))
     mu = torch.as_tensor(mu, dtype=torch.float64)
     cov = torch.as_tensor(cov, dtype=torch.float64)
@@ -249,15 +272,6 @@ class NIQEFit:
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it was skipped
 
 
-def _read_image(path: Path) -> torch.Tensor:
-    """An image file as an RGB tensor (3, H, W) in [0, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
 def _folder_images(folder: Path, patch_size: int, skipped: dict[str, str]) -> Iterator[torch.Tensor]:
     """The readable images of ``folder`` (sorted, not recursive), at least one patch large.
 
@@ -272,8 +286,8 @@ def _folder_images(folder: Path, patch_size: int, skipped: dict[str, str]) -> It
         if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         try:
-            image = _read_image(path)
-        except (OSError, ValueError) as error:  # PIL: not an image, truncated, too large
+            image = rgb_tensor(open_image(path, name="the file"))
+        except ImageReadError as error:
             skipped[path.name] = f"unreadable: {error}"
             continue
         if min(image.shape[-2:]) < patch_size:
@@ -318,19 +332,23 @@ class NIQE(QualityMetric):
     whose features are undefined (flat patches) are skipped; an image without any other patch scores NaN.
 
     ``params``: the pristine model, a file from :func:`fit_niqe_folder` or a MATLAB ``modelparameters.mat``.
-    The shape-parameter grid search makes the score non-differentiable.
+    The shape-parameter grid search makes the score non-differentiable. Memory: besides the input, about 450
+    bytes per pixel of a step (:data:`~iqa_adapter.metrics.classical.PIXELS_PER_STEP` pixels, or one patch
+    row and :data:`HALO` rows above and below it of one image if that is more), and 37 numbers per patch.
     """
 
     name = "niqe"
     higher_is_better = False
     score_range = (0.0, 20.0)
     differentiable = False
+    min_size = (PATCH_SIZE, PATCH_SIZE)  # an instance's is that of its parameters
 
     def __init__(self, params: str | os.PathLike | None = None) -> None:
         super().__init__()
         if params is None:
             raise MetricUnavailableError(PARAMS_HINT)
         mu, cov, self.patch_size = load_niqe_params(params)
+        self.min_size = (self.patch_size, self.patch_size)
         self.register_buffer("mu", mu)
         self.register_buffer("cov", cov)
 
