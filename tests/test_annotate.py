@@ -80,6 +80,18 @@ class SlowBrightness(Brightness):
         return super().forward(images)
 
 
+@register_metric
+class Picky(Brightness):
+    """Brightness, but refuses bright images with a ValueError (test metric)."""
+
+    name = "test-picky"
+
+    def forward(self, images):
+        if (images.mean(dim=(1, 2, 3)) > 0.8).any():
+            raise ValueError("too bright for this test metric")
+        return super().forward(images)
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -208,7 +220,8 @@ def test_score_table_looks_up_by_key(annotated):
 def test_each_image_is_decoded_once(tmp_path, monkeypatch):
     decoded = []
     original = iqa_adapter.datasets.decode_image
-    monkeypatch.setattr(iqa_adapter.datasets, "decode_image", lambda data: decoded.append(data) or original(data))
+    monkeypatch.setattr(iqa_adapter.datasets, "decode_image",
+                        lambda data, *rest: decoded.append(data) or original(data, *rest))
     annotate(str(make_folder(tmp_path / "data")), ["test-brightness", "test-redness", "test-nonfinite"],
              tmp_path / "out", **RUN)
     assert len(decoded) == len(LEVELS) + 2  # every image file once, the two corrupt ones included
@@ -229,6 +242,45 @@ def test_native_size_scores_each_image_at_its_size(tmp_path):
         expected = expected_score(index, Brightness(), resize=None)
         assert scores[f"a{index}"] == pytest.approx(expected, rel=1e-6)
         assert scores[f"b{index}"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_images_a_metric_cannot_score_are_skipped_and_listed(tmp_path):
+    """--resize none with an image smaller than PIQE's 16x16 block: listed, never fatal."""
+    data = make_folder(tmp_path / "data", count=3, corrupt=False)
+    Image.new("RGB", (10, 12), (90, 90, 90)).save(data / "tiny.png")
+    (data / "tiny.txt").write_text("a tiny image")
+    summary = annotate(str(data), ["piqe", "test-brightness"], tmp_path / "out",
+                       **{**RUN, "resize": None, "batch_size": 4})
+    assert (summary.scored, summary.skipped) == (3, 1)
+    skipped = {row["key"]: row["reason"] for row in read_csv(tmp_path / "out" / "skipped.csv")}
+    assert skipped == {"tiny": "image of 10x12 pixels (after --resize) is smaller than the 16x16 that piqe needs"}
+
+
+def test_a_value_error_on_one_image_skips_only_that_image(tmp_path):
+    data = make_folder(tmp_path / "data", count=4, corrupt=False)
+    annotate(str(data), ["test-picky"], tmp_path / "out", **{**RUN, "batch_size": 4})
+    skipped = {row["key"]: row["reason"] for row in read_csv(tmp_path / "out" / "skipped.csv")}
+    assert skipped == {"img03": "test-picky cannot score it: too bright for this test metric"}
+    assert len(pd.read_parquet(tmp_path / "out" / "scores.parquet")) == 3
+
+
+def test_images_over_the_pixel_limit_are_listed_unread(tmp_path):
+    data = make_folder(tmp_path / "data", count=2, corrupt=False)
+    summary = annotate(str(data), ["test-brightness"], tmp_path / "out", **{**RUN, "max_pixels": 650})
+    skipped = {row["key"]: row["reason"] for row in read_csv(tmp_path / "out" / "skipped.csv")}
+    assert summary.scored == 1 and list(skipped) == ["img01"]  # 20 x 30 pixels pass, 23 x 29 do not
+    assert "has 29x23 = 667 pixels, more than the limit of 650; raise the limit (--max-pixels)" in skipped["img01"]
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(data / "deep.png")
+    assert Image.open(data / "deep.png").mode == "I;16"
+    annotate(str(data), ["test-brightness"], tmp_path / "out", **{**RUN, "resize": None})
+    score = pd.read_parquet(tmp_path / "out" / "scores.parquet")["test-brightness"][0]
+    assert score == pytest.approx(ramp.mean() / 65535, rel=1e-6)  # PIL's convert("RGB") gives 0.996: all > 255 is 255
 
 
 def test_folder_shards_and_parquet_give_the_same_scores(tmp_path):

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .chunks import (ChunkBatches, ChunkCollector, ItemLoader, JobMismatchError, WorkItem, my_unfinished_chunks,
                      process_state, start_or_resume)
 from .datasets import DecodedImage, ImageTextReader, load_image, open_dataset
+from .images import DEFAULT_MAX_PIXELS
 from .io_utils import atomic_write
 from .metrics import QualityMetric, create_metric, metric_info
 from .stats import MetricStats, write_stats_table
@@ -47,6 +48,8 @@ STATS_FILE = "stats.csv"
 SKIPPED_FILE = "skipped.csv"
 INFO_COLUMNS = ("key", "caption", "width", "height")
 REPORT_COLUMNS = ("key", "source", "reason")
+PIXELS_PER_CALL = 2**24
+"""Most pixels handed to a metric at once (images of one size are scored in slices of at most this many)."""
 
 
 __all__ = ["AnnotationSummary", "JobMismatchError", "ScoreTable", "annotate"]
@@ -82,6 +85,7 @@ def annotate(
     device: str | torch.device | None = None,
     chunk_size: int = 1000,
     metric_options: dict[str, dict] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = True,
 ) -> AnnotationSummary | None:
     """Score every image of ``data`` with ``metrics`` and write the outputs described in this module to ``out_dir``.
@@ -103,6 +107,9 @@ def annotate(
         chunk_size: samples per chunk, the unit of work that is saved, resumed and shared between processes.
         metric_options: keyword arguments per metric (by column name), passed to
             :func:`iqa_adapter.metrics.create_metric`.
+        max_pixels: images with more pixels are skipped (listed in ``skipped.csv``) without being decoded;
+            ``None`` reads any size. Scoring needs about 16 bytes per pixel of the largest image beside the
+            decoded batch.
         progress: show a progress bar (images/s) and print a summary, on the main process.
 
     Returns:
@@ -111,24 +118,29 @@ def annotate(
     metrics = list(metrics)
     metric_options = dict(metric_options or {})
     columns = metric_columns(metrics)
-    _check_arguments(columns, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize)
+    _check_arguments(columns, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize,
+                     max_pixels=max_pixels)
     out_dir = Path(out_dir)
     reader = open_dataset(data)
     state = process_state(device)
+    device = torch.device(device) if device is not None else state.device
+    # built before the job is recorded: a metric that cannot be built (NIQE without params) leaves no job behind
+    models = {column: create_metric(name, device=device, **metric_options.get(column, {})).eval()
+              for column, name in columns.items()}
     parameters = {"data": str(Path(data).expanduser().absolute()), "metrics": metrics, "resize": resize,
                   "chunk_size": chunk_size, "metric_options": metric_options}
+    if max_pixels != DEFAULT_MAX_PIXELS:  # it decides which images are skipped (jobs of older versions lack it)
+        parameters["max_pixels"] = max_pixels
     num_samples = start_or_resume(out_dir / JOB_FILE, json.loads(json.dumps(parameters)), reader, state,
                                   partial_files=out_dir / CHUNKS_DIR)
     num_chunks, mine = my_unfinished_chunks(num_samples, chunk_size, functools.partial(_chunk_path, out_dir), state)
 
-    device = torch.device(device) if device is not None else state.device
-    models = {column: create_metric(name, device=device, **metric_options.get(column, {})).eval()
-              for column, name in columns.items()}
     show = progress and state.is_main_process
     total = sum(min(chunk_size, num_samples - index * chunk_size) for index in mine)
     with tqdm(total=total, unit="img", desc="annotate", disable=not show, dynamic_ncols=True) as bar:
         _score_chunks(reader, mine, models, out_dir, chunk_size=chunk_size, batch_size=batch_size,
-                      num_workers=num_workers, resize=resize, device=device, on_batch=bar.update)
+                      num_workers=num_workers, resize=resize, max_pixels=max_pixels, device=device,
+                      on_batch=bar.update)
     state.wait_for_everyone()  # every chunk file is written
     if not state.is_main_process:
         return None
@@ -156,7 +168,7 @@ def metric_columns(metrics: Sequence[str]) -> dict[str, str]:
 
 
 def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_size: int, chunk_size: int,
-                     resize: int | None) -> None:
+                     resize: int | None, max_pixels: int | None) -> None:
     if not columns:
         raise ValueError("give at least one metric (`iqa-adapter metrics` lists them)")
     reserved = sorted(set(columns) & {*INFO_COLUMNS, *REPORT_COLUMNS})
@@ -167,7 +179,8 @@ def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_siz
     unknown = sorted(set(metric_options) - set(columns))
     if unknown:
         raise ValueError(f"metric_options name metrics that are not scored: {', '.join(unknown)}")
-    for name, value in {"batch_size": batch_size, "chunk_size": chunk_size, "resize": resize}.items():
+    for name, value in {"batch_size": batch_size, "chunk_size": chunk_size, "resize": resize,
+                        "max_pixels": max_pixels}.items():
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
 
@@ -183,20 +196,22 @@ ImageGroup = tuple[list[tuple[WorkItem, DecodedImage]], torch.Tensor | None]
 
 
 def _group_by_size(pairs: list[tuple[WorkItem, DecodedImage]]) -> list[ImageGroup]:
-    """Collate: stack the images of equal size into uint8 (N, 3, H, W); skipped samples form a group without images."""
+    """Collate: stack the images of equal size and type into (N, 3, H, W) (uint8, or float32 for 16-bit
+    images); skipped samples form a group without images."""
     groups: dict[tuple | None, list] = defaultdict(list)
     for item, decoded in pairs:
-        groups[None if decoded.image is None else tuple(decoded.image.shape)].append((item, decoded))
+        image = decoded.image
+        groups[None if image is None else (tuple(image.shape), image.dtype)].append((item, decoded))
     return [([(item, replace(decoded, image=None)) for item, decoded in group],
              None if size is None else torch.stack([decoded.image for _, decoded in group]))
             for size, group in groups.items()]
 
 
 def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[str, QualityMetric], out_dir: Path, *,
-                  chunk_size: int, batch_size: int, num_workers: int, resize: int | None, device: torch.device,
-                  on_batch: Callable[[int], object]) -> None:
+                  chunk_size: int, batch_size: int, num_workers: int, resize: int | None, max_pixels: int | None,
+                  device: torch.device, on_batch: Callable[[int], object]) -> None:
     """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
-    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize)),
+    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize, max_pixels=max_pixels)),
                         batch_sampler=ChunkBatches(reader, chunks, chunk_size, batch_size),
                         num_workers=num_workers, collate_fn=_group_by_size)
     metrics = list(models)
@@ -208,28 +223,74 @@ def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[s
     writer = ChunkCollector(write_chunk)
     for groups in loader:
         for pairs, images in groups:
-            scores = {} if images is None else _score(models, images, device, [item.sample.key for item, _ in pairs])
+            scores, reasons = ({}, [None] * len(pairs)) if images is None else _score(
+                models, images, device, [item.sample.key for item, _ in pairs])
             for row, (item, decoded) in enumerate(pairs):
                 writer.add(item, {"key": item.sample.key, "caption": item.sample.caption, "width": decoded.width,
                                   "height": decoded.height, **{name: values[row] for name, values in scores.items()},
-                                  "source": item.sample.source, "reason": decoded.reason})
+                                  "source": item.sample.source, "reason": decoded.reason or reasons[row]})
             on_batch(len(pairs))
 
 
-def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch.device,
-           keys: list[str]) -> dict[str, np.ndarray]:
-    """Scores of uint8 images (N, 3, H, W) with every metric."""
-    batch = images.to(device).float().div_(255)
-    scores = {}
+def _too_small(models: dict[str, QualityMetric], height: int, width: int) -> str | None:
+    """Why images of this size cannot be scored by every metric, or None."""
     for name, model in models.items():
-        try:
-            values = model.score(batch).cpu().numpy()
-        except Exception as error:
-            raise RuntimeError(f"metric {name!r} failed on the images {', '.join(keys[:5])}: {error}") from error
-        if values.shape != (len(keys),):
-            raise RuntimeError(f"metric {name!r} returned {values.shape[0]} scores for {len(keys)} images")
-        scores[name] = values
-    return scores
+        min_height, min_width = model.min_size
+        if height < min_height or width < min_width:
+            return (f"image of {width}x{height} pixels (after --resize) is smaller than the {min_width}x{min_height} "
+                    f"that {name} needs")
+    return None
+
+
+def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch.device,
+           keys: list[str]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+    """Scores of images (N, 3, H, W) of one size (uint8, or float in [0, 1]) with every metric, and for each image
+    the reason it was not scored (None when it was).
+
+    Images too small for a metric are not scored. The images go to the metrics in slices of at most
+    :data:`PIXELS_PER_CALL` pixels, so that memory stays bounded for large native-size images. A metric that
+    fails on a slice with a ValueError (data it cannot score) is retried image by image and only the images it
+    fails on are skipped; other errors stop the job.
+    """
+    count, height, width = len(keys), images.shape[-2], images.shape[-1]
+    reasons: list[str | None] = [_too_small(models, height, width)] * count
+    scores = {name: np.full(count, np.nan, dtype=np.float32) for name in models}
+    if reasons[0] is not None:
+        return scores, reasons
+    step = max(1, PIXELS_PER_CALL // (height * width))
+    for start in range(0, count, step):
+        part = images[start:start + step].to(device)
+        batch = part.float().div_(255) if part.dtype == torch.uint8 else part.float()
+        for name, model in models.items():
+            values, failures = _metric_scores(name, model, batch, keys[start:start + step])
+            scores[name][start:start + len(batch)] = values
+            for row, failure in enumerate(failures, start):
+                reasons[row] = reasons[row] or failure
+    for row, reason in enumerate(reasons):
+        if reason is not None:
+            for values in scores.values():
+                values[row] = np.nan
+    return scores, reasons
+
+
+def _metric_scores(name: str, model: QualityMetric, batch: torch.Tensor,
+                   keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """One metric's scores of a batch, and for each image why it could not be scored (None when it was).
+
+    A ValueError (data the metric cannot score) is narrowed down image by image; other errors stop the job.
+    """
+    try:
+        values = model.score(batch).cpu().numpy()
+    except ValueError as error:
+        if len(batch) == 1:
+            return np.full(1, np.nan, dtype=np.float32), [f"{name} cannot score it: {error}"]
+        parts = [_metric_scores(name, model, batch[row:row + 1], keys[row:row + 1]) for row in range(len(batch))]
+        return np.concatenate([values for values, _ in parts]), [reason for _, (reason,) in parts]
+    except Exception as error:
+        raise RuntimeError(f"metric {name!r} failed on the images {', '.join(keys[:5])}: {error}") from error
+    if values.shape != (len(keys),):
+        raise RuntimeError(f"metric {name!r} returned {values.shape[0]} scores for {len(keys)} images")
+    return values, [None] * len(keys)
 
 
 def _chunk_frame(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
