@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -42,6 +41,9 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     built = json.loads((world.root / "world.json").read_text())
     assert list(built["steps"]) == ["data", "base", "iqa_models", "annotate", "adapter", "reference_adapter"]
     assert json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "loda:../loda"
+    records = {path: path.read_text() for path in world.root.rglob("*.json")}
+    assert not [path for path, text in records.items() if str(tmp_path) in text]  # no path of the building machine
+    assert json.loads((world.adapter / "config.json").read_text())["base_model"] == "../base"
     report = json.loads((out / "report.json").read_text())
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out

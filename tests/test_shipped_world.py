@@ -20,6 +20,15 @@ def test_the_shipped_world_is_complete_small_and_holds_no_pickles():
     assert not list(world.root.glob("*-work")) and not list(world.root.rglob("checkpoints"))
 
 
+def test_the_shipped_records_hold_no_path_of_the_building_machine(capsys):
+    world = shipped_world()
+    texts = {path.relative_to(world.root): path.read_text() for path in world.root.rglob("*.json")
+             if path.name != "tokenizer.json"}  # the vocabulary holds "/" as a token
+    assert not [name for name, text in texts.items() if '"/' in text or ":/" in text or "/work/" in text]
+    assert main(["info", "--adapter", str(world.adapter)]) == 0
+    assert f"base model: ../base (= {world.base.resolve()})" in capsys.readouterr().out
+
+
 def test_the_shipped_adapter_carries_its_metrics_statistics_and_default_targets():
     adapter = IQAAdapter.from_pretrained(shipped_world().adapter)
     assert tuple(adapter.metric_names) == ADAPTER_METRICS

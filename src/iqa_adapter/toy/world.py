@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ WORLD_FILE = "world.json"
 ADAPTER_METRICS = ("loda", "niqe")
 REFERENCE_LAYERS = ("distortion_tokens",)
 RELATIVE_LODA = "loda:../loda"
+RELATIVE_BASE = "../base"
 # Sampling settings for the toy base model (its caption-following check and the demo use them too).
 SAMPLING_STEPS = 20
 GUIDANCE_SCALE = 4.0
@@ -88,6 +90,11 @@ class ToyWorld:
         size = sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file())
         built = json.loads((self.root / WORLD_FILE).read_text()) if (self.root / WORLD_FILE).is_file() else {}
         return {"root": str(self.root), "bytes": size, "built": built}
+
+
+def is_toy_world_model(path: str | Path | None) -> bool:
+    """Whether ``path`` is a model folder of a toy world (a folder beside the world's ``world.json``)."""
+    return path is not None and (Path(path).expanduser().parent / WORLD_FILE).is_file()
 
 
 def shipped_world() -> ToyWorld:
@@ -207,7 +214,34 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
          reference_adapter)
     log["seconds"] = round(sum(entry["seconds"] for entry in log["steps"].values()), 1)
     write_json(root / WORLD_FILE, log)
+    make_portable(world)
     return world.check()
+
+
+def make_portable(world: ToyWorld) -> None:
+    """Rewrite the world's JSON records without the paths of the machine that built it: the adapters name their
+    base model ``../base`` (relative to their own folder, like the reference adapter's ``loda:../loda``), and
+    every other path becomes relative to the folder holding the world (where the recorded commands run)."""
+    prefix = f"{world.root.parent}{os.sep}"
+
+    def relative(value):
+        if isinstance(value, str):
+            return value.replace(prefix, "")
+        if isinstance(value, list):
+            return [relative(item) for item in value]
+        if isinstance(value, dict):
+            return {key: relative(item) for key, item in value.items()}
+        return value
+
+    for path in sorted(world.root.rglob("*.json")):
+        data = json.loads(path.read_text())
+        portable = relative(data)
+        if path.parent in (world.adapter, world.reference_adapter) and path.name == "config.json":
+            portable["base_model"] = RELATIVE_BASE
+        if path.name == WORLD_FILE:
+            portable["paths"] = "relative to the folder that holds this world; the commands run there"
+        if portable != data:
+            write_json(path, portable)
 
 
 def _earlier_steps(log_file: Path, settings: WorldSettings) -> dict:
