@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from iqa_adapter.loda.data import (IQADataError, EvalCrops, TrainCrops, crop_positions, epoch_batches, fit_min_size,
-                                   random_splits, read_meta, read_split_file, split_from_column)
+from iqa_adapter.images import ImageReadError
+from iqa_adapter.loda.data import (SKIPPED_FILE, IQADataError, EvalCrops, TrainCrops, crop_positions, drop_unreadable,
+                                   epoch_batches, fit_min_size, load_image, random_splits, read_meta, read_split_file,
+                                   split_from_column)
 from iqa_adapter.loda.evaluate import correlation_metrics, fit_logistic, logistic4, summarize
 from iqa_adapter.loda.losses import norm_in_norm_loss
 
@@ -61,6 +63,13 @@ def test_correlation_metrics_match_scipy_and_hand_values():
     mapped = fit_logistic(predictions, mos)
     assert metrics["plcc"] == pytest.approx(stats.pearsonr(mapped, mos)[0])
     assert metrics["rmse"] == pytest.approx(np.sqrt(np.mean((mapped - mos) ** 2)))
+
+
+def test_correlation_metrics_of_three_images_use_a_straight_line():
+    # the 4-parameter logistic needs 4 points; 3 (the minimum) get the linear fit instead of a scipy TypeError
+    predictions, mos = np.array([0.1, 0.5, 0.3]), np.array([1.0, 4.0, 2.0])
+    metrics = correlation_metrics(predictions, mos)
+    assert metrics["srcc"] == pytest.approx(1) and metrics["plcc"] == pytest.approx(stats.pearsonr(predictions, mos)[0])
 
 
 def test_logistic_fit_removes_a_monotone_nonlinearity():
@@ -115,6 +124,11 @@ def test_split_files_and_columns(tmp_path):
     with pytest.raises(IQADataError, match="--trust-pickle"):
         read_split_file(tmp_path / "split.pkl")
     assert read_split_file(tmp_path / "split.pkl", trust_pickle=True) == [data[0], data[1]]
+    with pytest.raises(IQADataError, match="split 0 has row index 3, outside the meta CSV's 3 rows"):
+        read_split_file(tmp_path / "split.json", rows=3)
+    (tmp_path / "broken.json").write_text('{"0": {"train": [0, 1]')
+    with pytest.raises(IQADataError, match="broken.json is not valid JSON"):
+        read_split_file(tmp_path / "broken.json")
     with pytest.raises(IQADataError, match="not in"):
         split_from_column(table, "fold")
 
@@ -182,3 +196,38 @@ def test_test_crops(image_table):
     assert uniform[0].shape == (4, 3, 32, 32)
     random = EvalCrops(image_table, [1, 3], crop=32, crops=4, mode="random", seed=0)
     assert torch.equal(random[1], EvalCrops(image_table, [1, 3], 32, 4, "random", seed=0)[1])
+
+
+# ---------------------------------------------------------------- image files
+
+
+def test_load_image_keeps_16_bit_grey_and_names_missing_files(tmp_path):
+    Image.fromarray(np.full((4, 6), 30000, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    image = load_image(tmp_path / "grey16.png")
+    assert image.shape == (3, 4, 6) and image.dtype == torch.float32
+    torch.testing.assert_close(image, torch.full((3, 4, 6), 30000 / 65535))  # not clipped to 1 as convert("RGB") does
+    with pytest.raises(ImageReadError, match="missing.png listed in the meta CSV does not exist; check --root"):
+        load_image(tmp_path / "missing.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:500])
+    with pytest.raises(ImageReadError, match="cut.png.*truncated"):
+        load_image(tmp_path / "cut.png")
+
+
+def test_drop_unreadable_images(image_table, tmp_path, caplog):
+    paths = image_table.paths
+    paths[1].write_bytes(paths[1].read_bytes()[:200])  # truncated
+    paths[2].write_bytes(b"")  # empty
+    paths[4].unlink()  # missing
+    split = {"train": [0, 1, 2, 3], "val": [], "test": [4, 5]}
+    assert drop_unreadable(image_table, [split], tmp_path / "run") == [{"train": [0, 3], "val": [], "test": [5]}]
+    assert "skipped 3 of 6 images that cannot be read; listed in" in caplog.text
+    listed = pd.read_csv(tmp_path / "run" / SKIPPED_FILE)
+    assert list(listed.columns) == ["path", "reason"] and listed["path"].tolist() == [str(paths[i]) for i in (1, 2, 4)]
+    assert "truncated" in listed["reason"][0] and "empty" in listed["reason"][1] and "not exist" in listed["reason"][2]
+    caplog.clear()
+    # only the rows in use are read; without a folder, the log line names the files
+    assert drop_unreadable(image_table, [{"test": [0, 1]}]) == [{"test": [0]}]
+    assert f"skipped 1 of 2 images that cannot be read; {paths[1]}: image cannot be decoded" in caplog.text
+    with pytest.raises(IQADataError, match=r"split 1: none of the 1 test images can be read \(1 unreadable"):
+        drop_unreadable(image_table, [{"train": [0], "test": [3]}, {"train": [0], "test": [4]}])

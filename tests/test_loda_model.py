@@ -151,8 +151,11 @@ def test_a_backbone_that_rebuilds_differently_is_reported(tmp_path):
     with pytest.raises(CheckpointError, match="fingerprint mismatch"):
         LoDa.from_pretrained(tmp_path)
     assert LoDa.from_pretrained(tmp_path, verify=False) is not None
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match="nowhere is not a LoDa checkpoint: the folder does not exist"):
         LoDa.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        LoDa.from_pretrained(tmp_path / "empty")
 
 
 def test_pretrained_backbones_load_from_directories(tmp_path):

@@ -182,7 +182,7 @@ def test_command_line(tmp_path, capsys):
                  "--out", str(tmp_path / "eval")]) == 0
     assert "(12 images)" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "eval" / "eval.json").read_text())["predictions"]) == 12
-    assert main(["loda", "eval", "--protocol", *common, "--splits", "2", "--variants", "loda,linear_probe",
+    assert main(["loda", "protocol", *common, "--splits", "2", "--variants", "loda,linear_probe",
                  "--out", str(tmp_path / "protocol")]) == 0
     out = capsys.readouterr().out
     assert "2 random 80% train splits (by reference image)" in out and "linear_probe" in out

@@ -1,10 +1,14 @@
-"""``iqa-adapter loda ...``: describe, train and evaluate LoDa models, and make synthetic IQA datasets.
+"""``iqa-adapter loda ...``: describe, train and test LoDa models, run the paper's split protocol, and make
+synthetic IQA datasets.
 
     iqa-adapter loda info --preset base
     iqa-adapter loda make-dataset --out data/synthetic
     iqa-adapter loda train --meta data/synthetic/meta.csv --preset tiny --random-split 0 --out runs/tiny
     iqa-adapter loda eval --checkpoint runs/tiny --meta data/synthetic/meta.csv --random-split 0
-    iqa-adapter loda eval --protocol --meta data/synthetic/meta.csv --preset tiny --out runs/protocol
+    iqa-adapter loda protocol --meta data/synthetic/meta.csv --preset tiny --out runs/protocol
+
+train, eval and protocol first read every image they will use once: images that cannot be read (missing,
+empty, truncated, not an image) are skipped, counted, and listed in OUT/skipped.csv.
 """
 
 from __future__ import annotations
@@ -14,13 +18,22 @@ import logging
 from pathlib import Path
 
 from ..io_utils import write_json
+from ..runtime import add_threads_option, apply_threads, resolve_device
+from ..validation import cli_type, non_negative_int, non_negative_number, positive_int, positive_number, seed
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+def _train_fraction(text: str) -> float:
+    """argparse type of --train-fraction: the check :func:`~iqa_adapter.loda.data.random_splits` makes."""
+    from .data import check_train_fraction  # imported when used: it pulls in pandas
+
+    return cli_type(check_train_fraction)(text)
+
+
+def _folder(text: str) -> str:
+    """An argparse type for an output folder: any path but an existing file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder (new or existing)")
+    return text
 
 
 # ---------------------------------------------------------------- argument groups
@@ -40,24 +53,31 @@ def _add_data_arguments(parser: argparse.ArgumentParser, splits: bool = True) ->
     choice = split.add_mutually_exclusive_group()
     choice.add_argument("--split-column", default=None, help="column of train/val/test values")
     choice.add_argument("--split-file", default=None, help="JSON split file, or pyiqa's .pkl with --trust-pickle")
-    choice.add_argument("--random-split", type=int, default=None, metavar="K",
+    choice.add_argument("--random-split", type=non_negative_int, default=None, metavar="K",
                         help="split K of the random 80/20 splits (by reference image when references are known)")
-    split.add_argument("--split-index", type=int, default=0, help="which split of --split-file (default 0)")
+    split.add_argument("--split-index", type=non_negative_int, default=0,
+                       help="which split of --split-file (default 0)")
     split.add_argument("--trust-pickle", action="store_true",
                        help="allow reading a pickle split file (unpickling runs code from the file: "
                             "trusted files only)")
-    split.add_argument("--split-seed", type=int, default=0, help="seed of the random splits")
-    split.add_argument("--train-fraction", type=float, default=0.8, help="train share of the random splits")
+    _add_random_split_arguments(split)
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_random_split_arguments(group) -> None:
+    group.add_argument("--split-seed", type=seed, default=0, help="seed of the random splits")
+    group.add_argument("--train-fraction", type=_train_fraction, default=0.8,
+                       help="train share of the random splits, in (0, 1)")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, variant: bool = True) -> None:
     from .config import BN_MODES, VARIANTS
 
     group = parser.add_argument_group("model")
     group.add_argument("--preset", choices=("base", "tiny"), default="base",
                        help="base: ViT-B/16 + ResNet-50 (the paper); tiny: small random backbones, 32 px crops")
-    group.add_argument("--variant", choices=tuple(VARIANTS), default="loda",
-                       help="LoDa or one of the ablation baselines")
+    if variant:
+        group.add_argument("--variant", choices=tuple(VARIANTS), default="loda",
+                           help="LoDa or one of the ablation baselines")
     group.add_argument("--bn-mode", choices=tuple(BN_MODES), default="frozen",
                        help="frozen: the CNN's BatchNorm keeps its pretrained statistics; official: they drift "
                             "in training")
@@ -65,44 +85,46 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="base preset: pretrained weights (internet or HF cache) or seeded random weights")
     group.add_argument("--vit", default=None, help="another ViT to load (hub id or directory), e.g. a ViT-S/16")
     group.add_argument("--cnn", default=None, help="another ResNet to load (hub id or directory)")
-    group.add_argument("--backbone-seed", type=int, default=0, help="seed of random backbone weights")
+    group.add_argument("--backbone-seed", type=seed, default=0, help="seed of random backbone weights")
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training recipe (defaults: the paper's)")
-    group.add_argument("--epochs", type=_positive_int, default=10)
-    group.add_argument("--batch-size", type=_positive_int, default=128)
-    group.add_argument("--lr", type=float, default=3e-4)
-    group.add_argument("--weight-decay", type=float, default=1e-2)
-    group.add_argument("--crops-per-image", type=_positive_int, default=3,
+    group.add_argument("--epochs", type=positive_int, default=10)
+    group.add_argument("--batch-size", type=positive_int, default=128)
+    group.add_argument("--lr", type=positive_number, default=3e-4, help="learning rate, > 0")
+    group.add_argument("--weight-decay", type=non_negative_number, default=1e-2, help="AdamW weight decay, >= 0")
+    group.add_argument("--crops-per-image", type=positive_int, default=3,
                        help="random crops per image and epoch (paper: KADID/KonIQ/SPAQ 3, LIVE/LIVEC 5, TID2013 10)")
-    group.add_argument("--seed", type=int, default=3407)
-    group.add_argument("--save-every", type=int, default=0, help="also save the training state every N iterations")
-    group.add_argument("--max-iterations", type=_positive_int, default=None,
+    group.add_argument("--seed", type=seed, default=3407)
+    group.add_argument("--save-every", type=non_negative_int, default=0,
+                       help="also save the training state every N iterations (0: at epoch ends only)")
+    group.add_argument("--max-iterations", type=positive_int, default=None,
                        help="pause after N iterations (resumable)")
-    group.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    group.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    group.add_argument("--log-every", type=int, default=50)
-    group.add_argument("--calibration-crops", type=int, default=15,
+    group.add_argument("--workers", type=non_negative_int, default=0,
+                       help="data-loading processes (0: in the main process)")
+    _add_device_argument(group)
+    group.add_argument("--log-every", type=non_negative_int, default=50, help="log every N iterations (0: never)")
+    group.add_argument("--calibration-crops", type=non_negative_int, default=15,
                        help="after training, fit calibrated = a * raw + b to the training MOS with this many uniform "
                             "crops per image (0: no calibration; the metric then gives raw cosine scores)")
 
 
-def _add_test_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_device_argument(group) -> None:
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def _add_test_arguments(parser: argparse.ArgumentParser):
+    """The testing options; returns their argument group."""
     group = parser.add_argument_group("testing")
-    group.add_argument("--test-crops", type=_positive_int, default=15, help="crops averaged per test image")
+    group.add_argument("--test-crops", type=positive_int, default=15, help="crops averaged per test image")
     group.add_argument("--crop-mode", choices=("random", "uniform"), default="random",
                        help="random crops (the paper's protocol, seeded) or a deterministic uniform grid")
-    group.add_argument("--eval-seed", type=int, default=0)
+    group.add_argument("--eval-seed", type=seed, default=0)
+    return group
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _read_table(args, prefix: str = ""):
@@ -120,10 +142,10 @@ def _selected_split(args, table):
     if args.split_column:
         return split_from_column(table, args.split_column)
     if args.split_file:
-        splits = read_split_file(args.split_file, trust_pickle=args.trust_pickle)
-        if not 0 <= args.split_index < len(splits):
-            raise ValueError(f"--split-index {args.split_index} is out of range: {args.split_file} has "
-                             f"{len(splits)} splits")
+        splits = read_split_file(args.split_file, trust_pickle=args.trust_pickle, rows=len(table))
+        if args.split_index >= len(splits):
+            raise ValueError(f"--split-index {args.split_index} is out of range: {args.split_file} holds splits 0 "
+                             f"to {len(splits) - 1}")
         return splits[args.split_index]
     if args.random_split is not None:
         return random_splits(len(table), table.refs, num_splits=args.random_split + 1,
@@ -131,21 +153,21 @@ def _selected_split(args, table):
     return None
 
 
-def _model_config(args):
+def _model_config(args, variant: str | None = None):
+    """The LoDa config the model options give (``variant``: instead of --variant)."""
     from transformers import ResNetConfig, ViTConfig
 
     from .config import CNN_KEYS, VIT_KEYS, loda_preset
+    from .model import pretrained_backbone_fields
 
     if args.backbone_init == "random" and (args.vit or args.cnn):
         raise ValueError("--vit / --cnn load pretrained backbones; drop them or --backbone-init random")
     config = loda_preset(args.preset, pretrained=args.backbone_init == "pretrained" and args.preset == "base",
-                         variant=args.variant, bn_mode=args.bn_mode, backbone_seed=args.backbone_seed)
+                         variant=variant or args.variant, bn_mode=args.bn_mode, backbone_seed=args.backbone_seed)
     if args.vit:
-        source = ViTConfig.from_pretrained(args.vit).to_dict()
-        config = config.replace(vit_source=args.vit, vit={key: source[key] for key in VIT_KEYS})
+        config = config.replace(vit_source=args.vit, vit=pretrained_backbone_fields(ViTConfig, args.vit, VIT_KEYS))
     if args.cnn:
-        source = ResNetConfig.from_pretrained(args.cnn).to_dict()
-        config = config.replace(cnn_source=args.cnn, cnn={key: source[key] for key in CNN_KEYS})
+        config = config.replace(cnn_source=args.cnn, cnn=pretrained_backbone_fields(ResNetConfig, args.cnn, CNN_KEYS))
     return config
 
 
@@ -154,7 +176,7 @@ def _settings(args):
 
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          crops_per_image=args.crops_per_image, seed=args.seed, save_every=args.save_every,
-                         max_iterations=args.max_iterations, workers=args.workers, device=_device(args.device),
+                         max_iterations=args.max_iterations, workers=args.workers, device=resolve_device(args.device),
                          log_every=args.log_every, calibration_crops=args.calibration_crops)
 
 
@@ -168,8 +190,10 @@ def _calibration_line(calibration) -> str:
             f"images (MOS range {calibration.mos_min:.4g} to {calibration.mos_max:.4g}, RMSE {calibration.rmse:.3g})")
 
 
-def _logging() -> None:
+def _start(args) -> None:
+    """Log progress lines, and set torch's threads (``--threads``)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    apply_threads(args.threads, workers=getattr(args, "workers", 0))
 
 
 # ---------------------------------------------------------------- commands
@@ -216,20 +240,23 @@ def cmd_make_dataset(args) -> None:
 
 def cmd_train(args) -> None:
     from .calibration import read_calibration
+    from .data import drop_unreadable
     from .evaluate import correlation_metrics, predict
     from .model import read_checkpoint_config
     from .train import train
 
-    _logging()
+    _start(args)
+    config, settings = _model_config(args), _settings(args)
     table = _read_table(args)
-    split = _selected_split(args, table)
-    train_rows = split["train"] if split is not None else list(range(len(table)))
-    model = train(_model_config(args), table, train_rows, _settings(args), args.out, resume=args.resume)
-    print(f"checkpoint in {args.out} (trained on {len(train_rows)} images)")
+    split = _selected_split(args, table) or {"train": list(range(len(table))), "test": []}
+    split = drop_unreadable(table, [{"train": split["train"], "test": [] if args.no_test else split["test"]}],
+                            args.out)[0]
+    model = train(config, table, split["train"], settings, args.out, resume=args.resume)
+    print(f"checkpoint in {args.out} (trained on {len(split['train'])} images)")
     calibration = read_calibration(read_checkpoint_config(args.out))
     if calibration is not None:
         print(_calibration_line(calibration))
-    if split is not None and split["test"] and not args.no_test:
+    if split["test"]:
         predictions = predict(model, table, split["test"], crops=args.test_crops, crop_mode=args.crop_mode,
                               seed=args.eval_seed)
         metrics = correlation_metrics(predictions, table.mos[split["test"]])
@@ -238,37 +265,21 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import correlation_metrics, format_summary, predict
+    from .data import IQADataError, drop_unreadable
+    from .evaluate import correlation_metrics, predict
+    from .model import LoDa, read_checkpoint_config
 
-    _logging()
+    _start(args)
+    device = resolve_device(args.device)
+    read_checkpoint_config(args.checkpoint)  # a missing or broken checkpoint fails before any image is read
     table = _read_table(args)
-    if args.protocol:
-        from .data import random_splits
-        from .protocol import run_protocol
-
-        if args.checkpoint or args.out is None:
-            raise ValueError("--protocol trains its own models: give --out and no --checkpoint")
-        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        base = _model_config(args)
-        configs = {variant: base.replace(variant=variant) for variant in variants}
-        splits = random_splits(len(table), table.refs, num_splits=args.splits, train_fraction=args.train_fraction,
-                               seed=args.split_seed)
-        test_table = _read_table(args, prefix="test_") if args.test_meta else None
-        results = run_protocol(table, splits, configs, _settings(args), args.out, test_table=test_table,
-                               test_crops=args.test_crops, crop_mode=args.crop_mode, eval_seed=args.eval_seed)
-        by_reference = "by reference image" if table.refs is not None else "by image"
-        print(f"{args.splits} random {args.train_fraction:.0%} train splits ({by_reference}); "
-              f"test on {args.test_meta or 'the held-out part'}; median (mean +- std):")
-        for name, result in results.items():
-            print(format_summary(name, result["summary"]))
-        return
-    from .model import LoDa
-
-    if not args.checkpoint:
-        raise ValueError("give --checkpoint DIR to test a trained model, or --protocol to run the split protocol")
-    model = LoDa.from_pretrained(args.checkpoint, device=_device(args.device))
     split = _selected_split(args, table)
     rows = split["test"] if split is not None else list(range(len(table)))
+    if not rows:
+        raise IQADataError("the chosen split has no test rows; choose a split with a test part, or give no split "
+                           "to test on every row of --meta")
+    rows = drop_unreadable(table, [{"test": rows}], args.out)[0]["test"]
+    model = LoDa.from_pretrained(args.checkpoint, device=device)
     predictions = predict(model, table, rows, crops=args.test_crops, crop_mode=args.crop_mode, seed=args.eval_seed)
     metrics = correlation_metrics(predictions, table.mos[rows])
     _print_metrics(f"{args.checkpoint} on {args.meta}", metrics, len(rows))
@@ -278,9 +289,35 @@ def cmd_eval(args) -> None:
                    {"checkpoint": args.checkpoint, "meta": args.meta, "metrics": metrics, "predictions": scores})
 
 
+def cmd_protocol(args) -> None:
+    from .data import random_splits
+    from .evaluate import format_summary
+    from .protocol import run_protocol
+
+    _start(args)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise ValueError("--variants names no variant; give a comma-separated list such as loda,linear_probe")
+    if args.test_root and not args.test_meta:
+        raise ValueError("--test-root is the image folder of --test-meta; give --test-meta too, or drop --test-root")
+    configs = {variant: _model_config(args, variant) for variant in variants}
+    settings = _settings(args)
+    table = _read_table(args)
+    test_table = _read_table(args, prefix="test_") if args.test_meta else None
+    splits = random_splits(len(table), table.refs, num_splits=args.splits, train_fraction=args.train_fraction,
+                           seed=args.split_seed)
+    results = run_protocol(table, splits, configs, settings, args.out, test_table=test_table,
+                           test_crops=args.test_crops, crop_mode=args.crop_mode, eval_seed=args.eval_seed)
+    by_reference = "by reference image" if table.refs is not None else "by image"
+    print(f"{args.splits} random {args.train_fraction:.0%} train splits ({by_reference}); "
+          f"test on {args.test_meta or 'the held-out part'}; median (mean +- std):")
+    for name, result in results.items():
+        print(format_summary(name, result["summary"]))
+
+
 def add_commands(subparsers) -> None:
     """Add ``loda`` and its subcommands to the ``iqa-adapter`` command line."""
-    loda = subparsers.add_parser("loda", help="LoDa IQA model: info, make-dataset, train, eval",
+    loda = subparsers.add_parser("loda", help="LoDa IQA model: info, make-dataset, train, eval, protocol",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = loda.add_subparsers(dest="loda_command", required=True)
 
@@ -290,13 +327,13 @@ def add_commands(subparsers) -> None:
     info.set_defaults(func=cmd_info)
 
     make = commands.add_parser("make-dataset", help="write a synthetic distortion dataset (pseudo-MOS from SSIM)")
-    make.add_argument("--out", required=True)
-    make.add_argument("--references", type=_positive_int, default=8, help="procedural clean images")
-    make.add_argument("--size", type=_positive_int, default=48, help="image side in pixels")
-    make.add_argument("--levels", type=_positive_int, default=5, help="levels per family (k / levels)")
+    make.add_argument("--out", type=_folder, required=True)
+    make.add_argument("--references", type=positive_int, default=8, help="procedural clean images")
+    make.add_argument("--size", type=positive_int, default=48, help="image side in pixels")
+    make.add_argument("--levels", type=positive_int, default=5, help="levels per family (k / levels)")
     make.add_argument("--families", default=None, help="comma-separated (default: all of iqa_adapter.distortions)")
     make.add_argument("--measure", choices=("ssim", "ms_ssim"), default="ssim")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--seed", type=seed, default=0)
     make.set_defaults(func=cmd_make_dataset)
 
     train = commands.add_parser("train", help="train LoDa (or a baseline) on an IQA dataset")
@@ -304,22 +341,38 @@ def add_commands(subparsers) -> None:
     _add_model_arguments(train)
     _add_recipe_arguments(train)
     _add_test_arguments(train)
-    train.add_argument("--out", required=True, help="checkpoint directory")
+    train.add_argument("--out", type=_folder, required=True, help="checkpoint folder")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--no-test", action="store_true", help="skip testing on the split's test part")
+    add_threads_option(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="test a checkpoint, or run the random-split protocol")
+    evaluate = commands.add_parser("eval", help="test a trained checkpoint on a dataset (SRCC, PLCC, KRCC, RMSE)")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="checkpoint folder to test (the --out of `loda train`; cross-dataset: trained on "
+                               "another dataset)")
     _add_data_arguments(evaluate)
-    _add_model_arguments(evaluate)
-    _add_recipe_arguments(evaluate)
-    _add_test_arguments(evaluate)
-    evaluate.add_argument("--checkpoint", default=None, help="checkpoint to test (cross-dataset: trained elsewhere)")
-    evaluate.add_argument("--protocol", action="store_true", help="train and test on --splits random splits")
-    evaluate.add_argument("--splits", type=_positive_int, default=10)
-    evaluate.add_argument("--variants", default="loda",
-                          help="comma-separated: loda,linear_probe,full_finetune,add_tokens")
-    evaluate.add_argument("--test-meta", default=None, help="protocol: test on this other dataset (cross-dataset)")
-    evaluate.add_argument("--test-root", default=None, help="image folder of --test-meta (default: its CSV's)")
-    evaluate.add_argument("--out", default=None, help="protocol: run directory; checkpoint: where to write eval.json")
+    _add_device_argument(_add_test_arguments(evaluate))
+    evaluate.add_argument("--out", type=_folder, default=None,
+                          help="folder to write eval.json (metrics and per-image scores) to")
+    add_threads_option(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    protocol = commands.add_parser("protocol", help="the paper's protocol: train and test LoDa and its baselines on "
+                                                    "random splits, summarised (median, mean +- std)")
+    _add_data_arguments(protocol, splits=False)
+    splits = protocol.add_argument_group("protocol")
+    splits.add_argument("--splits", type=positive_int, default=10,
+                        help="random train/test splits (by reference image when references are known)")
+    _add_random_split_arguments(splits)
+    splits.add_argument("--variants", default="loda",
+                        help="comma-separated: loda,linear_probe,full_finetune,add_tokens")
+    splits.add_argument("--test-meta", default=None, help="test on this other dataset instead (cross-dataset)")
+    splits.add_argument("--test-root", default=None, help="image folder of --test-meta (default: its CSV's)")
+    _add_model_arguments(protocol, variant=False)
+    _add_recipe_arguments(protocol)
+    _add_test_arguments(protocol)
+    protocol.add_argument("--out", type=_folder, required=True,
+                          help="run folder (running again skips finished runs and resumes an interrupted one)")
+    add_threads_option(protocol)
+    protocol.set_defaults(func=cmd_protocol)

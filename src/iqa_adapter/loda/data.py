@@ -16,29 +16,44 @@ horizontal and vertical flips; testing averages the scores of several random or 
 (:func:`crop_positions`). Images whose shorter side is below the crop size are first upscaled (bilinear,
 aspect kept) so that the shorter side equals it. Crop randomness comes from ``numpy`` seed sequences of
 (seed, epoch, item), so it is the same for any number of workers and after a resume.
+
+Unreadable images: :func:`drop_unreadable` decodes every image a run will use once, before it starts, and
+drops the rows of missing or corrupt ones from its splits (listing them in ``skipped.csv``), so one bad file
+is reported up front instead of failing a data-loading worker mid-training. It is deterministic, so a
+resumed run drops the same rows.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import math
 import pickle
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
+
+from ..images import ImageReadError, open_image, rgb_tensor
 
 IMAGE_COLUMNS = ("img_name", "image_name", "dist_name", "dis_img_path", "dist_img", "img_path", "image", "path",
                  "file_name", "filename")
 MOS_COLUMNS = ("mos", "dmos", "mos_z", "mos_zscore", "score")
 REF_COLUMNS = ("ref_name", "ref_img", "ref_img_name", "ref_img_path", "reference", "ref")
 SPLIT_PARTS = ("train", "val", "test")
+PART_NAMES = {"train": "training", "val": "validation", "test": "test"}
 CROP_MODES = ("random", "uniform")
+SKIPPED_FILE = "skipped.csv"
+SHOWN_SKIPPED = 3  # unreadable images named in the log line when there is no skipped.csv to list them
+logger = logging.getLogger("iqa_adapter.loda")
 
 Split = dict[str, list[int]]
 
@@ -86,8 +101,16 @@ def read_meta(csv_path: str | Path, root: str | Path | None = None, image_column
     """Read a meta CSV; ``lower_is_better`` negates the scores of DMOS-style labels."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"meta CSV {csv_path} does not exist")
-    frame = pd.read_csv(csv_path)
+        state = "is a folder" if csv_path.is_dir() else "does not exist"
+        raise IQADataError(f"meta CSV {csv_path} {state}; give the CSV file that lists the images and their MOS")
+    try:
+        frame = pd.read_csv(csv_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        detail = " ".join(str(error).split())  # pandas' messages can span lines
+        raise IQADataError(f"meta CSV {csv_path} cannot be read as CSV ({detail}); give a text CSV with a header row "
+                           "and one row per image") from None
+    if frame.empty:
+        raise IQADataError(f"meta CSV {csv_path} has no rows; give a CSV with one row per image")
     image = _find_column(frame, image_column, IMAGE_COLUMNS, "image path")
     mos = _find_column(frame, mos_column, MOS_COLUMNS, "score (MOS)")
     ref = _find_column(frame, ref_column, REF_COLUMNS, "reference image", required=False)
@@ -108,32 +131,61 @@ def split_from_column(table: IQATable, column: str) -> Split:
     return {part: np.flatnonzero(values == part).tolist() for part in SPLIT_PARTS}
 
 
-def read_split_file(path: str | Path, trust_pickle: bool = False) -> list[Split]:
-    """The splits of a JSON split file, or of pyiqa's split pickle when ``trust_pickle`` is set."""
+def read_split_file(path: str | Path, trust_pickle: bool = False, rows: int | None = None) -> list[Split]:
+    """The splits of a JSON split file, or of pyiqa's split pickle when ``trust_pickle`` is set; with ``rows``
+    (the meta CSV's row count), every index must be one of its rows."""
     path = Path(path)
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-    elif path.suffix.lower() in (".pkl", ".pickle"):
-        if not trust_pickle:
-            raise IQADataError(f"{path} is a pickle, and unpickling runs code from the file; pass --trust-pickle "
-                               "(trust_pickle=True) only for files you trust, or convert it to JSON")
-        with open(path, "rb") as handle:
-            data = pickle.load(handle)
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".pkl", ".pickle"):
         raise IQADataError(f"split file {path} must be .json (or a pyiqa .pkl with --trust-pickle)")
-    entries = [data[key] for key in sorted(data, key=lambda k: int(k))] if isinstance(data, dict) else list(data)
-    splits = []
-    for entry in entries:
-        if not isinstance(entry, dict) or "train" not in entry:
-            raise IQADataError(f"{path}: each split must be a dict with 'train' (and 'val' / 'test') index lists")
-        splits.append({part: [int(i) for i in entry.get(part) or []] for part in SPLIT_PARTS})
+    if suffix != ".json" and not trust_pickle:
+        raise IQADataError(f"{path} is a pickle, and unpickling runs code from the file; pass --trust-pickle "
+                           "(trust_pickle=True) only for files you trust, or convert it to JSON")
+    if not path.is_file():
+        raise IQADataError(f"split file {path} does not exist; check --split-file")
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise IQADataError(f"split file {path} is not valid JSON ({error}); fix or regenerate it") from None
+    else:
+        try:
+            with open(path, "rb") as handle:
+                data = pickle.load(handle)
+        except Exception as error:  # unpickling damaged data can raise almost anything
+            raise IQADataError(f"split file {path} cannot be unpickled ({type(error).__name__}: {error}); "
+                               "fix or regenerate it") from None
+    shape = (f"{path}: expected splits {{\"0\": {{\"train\": [...], \"val\": [...], \"test\": [...]}}, ...}} "
+             "(or a list of such dicts) with integer keys and row indices")
+    try:
+        entries = [data[key] for key in sorted(data, key=lambda k: int(k))] if isinstance(data, dict) else list(data)
+        splits = [{part: [int(i) for i in entry.get(part) or []] for part in SPLIT_PARTS}
+                  for entry in entries if isinstance(entry, dict) and "train" in entry]
+    except (TypeError, ValueError):
+        raise IQADataError(shape) from None
+    if len(splits) != len(entries) or not splits:
+        raise IQADataError(shape)
+    if rows is not None:
+        for k, split in enumerate(splits):
+            outside = [i for part in SPLIT_PARTS for i in split[part] if not 0 <= i < rows]
+            if outside:
+                raise IQADataError(f"{path}: split {k} has row index {outside[0]}, outside the meta CSV's {rows} rows "
+                                   f"(0 to {rows - 1}); the split file does not fit this meta CSV")
     return splits
+
+
+def check_train_fraction(name: str, value) -> float:
+    """``value`` as the train share of random splits: a number strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < 1:
+        raise IQADataError(f"{name} must be a number > 0 and < 1, got {value!r}")
+    return float(value)
 
 
 def random_splits(count: int, refs: list[str] | None = None, num_splits: int = 10, train_fraction: float = 0.8,
                   seed: int = 0) -> list[Split]:
     """``num_splits`` random train/test splits of ``count`` rows; with ``refs`` whole reference groups go
     to one side, so no reference image is in both."""
+    check_train_fraction("train_fraction", train_fraction)
     groups = refs if refs is not None else [str(i) for i in range(count)]
     if len(groups) != count:
         raise IQADataError(f"{len(groups)} reference names for {count} rows")
@@ -154,13 +206,68 @@ def random_splits(count: int, refs: list[str] | None = None, num_splits: int = 1
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """An image file as float32 (3, H, W) in [0, 1]."""
+    """An image file as float32 (3, H, W) in [0, 1] (16-bit grey images at full precision, not clipped).
+
+    Raises :class:`~iqa_adapter.images.ImageReadError` (a ValueError) naming the file and the problem."""
+    if not Path(path).exists():
+        raise ImageReadError(f"image {path} listed in the meta CSV does not exist; check --root (the folder the "
+                             "image paths are relative to; default: the meta CSV's folder)")
+    return rgb_tensor(open_image(path))
+
+
+def _read_problem(path: Path) -> str | None:
+    """Why the image file cannot be read, or None when it decodes."""
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} listed in the meta CSV does not exist; check --root") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+        open_image(path, name="image")
+    except ImageReadError as error:
+        return str(error)
+    return None
+
+
+def unreadable_images(paths: Iterable[Path]) -> dict[Path, str]:
+    """The image files that cannot be read, each with the reason: every file is decoded once, in threads
+    (PIL decodes without holding the GIL)."""
+    paths = sorted(set(paths))
+    with ThreadPoolExecutor() as pool:
+        problems = pool.map(_read_problem, paths)
+    return {path: problem for path, problem in zip(paths, problems) if problem is not None}
+
+
+def drop_unreadable(table: IQATable, splits: list[Split], out_dir: str | Path | None = None,
+                    test_table: IQATable | None = None) -> list[Split]:
+    """``splits`` without the rows whose image cannot be read (missing, empty, truncated, not an image).
+
+    Only the rows in ``splits`` are checked, each image decoded once; the test parts index ``test_table``
+    when given (cross-dataset), the other parts ``table``. Unreadable images are logged in one line and,
+    with ``out_dir``, listed (path, reason) in ``out_dir/skipped.csv`` (written only when there are some).
+    Raises :class:`IQADataError` when a part that had rows has no readable image left."""
+    def rows_table(part: str) -> IQATable:
+        return test_table if part == "test" and test_table is not None else table
+
+    used = {rows_table(part).paths[row] for split in splits for part, rows in split.items() for row in rows}
+    problems = unreadable_images(used)
+    kept = [{part: [row for row in rows if rows_table(part).paths[row] not in problems] for part, rows in split.items()}
+            for split in splits]
+    if not problems:
+        return kept
+    listing = Path(out_dir) / SKIPPED_FILE if out_dir is not None else None
+    entries = [f"{path}: {why}" for path, why in problems.items()]
+    listed = (f"listed in {listing}" if listing is not None
+              else "; ".join(entries[:SHOWN_SKIPPED]) + ("; ..." if len(entries) > SHOWN_SKIPPED else ""))
+    if listing is not None:
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        with open(listing, "w", newline="") as handle:
+            csv.writer(handle).writerows([("path", "reason"), *((str(p), why) for p, why in problems.items())])
+    for k, (split, left) in enumerate(zip(splits, kept)):
+        for part, rows in split.items():
+            if rows and not left[part]:
+                which = f"split {k}: " if len(splits) > 1 else ""
+                example = f"e.g. {entries[0]}; {listed}" if listing is not None else listed
+                raise IQADataError(f"{which}none of the {len(rows)} {PART_NAMES.get(part, part)} images can be read "
+                                   f"({len(problems)} unreadable: {example}); fix or replace the files, or check "
+                                   "--root")
+    logger.warning("skipped %d of %d images that cannot be read; %s", len(problems), len(used), listed)
+    return kept
 
 
 def fit_min_size(images: torch.Tensor, size: int) -> torch.Tensor:

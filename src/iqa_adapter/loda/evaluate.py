@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from .data import IQATable, EvalCrops, crop_positions, fit_min_size, take_crops
 
 METRICS = ("srcc", "plcc", "krcc", "rmse")
+LOGISTIC_PARAMETERS = 4
 
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
@@ -47,20 +48,22 @@ def fit_logistic(predictions: np.ndarray, mos: np.ndarray) -> np.ndarray:
     """The predictions mapped onto the MOS scale by the fitted 4-parameter logistic.
 
     The fit uses the analytic Jacobian: with finite differences it stalls when the mean prediction is
-    about 0 (the start value of b3, and typical of LoDa's cosine scores in [-1, 1]).
+    about 0 (the start value of b3, and typical of LoDa's cosine scores in [-1, 1]). Fewer than 4 points
+    (the logistic's parameters) get the straight-line fit.
     """
     x, y = np.asarray(predictions, dtype=np.float64), np.asarray(mos, dtype=np.float64)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)  # the covariance estimate of a degenerate fit
-            params, _ = curve_fit(logistic4, x, y, p0=[y.max(), y.min(), x.mean(), 0.5], jac=_logistic4_jacobian,
-                                  maxfev=20000)
-            mapped = logistic4(x, *params)
-        if np.all(np.isfinite(mapped)):
-            return mapped
-    except (RuntimeError, ValueError):
-        pass
+    if len(x) >= LOGISTIC_PARAMETERS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)  # the covariance estimate of a degenerate fit
+                params, _ = curve_fit(logistic4, x, y, p0=[y.max(), y.min(), x.mean(), 0.5],
+                                      jac=_logistic4_jacobian, maxfev=20000)
+                mapped = logistic4(x, *params)
+            if np.all(np.isfinite(mapped)):
+                return mapped
+        except (RuntimeError, ValueError):
+            pass
     slope, intercept = np.polyfit(x, y, 1)
     return slope * x + intercept
 

@@ -26,17 +26,16 @@ behaviour is ``bn_mode="official"``, whose drifted statistics are then saved wit
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
-from ..io_utils import atomic_write, write_json
+from ..io_utils import atomic_write, load_safetensors, read_json, write_json
 from .config import CNN_KEYS, VIT_KEYS, LoDaConfig
 
 CONFIG_FILE = "config.json"
@@ -189,16 +188,30 @@ def _check_backbone_fields(loaded: dict, expected: dict, source: str) -> None:
                               "with that backbone's architecture")
 
 
+def _unavailable_backbone(source: str, error: OSError) -> CheckpointError:
+    """The one-line error for a pretrained backbone (or its config) that cannot be loaded."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return CheckpointError(f"cannot load the pretrained backbone {source!r} ({first_line}); pretrained backbones need "
+                           "the internet, a filled Hugging Face cache or a local folder; offline, use --preset tiny or "
+                           "--backbone-init random")
+
+
+def pretrained_backbone_fields(config_class, source: str, keys: tuple[str, ...]) -> dict:
+    """The architecture fields ``keys`` of a pretrained backbone's config (hub id or folder)."""
+    try:
+        loaded = config_class.from_pretrained(source).to_dict()
+    except OSError as error:
+        raise _unavailable_backbone(source, error) from None
+    return {key: loaded[key] for key in keys}
+
+
 def _backbone(model_class, config_class, fields: dict, keys: tuple[str, ...], source: str | None, seed: int,
               meta: bool, **options) -> nn.Module:
     if source is not None and not meta:
         try:
             model = model_class.from_pretrained(source, **options)
         except OSError as error:
-            raise CheckpointError(
-                f"cannot load the pretrained backbone {source!r} ({error}). Pretrained backbones need the "
-                "internet or a filled Hugging Face cache; offline, use --preset tiny or --backbone-init random"
-            ) from None
+            raise _unavailable_backbone(source, error) from None
         _check_backbone_fields(model.config.to_dict(), {key: fields[key] for key in keys}, source)
         return model
     with torch.device("meta"):
@@ -367,7 +380,7 @@ class LoDa(nn.Module):
         directory = Path(directory)
         meta = read_checkpoint_config(directory)
         model = build_model(LoDaConfig.from_dict(meta["config"]))
-        model.load_trainable_state_dict(load_file(directory / WEIGHTS_FILE))
+        model.load_trainable_state_dict(load_safetensors(directory / WEIGHTS_FILE, "LoDa weights"))
         if verify and model.frozen_fingerprint() != meta["frozen_fingerprint"]:
             raise CheckpointError(
                 f"the frozen backbones rebuilt for {directory} differ from those it was trained with (fingerprint "
@@ -379,14 +392,18 @@ class LoDa(nn.Module):
 def read_checkpoint_config(directory: str | Path) -> dict:
     """The parsed ``config.json`` of a LoDa checkpoint directory."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a LoDa checkpoint: the folder does not exist (give the --out "
+                              "folder of `iqa-adapter loda train`)")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory} is not a LoDa checkpoint: {name} is missing (train one with "
                                   "`iqa-adapter loda train`)")
-    meta = json.loads((directory / CONFIG_FILE).read_text())
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{directory / CONFIG_FILE} is not a LoDa checkpoint config (format "
-                              f"{meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    meta = read_json(directory / CONFIG_FILE, "LoDa checkpoint config")
+    found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    if found != CHECKPOINT_FORMAT or "config" not in meta:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not a LoDa checkpoint config (format {found!r}, expected "
+                              f"{CHECKPOINT_FORMAT!r})")
     return meta
 
 

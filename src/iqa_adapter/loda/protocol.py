@@ -4,7 +4,9 @@ baselines alike, and summarise (median, mean +- std); optionally test on another
 Every (variant, split) run lives in ``out_dir/<variant>/split_<k>/``: a checkpoint, its training state
 and, once tested, ``test_predictions.json`` (rows, predictions, MOS) and ``metrics.json``. Running the
 protocol again skips finished runs and resumes an interrupted one, so a long protocol survives being
-stopped. The summary is written to ``out_dir/summary.json``.
+stopped. The summary is written to ``out_dir/summary.json``. Images that cannot be read are dropped from
+the splits before anything is trained (:func:`~iqa_adapter.loda.data.drop_unreadable`, listed in
+``out_dir/skipped.csv``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from ..io_utils import write_json
 from .config import LoDaConfig
-from .data import IQATable, Split
+from .data import IQATable, Split, drop_unreadable
 from .evaluate import correlation_metrics, format_summary, predict, summarize
 from .train import TrainSettings, train
 
@@ -27,19 +29,22 @@ def run_protocol(table: IQATable, splits: list[Split], configs: dict[str, LoDaCo
                  out_dir: str | Path, test_table: IQATable | None = None, test_crops: int = 15,
                  crop_mode: str = "random", eval_seed: int = 0) -> dict[str, dict]:
     """Train every config of ``configs`` (name -> config) on each split's train rows and test it on the
-    split's test rows, or on all rows of ``test_table`` (cross-dataset). Returns, per name, the metrics of
-    each split and their summary."""
+    split's test rows, or on all rows of ``test_table`` (cross-dataset), leaving out unreadable images.
+    Returns, per name, the metrics of each split and their summary."""
     out_dir = Path(out_dir)
+    target = test_table if test_table is not None else table
+    used = [{"train": split["train"], "test": list(range(len(test_table))) if test_table is not None else split["test"]}
+            for split in splits]
+    used = drop_unreadable(table, used, out_dir, test_table=test_table)
     results: dict[str, dict] = {}
     for name, config in configs.items():
         runs = []
-        for k, split in enumerate(splits):
+        for k, split in enumerate(used):
             run_dir = out_dir / name / f"split_{k}"
             if (run_dir / METRICS_FILE).is_file():
                 runs.append(json.loads((run_dir / METRICS_FILE).read_text()))
                 continue
-            target = test_table if test_table is not None else table
-            test_rows = list(range(len(test_table))) if test_table is not None else split["test"]
+            test_rows = split["test"]
             if not test_rows:
                 raise ValueError(f"split {k} has no test rows; give splits with a 'test' part")
             model = train(config, table, split["train"], settings, run_dir, resume=True)

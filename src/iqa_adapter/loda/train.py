@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
@@ -90,9 +90,13 @@ def _save_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, sc
 
 
 def _load_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, scheduler, identity: dict) -> dict:
-    with safe_open(out_dir / STATE_FILE, framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    try:
+        with safe_open(out_dir / STATE_FILE, framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except SafetensorError as error:
+        raise RunDirectoryError(f"{out_dir / STATE_FILE} cannot be read ({error}): the saved training state is "
+                                "damaged; delete it to train from the start, or train into a new --out") from None
     saved = json.loads(metadata["identity"])
     if saved != identity:
         changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
