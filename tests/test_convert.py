@@ -147,7 +147,7 @@ def test_imported_official_checkpoint_reproduces_official_outputs(tmp_path, pipe
     path = tmp_path / f"ckpt{suffix}"
     write(path, image_proj, ip_adapter, layout)
 
-    adapter = convert_official(path, unet, metrics, trust_pickle=True)
+    adapter = convert_official(path, unet, metrics, trust_pickle=True, encoding_frequencies=frequencies or None)
     assert (adapter.config.flag_feature, adapter.config.encoding_frequencies) == (flag, frequencies)
     assert adapter.config.projection == ("mlp" if mlp else "linear") and adapter.config.num_tokens == 2
 
@@ -177,11 +177,35 @@ def test_wrong_base_or_metrics_give_clear_errors(tmp_path, sd_pipe, sdxl_pipe):
     write(tmp_path / "ckpt.safetensors", image_proj, ip_adapter, "safetensors")
     with pytest.raises(AdapterMismatchError, match=r"width 32.*base UNet has 64"):
         convert_official(tmp_path / "ckpt.safetensors", sdxl_pipe.unet, two_metrics())
-    with pytest.raises(ValueError, match="check --metrics"):
+    with pytest.raises(ValueError, match="list the checkpoint's metrics in --metrics"):
         convert_official(tmp_path / "ckpt.safetensors", sd_pipe.unet, two_metrics() * 2)
     save_file({"something.weight": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not an official IQA-Adapter checkpoint"):
         read_official_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_one_metric_for_a_two_metric_checkpoint_is_refused_not_reinterpreted(tmp_path, sd_pipe):
+    """3 input features are 2 metrics + flag, or 1 metric with sinusoidal encoding L = 1: never guessed."""
+    image_proj, ip_adapter = official_checkpoint(sd_pipe.unet, 3)
+    write(tmp_path / "ckpt.safetensors", image_proj, ip_adapter, "safetensors")
+    with pytest.raises(ValueError, match=r"2 metrics with the flag feature.*1 metric\(s\) with sinusoidal encoding L=1"):
+        convert_official(tmp_path / "ckpt.safetensors", sd_pipe.unet, two_metrics()[:1])
+    confirmed = convert_official(tmp_path / "ckpt.safetensors", sd_pipe.unet, two_metrics()[:1], encoding_frequencies=1)
+    assert (confirmed.config.flag_feature, confirmed.config.encoding_frequencies) == (False, 1)
+    with pytest.raises(ValueError, match="L=2 do not give"):
+        convert_official(tmp_path / "ckpt.safetensors", sd_pipe.unet, two_metrics(), encoding_frequencies=2)
+
+
+def test_unreadable_checkpoints_are_named(tmp_path, sd_pipe):
+    torch.save({"a": torch.zeros(2)}, tmp_path / "pickle.safetensors")
+    with pytest.raises(ValueError, match="looks like a torch pickle file, not safetensors"):
+        read_official_checkpoint(tmp_path / "pickle.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.safetensors is not a readable safetensors file"):
+        read_official_checkpoint(tmp_path / "empty.safetensors")
+    torch.save({"a": ValueError("not a tensor")}, tmp_path / "objects.bin")
+    with pytest.raises(ValueError, match="holds more than tensors.*never unpickles"):
+        read_official_checkpoint(tmp_path / "objects.bin", trust_pickle=True)
 
 
 def test_full_sdxl_layout_matches_the_official_numbering():

@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from iqa_adapter.projection import LinearProjection, MLPProjection, quality_features

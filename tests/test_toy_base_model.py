@@ -99,7 +99,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path):
 
 def test_config_round_trip_and_unknown_keys():
     assert ToyBaseConfig.from_dict(json.loads(json.dumps(MINIATURE.to_dict()))) == MINIATURE
-    with pytest.raises(ValueError, match="unknown toy base config keys: colour"):
+    with pytest.raises(ValueError, match="toy base config has unknown keys: colour"):
         ToyBaseConfig.from_dict({"colour": 1})
 
 

@@ -16,7 +16,7 @@ _logging.getLogger("transformers.utils.import_utils").addFilter(_DropTorchvision
 
 from .adapter import AdapterMismatchError, IQAAdapter
 from .config import IQAAdapterConfig
-from .stats import MetricStats, QualityTargetError, cc3m_stats, load_stats_table
+from .stats import MetricStats, QualityTargetError, QualityTargetWarning, cc3m_stats, load_stats_table
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "IQAAdapterConfig",
     "MetricStats",
     "QualityTargetError",
+    "QualityTargetWarning",
     "cc3m_stats",
     "load_stats_table",
 ]

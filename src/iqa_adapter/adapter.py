@@ -27,10 +27,10 @@ import torch
 from diffusers.loaders import IPAdapterMixin
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .io_utils import atomic_write
+from .io_utils import atomic_write, load_safetensors
 from .config import CONFIG_NAME, WEIGHTS_NAME, CrossAttentionLayer, IQAAdapterConfig
 from .projection import build_projection, quality_features
 from .stats import MetricStats
@@ -181,8 +181,12 @@ class IQAAdapter(nn.Module):
             raise FileNotFoundError(f"{weights} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
         adapter = cls(config)
         adapter.source_directory = directory
-        state = load_file(weights)
-        missing, unexpected = adapter.load_state_dict(state, strict=False)
+        state = load_safetensors(weights, "adapter weights")
+        try:
+            missing, unexpected = adapter.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # tensor shapes that differ from the config's
+            raise ValueError(f"{weights} does not match {directory / CONFIG_NAME}: "
+                             f"{' '.join(str(error).split())[:300]}") from None
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not match {directory / CONFIG_NAME}: missing {sorted(missing)[:5]}, "

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .io_utils import read_json, reject_unknown_fields
 from .stats import MetricStats
 
 CONFIG_NAME = "config.json"
@@ -87,20 +88,40 @@ class IQAAdapterConfig:
         """Width of the projection's input, after the optional sinusoidal encoding."""
         return self.num_inputs * (1 + 2 * self.encoding_frequencies)
 
+    def describe_base_model(self, directory: str | Path | None = None) -> str:
+        """The base model the adapter was trained for; a path relative to the adapter's folder (as in adapters
+        shipped beside their base model, ``../base``) is shown with where it points."""
+        name = self.base_model
+        if name is None:
+            return "unknown"
+        if directory is not None and name.startswith(".") and (Path(directory) / name).exists():
+            return f"{name} (= {(Path(directory) / name).resolve()})"
+        return name
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["metrics"] = [m.to_dict() for m in self.metrics]
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "IQAAdapterConfig":
+    def from_dict(cls, data: dict, source: str = "adapter config") -> "IQAAdapterConfig":
+        """The config saved as ``data``; unknown or missing keys raise a ValueError naming ``source``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}")
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
             raise ValueError(f"adapter format version {version} is newer than this library supports "
                              f"({FORMAT_VERSION}); upgrade iqa-adapter")
-        data["layers"] = [CrossAttentionLayer(**layer) for layer in data["layers"]]
-        data["metrics"] = [MetricStats.from_dict(m) for m in data["metrics"]]
+        reject_unknown_fields(cls, data, source)
+        missing = sorted({"cross_attention_dim", "layers", "metrics"} - set(data))
+        if missing:
+            raise ValueError(f"{source} lacks the keys {', '.join(missing)}; save the adapter again")
+        try:
+            data["layers"] = [CrossAttentionLayer(**layer) for layer in data["layers"]]
+            data["metrics"] = [MetricStats.from_dict(m) for m in data["metrics"]]
+        except (TypeError, KeyError, AttributeError) as error:
+            raise ValueError(f"{source} has a malformed layer or metric entry ({error}); save the adapter again") from None
         return cls(**data)
 
     def save_to_file(self, path: str | Path) -> None:
@@ -111,4 +132,4 @@ class IQAAdapterConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json(path, "adapter config"), source=f"adapter config {path}")

@@ -15,19 +15,48 @@ Torch pickle files are read only with ``trust_pickle=True`` (and then with ``wei
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .adapter import AdapterMismatchError, IQAAdapter, cross_attention_layers, describe_width
 from .config import IQAAdapterConfig
+from .io_utils import load_safetensors
 from .stats import MetricStats
 
 _KV_KEY = re.compile(r"^(\d+)\.to_([kv])_ip(?:\.0)?\.weight$")
 _PREFIXES = (("image_proj.", "ip_adapter."), ("qual_proj_model.", "adapter_modules."))
+
+
+def _read_flat(path: Path, trust_pickle: bool) -> dict:
+    """The tensors of a checkpoint file by key (safetensors, or a torch pickle read with ``weights_only``)."""
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, "checkpoint")
+    if not trust_pickle:
+        raise ValueError(
+            f"{path} is a torch pickle file, which can run code when loaded; pass --trust-pickle "
+            "(trust_pickle=True) if it comes from a source you trust, or convert it to safetensors"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise ValueError(f"{path} holds more than tensors, and torch refused to load it with weights_only=True "
+                         f"({' '.join(first_line.split())[:200]}); this tool never unpickles arbitrary objects: "
+                         "save its state dict alone, or as safetensors, where it was made") from None
+    except (RuntimeError, EOFError, OSError) as error:  # a truncated zip or a file that is no torch pickle at all
+        raise ValueError(f"{path} is not a readable torch checkpoint ({' '.join(str(error).split())[:200]}): "
+                         "the file is truncated or corrupt") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, not a dict of tensors")
+    if "image_proj" in loaded and "ip_adapter" in loaded:
+        flat = {f"image_proj.{k}": v for k, v in loaded["image_proj"].items()}
+        flat.update({f"ip_adapter.{k}": v for k, v in loaded["ip_adapter"].items()})
+        return flat
+    return loaded
 
 
 def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict, dict]:
@@ -35,20 +64,7 @@ def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tu
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        flat = load_file(path)
-    else:
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} is a torch pickle file, which can run code when loaded; pass --trust-pickle "
-                "(trust_pickle=True) if it comes from a source you trust, or convert it to safetensors"
-            )
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if "image_proj" in loaded and "ip_adapter" in loaded:
-            flat = {f"image_proj.{k}": v for k, v in loaded["image_proj"].items()}
-            flat.update({f"ip_adapter.{k}": v for k, v in loaded["ip_adapter"].items()})
-        else:
-            flat = loaded
+    flat = _read_flat(path, trust_pickle)
     for projection_prefix, layers_prefix in _PREFIXES:
         if any(key.startswith(projection_prefix) for key in flat):
             break
@@ -68,19 +84,34 @@ def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tu
     return projection, kv
 
 
-def _infer_features(in_features: int, num_metrics: int) -> tuple[bool, int]:
+def _infer_features(in_features: int, num_metrics: int, encoding_frequencies: int | None = None) -> tuple[bool, int]:
     """(flag_feature, encoding_frequencies) such that (D + flag) * (2L + 1) == in_features.
 
-    Unambiguous: of D and D + 1 one is even, and an odd multiple of an even number is even while an odd
-    multiple of an odd number is odd.
+    For a given L the flag is unambiguous (of D and D + 1 only one can divide in_features / (2L + 1)). L is
+    inferred only when it is 0 (in_features is D or D + 1): a wider projection could also be another number of
+    metrics with the flag, so the sinusoidal encoding must then be confirmed with ``encoding_frequencies``.
     """
+    if encoding_frequencies is None:
+        for flag in (False, True):
+            if in_features == num_metrics + int(flag):
+                return flag, 0
+        readings = [f"{in_features - 1} metrics with the flag feature", f"{in_features} metrics without it"]
+        readings += [f"{num_metrics} metric(s) with sinusoidal encoding L={(in_features // (num_metrics + flag) - 1) // 2}"
+                     f"{' and the flag' if flag else ''}"
+                     for flag in (0, 1) if in_features % (num_metrics + flag) == 0
+                     and (in_features // (num_metrics + flag) - 1) % 2 == 0]
+        raise ValueError(
+            f"the checkpoint's projection takes {in_features} features, not {num_metrics} (+1 with the flag feature) "
+            f"as {num_metrics} metric(s) would give: it may be {', or '.join(readings)}; list the checkpoint's metrics "
+            "in --metrics, or confirm a sinusoidal encoding with --encoding-frequencies L")
+    width = 2 * encoding_frequencies + 1
     for flag in (False, True):
-        inputs = num_metrics + int(flag)
-        if in_features % inputs == 0 and (in_features // inputs - 1) % 2 == 0:
-            return flag, (in_features // inputs - 1) // 2
+        if in_features == (num_metrics + int(flag)) * width:
+            return flag, encoding_frequencies
     raise ValueError(
-        f"the checkpoint's projection takes {in_features} features, which no layout of {num_metrics} metric(s) "
-        "(with or without the flag feature and sinusoidal encoding) gives: check --metrics"
+        f"the checkpoint's projection takes {in_features} features, which {num_metrics} metric(s) with sinusoidal "
+        f"encoding L={encoding_frequencies} do not give ({num_metrics * width} or {(num_metrics + 1) * width} with "
+        "the flag feature): check --metrics and --encoding-frequencies"
     )
 
 
@@ -92,11 +123,14 @@ def convert_official(
     trust_pickle: bool = False,
     base_model: str | None = None,
     default_scale: float = 0.5,
+    encoding_frequencies: int | None = None,
 ) -> IQAAdapter:
     """An :class:`IQAAdapter` holding the weights of an official checkpoint for this UNet architecture.
 
     ``unet`` only provides the layer structure (a UNet built on the ``meta`` device is enough);
-    ``metrics`` are the metrics the checkpoint was trained on, in its feature order.
+    ``metrics`` are the metrics the checkpoint was trained on, in its feature order. ``encoding_frequencies``
+    confirms a sinusoidal encoding when the projection's width leaves the layout ambiguous
+    (:func:`_infer_features`).
     """
     projection, kv = read_official_checkpoint(path, trust_pickle)
     mlp = "proj.0.weight" in projection
@@ -110,7 +144,7 @@ def convert_official(
             f"checkpoint {path} has cross-attention width {describe_width(width)}, the base UNet has "
             f"{describe_width(unet_width)}: use the base model the checkpoint was trained for"
         )
-    flag, frequencies = _infer_features(projection[first].shape[1], len(metrics))
+    flag, frequencies = _infer_features(projection[first].shape[1], len(metrics), encoding_frequencies)
     layers = cross_attention_layers(unet)
     processor_ids = {name.removesuffix(".processor"): index for index, name in enumerate(unet.attn_processors)}
     expected_ids = [processor_ids[layer.name] for layer in layers]

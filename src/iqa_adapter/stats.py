@@ -25,6 +25,10 @@ class QualityTargetError(ValueError):
     """A quality target that cannot be converted; the message lists what is valid."""
 
 
+class QualityTargetWarning(UserWarning):
+    """A quality target outside the scores the adapter was trained on."""
+
+
 @dataclass(frozen=True)
 class MetricStats:
     """Distribution of one metric over a training set.
@@ -57,10 +61,9 @@ class MetricStats:
         table = sorted(self.percentiles)
         low, high = table[0], table[-1]
         if not low <= percentile <= high:
-            listed = ", ".join(f"{p:g}" for p in table)
             raise QualityTargetError(
                 f"percentile p{percentile:g} for metric {self.name!r} is outside the adapter's table: valid "
-                f"percentiles are p{low:g} to p{high:g} (interpolated between {listed})"
+                f"percentiles are p{low:g} to p{high:g} ({len(table)} table entries, interpolated between them)"
             )
         data_percentile = percentile if self.higher_is_better else 100.0 - percentile
         if not self.higher_is_better and not low <= data_percentile <= high:
@@ -69,6 +72,12 @@ class MetricStats:
                 f"p{data_percentile:g}, outside the table p{low:g} to p{high:g}"
             )
         return float(np.interp(data_percentile, table, [self.percentiles[p] for p in table]))
+
+    def raw_range(self) -> tuple[float, float]:
+        """The raw scores of the training data, (min, max); mean -/+ 4 std when the statistics lack them."""
+        if self.min is not None and self.max is not None:
+            return float(self.min), float(self.max)
+        return self.mean - 4 * self.std, self.mean + 4 * self.std
 
     def z_from_percentile(self, percentile: float) -> float:
         """Z-score of the raw value at a quality percentile."""
@@ -87,6 +96,9 @@ class MetricStats:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MetricStats":
+        unknown = sorted(set(data) - {"name", "mean", "std", "higher_is_better", "min", "max", "percentiles"})
+        if unknown:
+            raise ValueError(f"metric statistics {data.get('name', '')!r}: unknown keys {', '.join(unknown)}")
         return cls(
             name=data["name"],
             mean=float(data["mean"]),

@@ -10,10 +10,10 @@ A target for one metric is written as
 from __future__ import annotations
 
 import math
-
+import warnings
 from collections.abc import Mapping, Sequence
 
-from .stats import MetricStats, QualityTargetError
+from .stats import MetricStats, QualityTargetError, QualityTargetWarning
 
 QualityTarget = str | float
 """One metric's target: ``"p99"``, ``"z2.0"``, ``"0.73"`` or a float (raw value)."""
@@ -36,9 +36,14 @@ def target_to_z(target: QualityTarget, stats: MetricStats) -> float:
         raise QualityTargetError(f"quality target {target!r} for metric {stats.name!r} is not a finite number")
     if kind == "p":
         return stats.z_from_percentile(value)
-    if kind == "z":
-        return value
-    return stats.z_from_raw(value)
+    z = value if kind == "z" else stats.z_from_raw(value)
+    low, high = (stats.z_from_raw(raw) for raw in stats.raw_range())
+    if not low <= z <= high:
+        warnings.warn(
+            f"quality target {target!r} for {stats.name!r} (z = {z:.4g}) lies outside the scores the adapter was "
+            f"trained on (z {low:.3g} to {high:.3g}); the adapter never saw it, so expect unpredictable images",
+            QualityTargetWarning, stacklevel=3)
+    return z
 
 
 def targets_to_z(targets: Mapping[str, QualityTarget], metrics: Sequence[MetricStats],
