@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,33 @@ def test_generate_is_reproducible_and_records_settings(sd_pipe):
     settings = first[0].settings
     assert settings["seed"] == 7 and settings["negative_quality"] == 1.0 and settings["scale"] == 0.5
     assert settings["quality_z"]["sharp"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(steps=0), "steps must be an integer >= 1, got 0"),
+    (dict(steps=-1), "steps must be an integer >= 1"),
+    (dict(guidance=float("nan")), "guidance must be a finite number"),
+    (dict(scale=float("nan")), "scale must be a finite number"),
+    (dict(scale={"up": "abc"}), "scale['up'] must be a finite number"),
+    (dict(num_images=0), "num_images must be an integer >= 1"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(height=0), "height must be an integer >= 2"),  # the tiny VAE's scale factor is 2
+    (dict(width=35), "width must be a multiple of 2 (the VAE's scale factor), got 35"),
+    (dict(seed=-1), "seed must be an integer >= 0"),
+    (dict(negative_quality=-1.0), "negative_quality must be a number >= 0"),
+])
+def test_generate_validates_its_settings_before_any_work(sd_pipe, setting, message):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(sd_pipe, adapter, "a red circle", P99, progress=False, **setting)
+    assert not adapter.is_attached
+
+
+def test_targets_that_overflow_the_projection_are_refused(sd_pipe):
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    with pytest.warns(UserWarning, match="outside the scores the adapter was trained on"):
+        with pytest.raises(ValueError, match="features overflow in float32"):
+            generate(sd_pipe, adapter, "a red circle", {"sharp": 1e30, "aes": "p50"}, steps=1, progress=False)
 
 
 def test_generate_refuses_an_adapter_attached_elsewhere(sd_pipe):

@@ -75,13 +75,13 @@ def test_convert_official_cli_and_info(tmp_path, model_dirs, capsys):
     assert converted.z_scores({"topiq_nr": "p99", "laion_aes": "p50"})[0] == pytest.approx(2.011, abs=1e-3)
     capsys.readouterr()
     assert main(["info", "--adapter", str(tmp_path / "converted")]) == 0
-    assert "topiq_nr: mean 0.5492" in capsys.readouterr().out
+    assert "topiq_nr (higher is better): mean 0.5492" in capsys.readouterr().out
 
 
 def test_convert_official_rejects_unknown_metric(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no statistics for \\['topiq'\\]"):
-        main(["convert-official", "--checkpoint", "x.safetensors", "--base", "sd15", "--metrics", "topiq",
-              "--out", str(tmp_path)])
+    assert main(["convert-official", "--checkpoint", "x.safetensors", "--base", "sd15", "--metrics", "topiq",
+                 "--out", str(tmp_path)]) == 2
+    assert "no statistics for ['topiq']" in capsys.readouterr().err
 
 
 def test_metrics_lists_directions_and_ranges(capsys):
@@ -92,17 +92,22 @@ def test_metrics_lists_directions_and_ranges(capsys):
     assert rows["sharpness"][5] == "yes" and rows["piqe"][5] == "no"
 
 
-def test_niqe_fit_then_annotate_with_metric_options(tmp_path, capsys):
-    import pandas as pd
-
-    data = tmp_path / "data"
+def write_textures(data, count: int):
+    """``count`` smooth random 64x64 textures with captions, enough for a NIQE fit with 32 px patches."""
     data.mkdir()
     generator = torch.Generator().manual_seed(0)
-    for index in range(4):
+    for index in range(count):
         smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=generator), size=64, mode="bicubic")
         pixels = (smooth.clamp(0, 1)[0].permute(1, 2, 0) * 255).round().byte().numpy()
         Image.fromarray(pixels).save(data / f"{index}.png")
         (data / f"{index}.txt").write_text(f"texture {index}")
+
+
+def test_niqe_fit_then_annotate_with_metric_options(tmp_path, capsys):
+    import pandas as pd
+
+    data = tmp_path / "data"
+    write_textures(data, 4)
     params = tmp_path / "niqe.safetensors"
     assert main(["niqe-fit", "--images", str(data), "--out", str(params), "--patch-size", "32"]) == 0
     assert f"niqe.params={params}" in capsys.readouterr().out
@@ -125,6 +130,17 @@ def test_annotate_errors_name_the_problem(tmp_path, capsys):
     assert "METRIC.OPTION=VALUE" in capsys.readouterr().err
 
 
+def test_a_failed_start_leaves_no_job_that_refuses_the_corrected_command(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_textures(data, 3)
+    command = ["annotate", "--data", str(data), "--metrics", "niqe,sharpness", "--out", str(tmp_path / "o"),
+               "--workers", "0", "--no-progress"]
+    assert main(command) == 2 and "niqe.params=FILE" in capsys.readouterr().err
+    params = tmp_path / "niqe.safetensors"
+    assert main(["niqe-fit", "--images", str(data), "--out", str(params), "--patch-size", "32"]) == 0
+    assert main(command + ["--metric-option", f"niqe.params={params}"]) == 0
+
+
 def test_evaluate_writes_the_report(tmp_path, model_dirs, capsys):
     base, adapter = model_dirs
     out = tmp_path / "eval"
@@ -144,3 +160,96 @@ def test_atomic_writes_have_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------- behaviour a new user meets (toy world)
+
+
+def toy_generate(out, *extra: str) -> list[str]:
+    return ["generate", "--prompt", "a red circle", "--quality", "loda=p99", "--steps", "2", "--out", str(out), *extra]
+
+
+def test_an_output_folder_never_mixes_two_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(toy_generate(out, "--num-images", "3")) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert main(toy_generate(out, "--num-images", "2")) == 2
+    assert "already holds 6 files of an earlier run" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert main(toy_generate(out, "--num-images", "2", "--overwrite")) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["0000.json", "0000.png", "0001.json", "0001.png", "notes.txt"]
+
+
+def test_init_image_is_generated_at_the_requested_size(tmp_path, capsys):
+    Image.new("RGB", (600, 400), (30, 200, 30)).save(tmp_path / "large.png")
+    assert main(toy_generate(tmp_path / "a", "--init-image", str(tmp_path / "large.png"))) == 0
+    assert "--init-image resized from 600x400 to 32x32" in capsys.readouterr().out
+    assert Image.open(tmp_path / "a" / "0000.png").size == (32, 32)  # the toy base model's size
+    assert main(toy_generate(tmp_path / "b", "--init-image", str(tmp_path / "large.png"), "--width", "48",
+                             "--height", "24")) == 0
+    assert Image.open(tmp_path / "b" / "0000.png").size == (48, 24)
+
+
+def test_info_shows_targets_in_quality_order(capsys):
+    from iqa_adapter.toy.world import shipped_world
+
+    world = shipped_world()
+    assert main(["info", "--adapter", str(world.adapter)]) == 0
+    out = capsys.readouterr().out
+    niqe = IQAAdapter.from_pretrained(world.adapter).config.metrics[1]
+    assert niqe.name == "niqe" and not niqe.higher_is_better
+    line = next(line for line in out.splitlines() if line.strip().startswith("p1 =") and
+                f"p99 = {niqe.raw_from_percentile(99):.4g}" in line)
+    assert f"p1 = {niqe.raw_from_percentile(1):.4g}" in line
+    assert niqe.raw_from_percentile(99) < niqe.raw_from_percentile(1)  # lower NIQE is better: p99 is the low end
+    assert "niqe (lower is better)" in out
+
+
+@pytest.mark.parametrize("target", ["z1000", "500"])
+def test_targets_outside_the_training_scores_warn(tmp_path, capsys, target):
+    assert main(toy_generate(tmp_path / "out", "--quality", f"niqe={target}", "--no-progress")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: quality target '{target}' for 'niqe'" in err and "outside the scores the adapter was trained on" in err
+
+
+def test_no_progress_is_quiet_and_counts_are_plural_aware(tmp_path, capsys):
+    assert main(toy_generate(tmp_path / "out", "--no-progress")) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "wrote 1 image with JSON sidecars" in out
+
+
+def test_toy_world_runs_on_one_thread_unless_told(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        assert main(toy_generate(tmp_path / "a", "--no-progress")) == 0
+        assert torch.get_num_threads() == 1
+        assert main(toy_generate(tmp_path / "b", "--no-progress", "--threads", "2")) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_evaluate_defaults_to_the_toy_world(tmp_path, capsys):
+    assert main(["evaluate", "--metrics", "sharpness", "--prompt", "a red circle", "--seeds", "1", "--steps", "2",
+                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["target_metrics"] == ["loda", "niqe"] and "embedded toy world" in capsys.readouterr().out
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_fix(monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    from iqa_adapter import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hub.hub_reachable.cache_clear()
+    try:
+        assert main(["generate", "--base", "someone/some-model", "--no-adapter", "--prompt", "x",
+                     "--out", str(tmp_path / "out")]) == 2
+    finally:
+        hub.hub_reachable.cache_clear()
+    err = capsys.readouterr().err
+    assert "the Hugging Face Hub (http://127.0.0.1:9) cannot be reached, and it is not in the local cache" in err

@@ -288,6 +288,23 @@ def test_run_folders_are_not_overwritten_and_resume_checks_settings(world, tmp_p
     assert pd.read_csv(out / "logs" / "train_log.csv")["step"].tolist() == [1, 2, 3, 4]
 
 
+def test_the_readme_resume_workflow_works_with_relative_paths(world, tmp_path, monkeypatch):
+    """train --out runs/stage1 (a folder that does not exist yet), then the same command with --resume latest."""
+    from iqa_adapter.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    command = ["train", "--base", str(world / "sd"), "--data", str(world / "data"), "--scores", str(world / "scores"),
+               "--metrics", "noise,colorfulness", "--resolution", "32", "--batch-size", "4", "--workers", "0",
+               "--checkpoint-every", "1", "--no-progress", "--out", "runs/stage1", "--cache-dir", "runs/cache"]
+    assert main(command + ["--max-steps", "2"]) == 0
+    assert main(command + ["--max-steps", "4", "--resume", "latest"]) == 0
+    assert [path.name for path in list_checkpoints(tmp_path / "runs" / "stage1")][-1] == "step_00000004"
+    # a run recorded by an older version, with the relative path itself, resumes as well
+    saved = tmp_path / "runs" / "stage1" / "train_config.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "out": "runs/stage1", "cache_dir": "runs/cache"}))
+    assert main(command + ["--max-steps", "5", "--resume", "latest"]) == 0
+
+
 def test_errors_name_the_problem(world, tmp_path):
     with pytest.raises(ValueError, match="no column for sharpness"):
         train(config(world, tmp_path / "a", metrics=["sharpness"]))

@@ -1,30 +1,81 @@
-"""The ``iqa-adapter`` command line."""
+"""The ``iqa-adapter`` command line.
+
+Every command checks its options and input files before it loads a model, and reports a problem as one line,
+``error: ...``, with exit code 2 (usage errors included); set ``IQA_ADAPTER_DEBUG=1`` for the full traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from .images import DEFAULT_MAX_PIXELS
+from .runtime import add_threads_option, apply_threads, hide_loading_bars, resolve_device
 from .stats import QualityTargetError
 from .toy.world import GUIDANCE_SCALE as TOY_GUIDANCE
 from .toy.world import SAMPLING_STEPS as TOY_STEPS
+from .validation import (check_scale, finite_number, fraction, non_negative_int, non_negative_number, positive_int,
+                         positive_number, seed)
 
 DEFAULT_STEPS = 35
 DEFAULT_GUIDANCE = 7.5
+DEBUG_VARIABLE = "IQA_ADAPTER_DEBUG"
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors that point to the command's help; exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class StoreOnce(argparse.Action):
+    """An option that may be given once: a second occurrence is an error, not silently dropped."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} is given twice; give it once")
+        setattr(namespace, self.dest, values)
 
 
 def _scale(text: str):
-    """``--scale 0.5`` or a per-block JSON dict ``--scale '{"up": {"block_0": [0, 1, 0]}}'``."""
+    """``--scale 0.5`` or a per-block JSON dict ``--scale '{"up": {"block_0": [0, 1, 0]}}'``, checked."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         try:
-            return json.loads(text)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            raise argparse.ArgumentTypeError(f"--scale takes a number or a JSON dict of per-block scales, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"takes a number >= 0 or a JSON dict of per-block scales, got {text!r}") from None
+    try:
+        return check_scale("scale", value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("scale ")) from None
+
+
+def _window(text: str) -> tuple[float, float]:
+    """``--guidance-window START,END`` with 0 <= START < END <= 1."""
+    start, _, end = text.partition(",")
+    try:
+        window = (float(start), float(end or 1.0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes START,END (fractions of sampling, e.g. 0.5,1), got {text!r}") from None
+    if not 0.0 <= window[0] < window[1] <= 1.0:
+        raise argparse.ArgumentTypeError(f"must satisfy 0 <= START < END <= 1, got {text!r}")
+    return window
+
+
+def _resize(text: str) -> int | None:
+    """``--resize 512`` or ``none``."""
+    if text.strip().lower() in ("none", "native"):
+        return None
+    return positive_int(text)
 
 
 def _torch_dtype(name: str | None, device: str):
@@ -35,20 +86,23 @@ def _torch_dtype(name: str | None, device: str):
     dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if name not in dtypes:
-        raise SystemExit(f"error: --dtype must be one of {sorted(dtypes)}")
+        raise ValueError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
     return dtypes[name]
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _qualities(args) -> tuple[list[dict], str | None]:
     from .targets import parse_quality_assignment
 
-    fixed = dict(parse_quality_assignment(item) for item in args.quality)
+    fixed: dict[str, str] = {}
+    for item in args.quality:
+        metric, target = parse_quality_assignment(item)
+        if metric in fixed:
+            raise QualityTargetError(f"--quality gives {metric!r} twice ({fixed[metric]} and {target}); give it once")
+        fixed[metric] = target
     if args.sweep is None:
         return [fixed], None
     metric, targets = parse_quality_assignment(args.sweep)
@@ -66,42 +120,53 @@ def _iqa_guidance(args, device: str):
     from .guidance import IQAGuidance
     from .metrics import create_metric
 
-    start, _, end = args.guidance_window.partition(",")
     metric = create_metric(args.guidance_metric, device=device).eval()
-    return IQAGuidance(metric, alpha=args.guidance_alpha, window=(float(start), float(end or 1.0)),
+    return IQAGuidance(metric, alpha=args.guidance_alpha, window=args.guidance_window,
                        decode_scale=args.guidance_decode_scale, checkpointing=not args.no_guidance_checkpointing)
 
 
-def _resolve_model_and_sampling(args) -> None:
-    """Fill in the base model, adapter and sampling settings a call leaves out. Without --base, generate uses the
-    embedded toy world: its base model, its sampling settings and, unless --adapter or --no-adapter is given,
-    its score adapter (or its reference adapter when --reference is given)."""
+def _resolve_model_and_sampling(args, reference: bool = False) -> bool:
+    """Fill in the base model, adapter and sampling settings a call leaves out; returns whether the embedded toy
+    world is used. Without --base, the embedded toy world gives its base model, its sampling settings and, unless
+    --adapter (or --no-adapter) is given, its score adapter (its reference adapter when ``reference``)."""
     if args.base is not None:
-        args.steps = args.steps or DEFAULT_STEPS
-        args.guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
-        return
+        args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+        args.guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+        return False
     from .toy.world import shipped_world
 
     world = shipped_world().check()
     args.base = str(world.base)
-    args.steps = args.steps or TOY_STEPS
-    args.guidance = args.guidance if args.guidance is not None else TOY_GUIDANCE
-    if args.adapter is None and not args.no_adapter:
-        args.adapter = str(world.reference_adapter if args.reference else world.adapter)
+    args.steps = TOY_STEPS if args.steps is None else args.steps
+    args.guidance = TOY_GUIDANCE if args.guidance is None else args.guidance
+    if args.adapter is None and not getattr(args, "no_adapter", False):
+        args.adapter = str(world.reference_adapter if reference else world.adapter)
     print(f"using the embedded toy world ({world.root}); give --base and --adapter for your own models")
+    return True
+
+
+def _read_images(paths: list[str], option: str) -> list:
+    """The images named by an option, read before any model is loaded (errors name the option and the file)."""
+    from .images import open_image
+
+    return [open_image(path, name=f"{option} {path!r}") for path in paths]
 
 
 def cmd_generate(args) -> None:
     from .adapter import IQAAdapter
-    from .generation import generate, save_images, sweep_grid
+    from .generation import check_output_folder, fit_init_image, generate, save_images, sweep_grid
     from .pipelines import load_pipeline
 
-    device = args.device or _default_device()
+    device = resolve_device(args.device)
     dtype = _torch_dtype(args.dtype, device)
-    _resolve_model_and_sampling(args)
+    check_output_folder(args.out, args.overwrite)
+    toy = _resolve_model_and_sampling(args, reference=bool(args.reference))
+    apply_threads(args.threads, toy=toy)
+    if args.negative_reference and not args.reference:
+        raise ValueError("--negative-reference goes with --reference")
     if args.no_adapter:
-        if args.quality or args.sweep or args.reference:
-            raise ValueError("--quality, --sweep and --reference need an adapter; drop --no-adapter")
+        if args.quality or args.sweep or args.reference or args.negative_quality is not None:
+            raise ValueError("--quality, --sweep, --negative-quality and --reference need an adapter; drop --no-adapter")
         adapter, qualities, sweep_metric = None, None, None
     else:
         if args.adapter is None:
@@ -120,35 +185,40 @@ def cmd_generate(args) -> None:
                 adapter.z_scores(quality)
     references = {}
     if args.reference:
-        from PIL import Image
-
-        references = {"references": [Image.open(path).convert("RGB") for path in args.reference],
-                      "negative_reference": Image.open(args.negative_reference).convert("RGB")
-                      if args.negative_reference else None}
+        negative = _read_images([args.negative_reference], "--negative-reference") if args.negative_reference else [None]
+        references = {"references": _read_images(args.reference, "--reference"), "negative_reference": negative[0]}
+    init_image = _read_images([args.init_image], "--init-image")[0] if args.init_image else None
+    if args.no_progress:
+        hide_loading_bars()
     iqa_guidance = _iqa_guidance(args, device)
     pipe = load_pipeline(args.base, device, dtype)
     if adapter is not None:
         adapter.attach(pipe, scale=args.scale)
     extra = {}
-    if args.init_image:
+    if init_image is not None:
         from diffusers import AutoPipelineForImage2Image
-        from PIL import Image
 
         pipe = AutoPipelineForImage2Image.from_pipe(pipe)  # the same components, adapter included
-        extra = {"image": Image.open(args.init_image).convert("RGB"), "strength": args.strength}
+        fitted = fit_init_image(init_image, pipe, args.width, args.height)
+        if fitted.size != init_image.size:
+            print(f"--init-image resized from {init_image.width}x{init_image.height} to {fitted.width}x{fitted.height} "
+                  "(the size to generate: --width/--height, default the base model's)")
+        extra = {"image": fitted, "strength": args.strength}
     started = time.perf_counter()
     results = generate(
         pipe, adapter, args.prompt, qualities,
         negative_prompt=args.negative_prompt, negative_quality=args.negative_quality, seed=args.seed,
         num_images=args.num_images, steps=args.steps, guidance=args.guidance, height=args.height,
-        width=args.width, batch_size=args.batch_size, iqa_guidance=iqa_guidance, **references, **extra,
+        width=args.width, batch_size=args.batch_size, iqa_guidance=iqa_guidance, progress=not args.no_progress,
+        **references, **extra,
     )
     elapsed = time.perf_counter() - started
-    paths = save_images(results, args.out, extra={
+    paths = save_images(results, args.out, overwrite=args.overwrite, extra={
         "base": args.base, "adapter": args.adapter and str(args.adapter), "reference_files": args.reference,
         "negative_reference_file": args.negative_reference, "init_image": args.init_image,
         "strength": args.strength if args.init_image else None})
-    print(f"wrote {len(paths)} images with JSON sidecars to {args.out} ({elapsed:.1f} s)")
+    print(f"wrote {_plural(len(paths), 'image')} with JSON sidecars to {args.out} ({elapsed:.1f} s, "
+          f"{len(paths) / max(elapsed, 1e-9):.2f} images/s)")
     if sweep_metric is not None:
         grid_path = Path(args.out) / f"sweep_{sweep_metric}.png"
         sweep_grid(results, sweep_metric).save(grid_path)
@@ -161,13 +231,17 @@ def load_unet_structure(base: str):
     from diffusers import UNet2DConditionModel
 
     from .architectures import UNET_CONFIGS, unet_from_config
+    from .hub import loading_options, not_found_message
 
     if base in UNET_CONFIGS:
         return unet_from_config(base, device="meta")
+    options = loading_options(base)
     try:
-        config = UNet2DConditionModel.load_config(base, subfolder="unet")
-    except OSError as error:
-        raise SystemExit(f"error: cannot read the UNet config of {base!r}: {error}") from None
+        config = UNet2DConditionModel.load_config(base, subfolder="unet", **options)
+    except (OSError, ValueError) as error:
+        if options:
+            raise ValueError(not_found_message(base, "the base model")) from None
+        raise ValueError(f"cannot read the UNet config of {base!r}: {' '.join(str(error).split())}") from None
     with torch.device("meta"):
         return UNet2DConditionModel.from_config(config)
 
@@ -180,11 +254,12 @@ def cmd_convert_official(args) -> None:
     names = [name.strip() for name in args.metrics.split(",") if name.strip()]
     unknown = [name for name in names if name not in table]
     if unknown:
-        raise SystemExit(f"error: no statistics for {unknown} in {args.stats or 'the shipped CC3M table'}; "
+        raise ValueError(f"no statistics for {unknown} in {args.stats or 'the shipped CC3M table'}; "
                          f"it has: {', '.join(sorted(table))}")
     unet = load_unet_structure(args.base)
     adapter = convert_official(args.checkpoint, unet, [table[name] for name in names],
-                               trust_pickle=args.trust_pickle, base_model=args.base)
+                               trust_pickle=args.trust_pickle, base_model=args.base,
+                               encoding_frequencies=args.encoding_frequencies)
     adapter.save_pretrained(args.out)
     config = adapter.config
     print(f"converted {args.checkpoint} -> {args.out}: {len(config.layers)} layers, {config.num_tokens} tokens, "
@@ -193,17 +268,32 @@ def cmd_convert_official(args) -> None:
 
 
 def cmd_info(args) -> None:
+    from .adapter import IQAAdapter
     from .config import IQAAdapterConfig
 
+    IQAAdapter.from_pretrained(args.adapter)  # the weights must load too
     config = IQAAdapterConfig.load(args.adapter)
-    print(f"base model: {config.base_model}  (cross-attention width {config.cross_attention_dim}, "
-          f"{len(config.layers)} layers)")
+    print(f"base model: {config.describe_base_model(args.adapter)}  (cross-attention width "
+          f"{config.cross_attention_dim}, {len(config.layers)} layers)")
     print(f"projection: {config.projection}, {config.num_tokens} tokens, flag={config.flag_feature}, "
           f"L={config.encoding_frequencies}, default scale {config.default_scale}")
+    if config.condition == "reference":
+        reference = config.reference
+        print(f"conditioned on reference images: {reference['feature_dim']} features of {reference['metric']} "
+              f"({', '.join(reference['layers'])})")
+        return
+    defaults = config.default_targets
+    print(f"targets in quality order (p99 = better than 99 % of the training images); default for a metric a call "
+          f"leaves out: {', '.join(f'{k}={v}' for k, v in defaults.items()) or 'none, every metric must be named'}")
     for metric in config.metrics:
-        table = ", ".join(f"p{p:g}={v:.4g}" for p, v in sorted(metric.percentiles.items()) if p in (1, 50, 99))
         direction = "higher" if metric.higher_is_better else "lower"
-        print(f"  {metric.name}: mean {metric.mean:.4g}, std {metric.std:.4g}, {direction} is better; {table}")
+        low, high = metric.raw_range()
+        print(f"  {metric.name} ({direction} is better): mean {metric.mean:.4g}, std {metric.std:.4g}, training "
+              f"scores {low:.4g} to {high:.4g}")
+        table = sorted(metric.percentiles)
+        if table:
+            shown = [p for p in (1, 5, 25, 50, 75, 95, 99) if table[0] <= p <= table[-1]]
+            print("    " + ", ".join(f"p{p} = {metric.raw_from_percentile(p):.4g}" for p in shown))
 
 
 def _metric_options(items: list[str]) -> dict[str, dict]:
@@ -229,9 +319,12 @@ def _comma_list(text: str) -> list[str]:
 def cmd_annotate(args) -> None:
     from .annotate import annotate
 
-    resize = None if args.resize.lower() in ("none", "native", "0") else int(args.resize)
+    device = None if args.device is None else resolve_device(args.device)
+    apply_threads(args.threads, workers=args.workers)
+    if args.no_progress:
+        hide_loading_bars()
     annotate(args.data, _comma_list(args.metrics), args.out, batch_size=args.batch_size, num_workers=args.workers,
-             resize=resize, device=args.device, chunk_size=args.chunk_size,
+             resize=args.resize, device=device, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
              metric_options=_metric_options(args.metric_option), progress=not args.no_progress)
 
 
@@ -252,7 +345,7 @@ def cmd_niqe_fit(args) -> None:
 
     fit = fit_niqe_folder(args.images, args.out, patch_size=args.patch_size,
                           sharpness_threshold=args.sharpness_threshold)
-    print(f"fitted NIQE on {fit.patches_used} patches of {fit.images_used} images -> {fit.path}")
+    print(f"fitted NIQE on {fit.patches_used} patches of {_plural(fit.images_used, 'image')} -> {fit.path}")
     for name, reason in fit.skipped.items():
         print(f"  skipped {name}: {reason}")
     print(f"use it with: --metrics niqe --metric-option niqe.params={fit.path}")
@@ -265,85 +358,115 @@ def cmd_evaluate(args) -> None:
     from .metrics import create_metric
     from .pipelines import load_pipeline
 
-    device = args.device or _default_device()
+    device = resolve_device(args.device)
+    dtype = _torch_dtype(args.dtype, device)
     prompts = list(args.prompt)
     if args.prompts_file:
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {path} does not exist")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give prompts with --prompt (repeatable) or --prompts-file")
+    toy = _resolve_model_and_sampling(args)
+    apply_threads(args.threads, toy=toy)
     options = _metric_options(args.metric_option)
     metrics = {column: create_metric(name, device=device, **options.get(column, {})).eval()
                for column, name in metric_columns(_comma_list(args.metrics)).items()}
     adapter = IQAAdapter.from_pretrained(args.adapter)
-    pipe = load_pipeline(args.base, device, _torch_dtype(args.dtype, device))
+    if adapter.config.condition != "scores":
+        raise ValueError(f"{args.adapter} is a reference-based adapter; evaluate takes an adapter conditioned on scores")
+    if args.no_progress:
+        hide_loading_bars()
+    pipe = load_pipeline(args.base, device, dtype)
     adapter.attach(pipe)
     settings = EvaluationSettings(prompts=prompts, seeds=args.seeds, seed=args.seed, steps=args.steps,
                                   guidance=args.guidance, negative_quality=args.negative_quality, scale=args.scale,
                                   batch_size=args.batch_size)
-    report = evaluate_adapter(pipe, adapter, metrics, settings, args.out)
+    report = evaluate_adapter(pipe, adapter, metrics, settings, args.out, progress=not args.no_progress)
     print((Path(args.out) / "report.md").read_text())
-    print(f"{report['n_images']} images, {report['seconds']} s; report {Path(args.out) / 'report.json'}")
+    print(f"{_plural(report['n_images'], 'image')}, {report['seconds']} s; report {Path(args.out) / 'report.json'}")
 
 
 def cmd_demo(args) -> None:
     from .demo import DemoSettings, run_demo
     from .toy.world import ToyWorld, WorldSettings, build_world, shipped_world
 
+    threads = apply_threads(args.threads, toy=True)
     started = time.perf_counter()
     if args.retrain:
         world = build_world(Path(args.out) / "world", WorldSettings.miniature() if args.quick else WorldSettings())
     else:
         world = (ToyWorld(Path(args.world)) if args.world else shipped_world()).check()
     run_demo(args.out, world, DemoSettings.quick() if args.quick else DemoSettings())
-    print(f"total {time.perf_counter() - started:.0f} s")
+    print(f"total {time.perf_counter() - started:.0f} s on {_plural(threads, 'thread')}")
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """Options that generate and evaluate share: the model, sampling and where it runs."""
+    parser.add_argument("--base", default=None,
+                        help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world")
+    parser.add_argument("--adapter", default=None, help="adapter directory (config.json + adapter.safetensors); "
+                                                        "default without --base: the toy world's")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the first image (0 to 2**63 - 1)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help=f"sampling steps (default: {DEFAULT_STEPS}; the toy world's {TOY_STEPS} without --base)")
+    parser.add_argument("--guidance", type=non_negative_number, default=None,
+                        help=f"CFG scale >= 0 (default: {DEFAULT_GUIDANCE}; the toy world's {TOY_GUIDANCE} without --base)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU)")
+    add_threads_option(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (loading and generation)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iqa-adapter", description=__doc__)
+    parser = CommandLineParser(prog="iqa-adapter", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="generate images at chosen quality levels")
-    generate.add_argument("--base", default=None,
-                          help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world")
-    generate.add_argument("--adapter", default=None, help="adapter directory (config.json + adapter.safetensors)")
+    generate = commands.add_parser(
+        "generate", help="generate images at chosen quality levels",
+        description="Generate images at chosen quality levels. Writes OUT/NNNN.png with a NNNN.json sidecar of its "
+                    "settings; an --out that holds images of an earlier run is refused unless --overwrite.")
+    _add_generation_options(generate)
     generate.add_argument("--no-adapter", action="store_true", help="the base model alone (e.g. with gradient guidance)")
     generate.add_argument("--prompt", required=True, action="append", help="prompt; repeat for several")
     generate.add_argument("--negative-prompt", default=None)
     generate.add_argument("--quality", action="append", default=[], metavar="METRIC=TARGET",
                           help="target per metric: p99 (percentile), z2.0 (z-score) or 0.73 (raw value)")
-    generate.add_argument("--sweep", default=None, metavar="METRIC=T1,T2,...",
+    generate.add_argument("--sweep", default=None, action=StoreOnce, metavar="METRIC=T1,T2,...",
                           help="generate one image per target of this metric and a labelled grid")
     generate.add_argument("--scale", type=_scale, default=None,
-                          help="adapter scale lambda (default: the adapter's, 0.5) or a per-block JSON dict")
-    generate.add_argument("--negative-quality", type=float, nargs="?", const=1.0, default=None, metavar="K",
-                          help="negative quality guidance: unconditional branch gets -K*q (K defaults to 1.0)")
+                          help="adapter scale lambda >= 0 (default: the adapter's, 0.5) or a per-block JSON dict")
+    generate.add_argument("--negative-quality", type=non_negative_number, nargs="?", const=1.0, default=None,
+                          metavar="K", help="negative quality guidance: unconditional branch gets -K*q (K defaults to 1.0)")
     generate.add_argument("--reference", action="append", default=[], metavar="IMAGE",
                           help="reference-based adapters: transfer this image's quality (repeatable)")
     generate.add_argument("--negative-reference", default=None, metavar="IMAGE",
                           help="reference-based adapters: an image whose quality to steer away from (CFG branch)")
-    generate.add_argument("--init-image", default=None, metavar="IMAGE", help="img2img: start from this image")
-    generate.add_argument("--strength", type=float, default=0.6, help="img2img: how much of the image to redo")
+    generate.add_argument("--init-image", default=None, metavar="IMAGE",
+                          help="img2img: start from this image, resized to --width x --height (default: the base "
+                               "model's size)")
+    generate.add_argument("--strength", type=positive_number, default=0.6,
+                          help="img2img: how much of the image to redo, in (0, 1]")
     generate.add_argument("--guidance-metric", default=None, metavar="METRIC",
                           help="IQA-gradient guidance (paper 3.1) with this differentiable metric")
-    generate.add_argument("--guidance-alpha", type=float, default=30.0, help="gradient guidance scale (paper: 30)")
-    generate.add_argument("--guidance-window", default="0,1", metavar="START,END",
-                          help="fractions of sampling where gradient guidance acts")
-    generate.add_argument("--guidance-decode-scale", type=float, default=1.0,
-                          help="decode the latent downsampled by this factor for the metric (less memory)")
+    generate.add_argument("--guidance-alpha", type=finite_number, default=30.0, help="gradient guidance scale (paper: 30)")
+    generate.add_argument("--guidance-window", type=_window, default=(0.0, 1.0), metavar="START,END",
+                          help="fractions of sampling where gradient guidance acts, 0 <= START < END <= 1")
+    generate.add_argument("--guidance-decode-scale", type=positive_number, default=1.0,
+                          help="decode the latent downsampled by this factor in (0, 1] for the metric (less memory)")
     generate.add_argument("--no-guidance-checkpointing", action="store_true",
                           help="no gradient checkpointing through the VAE decoder (faster, more memory)")
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--steps", type=int, default=None,
-                          help=f"sampling steps (default: {DEFAULT_STEPS}; the toy world's {TOY_STEPS} without --base)")
-    generate.add_argument("--guidance", type=float, default=None,
-                          help=f"CFG scale (default: {DEFAULT_GUIDANCE}; the toy world's {TOY_GUIDANCE} without --base)")
-    generate.add_argument("--num-images", type=int, default=1, help="images per prompt and quality (seeds seed, seed+1, ...)")
-    generate.add_argument("--height", type=int, default=None)
-    generate.add_argument("--width", type=int, default=None)
-    generate.add_argument("--batch-size", type=int, default=4)
-    generate.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    generate.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU)")
+    generate.add_argument("--num-images", type=positive_int, default=1,
+                          help="images per prompt and quality (seeds seed, seed+1, ...)")
+    generate.add_argument("--height", type=positive_int, default=None,
+                          help="a multiple of the VAE's scale factor (8 for SD and SDXL); default: the base model's")
+    generate.add_argument("--width", type=positive_int, default=None,
+                          help="a multiple of the VAE's scale factor (8 for SD and SDXL); default: the base model's")
+    generate.add_argument("--batch-size", type=positive_int, default=4)
     generate.add_argument("--out", default="iqa-adapter-output", help="output directory")
+    generate.add_argument("--overwrite", action="store_true",
+                          help="replace the images of an earlier run in --out (never mixed with the new ones)")
     generate.set_defaults(func=cmd_generate)
 
     convert = commands.add_parser("convert-official", help="import an official IQA-Adapter checkpoint")
@@ -351,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--base", required=True, help="base model directory or hub id, or sd15 / sdxl")
     convert.add_argument("--metrics", required=True, help="comma-separated metric names, in training order")
     convert.add_argument("--stats", default=None, help="statistics CSV (layout of CC3M_stats.csv); default: shipped CC3M table")
+    convert.add_argument("--encoding-frequencies", type=non_negative_int, default=None, metavar="L",
+                         help="L of the sinusoidal encoding the checkpoint was trained with, when its projection's "
+                              "width leaves the layout ambiguous (default: inferred, refused when ambiguous)")
     convert.add_argument("--trust-pickle", action="store_true", help="allow reading torch pickle files")
     convert.add_argument("--out", required=True)
     convert.set_defaults(func=cmd_convert_official)
@@ -366,9 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/report.md, OUT/figures/ and OUT/images/.")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--retrain", action="store_true",
-                      help="first rebuild every toy model from scratch in OUT/world (about an hour on 2 CPU cores)")
+                      help="first rebuild every toy model from scratch in OUT/world (about 45 minutes on 2 CPU cores)")
     demo.add_argument("--world", default=None, help="a toy world folder (default: the embedded one)")
-    demo.add_argument("--quick", action="store_true", help="a seconds-long miniature (with --retrain: tiny models)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a miniature that runs in about half a minute (with --retrain: tiny models)")
+    add_threads_option(demo)
     demo.set_defaults(func=cmd_demo)
 
     annotate = commands.add_parser(
@@ -383,13 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated registry names (`iqa-adapter metrics`); COLUMN=NAME names the score "
                                "column, e.g. loda=loda:checkpoints/loda,topiq=pyiqa:topiq_nr")
     annotate.add_argument("--out", required=True, help="output folder (also the resume state)")
-    annotate.add_argument("--resize", default="512", help="square side every image is resized to, or 'none' (default 512, as the paper)")
-    annotate.add_argument("--batch-size", type=int, default=32)
-    annotate.add_argument("--workers", type=int, default=2, help="data-loader processes decoding images")
-    annotate.add_argument("--chunk-size", type=int, default=1000, help="samples per resumable chunk")
+    annotate.add_argument("--resize", type=_resize, default=512,
+                          help="square side every image is resized to, or 'none' (default 512, as the paper)")
+    annotate.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                          help="skip (and list) images with more pixels, unread (default: PIL's limit)")
+    annotate.add_argument("--batch-size", type=positive_int, default=32)
+    annotate.add_argument("--workers", type=non_negative_int, default=2, help="data-loader processes decoding images")
+    annotate.add_argument("--chunk-size", type=positive_int, default=1000, help="samples per resumable chunk")
     annotate.add_argument("--device", default=None, help="default: the device accelerate gives this process")
     annotate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE",
                           help="an option for one metric, e.g. niqe.params=niqe.safetensors; repeatable")
+    add_threads_option(annotate)
     annotate.add_argument("--no-progress", action="store_true")
     annotate.set_defaults(func=cmd_annotate)
 
@@ -398,22 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate paired images (same prompts and seeds) for the base model, a p1..p99 sweep, an adapter-"
                     "scale sweep and negative quality guidance; score them with every --metrics; write OUT/report.json, "
                     "OUT/report.md, OUT/figures/*.png and every image under OUT/images/ with a CSV.")
-    evaluate.add_argument("--base", required=True, help="diffusers model directory or hub id")
-    evaluate.add_argument("--adapter", required=True, help="adapter directory")
+    _add_generation_options(evaluate)
     evaluate.add_argument("--metrics", required=True,
                           help="comma-separated evaluation metrics (registry names, or COLUMN=NAME as for annotate)")
     evaluate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE")
     evaluate.add_argument("--prompt", action="append", default=[], help="repeatable")
     evaluate.add_argument("--prompts-file", default=None, help="one prompt per line")
-    evaluate.add_argument("--seeds", type=int, default=4, help="images per prompt and condition")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    evaluate.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    evaluate.add_argument("--scale", type=float, default=None, help="the adapter scale of the sweeps (default: the adapter's)")
-    evaluate.add_argument("--negative-quality", type=float, default=1.0, help="K of the negative-guidance experiment")
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--dtype", default=None)
+    evaluate.add_argument("--seeds", type=positive_int, default=4, help="images per prompt and condition")
+    evaluate.add_argument("--scale", type=non_negative_number, default=None,
+                          help="the adapter scale of the sweeps (default: the adapter's)")
+    evaluate.add_argument("--negative-quality", type=non_negative_number, default=1.0,
+                          help="K of the negative-guidance experiment")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -423,9 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     niqe_fit = commands.add_parser("niqe-fit", help="fit a NIQE pristine model on a folder of clean images")
     niqe_fit.add_argument("--images", required=True, help="folder of clean, sharp images (not recursive)")
     niqe_fit.add_argument("--out", required=True, help="output .safetensors file")
-    niqe_fit.add_argument("--patch-size", type=int, default=96, help="patch side in pixels (standard 96; even, >= 8)")
-    niqe_fit.add_argument("--sharpness-threshold", type=float, default=0.75,
-                          help="keep patches sharper than this fraction of the image's sharpest patch")
+    niqe_fit.add_argument("--patch-size", type=positive_int, default=96,
+                          help="patch side in pixels (standard 96; even, >= 8)")
+    niqe_fit.add_argument("--sharpness-threshold", type=fraction, default=0.75,
+                          help="keep patches sharper than this fraction (0 to 1) of the image's sharpest patch")
     niqe_fit.set_defaults(func=cmd_niqe_fit)
 
     for add_commands in command_groups():
@@ -442,16 +571,37 @@ def command_groups() -> list:
     return [training_commands, loda_commands, toy_commands]
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (KeyError keeps its message in args[0])."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split()) or type(error).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``warning: ...``, without the source line."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command; returns its exit code (0 done, 2 a usage or input error, 130 interrupted)."""
     try:
-        args.func(args)
-    except KeyError as error:  # unknown names: the message is the first argument
-        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
-    except (QualityTargetError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # --help, or an argparse error (already printed)
+        return exit_request.code if isinstance(exit_request.code, int) else 0
+    debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # huggingface_hub deprecation noise
+        try:
+            args.func(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except (ValueError, KeyError, OSError, RuntimeError) as error:
+            if debug:
+                raise
+            print(f"error: {_one_line(error)}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -10,7 +10,9 @@ generator seeded with its seed, so an image is the same whatever batch it was ge
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,10 +27,14 @@ from .adapter import IQAAdapter
 from .grid import image_grid
 from .guidance import IQAGuidance
 from .reference import ReferenceEncoder
+from .images import to_rgb
 from .io_utils import atomic_write, write_json
 from .targets import QualityTarget
+from .validation import check_int, check_number, check_scale, check_seed
 
 Quality = Mapping[str, QualityTarget]
+GENERATED_FILE = re.compile(r"\d{4,}\.(png|json)|sweep_.+\.png")
+"""Names of the files :func:`save_images` and a sweep grid write."""
 
 
 @dataclass
@@ -96,6 +102,12 @@ def generate(
     Extra keyword arguments go to the pipeline call unchanged (e.g. ``image`` and ``strength`` for img2img).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    check_settings(pipe, steps=steps, guidance=guidance, num_images=num_images, batch_size=batch_size, seed=seed,
+                   height=height, width=width, scale=scale, negative_quality=negative_quality)
+    if "image" in pipeline_kwargs:  # img2img: the init image is generated at the requested size
+        pipeline_kwargs["image"] = fit_init_image(pipeline_kwargs["image"], pipe, width, height)
+        height = width = None
+        check_number("strength", pipeline_kwargs.get("strength", 0.8), 0.0, 1.0, open_minimum=True)
     by_reference = adapter is not None and adapter.config.condition == "reference"
     if adapter is None:
         if qualities or references:
@@ -117,6 +129,8 @@ def generate(
         negative_row = None if negative_reference is None else encoder.encode([negative_reference]).cpu()[0]
     else:
         rows = [adapter.z_scores(quality) if adapter else None for quality in qualities]  # validated before any work
+        if adapter is not None:
+            _check_finite_features(adapter, pipe, qualities, rows)
     jobs = [
         (prompt, quality_index, seed + image_index)
         for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
@@ -131,7 +145,7 @@ def generate(
             adapter.set_scale(scale)
         do_cfg = guidance > 1.0
         results: list[GeneratedImage] = []
-        bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress)
+        bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress, leave=False)
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             with ExitStack() as stack:
@@ -193,9 +207,38 @@ def generate(
     return results
 
 
-def save_images(results: Sequence[GeneratedImage], out_dir: str | os.PathLike, extra: Mapping | None = None) -> list[Path]:
-    """Write ``NNNN.png`` and a ``NNNN.json`` sidecar of its settings (plus ``extra``) per image."""
+def generated_files(out_dir: str | os.PathLike) -> list[Path]:
+    """The files an earlier run of :func:`save_images` (and a sweep grid) left in ``out_dir``."""
     out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    return sorted(path for path in out_dir.iterdir() if GENERATED_FILE.fullmatch(path.name))
+
+
+def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check, before any work, that ``out_dir`` can take a run's images: it is not a file, and it holds no images of
+    an earlier run unless ``overwrite`` (those are then replaced by :func:`save_images`, never mixed with)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is a file; choose another --out")
+    earlier = generated_files(out_dir)
+    if earlier and not overwrite:
+        raise ValueError(f"output folder {out_dir} already holds {len(earlier)} files of an earlier run "
+                         f"({earlier[0].name}, ...); choose another --out, or pass --overwrite (overwrite=True) "
+                         "to replace them")
+    return out_dir
+
+
+def save_images(results: Sequence[GeneratedImage], out_dir: str | os.PathLike, extra: Mapping | None = None,
+                overwrite: bool = False) -> list[Path]:
+    """Write ``NNNN.png`` and a ``NNNN.json`` sidecar of its settings (plus ``extra``) per image.
+
+    A folder holding the images of an earlier run is refused, or with ``overwrite`` emptied of them first, so
+    that a folder never mixes two runs.
+    """
+    out_dir = check_output_folder(out_dir, overwrite)
+    for path in generated_files(out_dir):
+        path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, result in enumerate(results):
@@ -204,6 +247,54 @@ def save_images(results: Sequence[GeneratedImage], out_dir: str | os.PathLike, e
         write_json(path.with_suffix(".json"), {**result.settings, **(extra or {}), "file": path.name})
         paths.append(path)
     return paths
+
+
+def default_size(pipe) -> tuple[int, int]:
+    """(width, height) the pipeline generates by default: the UNet's sample size times the VAE's scale factor."""
+    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    return side, side
+
+
+def fit_init_image(image, pipe, width: int | None = None, height: int | None = None):
+    """An img2img init image at the size to generate: ``width`` x ``height``, each defaulting to the base model's
+    (:func:`default_size`). PIL images are resized (bicubic); other inputs (tensors, arrays) pass unchanged."""
+    if not isinstance(image, Image.Image):
+        return image
+    default_width, default_height = default_size(pipe)
+    size = (width or default_width, height or default_height)
+    image = to_rgb(image)
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def check_settings(pipe, *, steps: int, guidance: float, num_images: int, batch_size: int, seed: int,
+                   height: int | None, width: int | None, scale, negative_quality: float | None) -> None:
+    """Validate the numeric settings of :func:`generate`; each error names the setting and its valid range."""
+    check_int("steps", steps, 1)
+    check_number("guidance", guidance, 0.0)
+    check_int("num_images", num_images, 1)
+    check_int("batch_size", batch_size, 1)
+    check_seed("seed", seed)
+    if scale is not None:
+        check_scale("scale", scale)
+    if negative_quality is not None:
+        check_number("negative_quality", negative_quality, 0.0)
+    factor = int(getattr(pipe, "vae_scale_factor", 8))
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (check_int(name, value, factor) % factor):
+            raise ValueError(f"{name} must be a multiple of {factor} (the VAE's scale factor), got {value}")
+
+
+def _check_finite_features(adapter: IQAAdapter, pipe, qualities: Sequence[Quality], rows: list[torch.Tensor]) -> None:
+    """Refuse targets so far out that the adapter's projection overflows in the UNet's precision (black images)."""
+    dtype = pipe.unet.dtype
+    projection = copy.deepcopy(adapter.projection).to(dtype=dtype)  # the precision it will run in, on a copy
+    with torch.no_grad():
+        features = projection(adapter.condition_inputs(torch.stack(rows)).to(projection.norm.weight))
+    for quality, finite in zip(qualities, torch.isfinite(features).flatten(1).all(dim=1).tolist()):
+        if not finite:
+            raise ValueError(f"quality targets {dict(quality)} are so far outside the training scores that the "
+                             f"adapter's features overflow in {str(dtype).removeprefix('torch.')}; choose targets "
+                             "within the adapter's range (`iqa-adapter info --adapter DIR` shows it)")
 
 
 def sweep_grid(results: Sequence[GeneratedImage], metric: str) -> Image.Image:

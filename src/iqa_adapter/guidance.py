@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .metrics import QualityMetric
 from .metrics.base import NotDifferentiableError
+from .validation import check_number
 
 MIN_ARGUMENT = 1e-6
 
@@ -76,6 +77,7 @@ class IQAGuidance:
         if not self.metric.differentiable:
             raise NotDifferentiableError(f"gradient guidance needs a differentiable metric; {self.metric.name!r} is "
                                          "not (`iqa-adapter metrics` lists the differentiable ones)")
+        check_number("alpha", self.alpha)
         start, end = self.window
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"window must satisfy 0 <= start < end <= 1, got {self.window}")

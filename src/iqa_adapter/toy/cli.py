@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
+from ..io_utils import read_json
+from ..runtime import add_threads_option, apply_threads
+from ..validation import fraction, non_negative_number, positive_int, seed
 from .world import GUIDANCE_SCALE, SAMPLING_STEPS
 
 
@@ -21,7 +23,7 @@ def cmd_make_data(args) -> None:
 def _config(args):
     from .base_model import ToyBaseConfig
 
-    config = ToyBaseConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else ToyBaseConfig()
+    config = ToyBaseConfig.from_dict(read_json(args.config, "--config")) if args.config else ToyBaseConfig()
     overrides = dict(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
     if args.frozen_text_encoder:
         overrides["train_text_encoder"] = False
@@ -29,13 +31,10 @@ def _config(args):
 
 
 def cmd_train_base(args) -> None:
-    import torch
-
     from .base_model import PIPELINE_DIR, train_base_model
     from .data import load_images
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads, toy=True)
     config = _config(args)
     images, captions = load_images(args.data, size=config.size)
     train_base_model(images, captions, args.out, config, checkpoint_every=args.checkpoint_every)
@@ -47,6 +46,7 @@ def cmd_evaluate_base(args) -> None:
     from .base_model import load_toy_pipeline
     from .evaluation import caption_following_report, sample_grid, vae_psnr
 
+    apply_threads(args.threads, toy=True)
     pipe = load_toy_pipeline(args.pipeline)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,14 +72,14 @@ def add_commands(commands) -> None:
     data = subcommands.add_parser("make-data", help="render captioned toy images, degraded at random",
                                   formatter_class=defaults)
     data.add_argument("--out", required=True, help="output folder")
-    data.add_argument("--num-images", type=int, default=20000)
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--size", type=int, default=32, help="image side in pixels")
-    data.add_argument("--clean-fraction", type=float, default=0.2, help="fraction of images left undegraded")
+    data.add_argument("--num-images", type=positive_int, default=20000)
+    data.add_argument("--seed", type=seed, default=0)
+    data.add_argument("--size", type=positive_int, default=32, help="image side in pixels")
+    data.add_argument("--clean-fraction", type=fraction, default=0.2, help="fraction of images left undegraded")
     data.add_argument("--no-distort", action="store_true", help="keep every image clean")
     data.add_argument("--format", default="folder", choices=["folder", "shards"],
                       help="PNG + .txt + .json files, or webdataset .tar shards")
-    data.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    data.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
     data.set_defaults(func=cmd_make_data)
 
     train = subcommands.add_parser("train-base", help="train the toy base pipeline (VAE, then UNet + text encoder)",
@@ -87,22 +87,22 @@ def add_commands(commands) -> None:
     train.add_argument("--data", required=True, help="dataset in any format `annotate` reads")
     train.add_argument("--out", required=True, help="run folder: pipeline/, training/ checkpoints; resumes from them")
     train.add_argument("--config", default=None, help="JSON file of ToyBaseConfig fields (default: the built-in)")
-    train.add_argument("--vae-steps", type=int, default=None, help="override the config's VAE steps")
-    train.add_argument("--unet-steps", type=int, default=None, help="override the config's UNet steps")
-    train.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    train.add_argument("--vae-steps", type=positive_int, default=None, help="override the config's VAE steps")
+    train.add_argument("--unet-steps", type=positive_int, default=None, help="override the config's UNet steps")
+    train.add_argument("--seed", type=seed, default=None, help="override the config's seed")
     train.add_argument("--frozen-text-encoder", action="store_true", help="keep the random text encoder frozen")
-    train.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
-    train.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's); 1 is faster on a machine busy with other jobs")
+    train.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between checkpoints")
+    add_threads_option(train)
     train.set_defaults(func=cmd_train_base)
 
     evaluate = subcommands.add_parser("evaluate-base", help="VAE PSNR, caption following and a sample grid",
                                       formatter_class=defaults)
     evaluate.add_argument("--pipeline", required=True, help="toy pipeline folder")
     evaluate.add_argument("--out", required=True, help="folder for report.json and grid.png")
-    evaluate.add_argument("--count", type=int, default=200, help="prompts for the caption-following check")
-    evaluate.add_argument("--vae-images", type=int, default=128, help="images per distortion family for the VAE PSNR")
-    evaluate.add_argument("--seeds", type=int, default=6, help="grid columns (one seed each)")
-    evaluate.add_argument("--steps", type=int, default=SAMPLING_STEPS)
-    evaluate.add_argument("--guidance", type=float, default=GUIDANCE_SCALE)
+    evaluate.add_argument("--count", type=positive_int, default=200, help="prompts for the caption-following check")
+    evaluate.add_argument("--vae-images", type=positive_int, default=128, help="images per distortion family for the VAE PSNR")
+    evaluate.add_argument("--seeds", type=positive_int, default=6, help="grid columns (one seed each)")
+    evaluate.add_argument("--steps", type=positive_int, default=SAMPLING_STEPS)
+    evaluate.add_argument("--guidance", type=non_negative_number, default=GUIDANCE_SCALE)
+    add_threads_option(evaluate)
     evaluate.set_defaults(func=cmd_evaluate_base)

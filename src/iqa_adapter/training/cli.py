@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-
-def _absolute(path: str | None) -> str | None:
-    """Local paths are recorded absolute (so a resumed run compares equal); hub ids stay as they are."""
-    if path is None or not Path(path).expanduser().exists():
-        return path
-    return str(Path(path).expanduser().resolve())
+from ..runtime import add_threads_option
+from ..toy.world import is_toy_world_model
+from ..validation import fraction, non_negative_int, non_negative_number, positive_int, positive_number, seed
 
 
 def cmd_train(args) -> None:
-    from .config import TrainConfig
+    from ..runtime import apply_threads, hide_loading_bars
+    from .config import TrainConfig, input_path, output_path
     from .trainer import train
 
+    apply_threads(args.threads, toy=is_toy_world_model(args.base), workers=args.workers)
+    if args.no_progress:
+        hide_loading_bars()
     config = TrainConfig(
-        base=_absolute(args.base), data=_absolute(args.data), scores=_absolute(args.scores),
+        base=input_path(args.base), data=input_path(args.data), scores=input_path(args.scores),
         metrics=[name.strip() for name in (args.metrics or "").split(",") if name.strip()],
-        reference_features=args.reference_features, out=_absolute(args.out) or args.out,
+        reference_features=args.reference_features, out=output_path(args.out),
         num_tokens=args.num_tokens, projection=args.projection, encoding_frequencies=args.encoding_frequencies,
-        flag_feature=not args.no_flag, init_adapter=_absolute(args.init_adapter), stats_from=args.stats_from,
+        flag_feature=not args.no_flag, init_adapter=input_path(args.init_adapter), stats_from=args.stats_from,
         default_target=args.default_target,
-        resolution=args.resolution, crop=args.crop, flip=args.flip, cache_dir=_absolute(args.cache_dir),
+        resolution=args.resolution, crop=args.crop, flip=args.flip, cache_dir=output_path(args.cache_dir),
         cache_dtype=args.cache_dtype,
         num_workers=args.workers, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         max_steps=args.max_steps, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
@@ -56,9 +56,9 @@ def add_commands(commands) -> None:
                              "loda:checkpoints/loda:distortion_tokens (instead of --scores and --metrics)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, logs, validation grids, adapter/")
     group = parser.add_argument_group("adapter")
-    group.add_argument("--num-tokens", type=int, default=2)
+    group.add_argument("--num-tokens", type=positive_int, default=2)
     group.add_argument("--projection", default="linear", choices=["linear", "mlp"])
-    group.add_argument("--encoding-frequencies", type=int, default=0, help="L of the sinusoidal score encoding (0: off)")
+    group.add_argument("--encoding-frequencies", type=non_negative_int, default=0, help="L of the sinusoidal score encoding (0: off)")
     group.add_argument("--no-flag", action="store_true", help="no constant flag feature beside the scores")
     group.add_argument("--init-adapter", default=None, help="start from this adapter (second stage of the paper)")
     group.add_argument("--default-target", default=None, metavar="TARGET",
@@ -67,38 +67,39 @@ def add_commands(commands) -> None:
     group.add_argument("--stats-from", default="data", choices=["data", "init"],
                        help="normalise with this dataset's statistics, or keep those of --init-adapter")
     group = parser.add_argument_group("data")
-    group.add_argument("--resolution", type=int, default=512)
+    group.add_argument("--resolution", type=positive_int, default=512)
     group.add_argument("--crop", default="center", choices=["center", "random"])
     group.add_argument("--flip", action="store_true", help="random horizontal flips (not for position-aware captions)")
     group.add_argument("--cache-dir", default=None, help="precompute VAE latents and text embeddings here once, reuse them")
     group.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    group.add_argument("--workers", type=int, default=2, help="data-loader processes")
+    group.add_argument("--workers", type=non_negative_int, default=2, help="data-loader processes")
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", type=int, default=16, help="per process")
-    group.add_argument("--gradient-accumulation", type=int, default=1)
-    group.add_argument("--max-steps", type=int, default=1000)
-    group.add_argument("--learning-rate", type=float, default=1e-4)
+    group.add_argument("--batch-size", type=positive_int, default=16, help="per process")
+    group.add_argument("--gradient-accumulation", type=positive_int, default=1)
+    group.add_argument("--max-steps", type=positive_int, default=1000)
+    group.add_argument("--learning-rate", type=positive_number, default=1e-4)
     group.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
-    group.add_argument("--warmup-steps", type=int, default=0)
-    group.add_argument("--adam-beta1", type=float, default=0.9)
-    group.add_argument("--adam-beta2", type=float, default=0.999)
-    group.add_argument("--adam-epsilon", type=float, default=1e-8)
-    group.add_argument("--weight-decay", type=float, default=1e-2)
-    group.add_argument("--max-grad-norm", type=float, default=1.0, help="0 turns clipping off")
-    group.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the adapter (e.g. 0.999)")
+    group.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    group.add_argument("--adam-beta1", type=fraction, default=0.9)
+    group.add_argument("--adam-beta2", type=fraction, default=0.999)
+    group.add_argument("--adam-epsilon", type=positive_number, default=1e-8)
+    group.add_argument("--weight-decay", type=non_negative_number, default=1e-2)
+    group.add_argument("--max-grad-norm", type=non_negative_number, default=1.0, help="0 turns clipping off")
+    group.add_argument("--ema-decay", type=fraction, default=None, help="keep an EMA of the adapter (e.g. 0.999)")
     group.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     group.add_argument("--gradient-checkpointing", action="store_true")
-    group.add_argument("--drop-quality", type=float, default=0.01, help="rate of dropping the quality condition only")
-    group.add_argument("--drop-text", type=float, default=0.05, help="rate of dropping the caption only")
-    group.add_argument("--drop-both", type=float, default=0.01, help="rate of dropping both")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--drop-quality", type=fraction, default=0.01, help="rate of dropping the quality condition only")
+    group.add_argument("--drop-text", type=fraction, default=0.05, help="rate of dropping the caption only")
+    group.add_argument("--drop-both", type=fraction, default=0.01, help="rate of dropping both")
+    group.add_argument("--seed", type=seed, default=0)
     group = parser.add_argument_group("checkpoints and logs")
-    group.add_argument("--checkpoint-every", type=int, default=500)
-    group.add_argument("--checkpoints-total-limit", type=int, default=3, help="keep this many newest checkpoints (0: all)")
+    group.add_argument("--checkpoint-every", type=positive_int, default=500)
+    group.add_argument("--checkpoints-total-limit", type=non_negative_int, default=3, help="keep this many newest checkpoints (0: all)")
     group.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    group.add_argument("--log-every", type=int, default=10)
-    group.add_argument("--validation-every", type=int, default=0, help="steps between validation grids (0: never)")
+    group.add_argument("--log-every", type=positive_int, default=10)
+    group.add_argument("--validation-every", type=non_negative_int, default=0, help="steps between validation grids (0: never)")
     group.add_argument("--validation-prompt", action="append", default=[], help="repeatable")
-    group.add_argument("--validation-steps", type=int, default=20)
+    group.add_argument("--validation-steps", type=positive_int, default=20)
     group.add_argument("--no-progress", action="store_true")
+    add_threads_option(group)
     parser.set_defaults(func=cmd_train)

@@ -119,10 +119,31 @@ class TrainConfig:
         write_json(Path(out_dir) / CONFIG_FILE, self.to_dict())
 
     def changes_from(self, saved: "TrainConfig") -> list[str]:
-        """Settings that differ from a saved run's and would change its results (resume refuses them)."""
+        """Settings that differ from a saved run's and would change its results (resume refuses them); paths
+        are compared resolved the same way on both sides (a run recorded with a relative path resumes)."""
         mine, theirs = self.to_dict(), saved.to_dict()
+        for name, resolve in PATH_SETTINGS.items():
+            mine[name], theirs[name] = resolve(mine[name]), resolve(theirs[name])
         return [f"{name}: {theirs[name]!r} -> {mine[name]!r}" for name in mine
                 if name not in RESUMABLE_CHANGES and mine[name] != theirs[name]]
+
+
+def output_path(path: str | None) -> str | None:
+    """A folder the run writes (``out``, ``cache_dir``): always local, recorded absolute."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def input_path(path: str | None) -> str | None:
+    """A model or data location: absolute when it is a local path, unchanged when it is a hub id or a pattern
+    (``shards/{00000..00009}.tar``)."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+PATH_SETTINGS = {"base": input_path, "data": input_path, "scores": input_path, "init_adapter": input_path,
+                 "out": output_path, "cache_dir": output_path}
+"""Settings that hold paths, and how each is resolved before two runs' settings are compared."""
 
 
 def load_train_config(out_dir: str | Path) -> TrainConfig | None:
