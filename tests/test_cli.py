@@ -219,6 +219,11 @@ def test_no_progress_is_quiet_and_counts_are_plural_aware(tmp_path, capsys):
     assert err == "" and "wrote 1 image with JSON sidecars" in out
 
 
+def test_the_final_progress_bar_is_printed_once(tmp_path, capsys):
+    assert main(toy_generate(tmp_path / "out", "--num-images", "2")) == 0
+    assert capsys.readouterr().err.count("images: 100%") <= 1  # tqdm's close() used to print it again
+
+
 def test_toy_world_runs_on_one_thread_unless_told(tmp_path):
     threads = torch.get_num_threads()
     try:
