@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first rebuild every toy model from scratch in OUT/world (about 45 minutes on 2 CPU cores)")
     demo.add_argument("--world", default=None, help="a toy world folder (default: the embedded one)")
     demo.add_argument("--quick", action="store_true",
-                      help="a miniature that runs in about half a minute (with --retrain: tiny models)")
+                      help="a miniature that runs in about 15 seconds on one core (with --retrain: tiny models)")
     add_threads_option(demo)
     demo.set_defaults(func=cmd_demo)
 
