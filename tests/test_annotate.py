@@ -283,6 +283,23 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     assert score == pytest.approx(ramp.mean() / 65535, rel=1e-6)  # PIL's convert("RGB") gives 0.996: all > 255 is 255
 
 
+def test_the_official_resize_is_an_option(tmp_path):
+    """--resize-mode tensor-bilinear: bilinear interpolation of the float tensor, no antialiasing."""
+    data = make_folder(tmp_path / "data", count=2, corrupt=False)
+    annotate(str(data), ["test-redness"], tmp_path / "out", **{**RUN, "resize_mode": "tensor-bilinear"})
+    scores = pd.read_parquet(tmp_path / "out" / "scores.parquet").set_index("key")["test-redness"]
+    for index in range(2):
+        pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(image_bytes(index))).convert("RGB")))
+        pixels = pixels.permute(2, 0, 1)[None].float() / 255
+        resized = torch.nn.functional.interpolate(pixels, size=(16, 16), mode="bilinear", align_corners=False)
+        expected = float(resized[0, 0].mean() - resized[0, 2].mean())
+        assert scores[f"img{index:02d}"] == pytest.approx(expected, rel=1e-5)
+        assert scores[f"img{index:02d}"] != pytest.approx(expected_score(index, Redness()), rel=1e-5)  # not PIL's
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["resize_mode"] == "tensor-bilinear"
+    with pytest.raises(JobMismatchError, match="resize_mode: 'tensor-bilinear' -> None"):  # a default is a change too
+        annotate(str(data), ["test-redness"], tmp_path / "out", **RUN)
+
+
 def test_folder_shards_and_parquet_give_the_same_scores(tmp_path):
     folder = make_folder(tmp_path / "folder", count=5, corrupt=False)
     (tmp_path / "shards").mkdir()

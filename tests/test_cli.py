@@ -191,6 +191,21 @@ def test_init_image_is_generated_at_the_requested_size(tmp_path, capsys):
     assert Image.open(tmp_path / "b" / "0000.png").size == (48, 24)
 
 
+def test_info_shows_the_train_scale_and_reads_old_configs_as_trained_at_half(tmp_path, capsys):
+    from iqa_adapter.toy.world import shipped_world
+
+    import shutil
+
+    shutil.copytree(shipped_world().adapter, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert config["train_scale"] == 0.5  # the shipped toy adapters were trained at 0.5 and say so
+    del config["train_scale"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert IQAAdapter.from_pretrained(tmp_path / "old").config.train_scale == 0.5
+    assert main(["info", "--adapter", str(tmp_path / "old")]) == 0
+    assert "trained at 0.5 (not recorded" in capsys.readouterr().out
+
+
 def test_info_shows_targets_in_quality_order(capsys):
     from iqa_adapter.toy.world import shipped_world
 

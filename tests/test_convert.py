@@ -148,6 +148,7 @@ def test_imported_official_checkpoint_reproduces_official_outputs(tmp_path, pipe
     write(path, image_proj, ip_adapter, layout)
 
     adapter = convert_official(path, unet, metrics, trust_pickle=True, encoding_frequencies=frequencies or None)
+    assert adapter.config.train_scale == 1.0  # the official code trains at scale 1.0
     assert (adapter.config.flag_feature, adapter.config.encoding_frequencies) == (flag, frequencies)
     assert adapter.config.projection == ("mlp" if mlp else "linear") and adapter.config.num_tokens == 2
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .chunks import (ChunkBatches, ChunkCollector, ItemLoader, JobMismatchError, WorkItem, my_unfinished_chunks,
                      process_state, start_or_resume)
-from .datasets import DecodedImage, ImageTextReader, load_image, open_dataset
+from .datasets import RESIZE_MODES, DecodedImage, ImageTextReader, load_image, open_dataset
 from .images import DEFAULT_MAX_PIXELS
 from .io_utils import atomic_write
 from .metrics import QualityMetric, create_metric, metric_info
@@ -86,6 +86,7 @@ def annotate(
     chunk_size: int = 1000,
     metric_options: dict[str, dict] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize_mode: str = "pil-bicubic",
     progress: bool = True,
 ) -> AnnotationSummary | None:
     """Score every image of ``data`` with ``metrics`` and write the outputs described in this module to ``out_dir``.
@@ -107,6 +108,8 @@ def annotate(
         chunk_size: samples per chunk, the unit of work that is saved, resumed and shared between processes.
         metric_options: keyword arguments per metric (by column name), passed to
             :func:`iqa_adapter.metrics.create_metric`.
+        resize_mode: ``pil-bicubic`` (default) or ``tensor-bilinear``, the official scoring's resize
+            (:data:`iqa_adapter.datasets.RESIZE_MODES`).
         max_pixels: images with more pixels are skipped (listed in ``skipped.csv``) without being decoded;
             ``None`` reads any size. Scoring needs about 16 bytes per pixel of the largest image beside the
             decoded batch.
@@ -119,7 +122,7 @@ def annotate(
     metric_options = dict(metric_options or {})
     columns = metric_columns(metrics)
     _check_arguments(columns, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, resize_mode=resize_mode)
     out_dir = Path(out_dir)
     reader = open_dataset(data)
     state = process_state(device)
@@ -129,8 +132,12 @@ def annotate(
               for column, name in columns.items()}
     parameters = {"data": str(Path(data).expanduser().absolute()), "metrics": metrics, "resize": resize,
                   "chunk_size": chunk_size, "metric_options": metric_options}
-    if max_pixels != DEFAULT_MAX_PIXELS:  # it decides which images are skipped (jobs of older versions lack it)
+    # settings added after the first version are recorded when they differ from their defaults, so that older
+    # jobs resume
+    if max_pixels != DEFAULT_MAX_PIXELS:
         parameters["max_pixels"] = max_pixels
+    if resize_mode != "pil-bicubic":
+        parameters["resize_mode"] = resize_mode
     num_samples = start_or_resume(out_dir / JOB_FILE, json.loads(json.dumps(parameters)), reader, state,
                                   partial_files=out_dir / CHUNKS_DIR)
     num_chunks, mine = my_unfinished_chunks(num_samples, chunk_size, functools.partial(_chunk_path, out_dir), state)
@@ -139,8 +146,8 @@ def annotate(
     total = sum(min(chunk_size, num_samples - index * chunk_size) for index in mine)
     with tqdm(total=total, unit="img", desc="annotate", disable=not show, dynamic_ncols=True) as bar:
         _score_chunks(reader, mine, models, out_dir, chunk_size=chunk_size, batch_size=batch_size,
-                      num_workers=num_workers, resize=resize, max_pixels=max_pixels, device=device,
-                      on_batch=bar.update)
+                      num_workers=num_workers, resize=resize, max_pixels=max_pixels, resize_mode=resize_mode,
+                      device=device, on_batch=bar.update)
     state.wait_for_everyone()  # every chunk file is written
     if not state.is_main_process:
         return None
@@ -168,7 +175,7 @@ def metric_columns(metrics: Sequence[str]) -> dict[str, str]:
 
 
 def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_size: int, chunk_size: int,
-                     resize: int | None, max_pixels: int | None) -> None:
+                     resize: int | None, max_pixels: int | None, resize_mode: str) -> None:
     if not columns:
         raise ValueError("give at least one metric (`iqa-adapter metrics` lists them)")
     reserved = sorted(set(columns) & {*INFO_COLUMNS, *REPORT_COLUMNS})
@@ -176,6 +183,8 @@ def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_siz
         raise ValueError(f"metric names {reserved} clash with the output columns {INFO_COLUMNS + REPORT_COLUMNS[1:]}")
     for name in columns.values():
         metric_info(name)  # raises, listing the known metrics, for an unknown name
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
     unknown = sorted(set(metric_options) - set(columns))
     if unknown:
         raise ValueError(f"metric_options name metrics that are not scored: {', '.join(unknown)}")
@@ -209,9 +218,9 @@ def _group_by_size(pairs: list[tuple[WorkItem, DecodedImage]]) -> list[ImageGrou
 
 def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[str, QualityMetric], out_dir: Path, *,
                   chunk_size: int, batch_size: int, num_workers: int, resize: int | None, max_pixels: int | None,
-                  device: torch.device, on_batch: Callable[[int], object]) -> None:
+                  resize_mode: str, device: torch.device, on_batch: Callable[[int], object]) -> None:
     """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
-    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize, max_pixels=max_pixels)),
+    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize, max_pixels=max_pixels, resize_mode=resize_mode)),
                         batch_sampler=ChunkBatches(reader, chunks, chunk_size, batch_size),
                         num_workers=num_workers, collate_fn=_group_by_size)
     metrics = list(models)

@@ -56,7 +56,9 @@ def start_or_resume(job_file: Path, parameters: dict, reader: ImageTextReader, s
             leftover.unlink()
     state.wait_for_everyone()
     job = json.loads(job_file.read_text())
-    changed = [f"{name}: {job.get(name)!r} -> {value!r}" for name, value in parameters.items() if job.get(name) != value]
+    names = [*parameters, *(name for name in job if name not in parameters and name != "num_samples")]
+    changed = [f"{name}: {job.get(name)!r} -> {parameters.get(name)!r}" for name in names
+               if job.get(name) != parameters.get(name)]
     if changed:
         raise JobMismatchError(f"{job_file.parent} holds a job started with other parameters ({'; '.join(changed)}); "
                                "rerun with the original parameters to resume it, or choose a new output folder")

@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .datasets import RESIZE_MODES
 from .images import DEFAULT_MAX_PIXELS
 from .runtime import add_threads_option, apply_threads, hide_loading_bars, resolve_device
 from .stats import QualityTargetError
@@ -271,12 +272,19 @@ def cmd_info(args) -> None:
     from .adapter import IQAAdapter
     from .config import IQAAdapterConfig
 
+    from .config import CONFIG_NAME
+    from .io_utils import read_json
+
     IQAAdapter.from_pretrained(args.adapter)  # the weights must load too
     config = IQAAdapterConfig.load(args.adapter)
+    recorded = "train_scale" in read_json(Path(args.adapter) / CONFIG_NAME, "adapter config")
     print(f"base model: {config.describe_base_model(args.adapter)}  (cross-attention width "
           f"{config.cross_attention_dim}, {len(config.layers)} layers)")
     print(f"projection: {config.projection}, {config.num_tokens} tokens, flag={config.flag_feature}, "
-          f"L={config.encoding_frequencies}, default scale {config.default_scale}")
+          f"L={config.encoding_frequencies}")
+    print(f"adapter scale: {config.default_scale} when generating (default), trained at {config.train_scale}"
+          + ("" if recorded else " (not recorded: adapters saved before the train scale was stored were trained "
+                                 "at 0.5, so for them lambda 0.5 is full training strength, the official lambda 1.0)"))
     if config.condition == "reference":
         reference = config.reference
         print(f"conditioned on reference images: {reference['feature_dim']} features of {reference['metric']} "
@@ -325,6 +333,7 @@ def cmd_annotate(args) -> None:
         hide_loading_bars()
     annotate(args.data, _comma_list(args.metrics), args.out, batch_size=args.batch_size, num_workers=args.workers,
              resize=args.resize, device=device, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
+             resize_mode=args.resize_mode,
              metric_options=_metric_options(args.metric_option), progress=not args.no_progress)
 
 
@@ -513,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--out", required=True, help="output folder (also the resume state)")
     annotate.add_argument("--resize", type=_resize, default=512,
                           help="square side every image is resized to, or 'none' (default 512, as the paper)")
+    annotate.add_argument("--resize-mode", choices=RESIZE_MODES, default=RESIZE_MODES[0],
+                          help="PIL's bicubic filter, antialiased (default), or bilinear interpolation of the tensor "
+                               "without antialiasing, as the official scoring resized")
     annotate.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                           help="skip (and list) images with more pixels, unread (default: PIL's limit)")
     annotate.add_argument("--batch-size", type=positive_int, default=32)

@@ -13,6 +13,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 FORMAT_VERSION = 1
 PROJECTIONS = ("linear", "mlp")
+TRAIN_SCALE = 1.0
+"""The adapter scale of training, as the official code (its attention processor's default)."""
+LEGACY_TRAIN_SCALE = 0.5
+"""The scale this project trained at before configs recorded it (the inference default)."""
 CONDITIONS = ("scores", "reference")
 
 
@@ -34,6 +38,10 @@ class IQAAdapterConfig:
     Either is optionally followed by a constant 1.0 flag (``flag_feature``), then optionally expanded with
     the sinusoidal encoding gamma(x) of paper section 20 (``encoding_frequencies`` = L > 0). A dropped
     condition (classifier-free guidance, training drops) is the all-zero feature vector.
+
+    ``train_scale`` is the adapter scale lambda the adapter was trained at (1.0, as the official code);
+    ``default_scale`` the one generation uses unless told (0.5, the paper's). A config written before the train
+    scale was recorded was trained at 0.5 (:data:`LEGACY_TRAIN_SCALE`).
     """
 
     cross_attention_dim: int
@@ -45,6 +53,7 @@ class IQAAdapterConfig:
     encoding_frequencies: int = 0
     flag_feature: bool = True
     default_scale: float = 0.5
+    train_scale: float = TRAIN_SCALE  # the scale the adapter was trained at (LEGACY_TRAIN_SCALE when not recorded)
     default_targets: dict = field(default_factory=dict)  # metric -> target used when a call names none
     base_model: str | None = None
     condition: str = "scores"
@@ -114,6 +123,7 @@ class IQAAdapterConfig:
             raise ValueError(f"adapter format version {version} is newer than this library supports "
                              f"({FORMAT_VERSION}); upgrade iqa-adapter")
         reject_unknown_fields(cls, data, source)
+        data.setdefault("train_scale", LEGACY_TRAIN_SCALE)
         missing = sorted({"cross_attention_dim", "layers", "metrics"} - set(data))
         if missing:
             raise ValueError(f"{source} lacks the keys {', '.join(missing)}; save the adapter again")

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .images import DEFAULT_MAX_PIXELS, is_high_depth, open_image, resized, rgb_array, to_rgb
@@ -127,6 +128,12 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Im
     return open_image(data, max_pixels=max_pixels)
 
 
+RESIZE_MODES = ("pil-bicubic", "tensor-bilinear")
+"""How annotation resizes: PIL's bicubic filter (antialiased when shrinking; the default), or bilinear
+interpolation of the float tensor without antialiasing (``torch.nn.functional.interpolate``), as the official
+IQA-Adapter scoring resized to 512x512."""
+
+
 def resize_image(image: Image.Image, size: int | None) -> Image.Image:
     """Resize to ``size`` x ``size`` pixels (bicubic, aspect ratio not kept), or keep the size for ``None``."""
     return resized(image, None if size is None else (size, size))
@@ -146,8 +153,10 @@ class DecodedImage:
     reason: str | None = None
 
 
-def load_image(sample: Sample, resize: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Read, decode and resize a sample's image; failures come back as a reason, never as an exception."""
+def load_image(sample: Sample, resize: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               resize_mode: str = "pil-bicubic") -> DecodedImage:
+    """Read, decode and resize (:data:`RESIZE_MODES`) a sample's image; failures come back as a reason, never as
+    an exception."""
     try:
         data = sample.read()
     except Exception as error:  # noqa: BLE001 - any unreadable entry is reported, not fatal
@@ -157,6 +166,10 @@ def load_image(sample: Sample, resize: int | None, max_pixels: int | None = DEFA
     except Exception as error:  # noqa: BLE001 - PIL raises many types for corrupt data
         return DecodedImage(None, reason=f"cannot decode image: {error}")
     width, height = image.size
+    if resize is not None and resize_mode == "tensor-bilinear":
+        pixels = torch.from_numpy(rgb_array(image)).permute(2, 0, 1)[None]
+        pixels = F.interpolate(pixels, size=(resize, resize), mode="bilinear", align_corners=False, antialias=False)
+        return DecodedImage(pixels[0].clamp_(0, 1).contiguous(), width, height)
     image = resize_image(image, resize)
     if is_high_depth(image):
         pixels = torch.from_numpy(rgb_array(image)).permute(2, 0, 1).contiguous()

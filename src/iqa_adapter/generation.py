@@ -91,7 +91,8 @@ def generate(
 
     The same seeds are used for every prompt and quality, so images that differ only in quality are paired
     (same initial noise), as the paper's sweeps and RelGain need. If the adapter is not attached to ``pipe``
-    it is attached for this call and detached afterwards. ``scale`` (a float or a per-block dict) sets lambda;
+    it is attached for this call and detached afterwards. ``scale`` (a float or a per-block dict) sets lambda
+    for this call (an attached adapter gets its previous scale back afterwards);
     ``negative_quality=k`` puts ``-k * q`` in the unconditional branch (paper: k = 1). ``adapter=None``
     generates with the base model alone (no ``qualities``). ``iqa_guidance`` adds IQA-gradient guidance
     (:class:`~iqa_adapter.guidance.IQAGuidance`, paper section 3.1).
@@ -140,6 +141,7 @@ def generate(
         raise RuntimeError("the adapter is attached to another UNet than this pipeline's; detach it first")
     if attached_here:
         adapter.attach(pipe)
+    previous_scale = adapter.scale if adapter is not None else None
     try:
         if scale is not None and adapter is not None:
             adapter.set_scale(scale)
@@ -204,6 +206,8 @@ def generate(
     finally:
         if attached_here:
             adapter.detach()
+        elif scale is not None and adapter is not None:
+            adapter.set_scale(previous_scale)  # the scale was for this call only
     return results
 
 

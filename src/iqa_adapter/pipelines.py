@@ -14,8 +14,10 @@ from .hub import loading_options, not_found_message
 SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor")
 
 
-def load_pipeline(base: str, device: str | torch.device, dtype: torch.dtype, *, frozen: bool = False) -> DiffusionPipeline:
-    """The SD 1.x/2.x or SDXL pipeline ``base`` on ``device`` in ``dtype``, progress bars off.
+def load_pipeline(base: str, device: str | torch.device, dtype: torch.dtype, *, frozen: bool = False,
+                  vae_dtype: torch.dtype | None = None) -> DiffusionPipeline:
+    """The SD 1.x/2.x or SDXL pipeline ``base`` on ``device`` in ``dtype`` (its VAE in ``vae_dtype`` when given),
+    progress bars off.
 
     ``frozen``: every weight without gradients and in eval mode (for adapter training). Raises ValueError
     with the fix when the model cannot be loaded or has no UNet.
@@ -26,7 +28,8 @@ def load_pipeline(base: str, device: str | torch.device, dtype: torch.dtype, *, 
         skipped = {name: None for name in SKIPPED_COMPONENTS if name in components}
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones need torch_dtype
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtype, **skipped, **options)
+            dtypes = dtype if vae_dtype is None else {"default": dtype, "vae": vae_dtype}
+            pipe = DiffusionPipeline.from_pretrained(base, torch_dtype=dtypes, **skipped, **options)
     except (OSError, ValueError) as error:
         if options.get("local_files_only"):
             raise ValueError(not_found_message(base, "the base model")) from None

@@ -37,8 +37,9 @@ class TextEmbeddings(NamedTuple):
 
 
 def load_pipeline_for_training(base: str, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
-    """The base pipeline with every weight frozen (see :func:`iqa_adapter.pipelines.load_pipeline`)."""
-    return load_pipeline(base, device, dtype, frozen=True)
+    """The base pipeline with every weight frozen, the VAE in float32 as the official training encodes latents
+    (half-precision SD and SDXL VAEs also overflow); see :func:`iqa_adapter.pipelines.load_pipeline`."""
+    return load_pipeline(base, device, dtype, frozen=True, vae_dtype=torch.float32)
 
 
 @dataclass

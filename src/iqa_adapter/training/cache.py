@@ -43,6 +43,7 @@ from .data import CropInfo, ImageTransform
 
 CACHE_FILE = "cache.json"
 SHARDS_DIR = "shards"
+RESIZE = "bilinear, longer side truncated"  # ImageTransform's; caches made by other resizes are not reused
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -69,7 +70,8 @@ def build_cache(cache_dir: str | Path, data: str, base: FrozenBase, base_name: s
     reader = open_dataset(data)
     state = process_state(base.device)
     parameters = {"base": base_name, "data": str(Path(data).expanduser().absolute()), "resolution": resolution,
-                  "crop": "center", "dtype": dtype, "shard_size": shard_size, "sdxl": base.is_sdxl}
+                  "crop": "center", "resize": RESIZE, "dtype": dtype, "shard_size": shard_size, "sdxl": base.is_sdxl,
+                  "vae_dtype": str(base.pipe.vae.dtype).removeprefix("torch.")}
     num_samples = start_or_resume(cache_dir / CACHE_FILE, parameters, reader, state,
                                   partial_files=cache_dir / SHARDS_DIR)
     _, mine = my_unfinished_chunks(num_samples, shard_size, functools.partial(_shard_path, cache_dir), state)

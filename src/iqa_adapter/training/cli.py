@@ -30,6 +30,7 @@ def cmd_train(args) -> None:
         max_steps=args.max_steps, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
         adam_epsilon=args.adam_epsilon, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm or None,
+        train_scale=args.train_scale,
         ema_decay=args.ema_decay, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, drop_quality=args.drop_quality,
         drop_text=args.drop_text, drop_both=args.drop_both, seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -84,7 +85,11 @@ def add_commands(commands) -> None:
     group.add_argument("--adam-beta2", type=fraction, default=0.999)
     group.add_argument("--adam-epsilon", type=positive_number, default=1e-8)
     group.add_argument("--weight-decay", type=non_negative_number, default=1e-2)
-    group.add_argument("--max-grad-norm", type=non_negative_number, default=1.0, help="0 turns clipping off")
+    group.add_argument("--max-grad-norm", type=non_negative_number, default=0.0,
+                       help="clip gradients to this norm (0: no clipping, as the official code)")
+    group.add_argument("--train-scale", type=positive_number, default=1.0,
+                       help="adapter scale lambda while training (the official code's 1.0; stored in config.json; "
+                            "generation uses the adapter's default scale, 0.5)")
     group.add_argument("--ema-decay", type=fraction, default=None, help="keep an EMA of the adapter (e.g. 0.999)")
     group.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     group.add_argument("--gradient-checkpointing", action="store_true")

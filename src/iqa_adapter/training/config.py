@@ -25,7 +25,8 @@ class TrainConfig:
 
     Paper: AdamW (0.9, 0.999), weight decay 1e-2, lr 1e-4 (CC3M at 512 px) then 1e-5 for the second
     stage, bf16, 2 tokens, linear projection. Official code: condition drops from one uniform draw, quality
-    1 %, text 5 %, both 1 %; no schedule, EMA, caching or resume (all optional here).
+    1 %, text 5 %, both 1 %; the adapter trained at scale 1.0; no gradient clipping; latents from a float32
+    VAE; no schedule, EMA, caching or resume (all optional here).
     """
 
     base: str
@@ -61,7 +62,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 1e-2
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = None  # the official code does not clip
+    train_scale: float = 1.0  # adapter scale while training (the official code's; inference uses default_scale)
     ema_decay: float | None = None
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
@@ -102,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"condition drop rates must be >= 0 and sum to at most 1, got {drops}")
         if self.stats_from == "init" and self.init_adapter is None:
             raise ValueError("stats_from='init' keeps the statistics of --init-adapter, which is not given")
+        if not self.train_scale > 0:
+            raise ValueError(f"train_scale must be a number > 0, got {self.train_scale}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1), got {self.ema_decay}")
 

@@ -117,7 +117,11 @@ class CropInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """Shorter side to ``resolution`` (bicubic), square crop (centre or random), optional flip; [-1, 1] pixels."""
+    """Shorter side to ``resolution``, square crop (centre or random), optional flip; [-1, 1] pixels.
+
+    The resize is the official training script's (torchvision ``Resize(resolution)`` with bilinear filtering on
+    the PIL image): the longer side becomes ``int(resolution * longer / shorter)``, truncated.
+    """
 
     resolution: int
     crop: str = "center"
@@ -131,10 +135,10 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> tuple[torch.Tensor, CropInfo]:
         width, height = image.size
-        scale = self.resolution / min(width, height)
-        resized = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
+        longer = int(self.resolution * max(width, height) / min(width, height))
+        resized = (self.resolution, longer) if width <= height else (longer, self.resolution)
         if resized != image.size:
-            image = image.resize(resized, Image.Resampling.BICUBIC)
+            image = image.resize(resized, Image.Resampling.BILINEAR)
         spare_x, spare_y = resized[0] - self.resolution, resized[1] - self.resolution
         if self.crop == "random":
             if generator is None:

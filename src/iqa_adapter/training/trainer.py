@@ -180,6 +180,7 @@ def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample], enco
                              f"run on {config.metrics or reference}; train on the same condition, in the same order")
         if config.stats_from == "data":
             adapter.config.metrics = stats
+    adapter.config.train_scale = config.train_scale
     if config.default_target is not None:
         adapter.config.default_targets = {name: config.default_target for name in adapter.metric_names}
     if encoder is not None and (config.init_adapter is None or config.stats_from == "data"):
@@ -266,8 +267,6 @@ class Trainer:
             config.save(self.out)
         dtype = WEIGHT_DTYPES[config.mixed_precision]
         pipe = load_pipeline_for_training(config.base, self.accelerator.device, dtype)
-        if config.mixed_precision == "fp16":
-            pipe.vae.to(torch.float32)  # SD and SDXL VAEs overflow in float16
         self.base = FrozenBase(pipe)
         self.pipe = pipe
         self.encoder = (ReferenceEncoder.from_spec(config.reference_features, device=self.accelerator.device)
@@ -284,7 +283,7 @@ class Trainer:
         self.samples = samples
         self.listing = listing
         self.adapter = _make_adapter(config, pipe, samples, self.encoder)
-        self.adapter.attach(pipe, cast=False)
+        self.adapter.attach(pipe, scale=config.train_scale, cast=False)
         self.adapter.to(self.accelerator.device, torch.float32).requires_grad_(True)
         if config.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
@@ -500,6 +499,7 @@ class Trainer:
             labels = [f"reference {sample.key}"[:24] for sample in self.samples[:len(conditions["references"])]]
         with _ema_weights(self.adapter, self.ema), self.autocast:
             results = generate(self.pipe, self.adapter, config.validation_prompts, seed=config.seed,
+                               scale=self.adapter.config.default_scale,  # as generation will use it
                                steps=config.validation_steps, guidance=config.validation_guidance,
                                height=config.resolution, width=config.resolution, progress=False, **conditions)
         grid = image_grid([result.image for result in results], columns=len(labels),
