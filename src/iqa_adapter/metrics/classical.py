@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from .base import QualityMetric
 from .registry import register_metric
 
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as MATLAB's rgb2gray
+# MATLAB's rgb2gray: the first row of the inverse of the NTSC RGB -> YIQ matrix (ITU-R BT.601's 0.299, 0.587,
+# 0.114 to within 7e-5)
+LUMA_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 JPEG_BLOCK = 8
@@ -41,7 +43,8 @@ PIXELS_PER_STEP = 2**18  # pixels a metric reads in one step (a 512x512 image); 
 
 
 def luma(images: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Luma Y = 0.299 R + 0.587 G + 0.114 B of RGB images (N, 3, H, W), as (N, 1, H, W) on the same scale.
+    """Luma of RGB images (N, 3, H, W) with MATLAB's ``rgb2gray`` weights (:data:`LUMA_WEIGHTS`), as (N, 1, H, W)
+    on the same scale.
 
     Computed in ``dtype`` (default: the images'), channel by channel: no (N, 3, H, W) temporary.
     """
@@ -105,6 +108,16 @@ def split_blocks(gray: torch.Tensor, size: int) -> torch.Tensor:
     gray = gray[:, 0, : rows * size, : cols * size]
     blocks = gray.reshape(count, rows, size, cols, size).transpose(2, 3)
     return blocks.reshape(count, rows * cols, size, size).contiguous()
+
+
+def _mirror_pad(gray: torch.Tensor, bottom: int, right: int) -> torch.Tensor:
+    """Images (N, 1, H, W) padded at the bottom and right by mirroring with the edge repeated (MATLAB's
+    ``padarray(..., 'symmetric', 'post')``); each pad at most the image's side."""
+    if bottom:
+        gray = torch.cat([gray, gray[..., gray.shape[-2] - bottom :, :].flip(-2)], dim=-2)
+    if right:
+        gray = torch.cat([gray, gray[..., gray.shape[-1] - right :].flip(-1)], dim=-1)
+    return gray
 
 
 def _sqrt_or_zero(value: torch.Tensor) -> torch.Tensor:
@@ -223,10 +236,12 @@ class PIQE(QualityMetric):
     """PIQE: blockwise perception-based distortion score, parameter-free (0 best, 100 worst).
 
     Venkatanath N., Praneeth D., Maruthi Chandrasekhar Bh., Channappayya S. S., Medasani S. S., "Blind image
-    quality evaluation using perception based features", NCC 2015; follows MATLAB's ``piqe`` and pyiqa.
+    quality evaluation using perception based features", NCC 2015. Computed as MATLAB's ``piqe`` computes it
+    on an 8-bit image (the published numbers are MATLAB's; pyiqa and pypiqe follow it too):
 
-    1. Luma stretched to [0, 255] and rounded: ``Y = round(255 * Y / max(Y))``; the image is then cropped at
-       the bottom and right to a multiple of 16 pixels (MATLAB pads instead), and must be at least 16x16.
+    1. Grey levels by ``rgb2gray`` rounded to integers, as for a uint8 image; the image is padded at the bottom
+       and right to a multiple of 16 pixels by mirroring (``padarray(..., 'symmetric', 'post')``) and stretched:
+       ``Y = round(255 * Y / max(Y))``. It must be at least 16x16.
     2. MSCN coefficients (:func:`mscn`, c = 1), split into 16x16 blocks.
     3. A block is *active* when the sample variance ``v`` of its coefficients exceeds 0.1. Active blocks are
        tested for two distortions:
@@ -234,13 +249,17 @@ class PIQE(QualityMetric):
        - *noticeable distortion*: some segment of 6 consecutive pixels on one of the 4 block edges has a
          sample standard deviation below 0.1 (blocking, ringing, flat patches next to structure);
        - *noise*: ``sigma > 2 beta`` with ``sigma = sqrt(v)``, ``beta = |sigma - r| / max(sigma, r)`` and
-         ``r`` the ratio of the standard deviations of the two centre columns and of the 14 other columns.
+         ``r`` the ratio of the standard deviations of the block's centre and surround. The centre is the two
+         middle columns (7 and 8, from 0). MATLAB deletes column 7 and then column 8 *of what is left*, so
+         its surround is every column but 7 and 9: column 8 stays in it. ``surround="matlab"`` (default)
+         does the same; ``surround="paper"`` takes the 14 columns outside the centre, as the paper describes.
 
     4. ``PIQE = 100 (sum over active blocks of [noticeable] (1 - v) + [noisy] v + 1) / (active blocks + 1)``.
 
     A flat image has no active block and scores 100. Thresholding makes the score non-differentiable.
     Memory: besides the input, about 90 bytes per pixel of a step (:data:`PIXELS_PER_STEP`; a step for
-    ``max(Y)``, then steps of whole block rows, at least one block row and 3 rows above and below it).
+    ``max(Y)``, then steps of whole block rows, at least one block row, 3 rows below it and 14 above, which
+    the mirrored bottom rows need).
     """
 
     name = "piqe"
@@ -253,24 +272,45 @@ class PIQE(QualityMetric):
     activity_threshold = 0.1
     impaired_threshold = 0.1
     segment_length = 6
+    SURROUNDS = ("matlab", "paper")
+
+    def __init__(self, surround: str = "matlab") -> None:
+        super().__init__()
+        if surround not in self.SURROUNDS:
+            raise ValueError(f"piqe: surround must be one of {', '.join(self.SURROUNDS)}, got {surround!r}")
+        middle = self.block_size // 2
+        dropped = (middle - 1, middle + 1) if surround == "matlab" else (middle - 1, middle)
+        self.surround = surround
+        self.surround_columns = [column for column in range(self.block_size) if column not in dropped]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.block_size
         require_size(images, self.min_size, self.name, f"one {size}x{size} block")
-        height, width = (side // size * size for side in images.shape[-2:])
-        images = images[..., :height, :width]
-        peak = over_strips(images, lambda rows, _: luma(rows).amax(dim=(1, 2, 3)),
+        height, width = images.shape[-2:]
+        padded_height, padded_width = (-(-side // size) * size for side in (height, width))
+
+        def grey(rows: torch.Tensor) -> torch.Tensor:
+            return torch.round(255 * luma(rows))  # rgb2gray of a uint8 image
+
+        peak = over_strips(images, lambda rows, _: grey(rows).amax(dim=(1, 2, 3)),
                            combine=lambda parts: torch.stack(parts).amax(dim=0))
-        peak = peak.clamp_min(torch.finfo(peak.dtype).tiny).view(-1, 1, 1, 1)
+        peak = peak.clamp_min(1.0).view(-1, 1, 1, 1)
 
         def blocks(rows: torch.Tensor, strip: Strip) -> torch.Tensor:
-            coefficients, _ = mscn(torch.round(255 * luma(rows) / peak[strip.batch]))
+            bottom = padded_height - height if strip.stop == height else 0
+            padded = _mirror_pad(grey(rows), bottom, padded_width - width)
+            coefficients, _ = mscn(torch.round(255 * padded / peak[strip.batch]))
             return self._block_scores(split_blocks(coefficients[..., strip.own, :], size))
 
+        # the last strip mirrors up to 15 rows, read from up to 2 * 15 - 16 = 14 rows above the rows it owns
+        above = max(MSCN_HALO, size - 2)
         scores = over_strips(images, blocks, combine=functools.partial(torch.cat, dim=-1),
-                             halo=(MSCN_HALO, MSCN_HALO), multiple=size)
+                             halo=(above, MSCN_HALO), multiple=size, rows=padded_height)
         distortion, active = scores.unbind(dim=1)
         return 100 * (distortion.sum(dim=1) + 1) / (active.sum(dim=1) + 1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, surround={self.surround!r}"
 
     def _block_scores(self, blocks: torch.Tensor) -> torch.Tensor:
         """Distortion and activity (1 or 0) of blocks of MSCN coefficients (N, blocks, 16, 16), as (N, 2, blocks)."""
@@ -289,7 +329,7 @@ class PIQE(QualityMetric):
         """Blocks that pass the noise criterion sigma > 2 beta (N, blocks), boolean."""
         middle = self.block_size // 2
         centre = blocks[..., middle - 1 : middle + 1]
-        surround = torch.cat([blocks[..., : middle - 1], blocks[..., middle + 1 :]], dim=-1)
+        surround = blocks[..., self.surround_columns]
         ratio = torch.nan_to_num(centre.std(dim=(-2, -1)) / surround.std(dim=(-2, -1)), nan=0.0)
         sigma = variance.sqrt()
         beta = (sigma - ratio).abs() / torch.maximum(sigma, ratio)
@@ -346,12 +386,15 @@ class Noise(QualityMetric):
 
 @register_metric
 class Blockiness(QualityMetric):
-    """Blockiness: luma steps across the 8x8 JPEG grid relative to steps inside blocks (1 = none), lower is better.
+    """Blockiness: luma steps across the 8x8 JPEG grid relative to steps inside blocks (about 1 = none), lower is better.
 
     With the luma ``Y`` in [0, 255] and the absolute differences between horizontally and vertically adjacent
     pixels, ``B`` is the mean of those that cross a block boundary (between pixel 8k - 1 and 8k, grid anchored
     at the top-left corner as in JPEG) and ``A`` the mean of all others; both directions pooled:
-    ``blockiness = (B + 1) / (A + 1)``. The 1 (one grey level) keeps flat images at 1. The boundary
+    ``blockiness = (B + 1) / (A + 1)``. The 1 (one grey level) keeps flat images at 1. An image without
+    blocking scores about 1: a little below when its content happens to change less across the grid than
+    inside blocks (0.975 on a standard photograph), down to ``1 / (A + 1)`` > 0 in theory; JPEG blocking
+    raises it above 1. The boundary
     differences ``B`` are those of Wang, Sheikh and Bovik, "No-reference perceptual quality assessment of
     JPEG compressed images", ICIP 2002, here simply normalised by the activity inside blocks. Needs images of
     at least 9x9 pixels (one block boundary each way). Memory: besides the input, about 20 bytes per pixel
@@ -360,7 +403,7 @@ class Blockiness(QualityMetric):
 
     name = "blockiness"
     higher_is_better = False
-    score_range = (1.0, 3.0)
+    score_range = (0.0, 3.0)
     differentiable = True
     min_size = (JPEG_BLOCK + 1, JPEG_BLOCK + 1)
 

