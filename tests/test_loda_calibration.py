@@ -35,7 +35,7 @@ def dataset(tmp_path_factory):
 def trained(dataset, tmp_path_factory):
     """A tiny LoDa trained on 3 of the 4 references; (checkpoint dir, model, train rows)."""
     split = random_splits(len(dataset), dataset.refs, num_splits=1, train_fraction=0.75, seed=0)[0]
-    settings = TrainSettings(epochs=4, batch_size=12, lr=2e-3, crops_per_image=1, seed=0, log_every=0,
+    settings = TrainSettings(epochs=10, batch_size=12, lr=2e-3, crops_per_image=1, seed=0, log_every=0,
                              calibration_crops=4)
     out = tmp_path_factory.mktemp("calibrated")
     model = train(loda_preset("tiny"), dataset, split["train"], settings, out)

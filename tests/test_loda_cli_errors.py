@@ -96,6 +96,15 @@ BAD_INPUTS = [
     ("train fraction 1", _train("--random-split", "0", "--train-fraction", "1"), USAGE, "> 0 and < 1, got 1.0"),
     ("output folder is a file", _train(meta="{meta}")[:-2] + ["--out", "{meta}"], USAGE, "meta.csv is a file"),
     ("eval --protocol is gone", _eval("checkpoint", "--protocol"), USAGE, "unrecognized arguments: --protocol"),
+    ("interpolation without a resize", _train("--interpolation", "bilinear"), False,
+     "--interpolation is the resize's; give --resize-short N or --resize WxH too"),
+    ("resize below the crop size", _train("--resize-short", "16"), False,
+     "the resize (shorter side to 16 px (bicubic)) makes images smaller than the 32 px crops"),
+    ("resize not WxH", _train("--resize", "512x0"), USAGE, "argument --resize: must be WIDTHxHEIGHT in pixels"),
+    ("two resizes", _train("--resize", "64x48", "--resize-short", "40"), USAGE, "not allowed with argument"),
+    ("dataset without official settings", _train("--dataset", "csiq"), USAGE, "argument --dataset: invalid choice"),
+    ("timm backbone not in the cache", ["loda", "info", "--vit", "timm/absent.x"], False,
+     "cannot load the timm backbone 'timm/absent.x': it is not a local folder, HF_HUB_OFFLINE is set"),
 ]
 
 

@@ -12,8 +12,9 @@ from scipy import stats
 
 from iqa_adapter.images import ImageReadError
 from iqa_adapter.loda.data import (SKIPPED_FILE, IQADataError, EvalCrops, TrainCrops, crop_positions, drop_unreadable,
-                                   epoch_batches, fit_min_size, load_image, random_splits, read_meta, read_split_file,
-                                   split_from_column)
+                                   epoch_batches, fit_min_size, load_image, prepare_images, random_splits, read_meta,
+                                   read_split_file, split_from_column)
+from iqa_adapter.loda.preprocess import DATASET_PRESETS, PreprocessError, Resize, describe_preprocessing
 from iqa_adapter.loda.evaluate import correlation_metrics, fit_logistic, logistic4, summarize
 from iqa_adapter.loda.losses import norm_in_norm_loss
 
@@ -196,6 +197,74 @@ def test_test_crops(image_table):
     assert uniform[0].shape == (4, 3, 32, 32)
     random = EvalCrops(image_table, [1, 3], crop=32, crops=4, mode="random", seed=0)
     assert torch.equal(random[1], EvalCrops(image_table, [1, 3], 32, 4, "random", seed=0)[1])
+
+
+def test_test_crops_and_training_crops_follow_the_resize(image_table):
+    resize = Resize(size=(36, 34), interpolation="bilinear")
+    for row in (1, 3):
+        resized = prepare_images(load_image(image_table.paths[row]), 32, resize)
+        assert resized.shape == (3, 34, 36)
+        one = EvalCrops(image_table, [row], crop=32, crops=1, mode="uniform", seed=0, resize=resize)[0]
+        assert torch.equal(one[0], resized[:, :32, :32])  # one uniform crop: the top-left corner
+    whole = Resize(size=(32, 32))  # the training crop is the whole resized image, perhaps flipped
+    image, _ = TrainCrops(image_table, [2], crop=32, crops_per_image=1, seed=0, resize=whole)[0]
+    resized = whole(load_image(image_table.paths[2]))
+    assert any(torch.equal(image, candidate) for candidate in
+               (resized, resized.flip(-1), resized.flip(-2), resized.flip(-1).flip(-2)))
+
+
+# ---------------------------------------------------------------- pre-processing
+
+
+def test_resize_to_a_shorter_side_as_torchvision():
+    kadid = DATASET_PRESETS["kadid10k"].resize
+    assert kadid(torch.rand(3, 400, 600)).shape == (3, 384, 576)  # 600x400 -> 576x384
+    assert kadid(torch.rand(2, 3, 600, 400)).shape == (2, 3, 576, 384)  # portrait, batched
+    assert kadid(torch.rand(3, 333, 500)).shape == (3, 384, 576)  # int(384 * 500 / 333) = 576, truncated
+    assert DATASET_PRESETS["koniq10k"].resize(torch.rand(3, 768, 1024)).shape == (3, 384, 512)
+    native = torch.rand(3, 384, 512)
+    assert kadid(native) is native  # KADID-10k's own 512x384 images are left as they are
+    assert Resize(size=(512, 384))(torch.rand(3, 100, 100)).shape == (3, 384, 512)
+    assert prepare_images(torch.rand(3, 40, 60), 32, Resize(short_side=20)).shape == (3, 32, 48)  # then upscaled
+
+
+def test_resize_matches_pil_within_rounding():
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)  # noise: the hardest case
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    for interpolation, pil in (("bicubic", Image.Resampling.BICUBIC), ("bilinear", Image.Resampling.BILINEAR)):
+        for short_side in (24, 56):  # down and up
+            ours = Resize(short_side=short_side, interpolation=interpolation)(tensor)
+            width, height = ours.shape[2], ours.shape[1]
+            theirs = np.asarray(Image.fromarray(pixels).resize((width, height), pil), dtype=np.float32) / 255
+            difference = np.abs(ours.permute(1, 2, 0).numpy() - theirs)
+            assert difference.max() < 1.5 / 255 and difference.mean() < 0.5 / 255, (interpolation, short_side)
+
+
+def test_resize_is_differentiable():
+    images = torch.rand(1, 3, 40, 60, requires_grad=True)
+    Resize(short_side=32)(images).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_dataset_presets_are_the_official_settings():
+    official = {name: (preset.resize and (preset.resize.short_side, preset.resize.interpolation),
+                       preset.crops_per_image) for name, preset in DATASET_PRESETS.items()}
+    assert official == {"live": ((384, "bicubic"), 5), "tid2013": (None, 10), "kadid10k": ((384, "bicubic"), 3),
+                        "livec": (None, 5), "koniq10k": ((384, "bilinear"), 3), "spaq": ((384, "bilinear"), 3),
+                        "flive": ((384, "bicubic"), 1)}
+    kadid = DATASET_PRESETS["kadid10k"]
+    assert describe_preprocessing(kadid.resize, 224, 3, "kadid10k") == (
+        "shorter side to 384 px (bicubic), then 3 random 224 px training crops per image (the official kadid10k "
+        "pre-processing)")
+    assert describe_preprocessing(None, 224, 3, "kadid10k").startswith(
+        "native size, then 3 random 224 px training crops per image (changed from the official kadid10k "
+        "pre-processing: shorter side to 384 px (bicubic)")
+    assert Resize.from_dict(Resize(size=[512, 384]).to_dict()) == Resize(size=(512, 384))
+    for bad, message in (({}, "either a shorter side"), ({"short_side": 384, "size": (1, 2)}, "either a shorter side"),
+                         ({"short_side": 0}, "integers >= 1"), ({"size": (512,)}, "integers >= 1"),
+                         ({"short_side": 384, "interpolation": "nearest"}, "choose bicubic or bilinear")):
+        with pytest.raises(PreprocessError, match=message):
+            Resize(**bad)
 
 
 # ---------------------------------------------------------------- image files

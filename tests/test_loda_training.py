@@ -10,9 +10,11 @@ import torch
 from iqa_adapter.cli import main
 from iqa_adapter.loda import build_model, loda_preset
 from iqa_adapter.loda import train as train_module
-from iqa_adapter.loda.data import random_splits, read_meta
+from iqa_adapter.loda.data import load_image, random_splits, read_meta
 from iqa_adapter.loda.evaluate import correlation_metrics, predict
+from iqa_adapter.loda.calibration import raw_table_scores
 from iqa_adapter.loda.metric import LoDaMetric
+from iqa_adapter.loda.preprocess import Resize
 from iqa_adapter.loda.protocol import run_protocol
 from iqa_adapter.loda.synthetic import make_dataset
 from iqa_adapter.loda.train import STATE_FILE, RunDirectoryError, TrainSettings, train
@@ -163,6 +165,41 @@ def test_registry_metric_scores_any_size_with_gradients_and_features(trained):
         create_metric(f"loda:{out}/missing")
 
 
+def test_the_resize_is_part_of_the_run_and_of_the_checkpoint(dataset, tmp_path):
+    rows = list(range(0, 80, 4))
+    settings = TrainSettings(epochs=1, batch_size=8, crops_per_image=2, seed=1, log_every=0, max_iterations=1,
+                             calibration_crops=0, dataset_preset="kadid10k")
+    resized = loda_preset("tiny", resize=Resize(short_side=36))
+    train(resized, dataset, rows, settings, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["resize"] == {"short_side": 36, "size": None, "interpolation": "bicubic"}
+    assert saved["training"]["dataset_preset"] == "kadid10k"
+    assert saved["training"]["preprocessing"].startswith("shorter side to 36 px (bicubic), then 2 random 32 px "
+                                                         "training crops per image (changed from the official kadid10k")
+    for other in (loda_preset("tiny"), loda_preset("tiny", resize=Resize(short_side=36, interpolation="bilinear"))):
+        with pytest.raises(RunDirectoryError, match="holds a run with other config"):
+            train(other, dataset, rows, settings, tmp_path / "run", resume=True)
+    train(resized, dataset, rows, TrainSettings(**{**settings.__dict__, "max_iterations": None}), tmp_path / "run",
+          resume=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["iteration"] == 5
+
+
+def test_evaluation_calibration_and_metric_score_after_the_resize(dataset, tmp_path):
+    resize = Resize(size=(32, 32), interpolation="bilinear")  # then one crop is the whole image
+    model = build_model(loda_preset("tiny", resize=resize), seed=2)
+    model.save_pretrained(tmp_path)
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(resize(images))
+        metric = LoDaMetric(tmp_path, crops=3)
+        torch.testing.assert_close(metric.raw(images), expected)
+        rows = [0, 5, 9]
+        files = torch.stack([resize(load_image(dataset.paths[row])) for row in rows])
+        torch.testing.assert_close(torch.from_numpy(predict(model, dataset, rows, crops=2)).float(), model(files))
+        torch.testing.assert_close(torch.from_numpy(raw_table_scores(model, dataset, rows)).float(), model(files))
+    assert "images resized: 32x32 px (bilinear)" in metric_info(f"loda:{tmp_path}").description
+
+
 def test_command_line(tmp_path, capsys):
     assert main(["loda", "info", "--preset", "base"]) == 0
     assert "trainable parameters: 8,927,488" in capsys.readouterr().out
@@ -177,15 +214,37 @@ def test_command_line(tmp_path, capsys):
     assert "test: SRCC" in capsys.readouterr().out
     assert (tmp_path / "run" / "test_metrics.json").is_file()
     assert main(["loda", "info", "--checkpoint", str(tmp_path / "run")]) == 0
-    assert "trainable parameters: 20,096" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trainable parameters: 20,096" in out and "images: native size before the 32 px crops" in out
+    # a dataset preset sets the official resize and crops, unless given explicitly; the output says which
+    preset = ["--meta", meta, "--preset", "tiny", "--epochs", "1", "--batch-size", "4", "--log-every", "0",
+              "--calibration-crops", "0", "--no-test"]
+    assert main(["loda", "train", *preset, "--dataset", "tid2013", "--out", str(tmp_path / "tid")]) == 0
+    assert ("pre-processing: native size, then 10 random 32 px training crops per image (the official tid2013 "
+            "pre-processing)") in capsys.readouterr().out
+    assert main(["loda", "train", *preset, "--dataset", "koniq10k", "--resize-short", "40", "--crops-per-image", "1",
+                 "--out", str(tmp_path / "koniq")]) == 0
+    assert ("pre-processing: shorter side to 40 px (bilinear), then 1 random 32 px training crops per image "
+            "(changed from the official koniq10k pre-processing: shorter side to 384 px (bilinear), then 3 random "
+            "32 px training crops per image)") in capsys.readouterr().out
+    saved = json.loads((tmp_path / "koniq" / "config.json").read_text())
+    assert saved["config"]["resize"] == {"short_side": 40, "size": None, "interpolation": "bilinear"}
+    assert saved["training"]["recipe"]["crops_per_image"] == 1 and saved["training"]["dataset_preset"] == "koniq10k"
+    assert main(["loda", "info", "--checkpoint", str(tmp_path / "koniq")]) == 0
+    assert "images: shorter side to 40 px (bilinear) before the 32 px crops" in capsys.readouterr().out
     assert main(["loda", "eval", "--checkpoint", str(tmp_path / "run"), "--meta", meta, "--test-crops", "2",
                  "--out", str(tmp_path / "eval")]) == 0
-    assert "(12 images)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(12 images)" in out and "images: native size before the 32 px crops (the checkpoint's" in out
     assert len(json.loads((tmp_path / "eval" / "eval.json").read_text())["predictions"]) == 12
-    assert main(["loda", "protocol", *common, "--splits", "2", "--variants", "loda,linear_probe",
+    assert main(["loda", "protocol", *common, "--splits", "2", "--variants", "loda,linear_probe", "--resize", "40x36",
                  "--out", str(tmp_path / "protocol")]) == 0
     out = capsys.readouterr().out
     assert "2 random 80% train splits (by reference image)" in out and "linear_probe" in out
+    assert "pre-processing: 40x36 px (bicubic), then 1 random 32 px training crops per image" in out
+    summary = json.loads((tmp_path / "protocol" / "summary.json").read_text())
+    resized = {"short_side": None, "size": [40, 36], "interpolation": "bicubic"}
+    assert summary["resize"] == {"loda": resized, "linear_probe": resized} and summary["dataset_preset"] is None
     # a pickle split file is read only when trusted
     with open(tmp_path / "split.pkl", "wb") as handle:
         pickle.dump({0: {"train": list(range(8)), "val": [], "test": [8, 9, 10, 11]}}, handle)

@@ -7,5 +7,6 @@ data (:mod:`iqa_adapter.loda.calibration`), which the metric applies by default.
 
 from .config import LoDaConfig, loda_preset
 from .model import LoDa, build_model
+from .preprocess import DATASET_PRESETS, Resize
 
-__all__ = ["LoDa", "LoDaConfig", "build_model", "loda_preset"]
+__all__ = ["DATASET_PRESETS", "LoDa", "LoDaConfig", "Resize", "build_model", "loda_preset"]

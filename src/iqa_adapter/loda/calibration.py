@@ -10,7 +10,8 @@ and reports read like pyiqa's scores) get a *calibrated* score instead:
 
 fitted by least squares once training has finished, on the training split only (no test image is seen),
 with ``raw_i`` the score the metric gives image i (the average over ``crops`` crops, uniform grid by
-default: exactly what ``loda:<dir>`` computes with its defaults, :func:`~iqa_adapter.loda.evaluate.score_images`).
+default, after the model's pre-processing: exactly what ``loda:<dir>`` computes with its defaults,
+:func:`~iqa_adapter.loda.evaluate.score_images`).
 
 The fit is stored in the checkpoint's ``config.json`` under ``"calibration"``: ``a``, ``b``, the MOS range
 of the training data (``mos_min``, ``mos_max``), the number of samples, the crops used, and the fit's RMSE
@@ -31,12 +32,16 @@ import dataclasses
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .data import IQATable, load_image
 from .evaluate import image_crops, score_images
+
+if TYPE_CHECKING:
+    from .model import LoDa
 
 CALIBRATION_KEY = "calibration"
 logger = logging.getLogger("iqa_adapter.loda")
@@ -117,7 +122,7 @@ def fit_calibration(raw, mos, crops: int = 15, crop_mode: str = "uniform") -> Ca
 
 
 @torch.no_grad()
-def raw_table_scores(model: torch.nn.Module, table: IQATable, indices: list[int], crops: int = 15,
+def raw_table_scores(model: LoDa, table: IQATable, indices: list[int], crops: int = 15,
                      crop_mode: str = "uniform", seed: int = 0, batch_size: int = 64) -> np.ndarray:
     """Raw scores of the images ``table.paths[i]``, ``i`` in ``indices``, exactly as the registry metric
     ``loda:<dir>`` computes them (model in eval mode; images of one size are scored together)."""
@@ -130,7 +135,8 @@ def raw_table_scores(model: torch.nn.Module, table: IQATable, indices: list[int]
     scores = np.empty(len(indices), dtype=np.float64)
     for positions in by_shape.values():
         # every image of one shape has the same crop positions: as many images per pass as fill a batch
-        distinct = image_crops(images[positions[0]][None], model.crop_size, crops, crop_mode, seed)[1].numel()
+        distinct = image_crops(images[positions[0]][None], model.crop_size, crops, crop_mode, seed,
+                               model.config.resize)[1].numel()
         per_pass = max(1, batch_size // distinct)
         for start in range(0, len(positions), per_pass):
             chunk = positions[start:start + per_pass]
@@ -140,7 +146,7 @@ def raw_table_scores(model: torch.nn.Module, table: IQATable, indices: list[int]
     return scores
 
 
-def calibrate(model: torch.nn.Module, table: IQATable, indices: list[int], crops: int = 15,
+def calibrate(model: LoDa, table: IQATable, indices: list[int], crops: int = 15,
               crop_mode: str = "uniform", seed: int = 0, batch_size: int = 64) -> Calibration:
     """Fit the calibration of a trained model on the rows ``indices`` of ``table`` (its training split)."""
     raw = raw_table_scores(model, table, indices, crops, crop_mode, seed, batch_size)

@@ -4,22 +4,33 @@ synthetic IQA datasets.
     iqa-adapter loda info --preset base
     iqa-adapter loda make-dataset --out data/synthetic
     iqa-adapter loda train --meta data/synthetic/meta.csv --preset tiny --random-split 0 --out runs/tiny
+    iqa-adapter loda train --meta kadid10k/meta.csv --dataset kadid10k --random-split 0 --out runs/kadid
     iqa-adapter loda eval --checkpoint runs/tiny --meta data/synthetic/meta.csv --random-split 0
     iqa-adapter loda protocol --meta data/synthetic/meta.csv --preset tiny --out runs/protocol
 
 train, eval and protocol first read every image they will use once: images that cannot be read (missing,
 empty, truncated, not an image) are skipped, counted, and listed in OUT/skipped.csv.
+
+--dataset NAME (train, protocol) applies the official pre-processing of a dataset of the paper: its resize
+before the crops (e.g. the shorter side to 384) and its training crops per image; explicit --resize-short,
+--resize, --interpolation and --crops-per-image override it. A checkpoint keeps its resize: eval and the
+loda:<dir> metric apply it to every image they score.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..io_utils import write_json
 from ..runtime import add_threads_option, apply_threads, resolve_device
 from ..validation import cli_type, non_negative_int, non_negative_number, positive_int, positive_number, seed
+
+if TYPE_CHECKING:
+    from .preprocess import Resize
 
 
 def _train_fraction(text: str) -> float:
@@ -27,6 +38,16 @@ def _train_fraction(text: str) -> float:
     from .data import check_train_fraction  # imported when used: it pulls in pandas
 
     return cli_type(check_train_fraction)(text)
+
+
+def _resize_size(text: str) -> tuple[int, int] | str:
+    """argparse type of --resize: ``WIDTHxHEIGHT`` as (width, height), or ``none``."""
+    if text.strip().lower() == "none":
+        return "none"
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or 0 in (int(match.group(1)), int(match.group(2))):
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT in pixels (e.g. 512x384) or none, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def _folder(text: str) -> str:
@@ -69,6 +90,23 @@ def _add_random_split_arguments(group) -> None:
                        help="train share of the random splits, in (0, 1)")
 
 
+def _add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    from .preprocess import DATASET_PRESETS, INTERPOLATIONS
+
+    group = parser.add_argument_group("pre-processing (default: native size; --dataset: the official one)")
+    group.add_argument("--dataset", choices=tuple(DATASET_PRESETS), default=None,
+                       help="the official resize and training crops per image of this dataset (LIVE, KADID-10k, "
+                            "FLIVE: shorter side to 384 bicubic; KonIQ-10k, SPAQ: 384 bilinear; TID2013, LIVEC: "
+                            "native size), unless given below")
+    size = group.add_mutually_exclusive_group()
+    size.add_argument("--resize-short", type=positive_int, default=None, metavar="N",
+                      help="resize every image so that its shorter side is N px (aspect kept) before the crops")
+    size.add_argument("--resize", type=_resize_size, default=None, metavar="WxH",
+                      help="resize every image to exactly WxH px before the crops, or 'none' (native size)")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
+                       help="of the resize (default: the --dataset preset's, else bicubic)")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, variant: bool = True) -> None:
     from .config import BN_MODES, VARIANTS
 
@@ -83,8 +121,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser, variant: bool = True) 
                             "in training")
     group.add_argument("--backbone-init", choices=("pretrained", "random"), default="pretrained",
                        help="base preset: pretrained weights (internet or HF cache) or seeded random weights")
-    group.add_argument("--vit", default=None, help="another ViT to load (hub id or directory), e.g. a ViT-S/16")
-    group.add_argument("--cnn", default=None, help="another ResNet to load (hub id or directory)")
+    group.add_argument("--vit", default=None,
+                       help="another ViT to load: timm/<model>.<tag> (timm checkpoint), transformers hub id or "
+                            "directory (default: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, the official; "
+                            "e.g. google/vit-base-patch16-224-in21k)")
+    group.add_argument("--cnn", default=None,
+                       help="another ResNet to load, as --vit (default: timm/resnet50.a1_in1k, the official; "
+                            "e.g. microsoft/resnet-50)")
     group.add_argument("--backbone-seed", type=seed, default=0, help="seed of random backbone weights")
 
 
@@ -94,8 +137,9 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=128)
     group.add_argument("--lr", type=positive_number, default=3e-4, help="learning rate, > 0")
     group.add_argument("--weight-decay", type=non_negative_number, default=1e-2, help="AdamW weight decay, >= 0")
-    group.add_argument("--crops-per-image", type=positive_int, default=3,
-                       help="random crops per image and epoch (paper: KADID/KonIQ/SPAQ 3, LIVE/LIVEC 5, TID2013 10)")
+    group.add_argument("--crops-per-image", type=positive_int, default=None,
+                       help="random crops per image and epoch (default: the --dataset preset's, else 3; paper: "
+                            "FLIVE 1, KADID/KonIQ/SPAQ 3, LIVE/LIVEC 5, TID2013 10)")
     group.add_argument("--seed", type=seed, default=3407)
     group.add_argument("--save-every", type=non_negative_int, default=0,
                        help="also save the training state every N iterations (0: at epoch ends only)")
@@ -155,9 +199,7 @@ def _selected_split(args, table):
 
 def _model_config(args, variant: str | None = None):
     """The LoDa config the model options give (``variant``: instead of --variant)."""
-    from transformers import ResNetConfig, ViTConfig
-
-    from .config import CNN_KEYS, VIT_KEYS, loda_preset
+    from .config import loda_preset
     from .model import pretrained_backbone_fields
 
     if args.backbone_init == "random" and (args.vit or args.cnn):
@@ -165,19 +207,44 @@ def _model_config(args, variant: str | None = None):
     config = loda_preset(args.preset, pretrained=args.backbone_init == "pretrained" and args.preset == "base",
                          variant=variant or args.variant, bn_mode=args.bn_mode, backbone_seed=args.backbone_seed)
     if args.vit:
-        config = config.replace(vit_source=args.vit, vit=pretrained_backbone_fields(ViTConfig, args.vit, VIT_KEYS))
+        config = config.replace(vit_source=args.vit, vit=pretrained_backbone_fields("vit", args.vit))
     if args.cnn:
-        config = config.replace(cnn_source=args.cnn, cnn=pretrained_backbone_fields(ResNetConfig, args.cnn, CNN_KEYS))
+        config = config.replace(cnn_source=args.cnn, cnn=pretrained_backbone_fields("cnn", args.cnn))
     return config
 
 
-def _settings(args):
+def _preprocessing(args) -> tuple[Resize | None, int]:
+    """The resize (or None) and training crops per image that the pre-processing options give: explicit
+    options over the --dataset preset's values; without either, native size and 3 crops."""
+    import dataclasses
+
+    from .preprocess import INTERPOLATIONS, Resize, dataset_preset
+    from .train import TrainSettings
+
+    preset = dataset_preset(args.dataset) if args.dataset else None
+    resize = preset.resize if preset else None
+    interpolation = args.interpolation or (resize.interpolation if resize else INTERPOLATIONS[0])
+    if args.resize_short is not None:
+        resize = Resize(short_side=args.resize_short, interpolation=interpolation)
+    elif args.resize is not None:
+        resize = None if args.resize == "none" else Resize(size=args.resize, interpolation=interpolation)
+    elif resize is not None:
+        resize = dataclasses.replace(resize, interpolation=interpolation)
+    if args.interpolation and resize is None:
+        raise ValueError("--interpolation is the resize's; give --resize-short N or --resize WxH too (or a --dataset "
+                         "whose preset resizes)")
+    default_crops = preset.crops_per_image if preset else TrainSettings.crops_per_image
+    return resize, args.crops_per_image or default_crops
+
+
+def _settings(args, crops_per_image: int):
     from .train import TrainSettings
 
     return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         crops_per_image=args.crops_per_image, seed=args.seed, save_every=args.save_every,
+                         crops_per_image=crops_per_image, seed=args.seed, save_every=args.save_every,
                          max_iterations=args.max_iterations, workers=args.workers, device=resolve_device(args.device),
-                         log_every=args.log_every, calibration_crops=args.calibration_crops)
+                         log_every=args.log_every, calibration_crops=args.calibration_crops,
+                         dataset_preset=args.dataset)
 
 
 def _print_metrics(label: str, metrics: dict, count: int) -> None:
@@ -188,6 +255,12 @@ def _print_metrics(label: str, metrics: dict, count: int) -> None:
 def _calibration_line(calibration) -> str:
     return (f"scores: calibrated {calibration.a:.4g} * raw + {calibration.b:.4g} on {calibration.samples} training "
             f"images (MOS range {calibration.mos_min:.4g} to {calibration.mos_max:.4g}, RMSE {calibration.rmse:.3g})")
+
+
+def _images_line(config) -> str:
+    """How a model pre-processes the images it scores, e.g. ``shorter side to 384 px (bicubic) before the
+    224 px crops``."""
+    return f"{config.resize.describe() if config.resize else 'native size'} before the {config.crop_size} px crops"
 
 
 def _start(args) -> None:
@@ -224,6 +297,7 @@ def cmd_info(args) -> None:
         print(f"  adapter: r = {config.latent_dim}, {config.cross_attn_heads} cross-attention heads, "
               f"{len(cnn['hidden_sizes'])} x {config.grid_size}x{config.grid_size} distortion tokens")
         print(f"  BatchNorm: {config.bn_mode}: {BN_MODES[config.bn_mode]}")
+    print(f"  images: {_images_line(config)}")
     print(f"trainable parameters: {counts['trainable']:,}")
     print(f"total parameters: {counts['total']:,}")
 
@@ -243,16 +317,20 @@ def cmd_train(args) -> None:
     from .data import drop_unreadable
     from .evaluate import correlation_metrics, predict
     from .model import read_checkpoint_config
+    from .preprocess import describe_preprocessing
     from .train import train
 
     _start(args)
-    config, settings = _model_config(args), _settings(args)
+    resize, crops_per_image = _preprocessing(args)
+    config, settings = _model_config(args).replace(resize=resize), _settings(args, crops_per_image)
     table = _read_table(args)
     split = _selected_split(args, table) or {"train": list(range(len(table))), "test": []}
     split = drop_unreadable(table, [{"train": split["train"], "test": [] if args.no_test else split["test"]}],
                             args.out)[0]
     model = train(config, table, split["train"], settings, args.out, resume=args.resume)
     print(f"checkpoint in {args.out} (trained on {len(split['train'])} images)")
+    preprocessing = describe_preprocessing(config.resize, config.crop_size, settings.crops_per_image, args.dataset)
+    print(f"pre-processing: {preprocessing}")
     calibration = read_calibration(read_checkpoint_config(args.out))
     if calibration is not None:
         print(_calibration_line(calibration))
@@ -283,6 +361,7 @@ def cmd_eval(args) -> None:
     predictions = predict(model, table, rows, crops=args.test_crops, crop_mode=args.crop_mode, seed=args.eval_seed)
     metrics = correlation_metrics(predictions, table.mos[rows])
     _print_metrics(f"{args.checkpoint} on {args.meta}", metrics, len(rows))
+    print(f"images: {_images_line(model.config)} (the checkpoint's pre-processing)")
     if args.out:
         scores = {str(table.paths[row]): float(score) for row, score in zip(rows, predictions)}
         write_json(Path(args.out) / "eval.json",
@@ -292,6 +371,7 @@ def cmd_eval(args) -> None:
 def cmd_protocol(args) -> None:
     from .data import random_splits
     from .evaluate import format_summary
+    from .preprocess import describe_preprocessing
     from .protocol import run_protocol
 
     _start(args)
@@ -300,8 +380,9 @@ def cmd_protocol(args) -> None:
         raise ValueError("--variants names no variant; give a comma-separated list such as loda,linear_probe")
     if args.test_root and not args.test_meta:
         raise ValueError("--test-root is the image folder of --test-meta; give --test-meta too, or drop --test-root")
-    configs = {variant: _model_config(args, variant) for variant in variants}
-    settings = _settings(args)
+    resize, crops_per_image = _preprocessing(args)
+    configs = {variant: _model_config(args, variant).replace(resize=resize) for variant in variants}
+    settings = _settings(args, crops_per_image)
     table = _read_table(args)
     test_table = _read_table(args, prefix="test_") if args.test_meta else None
     splits = random_splits(len(table), table.refs, num_splits=args.splits, train_fraction=args.train_fraction,
@@ -309,6 +390,8 @@ def cmd_protocol(args) -> None:
     results = run_protocol(table, splits, configs, settings, args.out, test_table=test_table,
                            test_crops=args.test_crops, crop_mode=args.crop_mode, eval_seed=args.eval_seed)
     by_reference = "by reference image" if table.refs is not None else "by image"
+    first = next(iter(configs.values()))
+    print(f"pre-processing: {describe_preprocessing(resize, first.crop_size, crops_per_image, args.dataset)}")
     print(f"{args.splits} random {args.train_fraction:.0%} train splits ({by_reference}); "
           f"test on {args.test_meta or 'the held-out part'}; median (mean +- std):")
     for name, result in results.items():
@@ -338,6 +421,7 @@ def add_commands(subparsers) -> None:
 
     train = commands.add_parser("train", help="train LoDa (or a baseline) on an IQA dataset")
     _add_data_arguments(train)
+    _add_preprocessing_arguments(train)
     _add_model_arguments(train)
     _add_recipe_arguments(train)
     _add_test_arguments(train)
@@ -361,6 +445,7 @@ def add_commands(subparsers) -> None:
     protocol = commands.add_parser("protocol", help="the paper's protocol: train and test LoDa and its baselines on "
                                                     "random splits, summarised (median, mean +- std)")
     _add_data_arguments(protocol, splits=False)
+    _add_preprocessing_arguments(protocol)
     splits = protocol.add_argument_group("protocol")
     splits.add_argument("--splits", type=positive_int, default=10,
                         help="random train/test splits (by reference image when references are known)")

@@ -3,7 +3,10 @@
 A :class:`LoDaConfig` is saved as ``config.json`` in every checkpoint directory, beside ``loda.safetensors``
 (the trained parts only). The frozen backbones are rebuilt from the config:
 
-* ``vit_source`` / ``cnn_source`` set (a hub id such as ``google/vit-base-patch16-224-in21k`` or a local
+* ``vit_source`` / ``cnn_source`` naming a timm repository on the Hub (``timm/<model>.<tag>``, the official
+  backbones): its ``model.safetensors`` is mapped into the transformers model
+  (:mod:`iqa_adapter.loda.timm_backbones`, no timm needed);
+* another source (a transformers hub id such as ``google/vit-base-patch16-224-in21k``, or a local
   directory): the pretrained weights are loaded with transformers' ``from_pretrained``;
 * a source of ``None``: the backbone gets random weights drawn from ``backbone_seed`` by this package's own
   initialisation (:func:`iqa_adapter.loda.model.seeded_init`), so a tiny or random model is rebuilt
@@ -11,9 +14,14 @@ A :class:`LoDaConfig` is saved as ``config.json`` in every checkpoint directory,
   and loading checks it, so a backbone that does not rebuild bit-exactly (another revision of a hub model,
   another initialisation) is reported instead of silently giving other scores.
 
-Presets: ``base`` is the paper's model (ViT-B/16 ImageNet-21k + ResNet-50 stages 1-4, r = 64, 4 heads,
-7x7 pooling, dropout 0.1) with the official hyper-parameters; ``tiny`` is a few-thousand-parameter
-configuration on 32 px crops for tests and offline toys.
+``resize`` is the pre-processing of every image the model scores, before the crops (training, testing,
+calibration and the ``loda:<dir>`` metric alike; :mod:`iqa_adapter.loda.preprocess`); None keeps the native
+size.
+
+Presets: ``base`` is the paper's model with the official backbones, timm's
+``vit_base_patch16_224.augreg2_in21k_ft_in1k`` (AugReg ViT-B/16, ImageNet-21k then fine-tuned on 1k) and
+``resnet50.a1_in1k`` (stages 1-4), r = 64, 4 heads, 7x7 pooling, dropout 0.1; ``tiny`` is a
+few-thousand-parameter configuration on 32 px crops for tests and offline toys.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..io_utils import reject_unknown_fields
+from .preprocess import Resize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,11 +54,12 @@ CNN_KEYS = ("embedding_size", "hidden_sizes", "depths", "layer_type", "hidden_ac
             "downsample_in_bottleneck")
 
 VIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-           "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-12, "qkv_bias": True, "hidden_act": "gelu"}
+           "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_act": "gelu"}
 RESNET_50 = {"embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
              "layer_type": "bottleneck", "hidden_act": "relu", "downsample_in_first_stage": False,
              "downsample_in_bottleneck": False}
-BASE_SOURCES = ("google/vit-base-patch16-224-in21k", "microsoft/resnet-50")
+# the official backbones (timm 0.9.2 resolves "resnet50" to resnet50.a1_in1k)
+BASE_SOURCES = ("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm/resnet50.a1_in1k")
 
 
 @dataclass
@@ -58,7 +68,7 @@ class LoDaConfig:
 
     vit: dict  # transformers ViTConfig fields (VIT_KEYS); image_size is the crop size
     cnn: dict  # transformers ResNetConfig fields (CNN_KEYS); stages 1-4 feed the extractors
-    vit_source: str | None = None  # from_pretrained id or directory; None: random weights from backbone_seed
+    vit_source: str | None = None  # timm/<name>, from_pretrained id or directory; None: random from backbone_seed
     cnn_source: str | None = None
     backbone_seed: int = 0
     latent_dim: int = 64  # r: width of the distortion tokens and of the injectors' cross-attention
@@ -69,6 +79,7 @@ class LoDaConfig:
     bn_mode: str = "frozen"
     mean: tuple[float, float, float] = IMAGENET_MEAN  # input normalisation of both backbones
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: Resize | None = None  # of every image before its crops; None: native size
     preset: str | None = field(default=None, compare=False)  # the preset it came from, for information
 
     def __post_init__(self) -> None:
@@ -80,6 +91,11 @@ class LoDaConfig:
         if missing:
             raise ValueError(f"LoDa config lacks backbone fields {missing}; start from a preset (loda_preset)")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if isinstance(self.resize, dict):
+            self.resize = Resize.from_dict(self.resize)
+        if self.resize is not None and self.resize.smallest_side < self.crop_size:
+            raise ValueError(f"the resize ({self.resize.describe()}) makes images smaller than the {self.crop_size} px "
+                             "crops; resize to at least the crop size, or not at all")
 
     @property
     def crop_size(self) -> int:
@@ -102,8 +118,9 @@ class LoDaConfig:
 
 
 def loda_preset(name: str, pretrained: bool = True, **changes) -> LoDaConfig:
-    """A preset configuration: ``base`` (the paper's ViT-B/16 + ResNet-50; ``pretrained=False`` gives seeded
-    random backbones, for offline benchmarks) or ``tiny`` (random backbones, 32 px crops)."""
+    """A preset configuration: ``base`` (the paper's ViT-B/16 + ResNet-50, from the official timm checkpoints;
+    ``pretrained=False`` gives seeded random backbones, for offline benchmarks) or ``tiny`` (random backbones,
+    32 px crops)."""
     if name == "base":
         vit_source, cnn_source = BASE_SOURCES if pretrained else (None, None)
         config = LoDaConfig(vit=dict(VIT_B16), cnn=dict(RESNET_50), vit_source=vit_source, cnn_source=cnn_source,

@@ -13,7 +13,9 @@ for LIVE, TID2013 and KADID-10k).
 
 Crops: training takes random ``crop`` x ``crop`` crops (several per image and epoch) with random
 horizontal and vertical flips; testing averages the scores of several random or uniformly placed crops
-(:func:`crop_positions`). Images whose shorter side is below the crop size are first upscaled (bilinear,
+(:func:`crop_positions`). Before cropping, images get the model's pre-processing (:func:`prepare_images`):
+its resize, if any (:class:`~iqa_adapter.loda.preprocess.Resize`, e.g. the shorter side to 384 as the
+official data scripts), then images whose shorter side is below the crop size are upscaled (bilinear,
 aspect kept) so that the shorter side equals it. Crop randomness comes from ``numpy`` seed sequences of
 (seed, epoch, item), so it is the same for any number of workers and after a resume.
 
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..images import ImageReadError, open_image, rgb_tensor
+from .preprocess import Resize
 
 IMAGE_COLUMNS = ("img_name", "image_name", "dist_name", "dis_img_path", "dist_img", "img_path", "image", "path",
                  "file_name", "filename")
@@ -282,6 +285,12 @@ def fit_min_size(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized if images.ndim == 4 else resized[0]
 
 
+def prepare_images(images: torch.Tensor, crop: int, resize: Resize | None = None) -> torch.Tensor:
+    """(N, 3, H, W) or (3, H, W) images as they are cropped: resized by ``resize`` (None: native size), then
+    upscaled to at least ``crop`` on the shorter side (:func:`fit_min_size`)."""
+    return fit_min_size(resize(images) if resize is not None else images, crop)
+
+
 def _balanced_grid(count: int) -> tuple[int, int]:
     """``rows * cols == count`` with rows <= cols as close as possible (15 -> 3 x 5)."""
     rows = max(r for r in range(1, math.isqrt(count) + 1) if count % r == 0)
@@ -321,13 +330,14 @@ def _rng(*keys: int) -> np.random.Generator:
 
 
 class TrainCrops(Dataset):
-    """``crops_per_image`` random crops with random flips per image and epoch; item ``i`` is a crop of
-    image ``indices[i // crops_per_image]``. Call :meth:`set_epoch` before each epoch."""
+    """``crops_per_image`` random crops with random flips per image and epoch, after ``resize``; item ``i``
+    is a crop of image ``indices[i // crops_per_image]``. Call :meth:`set_epoch` before each epoch."""
 
-    def __init__(self, table: IQATable, indices: list[int], crop: int, crops_per_image: int, seed: int):
+    def __init__(self, table: IQATable, indices: list[int], crop: int, crops_per_image: int, seed: int,
+                 resize: Resize | None = None):
         if not indices:
             raise IQADataError("the training split is empty")
-        self.table, self.indices, self.crop = table, list(indices), crop
+        self.table, self.indices, self.crop, self.resize = table, list(indices), crop, resize
         self.crops_per_image, self.seed, self.epoch = crops_per_image, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -338,7 +348,7 @@ class TrainCrops(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.indices[item // self.crops_per_image]
-        image = fit_min_size(load_image(self.table.paths[row]), self.crop)
+        image = prepare_images(load_image(self.table.paths[row]), self.crop, self.resize)
         rng = _rng(self.seed, self.epoch, item)
         (top, left), = crop_positions(*image.shape[-2:], self.crop, 1, "random", rng)
         crop = image[:, top:top + self.crop, left:left + self.crop]
@@ -360,11 +370,13 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
 
 
 class EvalCrops(Dataset):
-    """All the test crops of one image per item: (crops, 3, S, S), random (seeded by image) or uniform."""
+    """All the test crops of one image per item, after ``resize``: (crops, 3, S, S), random (seeded by
+    image) or uniform."""
 
-    def __init__(self, table: IQATable, indices: list[int], crop: int, crops: int, mode: str, seed: int):
+    def __init__(self, table: IQATable, indices: list[int], crop: int, crops: int, mode: str, seed: int,
+                 resize: Resize | None = None):
         crop_positions(crop, crop, crop, crops, mode, _rng(seed))  # validates the settings early
-        self.table, self.indices, self.crop = table, list(indices), crop
+        self.table, self.indices, self.crop, self.resize = table, list(indices), crop, resize
         self.crops, self.mode, self.seed = crops, mode, seed
 
     def __len__(self) -> int:
@@ -372,6 +384,6 @@ class EvalCrops(Dataset):
 
     def __getitem__(self, item: int) -> torch.Tensor:
         row = self.indices[item]
-        image = fit_min_size(load_image(self.table.paths[row]), self.crop)
+        image = prepare_images(load_image(self.table.paths[row]), self.crop, self.resize)
         positions = crop_positions(*image.shape[-2:], self.crop, self.crops, self.mode, _rng(self.seed, row))
         return take_crops(image[None], self.crop, positions)[0]

@@ -5,7 +5,8 @@
   ``yhat = b2 + (b1 - b2) / (1 + exp(-(x - b3) / |b4|))`` fitted by least squares (scipy ``curve_fit``,
   start ``[max y, min y, mean x, 0.5]``); if the fit does not converge, a straight-line fit is used instead.
 * Prediction averages the scores of ``crops`` crops per image: random ones (15, the paper's protocol,
-  seeded per image) or a deterministic uniform grid.
+  seeded per image) or a deterministic uniform grid, taken after the model's pre-processing (its config's
+  ``resize``, as in training).
 * :func:`score_images` scores a batch of images already in memory the way the registry metric
   ``loda:<dir>`` does (the same crop positions in every image, each distinct position scored once).
 * All of these use the network's raw cosine scores: the linear calibration of a checkpoint
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,7 +28,11 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
 from torch.utils.data import DataLoader
 
-from .data import IQATable, EvalCrops, crop_positions, fit_min_size, take_crops
+from .data import IQATable, EvalCrops, crop_positions, prepare_images, take_crops
+from .preprocess import Resize
+
+if TYPE_CHECKING:
+    from .model import LoDa
 
 METRICS = ("srcc", "plcc", "krcc", "rmse")
 LOGISTIC_PARAMETERS = 4
@@ -85,14 +91,14 @@ def correlation_metrics(predictions, mos) -> dict[str, float]:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, table: IQATable, indices: list[int], crops: int = 15, crop_mode: str = "random",
+def predict(model: LoDa, table: IQATable, indices: list[int], crops: int = 15, crop_mode: str = "random",
             seed: int = 0, batch_size: int = 64, workers: int = 0) -> np.ndarray:
     """Score of each image ``table.paths[i]``, ``i`` in ``indices``: the mean over its crops (model in eval
     mode; ``batch_size`` crops at a time, at least one image)."""
     was_training = model.training
     model.train(False)
     device = next(model.parameters()).device
-    dataset = EvalCrops(table, indices, model.crop_size, crops, crop_mode, seed)
+    dataset = EvalCrops(table, indices, model.crop_size, crops, crop_mode, seed, resize=model.config.resize)
     loader = DataLoader(dataset, batch_size=max(1, batch_size // crops), num_workers=workers)
     scores = []
     for stacks in loader:  # (images, crops, 3, S, S)
@@ -109,26 +115,27 @@ def distinct_positions(positions: list[tuple[int, int]]) -> tuple[list[tuple[int
     return list(counts), list(counts.values())
 
 
-def image_crops(images: torch.Tensor, size: int, crops: int, crop_mode: str,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The crops that score a batch (N, 3, H, W): images whose shorter side is below ``size`` are upscaled
-    to it, then ``crops`` positions are drawn once for the batch (``crop_mode``, ``numpy`` generator of
-    ``seed``). Returns the distinct crops (N, k, 3, size, size) and the weight of each, (k,), summing to 1
-    (k = 1 for images of exactly the crop size, whatever ``crops``)."""
-    images = fit_min_size(images, size)
+def image_crops(images: torch.Tensor, size: int, crops: int, crop_mode: str, seed: int,
+                resize: Resize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crops that score a batch (N, 3, H, W): the images are pre-processed (:func:`prepare_images`:
+    ``resize``, then a shorter side below ``size`` upscaled to it), then ``crops`` positions are drawn once
+    for the batch (``crop_mode``, ``numpy`` generator of ``seed``). Returns the distinct crops
+    (N, k, 3, size, size) and the weight of each, (k,), summing to 1 (k = 1 for images of exactly the crop
+    size, whatever ``crops``)."""
+    images = prepare_images(images, size, resize)
     positions = crop_positions(*images.shape[-2:], size, crops, crop_mode, np.random.default_rng(seed))
     distinct, counts = distinct_positions(positions)
     weights = torch.tensor(counts, dtype=images.dtype, device=images.device) / crops
     return take_crops(images, size, distinct), weights
 
 
-def score_images(model: torch.nn.Module, images: torch.Tensor, crops: int = 15, crop_mode: str = "uniform",
+def score_images(model: LoDa, images: torch.Tensor, crops: int = 15, crop_mode: str = "uniform",
                  seed: int = 0, batch_size: int = 64) -> torch.Tensor:
     """Raw scores (N,) of images (N, 3, H, W) in [0, 1] on the model's device: the mean of the scores of
-    ``crops`` crops (see :func:`image_crops`), ``batch_size`` crops per forward pass. Gradients flow to the
-    images when enabled; the model's train/eval mode is left as it is."""
+    ``crops`` crops after the model's pre-processing (see :func:`image_crops`), ``batch_size`` crops per
+    forward pass. Gradients flow to the images when enabled; the model's train/eval mode is left as it is."""
     device = next(model.parameters()).device
-    stacks, weights = image_crops(images.to(device), model.crop_size, crops, crop_mode, seed)
+    stacks, weights = image_crops(images.to(device), model.crop_size, crops, crop_mode, seed, model.config.resize)
     scores = torch.cat([model(chunk) for chunk in stacks.flatten(0, 1).split(batch_size)])
     return (scores.view(len(images), -1) * weights).sum(dim=1)
 

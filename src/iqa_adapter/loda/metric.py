@@ -1,13 +1,19 @@
 """A trained LoDa checkpoint as a quality metric: registry name ``loda:<checkpoint directory>``.
 
-Images of any size are scored by crop averaging: images whose shorter side is below the model's crop size
-(224 for the paper's model) are first upscaled to it (bilinear, aspect kept); then ``crops`` crops of the
-crop size are taken at the same positions in every image of the batch and their scores averaged. The
-default is a deterministic uniform grid of 15 crops (3 x 5, the paper's count), so scores are reproducible;
-``crop_mode="random"`` draws the positions from ``seed`` (the same positions on every call). A position that
-occurs several times (every one, for an image of exactly the crop size) is scored once and weighted by its
-count: the same average, computed once. Higher is better; everything is differentiable in the images, for
-guidance.
+Images of any size are scored by crop averaging, after the pre-processing the checkpoint was trained with:
+its config's ``resize``, if any (e.g. the shorter side to 384 with a ``--dataset`` preset), then images whose
+shorter side is below the model's crop size (224 for the paper's model) are upscaled to it (bilinear, aspect
+kept); then ``crops`` crops of the crop size are taken at the same positions in every image of the batch and
+their scores averaged. The default is a deterministic uniform grid of 15 crops (3 x 5, the paper's count),
+so scores are reproducible; ``crop_mode="random"`` draws the positions from ``seed`` (the same positions on
+every call). A position that occurs several times (every one, for an image of exactly the crop size) is
+scored once and weighted by its count: the same average, computed once. Higher is better; everything is
+differentiable in the images (the resize included), for guidance.
+
+Why the resize applies at scoring time too: the official code tests on the same resized files it trains on,
+so a checkpoint has only seen image content at that scale; cropped at its native size, a 1024x1024 image
+would show the model 224 px windows of a 2.7 times finer scale than in training (1024 / 384). Resizing keeps
+the crops at the trained scale and the calibration (fitted on resized training images) valid.
 
 Scores are **calibrated** by default: checkpoints trained by :func:`iqa_adapter.loda.train.train` carry a
 linear map ``a * raw + b`` of the raw cosine score (in [-1, 1]) onto the MOS scale of their training data,
@@ -30,6 +36,7 @@ from .calibration import Calibration, read_calibration
 from .data import crop_positions
 from .evaluate import image_crops
 from .model import LoDa, read_checkpoint_config
+from .preprocess import Resize
 
 PREFIX = "loda:"
 RAW_RANGE = (-1.0, 1.0)
@@ -66,7 +73,8 @@ class LoDaMetric(QualityMetric):
     def _crops(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The distinct crops (N, k, 3, S, S) of images (N, 3, H, W) and their weights (k,)."""
         images = check_images(images, self.name).to(self.device)
-        return image_crops(images, self.model.crop_size, self.crops, self.crop_mode, self.seed)
+        return image_crops(images, self.model.crop_size, self.crops, self.crop_mode, self.seed,
+                           self.model.config.resize)
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """Raw cosine scores (N,) in [-1, 1]: the weighted mean over the crops of each image."""
@@ -113,9 +121,11 @@ def prefixed_metric_info(argument: str) -> MetricInfo:
         score_range = calibration.score_range
     else:
         scale, score_range = "raw cosine scores", RAW_RANGE
+    resized = f", images resized: {Resize.from_dict(config['resize']).describe()}" if config.get("resize") else ""
     return MetricInfo(
         name=PREFIX + argument, higher_is_better=True, score_range=score_range, differentiable=True,
-        description=f"LoDa checkpoint ({config['variant']}, preset {config.get('preset')}) in {argument}, {scale}",
+        description=(f"LoDa checkpoint ({config['variant']}, preset {config.get('preset')}) in {argument}, "
+                     f"{scale}{resized}"),
         factory=lambda **options: LoDaMetric(argument, **options), backend="loda",
     )
 

@@ -2,7 +2,8 @@
 
 Data flow for a batch of crops (N, 3, S, S) in [0, 1] (S = the ViT's image size, 224 for the paper):
 
-1. both backbones see the crops normalised with the ImageNet mean and std;
+1. both backbones see the crops normalised with the ImageNet mean and std (as in the official data
+   transforms, although timm trained the AugReg ViT with mean = std = 0.5);
 2. the frozen CNN (transformers ``ResNetModel``) gives four stage maps; a *local distortion extractor* per
    stage, ``Conv1x1(C -> r) -> GELU -> Conv3x3(r -> r, no bias) -> AdaptiveAvgPool(g)``, turns each into
    ``g * g`` tokens of width r; the 4 g^2 *distortion tokens* are computed once and shared by all blocks;
@@ -13,6 +14,9 @@ Data flow for a batch of crops (N, 3, S, S) in [0, 1] (S = the ViT's image size,
    near 0 (truncated normal, std 0.02), so training starts from the unchanged ViT;
 4. the final LayerNorm's CLS token -> dropout 0.1 -> cosine-similarity linear head: the score is the cosine
    between the CLS feature and a learned vector, in [-1, 1].
+
+The frozen backbones come from the config's sources: ``timm/...`` checkpoints (the official ones, mapped
+by :mod:`iqa_adapter.loda.timm_backbones`), transformers models, or seeded random weights.
 
 With ViT-B/16 and ResNet-50 this has 8,927,488 trainable parameters, as the official model. The baselines
 of the paper's ablations are ``variant`` values of the same class (see :data:`config.VARIANTS`).
@@ -37,6 +41,7 @@ from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
 from ..io_utils import atomic_write, load_safetensors, read_json, write_json
 from .config import CNN_KEYS, VIT_KEYS, LoDaConfig
+from .timm_backbones import is_timm_source, load_timm_state, read_timm_checkpoint, timm_backbone_fields
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "loda.safetensors"
@@ -97,7 +102,8 @@ class Injector(nn.Module):
         self.cross_attn = CrossAttention(latent_dim, num_heads) if cross_attention else None
         self.up = Mlp(latent_dim, embed_dim, embed_dim)
         self.scale = nn.Parameter(torch.empty(embed_dim))
-        nn.init.trunc_normal_(self.scale, std=SCALE_INIT_STD, a=-2 * SCALE_INIT_STD, b=2 * SCALE_INIT_STD)
+        # as the official code: truncated at +-2 in absolute terms (100 std), so in effect N(0, 0.02^2)
+        nn.init.trunc_normal_(self.scale, std=SCALE_INIT_STD, a=-2.0, b=2.0)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         down = self.down(x)
@@ -126,11 +132,18 @@ class DistortionExtractor(nn.Module):
 
 
 class CosineHead(nn.Module):
-    """Cosine similarity between the feature and a learned direction: a score in [-1, 1]."""
+    """Cosine similarity between the feature and a learned direction: a score in [-1, 1].
+
+    The direction starts uniform in [-1, 1] and rescaled to unit length, as the official ``NormedLinear``
+    (``uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)``): the forward pass normalises it anyway, but its
+    length sets how fast AdamW turns it: uniform(-1, 1) alone has length about sqrt(D / 3), 16 for D = 768,
+    and would turn about 16 times slower.
+    """
 
     def __init__(self, in_features: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(in_features, 1).uniform_(-1, 1))
+        weight = torch.empty(in_features, 1).uniform_(-1, 1)
+        self.weight = nn.Parameter(weight / weight.norm(dim=0, keepdim=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)).squeeze(1)
@@ -196,8 +209,16 @@ def _unavailable_backbone(source: str, error: OSError) -> CheckpointError:
                            "--backbone-init random")
 
 
-def pretrained_backbone_fields(config_class, source: str, keys: tuple[str, ...]) -> dict:
-    """The architecture fields ``keys`` of a pretrained backbone's config (hub id or folder)."""
+BACKBONES = {"vit": (ViTModel, ViTConfig, VIT_KEYS), "cnn": (ResNetModel, ResNetConfig, CNN_KEYS)}
+
+
+def pretrained_backbone_fields(kind: str, source: str) -> dict:
+    """The architecture fields (``VIT_KEYS`` for ``kind="vit"``, ``CNN_KEYS`` for ``"cnn"``) of a pretrained
+    backbone: a timm checkpoint (``timm/...``; a ViT's heads are taken 64 wide, as timm's) or a
+    transformers model (hub id or folder)."""
+    _, config_class, keys = BACKBONES[kind]
+    if is_timm_source(source):
+        return timm_backbone_fields(kind, read_timm_checkpoint(source), source)
     try:
         loaded = config_class.from_pretrained(source).to_dict()
     except OSError as error:
@@ -205,20 +226,31 @@ def pretrained_backbone_fields(config_class, source: str, keys: tuple[str, ...])
     return {key: loaded[key] for key in keys}
 
 
-def _backbone(model_class, config_class, fields: dict, keys: tuple[str, ...], source: str | None, seed: int,
-              meta: bool, **options) -> nn.Module:
-    if source is not None and not meta:
+def _backbone(kind: str, fields: dict, source: str | None, seed: int, meta: bool, **options) -> nn.Module:
+    """The frozen backbone ``kind`` (see :data:`BACKBONES`) with the architecture ``fields``: from a timm
+    checkpoint, a transformers model or seeded random weights (``source`` None); its structure only on
+    the meta device with ``meta``."""
+    model_class, config_class, keys = BACKBONES[kind]
+    expected = {key: fields[key] for key in keys}
+    if source is not None and not meta and not is_timm_source(source):
         try:
             model = model_class.from_pretrained(source, **options)
         except OSError as error:
             raise _unavailable_backbone(source, error) from None
-        _check_backbone_fields(model.config.to_dict(), {key: fields[key] for key in keys}, source)
+        _check_backbone_fields(model.config.to_dict(), expected, source)
         return model
     with torch.device("meta"):
         model = model_class(config_class(**fields), **options)
-    if not meta:
-        model = model.to_empty(device="cpu")
+    if meta:
+        return model
+    model = model.to_empty(device="cpu")
+    if source is None:
         seeded_init(model, seed)
+    else:
+        state = read_timm_checkpoint(source)
+        _check_backbone_fields(timm_backbone_fields(kind, state, source, fields.get("num_attention_heads")), expected,
+                               source)
+        load_timm_state(model, kind, state, source)
     return model
 
 
@@ -411,10 +443,8 @@ def build_model(config: LoDaConfig, seed: int = 0, device: str | torch.device | 
     """A LoDa model: frozen backbones from the config (pretrained or seeded), trainable parts initialised
     from ``seed``. ``device="meta"`` builds the structure only (no weights, no download), for counting."""
     meta = str(device) == "meta"
-    vit = _backbone(ViTModel, ViTConfig, config.vit, VIT_KEYS, config.vit_source, config.backbone_seed, meta,
-                    add_pooling_layer=False)
-    cnn = (_backbone(ResNetModel, ResNetConfig, config.cnn, CNN_KEYS, config.cnn_source, config.backbone_seed + 1,
-                     meta) if config.uses_cnn else None)
+    vit = _backbone("vit", config.vit, config.vit_source, config.backbone_seed, meta, add_pooling_layer=False)
+    cnn = _backbone("cnn", config.cnn, config.cnn_source, config.backbone_seed + 1, meta) if config.uses_cnn else None
     if meta:
         with torch.device("meta"):
             return LoDa(config, vit, cnn)

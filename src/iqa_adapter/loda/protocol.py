@@ -4,9 +4,10 @@ baselines alike, and summarise (median, mean +- std); optionally test on another
 Every (variant, split) run lives in ``out_dir/<variant>/split_<k>/``: a checkpoint, its training state
 and, once tested, ``test_predictions.json`` (rows, predictions, MOS) and ``metrics.json``. Running the
 protocol again skips finished runs and resumes an interrupted one, so a long protocol survives being
-stopped. The summary is written to ``out_dir/summary.json``. Images that cannot be read are dropped from
-the splits before anything is trained (:func:`~iqa_adapter.loda.data.drop_unreadable`, listed in
-``out_dir/skipped.csv``).
+stopped. The summary is written to ``out_dir/summary.json``, with each variant's pre-processing (its
+resize and training crops, and whether they are a dataset's official ones). Images that cannot be read are
+dropped from the splits before anything is trained (:func:`~iqa_adapter.loda.data.drop_unreadable`, listed
+in ``out_dir/skipped.csv``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..io_utils import write_json
 from .config import LoDaConfig
 from .data import IQATable, Split, drop_unreadable
 from .evaluate import correlation_metrics, format_summary, predict, summarize
+from .preprocess import describe_preprocessing
 from .train import TrainSettings, train
 
 logger = logging.getLogger("iqa_adapter.loda")
@@ -60,6 +62,10 @@ def run_protocol(table: IQATable, splits: list[Split], configs: dict[str, LoDaCo
     write_json(out_dir / "summary.json", {
         "dataset": str(table.source), "test_dataset": str((test_table or table).source), "splits": len(splits),
         "recipe": settings.recipe(), "test_crops": test_crops, "crop_mode": crop_mode,
+        "dataset_preset": settings.dataset_preset,
+        "preprocessing": {name: describe_preprocessing(config.resize, config.crop_size, settings.crops_per_image,
+                                                       settings.dataset_preset) for name, config in configs.items()},
+        "resize": {name: config.resize.to_dict() if config.resize else None for name, config in configs.items()},
         "results": {name: result["summary"] for name, result in results.items()},
     })
     return results

@@ -1,9 +1,10 @@
 """Training LoDa (and its baselines) with the paper's recipe, resumable after a crash.
 
 Recipe (official defaults in :class:`TrainSettings`): random crops of the model's size, ``crops_per_image``
-per image and epoch, random horizontal and vertical flips; the norm-in-norm PLCC loss; AdamW (lr 3e-4,
-weight decay 1e-2) on the trained parameters only; a cosine schedule to 0 stepped every iteration; batch
-128, 10 epochs, seed 3407; incomplete last batches are dropped.
+per image and epoch, after the config's ``resize`` (the official one with a dataset preset, see
+:mod:`iqa_adapter.loda.preprocess`), random horizontal and vertical flips; the norm-in-norm PLCC loss;
+AdamW (lr 3e-4, weight decay 1e-2) on the trained parameters only; a cosine schedule to 0 stepped every
+iteration; batch 128, 10 epochs, seed 3407; incomplete last batches are dropped.
 
 Calibration: once the last epoch is done, a linear map ``mos ~ a * raw + b`` of the raw cosine scores onto
 the MOS scale is fitted by least squares on the training rows (raw scores as the registry metric computes
@@ -39,6 +40,7 @@ from .config import LoDaConfig
 from .data import IQATable, TrainCrops, epoch_batches
 from .losses import norm_in_norm_loss
 from .model import LoDa, build_model
+from .preprocess import describe_preprocessing
 
 STATE_FILE = "training_state.safetensors"
 logger = logging.getLogger("iqa_adapter.loda")
@@ -61,8 +63,10 @@ class TrainSettings:
     device: str = "cpu"
     log_every: int = 50
     calibration_crops: int = 15  # uniform crops per image for the calibration's raw scores (0: no calibration)
+    dataset_preset: str | None = None  # the --dataset preset the resize and crops came from, for reports only
 
-    RUN_FIELDS = ("save_every", "max_iterations", "workers", "device", "log_every", "calibration_crops")
+    RUN_FIELDS = ("save_every", "max_iterations", "workers", "device", "log_every", "calibration_crops",
+                  "dataset_preset")
 
     def recipe(self) -> dict:
         """The fields that define the result (a resumed run must keep them)."""
@@ -125,14 +129,19 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
     model = build_model(config, seed=settings.seed).to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    dataset = TrainCrops(table, train_indices, model.crop_size, settings.crops_per_image, settings.seed)
+    dataset = TrainCrops(table, train_indices, model.crop_size, settings.crops_per_image, settings.seed,
+                         resize=config.resize)
     batches_per_epoch = len(epoch_batches(len(dataset), settings.batch_size, settings.seed, 0))
     total = batches_per_epoch * settings.epochs
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.0)
     identity = json.loads(json.dumps({"config": config.to_dict(), "recipe": settings.recipe(),  # as saved: lists
                                       "dataset": str(table.source), "train_indices": list(map(int, train_indices))}))
+    preprocessing = describe_preprocessing(config.resize, model.crop_size, settings.crops_per_image,
+                                           settings.dataset_preset)
     training_info = {"training": {"recipe": settings.recipe(), "dataset": str(table.source),
+                                  "dataset_preset": settings.dataset_preset, "preprocessing": preprocessing,
                                   "train_images": len(train_indices), "iterations_total": total}}
+    logger.info("pre-processing: %s", preprocessing)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)  # dropout
