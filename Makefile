@@ -27,4 +27,27 @@ bench: install
 	$(BIN)/python benchmarks/bench_unet_overhead.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(PYIQA_VENV) demo-output .pytest_cache
+
+# The pyiqa backend against the real pyiqa, in an environment of its own (about 7 GB): pyiqa needs torchvision,
+# and no torchvision loads beside the default CPU torch 2.13.0. torch 2.14.1 + torchvision 0.29.1 (CUDA builds,
+# which run on the CPU too) load together; on aarch64 torch 2.9.1 + torchvision 0.24.1 (untested with pyiqa).
+# Both pairs are pinned again in every later install, so that pip never swaps torch. Not part of `make test`.
+PYIQA_VENV ?= .venv-pyiqa
+PYIQA_TORCH_SPEC ?= $(if $(filter aarch64 arm64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+PYIQA_SPEC ?= pyiqa==0.1.16
+
+.PHONY: test-pyiqa
+
+test-pyiqa: $(PYIQA_VENV)/.installed
+	$(PYIQA_VENV)/bin/python -m pytest tests/test_pyiqa_integration.py
+
+$(PYIQA_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PYIQA_VENV)
+	echo '*' > $(PYIQA_VENV)/.gitignore
+	$(PYIQA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYIQA_VENV)/bin/python -m pip install --quiet $(PYIQA_TORCH_SPEC)
+	$(PYIQA_VENV)/bin/python -m pip install --quiet $(PYIQA_SPEC) $(PYIQA_TORCH_SPEC)
+	$(PYIQA_VENV)/bin/python -m pip install --quiet -e ".[test]" $(PYIQA_TORCH_SPEC)
+	$(PYIQA_VENV)/bin/python -c "import torch, torchvision, pyiqa; print('pyiqa', pyiqa.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@

@@ -14,10 +14,15 @@ import os
 
 import torch
 
-from .base import QualityMetric
+from .base import NotDifferentiableError, QualityMetric
 from .registry import PYIQA_PREFIX, MetricInfo
 
 INSTALL_HINT = "pip install 'iqa-adapter[pyiqa]' (pyiqa needs a torchvision build that matches your torch)"
+
+NOT_DIFFERENTIABLE = frozenset({"entropy", "piqe", "nrqm", "pi"})
+"""pyiqa metrics without useful gradients, although pyiqa builds them with ``as_loss=True``: ``entropy`` counts
+integer grey levels (its scores carry no gradient), ``piqe`` rounds the luma with ``torch.round`` (its gradient
+is zero everywhere), ``nrqm`` and ``pi`` (which contains nrqm) compute in NumPy."""
 
 
 class MetricUnavailableError(RuntimeError):
@@ -80,7 +85,7 @@ def pyiqa_metric_info(name: str, unknown_hint: str = "") -> MetricInfo:
         name=PYIQA_PREFIX + name,
         higher_is_better=not config.get("lower_better", False),
         score_range=_parse_range(config.get("score_range", "")),
-        differentiable=True,
+        differentiable=name not in NOT_DIFFERENTIABLE,
         description=f"pyiqa {name}",
         factory=lambda **options: PyIQAMetric(name, **options),
         backend="pyiqa",
@@ -103,10 +108,11 @@ class PyIQAMetric(QualityMetric):
     """A pyiqa no-reference metric. Inputs: RGB (N, 3, H, W) in [0, 1]; pyiqa resizes as the metric needs.
 
     Scores keep pyiqa's orientation and units; ``higher_is_better`` comes from pyiqa's ``lower_better``.
-    Gradient mode builds pyiqa's loss-mode model (``as_loss=True``, no reduction) on first use.
+    Input values are clamped to [0, 1] (pyiqa asserts the range to 1e-6, :func:`check_images` allows 1e-3;
+    gradients pass unchanged), and scores come back on the images' device. Gradient mode builds pyiqa's
+    loss-mode model (``as_loss=True``, no reduction) on first use; metrics in :data:`NOT_DIFFERENTIABLE`
+    refuse it.
     """
-
-    differentiable = True
 
     def __init__(self, name: str, device=None, **options):
         super().__init__()
@@ -115,30 +121,60 @@ class PyIQAMetric(QualityMetric):
         self.pyiqa_name = name
         self.higher_is_better = info.higher_is_better
         self.score_range = info.score_range
+        self.differentiable = info.differentiable
         self._options = options
         self.model = self._build(as_loss=False, device=torch.device(device or "cpu"))
         self.loss_model = None
 
     def _build(self, as_loss: bool, device: torch.device):
         pyiqa = _import_pyiqa()
-        extra = {"loss_reduction": "none", "loss_weight": 1.0} if as_loss else {}
+        # no loss_weight: pyiqa multiplies by it as an element-wise weight tensor (a float fails its asserts)
+        extra = {"loss_reduction": "none"} if as_loss else {}
         try:
-            return pyiqa.create_metric(self.pyiqa_name, as_loss=as_loss, device=device, **extra, **self._options)
+            model = pyiqa.create_metric(self.pyiqa_name, as_loss=as_loss, device=device, **extra, **self._options)
+        except ImportError as error:  # e.g. CLIP metrics need pkg_resources (setuptools < 81), Q-Align icecream
+            raise MetricUnavailableError(
+                f"pyiqa metric {self.pyiqa_name!r} needs a package that is not installed here ({error}); install "
+                "it in this environment"
+            ) from None
         except (OSError, ConnectionError, TimeoutError) as error:
             raise MetricUnavailableError(
                 f"could not load the weights of pyiqa metric {self.pyiqa_name!r} ({error}). Offline, place pyiqa's "
                 f"weight file(s) for it in {weights_dir()} (the names in pyiqa's download URLs); CLIP-based "
                 "metrics also need their backbone in the Hugging Face cache"
             ) from None
+        _register_device_marker(model)
+        return model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         use_loss_model = torch.is_grad_enabled() and self.loss_model is not None
-        output = (self.loss_model if use_loss_model else self.model)(images.to(self.device))
+        images_here = images.to(self.device)
+        # into [0, 1] for pyiqa's range assert, with the gradient passed straight through (clamp's is 0 at 0 and 1)
+        images_here = images_here + (images_here.clamp(0, 1) - images_here).detach()
+        output = (self.loss_model if use_loss_model else self.model)(images_here)
         if isinstance(output, tuple):
             output = output[0]
-        return output.reshape(-1)
+        return output.reshape(-1).to(images.device)
 
     def score_with_grad(self, images: torch.Tensor) -> torch.Tensor:
-        if self.loss_model is None:
+        if self.differentiable and self.loss_model is None:
             self.loss_model = self._build(as_loss=True, device=self.device)
-        return super().score_with_grad(images)
+        scores = super().score_with_grad(images)
+        if images.requires_grad and not scores.requires_grad:
+            raise NotDifferentiableError(f"pyiqa metric {self.pyiqa_name!r} returned scores without gradients; it "
+                                         "cannot guide generation")
+        return scores
+
+
+def _register_device_marker(model) -> None:
+    """Make pyiqa's device marker a buffer, so that ``.to()`` moves it and :attr:`QualityMetric.device` reads it.
+
+    pyiqa computes on the device of its ``dummy_param``, made by ``Parameter(...).to(device)``: a registered
+    parameter on the CPU, but a plain tensor attribute on any other device (``.to`` then returns a plain
+    tensor), which ``.to()`` leaves behind and ``.parameters()`` does not list.
+    """
+    marker = getattr(model, "dummy_param", None)
+    if (isinstance(marker, torch.Tensor) and isinstance(model, torch.nn.Module)
+            and "dummy_param" not in model._parameters and "dummy_param" not in model._buffers):
+        del model.dummy_param
+        model.register_buffer("dummy_param", marker.detach(), persistent=False)
