@@ -39,11 +39,11 @@ from PIL import Image
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from .adapter import IQAAdapter
-from .generation import GeneratedImage, generate
-from .grid import image_grid
-from .io_utils import atomic_write, write_json
-from .metrics import QualityMetric
+from ..adapter import IQAAdapter
+from ..generation import GeneratedImage, generate
+from ..grid import image_grid
+from ..io_utils import atomic_write, write_json
+from ..metrics import QualityMetric
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
