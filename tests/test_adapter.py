@@ -129,6 +129,25 @@ def test_sweep_in_one_batch_matches_one_by_one(pipe, adapter):
     assert (images[0] - images[4]).abs().max() > 1e-3
 
 
+def test_one_seed_per_prompt_batches_arbitrary_pairs(sd_pipe):
+    """``seeds``: one image per (prompt, seed) pair and quality, in one batch, each as generated alone."""
+    adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
+    qualities = [P99, {"sharp": "p1", "aes": "p1"}]
+    kwargs = dict(steps=2, progress=False, output_type="np")
+    pairs = [("a red circle", 5), ("a blue square", 2), ("a red circle", 9)]
+    batched = generate(sd_pipe, adapter, [p for p, _ in pairs], qualities, seeds=[s for _, s in pairs],
+                       batch_size=6, **kwargs)
+    assert [(r.settings["prompt"], r.settings["seed"]) for r in batched] == [pair for pair in pairs for _ in qualities]
+    for result in batched:
+        alone = generate(sd_pipe, adapter, result.settings["prompt"], [dict(result.settings["quality"])],
+                         seed=result.settings["seed"], **kwargs)[0]
+        assert np.abs(result.image - alone.image).max() < 1e-4
+    with pytest.raises(ValueError, match="one seed per prompt: got 1 seeds for 2 prompts"):
+        generate(sd_pipe, adapter, ["a", "b"], P99, seeds=[1], **kwargs)
+    with pytest.raises(ValueError, match="seeds"):
+        generate(sd_pipe, adapter, ["a"], P99, seeds=[-1], **kwargs)
+
+
 def test_direct_pipeline_call_with_several_vectors_fails_loudly(sd_pipe):
     """Plain diffusers would repeat B vectors B times and let every image attend to all of them."""
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0).attach(sd_pipe)

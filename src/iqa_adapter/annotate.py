@@ -33,8 +33,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .chunks import (ChunkBatches, ChunkCollector, ItemLoader, JobMismatchError, WorkItem, my_unfinished_chunks,
-                     process_state, start_or_resume)
+from .chunks import (ChunkBatches, ChunkCollector, ItemLoader, JobMismatchError, WorkItem, count_samples,
+                     my_unfinished_chunks, process_state, start_or_resume)
 from .datasets import RESIZE_MODES, DecodedImage, ImageTextReader, load_image, open_dataset
 from .images import DEFAULT_MAX_PIXELS
 from .io_utils import atomic_write
@@ -138,7 +138,8 @@ def annotate(
         parameters["max_pixels"] = max_pixels
     if resize_mode != "pil-bicubic":
         parameters["resize_mode"] = resize_mode
-    num_samples = start_or_resume(out_dir / JOB_FILE, json.loads(json.dumps(parameters)), reader, state,
+    num_samples = start_or_resume(out_dir / JOB_FILE, json.loads(json.dumps(parameters)),
+                                  functools.partial(count_samples, reader, data), state,
                                   partial_files=out_dir / CHUNKS_DIR)
     num_chunks, mine = my_unfinished_chunks(num_samples, chunk_size, functools.partial(_chunk_path, out_dir), state)
 
@@ -204,7 +205,7 @@ def _chunk_path(out_dir: Path, index: int) -> Path:
 ImageGroup = tuple[list[tuple[WorkItem, DecodedImage]], torch.Tensor | None]
 
 
-def _group_by_size(pairs: list[tuple[WorkItem, DecodedImage]]) -> list[ImageGroup]:
+def collate_by_size(pairs: list[tuple[WorkItem, DecodedImage]]) -> list[ImageGroup]:
     """Collate: stack the images of equal size and type into (N, 3, H, W) (uint8, or float32 for 16-bit
     images); skipped samples form a group without images."""
     groups: dict[tuple | None, list] = defaultdict(list)
@@ -222,7 +223,7 @@ def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[s
     """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
     loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize, max_pixels=max_pixels, resize_mode=resize_mode)),
                         batch_sampler=ChunkBatches(reader, chunks, chunk_size, batch_size),
-                        num_workers=num_workers, collate_fn=_group_by_size)
+                        num_workers=num_workers, collate_fn=collate_by_size)
     metrics = list(models)
 
     def write_chunk(chunk: int, rows: list[dict]) -> None:

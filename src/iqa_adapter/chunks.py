@@ -42,16 +42,16 @@ def process_state(device: str | torch.device | None = None) -> PartialState:
     return PartialState(cpu=cpu)
 
 
-def start_or_resume(job_file: Path, parameters: dict, reader: ImageTextReader, state: PartialState,
+def start_or_resume(job_file: Path, parameters: dict, count: Callable[[], int], state: PartialState,
                     partial_files: Path) -> int:
     """Record the job on a first run, or check that a restart has the same ``parameters``.
 
-    Also removes the temporary files a killed run left in ``partial_files``. Returns the number of samples,
-    counted once on the first run.
+    Also removes the temporary files a killed run left in ``partial_files``. Returns the number of items,
+    ``count()`` called once, on the first run (e.g. :func:`count_samples` of a dataset).
     """
     if state.is_main_process:
         if not job_file.exists():
-            write_json(job_file, {**parameters, "num_samples": count_samples(reader, parameters["data"])})
+            write_json(job_file, {**parameters, "num_samples": count()})
         for leftover in partial_files.glob(".*.tmp"):
             leftover.unlink()
     state.wait_for_everyone()

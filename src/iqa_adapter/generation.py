@@ -84,10 +84,14 @@ def generate(
     references: Sequence[Image.Image] | None = None,
     negative_reference: Image.Image | None = None,
     reference_encoder: ReferenceEncoder | None = None,
+    seeds: Sequence[int] | None = None,
     progress: bool = True,
     **pipeline_kwargs,
 ) -> list[GeneratedImage]:
     """Generate ``num_images`` images (seeds ``seed``, ``seed + 1``, ...) for every prompt and quality target.
+
+    With ``seeds`` (one per prompt), generate instead one image per (``prompts[i]``, ``seeds[i]``) pair and
+    quality target, batched together: the evaluation's chunks hold such arbitrary pairs.
 
     The same seeds are used for every prompt and quality, so images that differ only in quality are paired
     (same initial noise), as the paper's sweeps and RelGain need. If the adapter is not attached to ``pipe``
@@ -105,6 +109,11 @@ def generate(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     check_settings(pipe, steps=steps, guidance=guidance, num_images=num_images, batch_size=batch_size, seed=seed,
                    height=height, width=width, scale=scale, negative_quality=negative_quality)
+    if seeds is not None:
+        seeds = [check_seed("seeds[i]", value) for value in seeds]
+        if len(seeds) != len(prompts) or num_images != 1:
+            raise ValueError(f"seeds gives one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts "
+                             f"(and num_images must stay 1, got {num_images})")
     if "image" in pipeline_kwargs:  # img2img: the init image is generated at the requested size
         pipeline_kwargs["image"] = fit_init_image(pipeline_kwargs["image"], pipe, width, height)
         height = width = None
@@ -132,10 +141,12 @@ def generate(
         rows = [adapter.z_scores(quality) if adapter else None for quality in qualities]  # validated before any work
         if adapter is not None:
             _check_finite_features(adapter, pipe, qualities, rows)
-    jobs = [
-        (prompt, quality_index, seed + image_index)
-        for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
-    ]
+    if seeds is None:
+        jobs = [(prompt, quality_index, seed + image_index)
+                for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))]
+    else:
+        jobs = [(prompt, quality_index, job_seed)
+                for (prompt, job_seed), quality_index in product(zip(prompts, seeds), range(len(qualities)))]
     attached_here = adapter is not None and not adapter.is_attached
     if adapter is not None and adapter.is_attached and adapter.attached_unet is not pipe.unet:
         raise RuntimeError("the adapter is attached to another UNet than this pipeline's; detach it first")

@@ -34,7 +34,8 @@ def weights_dir() -> str:
     return os.path.join(torch.hub.get_dir(), "pyiqa")
 
 
-def _import_pyiqa():
+def import_pyiqa():
+    """The pyiqa module, or MetricUnavailableError with the install hint."""
     try:
         return importlib.import_module("pyiqa")
     except ImportError as error:
@@ -46,14 +47,14 @@ def _import_pyiqa():
 def pyiqa_available() -> bool:
     """Whether pyiqa imports here."""
     try:
-        _import_pyiqa()
+        import_pyiqa()
     except MetricUnavailableError:
         return False
     return True
 
 
 def _configs() -> dict:
-    pyiqa = _import_pyiqa()
+    pyiqa = import_pyiqa()
     try:
         return importlib.import_module("pyiqa.default_model_configs").DEFAULT_CONFIGS
     except (ImportError, AttributeError):
@@ -127,7 +128,7 @@ class PyIQAMetric(QualityMetric):
         self.loss_model = None
 
     def _build(self, as_loss: bool, device: torch.device):
-        pyiqa = _import_pyiqa()
+        pyiqa = import_pyiqa()
         # no loss_weight: pyiqa multiplies by it as an element-wise weight tensor (a float fails its asserts)
         extra = {"loss_reduction": "none"} if as_loss else {}
         try:

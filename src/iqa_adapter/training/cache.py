@@ -34,7 +34,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..chunks import ChunkBatches, ChunkCollector, ItemLoader, my_unfinished_chunks, process_state, start_or_resume
+from ..chunks import (ChunkBatches, ChunkCollector, ItemLoader, count_samples, my_unfinished_chunks, process_state,
+                      start_or_resume)
 from ..datasets import Sample, decode_image, open_dataset
 from ..images import to_rgb
 from ..io_utils import atomic_write
@@ -72,7 +73,7 @@ def build_cache(cache_dir: str | Path, data: str, base: FrozenBase, base_name: s
     parameters = {"base": base_name, "data": str(Path(data).expanduser().absolute()), "resolution": resolution,
                   "crop": "center", "resize": RESIZE, "dtype": dtype, "shard_size": shard_size, "sdxl": base.is_sdxl,
                   "vae_dtype": str(base.pipe.vae.dtype).removeprefix("torch.")}
-    num_samples = start_or_resume(cache_dir / CACHE_FILE, parameters, reader, state,
+    num_samples = start_or_resume(cache_dir / CACHE_FILE, parameters, functools.partial(count_samples, reader, data), state,
                                   partial_files=cache_dir / SHARDS_DIR)
     _, mine = my_unfinished_chunks(num_samples, shard_size, functools.partial(_shard_path, cache_dir), state)
     transform = ImageTransform(resolution, "center")
