@@ -29,7 +29,7 @@ bench: install
 clean:
 	rm -rf $(VENV) $(PYIQA_VENV) demo-output .pytest_cache
 
-# The pyiqa backend against the real pyiqa, in an environment of its own (about 7 GB): pyiqa needs torchvision,
+# The pyiqa backend against the real pyiqa, and FID's Inception through torch-fidelity, in an environment of its own (about 7 GB): pyiqa needs torchvision,
 # and no torchvision loads beside the default CPU torch 2.13.0. torch 2.14.1 + torchvision 0.29.1 (CUDA builds,
 # which run on the CPU too) load together; on aarch64 torch 2.9.1 + torchvision 0.24.1 (untested with pyiqa).
 # Both pairs are pinned again in every later install, so that pip never swaps torch. Not part of `make test`.
@@ -40,7 +40,7 @@ PYIQA_SPEC ?= pyiqa==0.1.16
 .PHONY: test-pyiqa
 
 test-pyiqa: $(PYIQA_VENV)/.installed
-	$(PYIQA_VENV)/bin/python -m pytest tests/test_pyiqa_integration.py
+	$(PYIQA_VENV)/bin/python -m pytest tests/test_pyiqa_integration.py tests/test_fidelity.py -k "pyiqa or inception"
 
 $(PYIQA_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(PYIQA_VENV)
@@ -48,6 +48,6 @@ $(PYIQA_VENV)/.installed: pyproject.toml
 	$(PYIQA_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(PYIQA_VENV)/bin/python -m pip install --quiet $(PYIQA_TORCH_SPEC)
 	$(PYIQA_VENV)/bin/python -m pip install --quiet $(PYIQA_SPEC) $(PYIQA_TORCH_SPEC)
-	$(PYIQA_VENV)/bin/python -m pip install --quiet -e ".[test]" $(PYIQA_TORCH_SPEC)
+	$(PYIQA_VENV)/bin/python -m pip install --quiet -e ".[test,fid]" $(PYIQA_TORCH_SPEC)
 	$(PYIQA_VENV)/bin/python -c "import torch, torchvision, pyiqa; print('pyiqa', pyiqa.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
