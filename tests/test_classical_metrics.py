@@ -313,7 +313,6 @@ def test_piqe_surround_is_matlabs_unless_told():
     scores = {}
     for surround in ("matlab", "paper"):
         metric = create_metric("piqe", surround=surround)
-        differ = 0
         for seed in range(6):
             rgb = texture(seed, 48, 80, finest=32, decay=0.4)[0].permute(1, 2, 0).numpy().astype(np.float64)
             rgb = np.clip(rgb + 0.04 * rng.standard_normal(rgb.shape), 0, 1)

@@ -147,7 +147,8 @@ def test_evaluate_writes_the_report(tmp_path, model_dirs, capsys):
     assert main(["evaluate", "--base", str(base), "--adapter", str(adapter), "--metrics", "sharpness,contrast",
                  "--prompt", "a red circle", "--seeds", "1", "--steps", "2", "--scale", "0.75", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["default_scale"] == 0.75 and set(report["relgain"]["p99"]) == {"sharpness", "contrast"}
+    assert report["default_scale"] == 0.75 and set(report["relgain"]["p99"]) == {"sharpness", "contrast"}
+    assert report["settings"]["scale"] == 0.75 and report["versions"]["iqa_adapter"]
     assert "Claims of the paper" in capsys.readouterr().out
 
 

@@ -31,6 +31,13 @@ def check_report(out, report: dict) -> None:
     for figure in ("percentile_grid", "percentile_sweep", "relgain", "scale_sweep"):
         assert (out / report["figures"][figure]).is_file()
     assert (out / "figures" / "reference_transfer.png").is_file() and (out / "report.md").is_file()
+    # the rest of the paper's evaluation, through the same code with the toy world's models
+    following = report["prompt_following"]
+    assert {"base", "adapter/p1", "adapter/p99"} <= set(following)
+    assert set(following["base"]) == {"colour", "position", "background", "overall"}
+    frechet = next(iter(report["frechet"].values()))
+    assert {"base", "adapter/p1", "adapter/p99"} <= set(frechet) and "reference_all" in frechet["adapter/p99"]
+    assert report["distances"]["ssim"]["p1"]["p99"] > 0 and "distances_ssim" in report["figures"]
 
 
 def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
@@ -61,7 +68,7 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     moved = tmp_path / "moved"  # a world folder works wherever it goes
     world.root.rename(moved)
     assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "reference_adapter"),
-                 "--prompt", "a red circle", "--reference", str(out / "images" / "base" / "0000.png"), "--steps", "2",
+                 "--prompt", "a red circle", "--reference", str(next((out / "images" / "base").glob("*.png"))), "--steps", "2",
                  "--out", str(tmp_path / "gen")]) == 0
     assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "adapter"), "--prompt", "a red circle",
                  "--quality", "loda=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0

@@ -16,15 +16,13 @@ from pathlib import Path
 
 from .datasets import RESIZE_MODES
 from .images import DEFAULT_MAX_PIXELS
+from .cli_common import (add_generation_options, comma_list, metric_options, plural, resolve_model_and_sampling,
+                         torch_dtype)
 from .runtime import add_threads_option, apply_threads, hide_loading_bars, resolve_device
 from .stats import QualityTargetError
-from .toy.world import GUIDANCE_SCALE as TOY_GUIDANCE
-from .toy.world import SAMPLING_STEPS as TOY_STEPS
 from .validation import (check_scale, finite_number, fraction, non_negative_int, non_negative_number, positive_int,
-                         positive_number, seed)
+                         positive_number)
 
-DEFAULT_STEPS = 35
-DEFAULT_GUIDANCE = 7.5
 DEBUG_VARIABLE = "IQA_ADAPTER_DEBUG"
 
 
@@ -79,22 +77,6 @@ def _resize(text: str) -> int | None:
     return positive_int(text)
 
 
-def _torch_dtype(name: str | None, device: str):
-    import torch
-
-    if name is None:
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
-    return dtypes[name]
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _qualities(args) -> tuple[list[dict], str | None]:
     from .targets import parse_quality_assignment
 
@@ -126,26 +108,6 @@ def _iqa_guidance(args, device: str):
                        decode_scale=args.guidance_decode_scale, checkpointing=not args.no_guidance_checkpointing)
 
 
-def _resolve_model_and_sampling(args, reference: bool = False) -> bool:
-    """Fill in the base model, adapter and sampling settings a call leaves out; returns whether the embedded toy
-    world is used. Without --base, the embedded toy world gives its base model, its sampling settings and, unless
-    --adapter (or --no-adapter) is given, its score adapter (its reference adapter when ``reference``)."""
-    if args.base is not None:
-        args.steps = DEFAULT_STEPS if args.steps is None else args.steps
-        args.guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
-        return False
-    from .toy.world import shipped_world
-
-    world = shipped_world().check()
-    args.base = str(world.base)
-    args.steps = TOY_STEPS if args.steps is None else args.steps
-    args.guidance = TOY_GUIDANCE if args.guidance is None else args.guidance
-    if args.adapter is None and not getattr(args, "no_adapter", False):
-        args.adapter = str(world.reference_adapter if reference else world.adapter)
-    print(f"using the embedded toy world ({world.root}); give --base and --adapter for your own models")
-    return True
-
-
 def _read_images(paths: list[str], option: str) -> list:
     """The images named by an option, read before any model is loaded (errors name the option and the file)."""
     from .images import open_image
@@ -159,9 +121,9 @@ def cmd_generate(args) -> None:
     from .pipelines import load_pipeline
 
     device = resolve_device(args.device)
-    dtype = _torch_dtype(args.dtype, device)
+    dtype = torch_dtype(args.dtype, device)
     check_output_folder(args.out, args.overwrite)
-    toy = _resolve_model_and_sampling(args, reference=bool(args.reference))
+    toy = resolve_model_and_sampling(args, reference=bool(args.reference))
     apply_threads(args.threads, toy=toy)
     if args.negative_reference and not args.reference:
         raise ValueError("--negative-reference goes with --reference")
@@ -218,7 +180,7 @@ def cmd_generate(args) -> None:
         "base": args.base, "adapter": args.adapter and str(args.adapter), "reference_files": args.reference,
         "negative_reference_file": args.negative_reference, "init_image": args.init_image,
         "strength": args.strength if args.init_image else None})
-    print(f"wrote {_plural(len(paths), 'image')} with JSON sidecars to {args.out} ({elapsed:.1f} s, "
+    print(f"wrote {plural(len(paths), 'image')} with JSON sidecars to {args.out} ({elapsed:.1f} s, "
           f"{len(paths) / max(elapsed, 1e-9):.2f} images/s)")
     if sweep_metric is not None:
         grid_path = Path(args.out) / f"sweep_{sweep_metric}.png"
@@ -304,26 +266,6 @@ def cmd_info(args) -> None:
             print("    " + ", ".join(f"p{p} = {metric.raw_from_percentile(p):.4g}" for p in shown))
 
 
-def _metric_options(items: list[str]) -> dict[str, dict]:
-    """``--metric-option niqe.params=FILE`` -> ``{"niqe": {"params": "FILE"}}`` (values stay strings unless numeric)."""
-    options: dict[str, dict] = {}
-    for item in items:
-        target, separator, value = item.partition("=")
-        metric, dot, option = target.rpartition(".")
-        if not separator or not dot or not metric or not option:
-            raise ValueError(f"--metric-option takes METRIC.OPTION=VALUE (e.g. niqe.params=niqe.safetensors), got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        options.setdefault(metric, {})[option] = parsed if isinstance(parsed, (int, float, bool)) else value
-    return options
-
-
-def _comma_list(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def cmd_annotate(args) -> None:
     from .annotate import annotate
 
@@ -331,10 +273,10 @@ def cmd_annotate(args) -> None:
     apply_threads(args.threads, workers=args.workers)
     if args.no_progress:
         hide_loading_bars()
-    annotate(args.data, _comma_list(args.metrics), args.out, batch_size=args.batch_size, num_workers=args.workers,
+    annotate(args.data, comma_list(args.metrics), args.out, batch_size=args.batch_size, num_workers=args.workers,
              resize=args.resize, device=device, chunk_size=args.chunk_size, max_pixels=args.max_pixels,
              resize_mode=args.resize_mode,
-             metric_options=_metric_options(args.metric_option), progress=not args.no_progress)
+             metric_options=metric_options(args.metric_option), progress=not args.no_progress)
 
 
 def cmd_metrics(args) -> None:
@@ -354,47 +296,10 @@ def cmd_niqe_fit(args) -> None:
 
     fit = fit_niqe_folder(args.images, args.out, patch_size=args.patch_size,
                           sharpness_threshold=args.sharpness_threshold)
-    print(f"fitted NIQE on {fit.patches_used} patches of {_plural(fit.images_used, 'image')} -> {fit.path}")
+    print(f"fitted NIQE on {fit.patches_used} patches of {plural(fit.images_used, 'image')} -> {fit.path}")
     for name, reason in fit.skipped.items():
         print(f"  skipped {name}: {reason}")
     print(f"use it with: --metrics niqe --metric-option niqe.params={fit.path}")
-
-
-def cmd_evaluate(args) -> None:
-    from .adapter import IQAAdapter
-    from .annotate import metric_columns
-    from .evaluation import EvaluationSettings, evaluate_adapter
-    from .metrics import create_metric
-    from .pipelines import load_pipeline
-
-    device = resolve_device(args.device)
-    dtype = _torch_dtype(args.dtype, device)
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompts-file {path} does not exist")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError("give prompts with --prompt (repeatable) or --prompts-file")
-    toy = _resolve_model_and_sampling(args)
-    apply_threads(args.threads, toy=toy)
-    options = _metric_options(args.metric_option)
-    metrics = {column: create_metric(name, device=device, **options.get(column, {})).eval()
-               for column, name in metric_columns(_comma_list(args.metrics)).items()}
-    adapter = IQAAdapter.from_pretrained(args.adapter)
-    if adapter.config.condition != "scores":
-        raise ValueError(f"{args.adapter} is a reference-based adapter; evaluate takes an adapter conditioned on scores")
-    if args.no_progress:
-        hide_loading_bars()
-    pipe = load_pipeline(args.base, device, dtype)
-    adapter.attach(pipe)
-    settings = EvaluationSettings(prompts=prompts, seeds=args.seeds, seed=args.seed, steps=args.steps,
-                                  guidance=args.guidance, negative_quality=args.negative_quality, scale=args.scale,
-                                  batch_size=args.batch_size)
-    report = evaluate_adapter(pipe, adapter, metrics, settings, args.out, progress=not args.no_progress)
-    print((Path(args.out) / "report.md").read_text())
-    print(f"{_plural(report['n_images'], 'image')}, {report['seconds']} s; report {Path(args.out) / 'report.json'}")
 
 
 def cmd_demo(args) -> None:
@@ -408,24 +313,7 @@ def cmd_demo(args) -> None:
     else:
         world = (ToyWorld(Path(args.world)) if args.world else shipped_world()).check()
     run_demo(args.out, world, DemoSettings.quick() if args.quick else DemoSettings())
-    print(f"total {time.perf_counter() - started:.0f} s on {_plural(threads, 'thread')}")
-
-
-def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    """Options that generate and evaluate share: the model, sampling and where it runs."""
-    parser.add_argument("--base", default=None,
-                        help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world")
-    parser.add_argument("--adapter", default=None, help="adapter directory (config.json + adapter.safetensors); "
-                                                        "default without --base: the toy world's")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of the first image (0 to 2**63 - 1)")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help=f"sampling steps (default: {DEFAULT_STEPS}; the toy world's {TOY_STEPS} without --base)")
-    parser.add_argument("--guidance", type=non_negative_number, default=None,
-                        help=f"CFG scale >= 0 (default: {DEFAULT_GUIDANCE}; the toy world's {TOY_GUIDANCE} without --base)")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU)")
-    add_threads_option(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (loading and generation)")
+    print(f"total {time.perf_counter() - started:.0f} s on {plural(threads, 'thread')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="generate images at chosen quality levels",
         description="Generate images at chosen quality levels. Writes OUT/NNNN.png with a NNNN.json sidecar of its "
                     "settings; an --out that holds images of an earlier run is refused unless --overwrite.")
-    _add_generation_options(generate)
+    add_generation_options(generate)
     generate.add_argument("--no-adapter", action="store_true", help="the base model alone (e.g. with gradient guidance)")
     generate.add_argument("--prompt", required=True, action="append", help="prompt; repeat for several")
     generate.add_argument("--negative-prompt", default=None)
@@ -537,26 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--no-progress", action="store_true")
     annotate.set_defaults(func=cmd_annotate)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="the paper's experiments for an adapter: percentile sweep, RelGain, scale sweep, negative guidance",
-        description="Generate paired images (same prompts and seeds) for the base model, a p1..p99 sweep, an adapter-"
-                    "scale sweep and negative quality guidance; score them with every --metrics; write OUT/report.json, "
-                    "OUT/report.md, OUT/figures/*.png and every image under OUT/images/ with a CSV.")
-    _add_generation_options(evaluate)
-    evaluate.add_argument("--metrics", required=True,
-                          help="comma-separated evaluation metrics (registry names, or COLUMN=NAME as for annotate)")
-    evaluate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE")
-    evaluate.add_argument("--prompt", action="append", default=[], help="repeatable")
-    evaluate.add_argument("--prompts-file", default=None, help="one prompt per line")
-    evaluate.add_argument("--seeds", type=positive_int, default=4, help="images per prompt and condition")
-    evaluate.add_argument("--scale", type=non_negative_number, default=None,
-                          help="the adapter scale of the sweeps (default: the adapter's)")
-    evaluate.add_argument("--negative-quality", type=non_negative_number, default=1.0,
-                          help="K of the negative-guidance experiment")
-    evaluate.add_argument("--batch-size", type=positive_int, default=16)
-    evaluate.add_argument("--out", required=True)
-    evaluate.set_defaults(func=cmd_evaluate)
-
     metrics = commands.add_parser("metrics", help="list every available quality metric")
     metrics.set_defaults(func=cmd_metrics)
 
@@ -576,11 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_groups() -> list:
     """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
+    from .evaluation.cli import add_commands as evaluation_commands
     from .loda.cli import add_commands as loda_commands
     from .toy.cli import add_commands as toy_commands
     from .training.cli import add_commands as training_commands
 
-    return [training_commands, loda_commands, toy_commands]
+    return [evaluation_commands, training_commands, loda_commands, toy_commands]
 
 
 def _one_line(error: BaseException) -> str:

@@ -4,9 +4,12 @@ The toy world (:mod:`iqa_adapter.toy.world`) is a small text-to-image model, toy
 a NIQE model, the classical metrics) and IQA-Adapters, all trained by this project's own commands on
 procedural captioned images. The demo runs, with fixed prompts and seeds:
 
-1. the experiments of :func:`iqa_adapter.evaluation.evaluate_adapter` for the score adapter: percentile sweep
-   (paper Figures 1, 4, 10, 16, 17), RelGain at p99 and p1 for every metric (Figure 3a, section 5.1),
-   adapter-scale sweep (Figure 13), negative quality guidance (Figure 8);
+1. the evaluation of :func:`iqa_adapter.evaluation.evaluate` for the score adapter, through the same code as a
+   real model: percentile sweep (paper Figures 1, 4, 10, 16, 17), RelGain at p99 and p1 for every metric
+   (Figure 3a, section 5.1), adapter-scale sweep (Figure 13), negative quality guidance (Figure 8), with the
+   toy world's own models for the rest of the paper's evaluation: caption following read by the toy readers
+   (its GenEval, :class:`~iqa_adapter.toy.caption_check.ToyCaptionScorer`), a Frechet distance with the toy
+   LoDa's features to clean rendered scenes (Table 5), and the distances between quality levels (Figure 11);
 2. IQA-gradient guidance (section 3.1) on the toy LoDa, without adapter, RelGain on every metric beside the
    adapter's (Figure 9: the paper finds target-only gains and adversarial patterns for guidance, cross-metric
    gains for the adapter);
@@ -31,13 +34,17 @@ from PIL import Image
 
 from .adapter import IQAAdapter
 from .distortions import FAMILIES, distort
-from .evaluation import EvaluationSettings, evaluate_adapter, relgain, report_markdown, score_images
+from .evaluation import EvaluationSettings, Measures, evaluate, relgain
+from .evaluation.passes import ScoreColumn, score_tensors
+from .evaluation.prompts import Prompt
+from .evaluation.report import report_markdown
+from .images import rgb_tensor
 from .generation import generate
 from .grid import image_grid
 from .guidance import IQAGuidance
 from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
-from .toy.caption_check import read_object
+from .toy.caption_check import ToyCaptionScorer, read_object
 from .toy.scenes import Scene, render_scene, scene_for
 from .toy.world import GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
 
@@ -57,10 +64,11 @@ class DemoSettings:
     guidance: float = GUIDANCE_SCALE
     guidance_alpha: float = 30.0
     classifier_images: int = 24  # per family
+    reference_scenes: int = 256  # clean rendered scenes, the Frechet distance's reference set
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(prompts=2, seeds=1, steps=2, classifier_images=2)
+        return cls(prompts=2, seeds=1, steps=2, classifier_images=2, reference_scenes=8)
 
 
 def demo_scenes(count: int) -> list[Scene]:
@@ -68,13 +76,31 @@ def demo_scenes(count: int) -> list[Scene]:
     return [scene_for(PROMPT_SEED, index, kind="single", full_caption=True) for index in range(count)]
 
 
+def demo_metric_specs(world: ToyWorld) -> dict[str, tuple[str, dict]]:
+    """Every metric the demo evaluates, as (registry name, options): the toy LoDa, NIQE fitted on clean toy images,
+    the classical ones."""
+    specs = {"loda": (f"loda:{world.loda}", {}), "niqe": ("niqe", {"params": str(world.niqe)})}
+    specs.update((name, (name, {})) for name in ("piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"))
+    return specs
+
+
 def demo_metrics(world: ToyWorld, device: str | torch.device = "cpu") -> dict[str, QualityMetric]:
-    """Every metric the demo evaluates: the toy LoDa, NIQE fitted on clean toy images, the classical ones."""
-    metrics = {"loda": create_metric(f"loda:{world.loda}", device=device),
-               "niqe": create_metric("niqe", device=device, params=world.niqe)}
-    for name in ("piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"):
-        metrics[name] = create_metric(name, device=device)
-    return {name: metric.eval() for name, metric in metrics.items()}
+    """The metrics of :func:`demo_metric_specs`, built."""
+    return {column: create_metric(name, device=device, **options).eval()
+            for column, (name, options) in demo_metric_specs(world).items()}
+
+
+def write_reference_scenes(folder: Path, count: int) -> Path:
+    """Clean rendered single-object scenes with captions (the Frechet distance's real images), written once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        path = folder / f"{index:05d}.png"
+        if not path.exists():
+            scene = scene_for(REFERENCE_SEED + 1, index, kind="single", full_caption=True)
+            atomic_write(path, lambda temporary, scene=scene: Image.fromarray(render_scene(scene, 32)).save(
+                temporary, format="PNG"))
+            (folder / f"{index:05d}.txt").write_text(scene.caption)
+    return folder
 
 
 def _pixels(images: list[Image.Image]) -> torch.Tensor:
@@ -103,8 +129,9 @@ def gradient_guidance_experiment(pipe, metrics: dict[str, QualityMetric], prompt
     base = generate(pipe, None, prompts, **common)
     guidance = IQAGuidance(metrics["loda"], alpha=settings.guidance_alpha)
     guided = generate(pipe, None, prompts, iqa_guidance=guidance, **common)
-    base_scores = score_images([r.image for r in base], metrics)
-    guided_scores = score_images([r.image for r in guided], metrics)
+    base_scores = {name: score_tensors(metric, [rgb_tensor(r.image) for r in base]) for name, metric in metrics.items()}
+    guided_scores = {name: score_tensors(metric, [rgb_tensor(r.image) for r in guided])
+                     for name, metric in metrics.items()}
     gains = {name: relgain(base_scores[name], guided_scores[name], metric.higher_is_better)
              for name, metric in metrics.items()}
     others = [name for name in metrics if name != "loda"]
@@ -245,15 +272,25 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     world = world or shipped_world()
     settings = settings or DemoSettings()
     pipe = load_pipeline(str(world.base), "cpu", torch.float32)
+    specs = demo_metric_specs(world)
     metrics = demo_metrics(world)
     scenes = demo_scenes(settings.prompts)
     prompts = [scene.caption for scene in scenes]
 
     adapter = IQAAdapter.from_pretrained(world.adapter)
-    evaluation = EvaluationSettings(prompts=prompts, seeds=settings.seeds, steps=settings.steps,
-                                    guidance=settings.guidance)
-    report = evaluate_adapter(pipe, adapter, metrics, evaluation, out_dir, progress=progress)
-    adapter.detach()
+    features = f"features:loda:{world.loda}:cls"
+    report = evaluate(
+        out_dir, load_pipeline=lambda: pipe, base_name="toy world base", adapters={"adapter": adapter},
+        metrics=[ScoreColumn(column, metrics[column], {"name": name, "options": options})
+                 for column, (name, options) in specs.items()],
+        prompts=[Prompt(scene.caption, index, metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}})
+                 for index, scene in enumerate(scenes)],
+        settings=EvaluationSettings(seeds=settings.seeds, steps=settings.steps, guidance=settings.guidance,
+                                    batch_size=32),
+        measures=Measures(extractors=[features], following_scorer=ToyCaptionScorer(),
+                          reference=str(write_reference_scenes(out_dir / "reference_scenes", settings.reference_scenes)),
+                          distances=("ssim", "ms_ssim", f"features:{features}")),
+        progress=progress)
     report["gradient_guidance"] = gradient_guidance_experiment(pipe, metrics, prompts, settings, out_dir,
                                                                report["relgain"]["p99"])
     reference_adapter = IQAAdapter.from_pretrained(world.reference_adapter)
@@ -299,6 +336,21 @@ def demo_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _fidelity_lines(report: dict) -> list[str]:
+    """Caption following, Frechet distance and the p1-p99 distances, base against the adapter."""
+    conditions = ["base", "adapter/p1", "adapter/p99"]
+    following = report["prompt_following"]
+    frechet = next(iter(report["frechet"].values()))
+    distances = {measure: matrix["p1"]["p99"] for measure, matrix in report["distances"].items() if isinstance(matrix, dict)}
+    return ["caption following base / p1 / p99:  " + "  ".join(
+                f"{task} " + "/".join(f"{following[name][task]:.2f}" for name in conditions)
+                for task in following["base"] if task != "overall"),
+            "Frechet distance to clean scenes (toy LoDa features) base / p1 / p99:  "
+            + " / ".join(f"{frechet[name]['reference_all']:.3g}" for name in conditions),
+            "distance between the p1 and p99 images:  " + "  ".join(f"{measure.split(':')[0]} {value:.3f}"
+                                                                 for measure, value in distances.items())]
+
+
 def demo_summary(report: dict) -> str:
     """A few lines for the terminal."""
     targets = report["target_metrics"]
@@ -318,6 +370,7 @@ def demo_summary(report: dict) -> str:
                                                            for family, v in transfer.items()),
              "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no'}"
                                     for claim, value in report["claims"].items()),
+             *_fidelity_lines(report),
              f"(conditioning metrics: {', '.join(targets)})"]
     return "\n".join(lines)
 

@@ -172,3 +172,29 @@ def caption_following(images: Sequence[np.ndarray], scenes: Sequence[Scene]) -> 
     return dict(images=len(images), accuracy=accuracy, chance=chance,
                 uniform_chance={name: 1 / count for name, count in choices.items()},
                 found=float(np.mean([reading.colour is not None for reading in readings])))
+
+
+class ToyCaptionScorer:
+    """Prompt following on the toy world, its GenEval: for single-object scenes, whether the image shows the
+    prompt's object colour, object position and background colour (shapes are left out: the toy base model
+    draws blobs). A prompt's metadata names its scene: ``{"toy_scene": {"seed": S, "index": I}}``
+    (:func:`~iqa_adapter.toy.scenes.scene_for` with ``kind="single", full_caption=True``). Plugs into the
+    evaluation as its ``following_scorer``."""
+
+    tasks = ("colour", "position", "background")
+
+    def describe(self) -> dict:
+        return {"scorer": "toy caption readers (iqa_adapter.toy.caption_check)", "tasks": list(self.tasks)}
+
+    def score(self, images: Sequence, metadata: Sequence[dict]) -> list[list[dict]]:
+        """Per image, one ``{"tag", "correct"}`` per task. Images: float tensors (3, H, W) in [0, 1] or arrays."""
+        from .scenes import scene_for
+
+        results = []
+        for image, entry in zip(images, metadata):
+            scene = scene_for(**entry["toy_scene"], kind="single", full_caption=True)
+            array = np.asarray(image.permute(1, 2, 0).mul(255).round().byte() if hasattr(image, "permute") else image)
+            reading = read_object(array, scene.background)
+            results.append([{"tag": task, "correct": getattr(reading, task) == _wanted(scene, task)}
+                            for task in self.tasks])
+        return results

@@ -1,0 +1,160 @@
+"""The evaluation's figures: PNG files a person can read at a glance, each titled with what it shows and how many
+prompts and images are behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..grid import image_grid
+from ..io_utils import atomic_write
+
+GRID_PROMPTS = 8  # rows of an image grid: the first prompts, first seed
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(figure_or_image, path: Path, out_dir: Path) -> str:
+    """Write a matplotlib figure or a PIL image atomically; the path relative to ``out_dir``."""
+    if isinstance(figure_or_image, Image.Image):
+        atomic_write(path, lambda temporary: figure_or_image.save(temporary, format="PNG"))
+    else:
+        atomic_write(path, lambda temporary: figure_or_image.savefig(temporary, format="png", dpi=110))
+        _pyplot().close(figure_or_image)
+    return path.relative_to(out_dir).as_posix()
+
+
+def condition_grid(images: Callable[[str, int], Image.Image], conditions: Sequence[str], labels: Sequence[str],
+                   prompts: Sequence[str]) -> Image.Image:
+    """One row per prompt (the first :data:`GRID_PROMPTS`), one column per condition; ``images(condition, prompt)``."""
+    shown = list(prompts[:GRID_PROMPTS])
+    cells = [images(condition, index) for index in range(len(shown)) for condition in conditions]
+    return image_grid(cells, columns=len(conditions), row_labels=[prompt[:48] for prompt in shown],
+                      column_labels=list(labels), min_cell=96)
+
+
+def _panels(count: int):
+    plt = _pyplot()
+    columns = min(4, count)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for axis in list(axes.flat)[count:]:
+        axis.axis("off")
+    return figure, list(axes.flat)[:count]
+
+
+def percentile_sweep(report: dict, directions: Mapping[str, bool], caption: str):
+    """Mean score against the input percentile, one panel per metric, the base model dotted."""
+    names = list(report["percentile_sweep"])
+    figure, axes = _panels(len(names))
+    for axis, name in zip(axes, names):
+        sweep = report["percentile_sweep"][name]
+        axis.plot(sweep["percentiles"], sweep["mean_scores"], marker="o")
+        axis.axhline(sweep["base_mean"], color="red", linestyle=":", label="base model")
+        better = "higher" if directions[name] else "lower"
+        target = " (target)" if name in report["target_metrics"] else ""
+        axis.set_title(f"{name}{target}\nrho={sweep['spearman']:+.2f}, {better} better", fontsize=8)
+        axis.set_xlabel("input percentile", fontsize=7)
+        axis.tick_params(labelsize=7)
+    figure.suptitle(caption, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def relgain_bars(report: dict, caption: str):
+    """RelGain at p99, p1 and p99 with negative guidance, per metric."""
+    plt = _pyplot()
+    names = list(report["percentile_sweep"])
+    series = [("p99", report["relgain"]["p99"]), ("p1", report["relgain"]["p1"])]
+    if "negative_guidance" in report:
+        series.append(("p99 + negative guidance", report["negative_guidance"]["relgain"]))
+    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(names)), 3.4))
+    width = 0.8 / len(series)
+    positions = np.arange(len(names))
+    for offset, (label, values) in enumerate(series):
+        axis.bar(positions + (offset - (len(series) - 1) / 2) * width, [values[name] for name in names], width,
+                 label=label)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(positions, [f"{n}*" if n in report["target_metrics"] else n for n in names], rotation=30,
+                    ha="right", fontsize=8)
+    axis.set_ylabel("RelGain vs base (%), + = better", fontsize=8)
+    axis.set_title(f"RelGain against the base model (* = conditioning metric)\n{caption}", fontsize=8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def scale_sweep(report: dict, caption: str):
+    """Mean score against the adapter scale, at p99 and p1, one panel per metric."""
+    names = list(report["scale_sweep"])
+    figure, axes = _panels(len(names))
+    for axis, name in zip(axes, names):
+        sweep = report["scale_sweep"][name]
+        axis.plot(sweep["scales"], sweep["mean_scores"], marker="o", label="p99")
+        axis.plot(sweep["scales"], sweep["mean_scores_low"], marker="o", linestyle="--", label="p1")
+        axis.axhline(report["percentile_sweep"][name]["base_mean"], color="red", linestyle=":")
+        axis.set_title(name, fontsize=8)
+        axis.set_xlabel("adapter scale lambda", fontsize=7)
+        axis.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(caption, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, *, centre: float | None = None,
+            fmt: str = "{:+.1f}", colour_label: str = ""):
+    """A labelled heatmap with the value in every cell; ``centre`` makes a diverging map around it."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.75 * len(columns) + 2.5), max(2.5, 0.5 * len(rows) + 1.6)))
+    finite = values[np.isfinite(values)]
+    if centre is not None and finite.size:
+        spread = max(float(np.abs(finite - centre).max()), 1e-12)
+        image = axis.imshow(values, cmap="RdYlGn", vmin=centre - spread, vmax=centre + spread, aspect="auto")
+    else:
+        image = axis.imshow(values, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=8)
+    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+    for row in range(len(rows)):
+        for column in range(len(columns)):
+            if np.isfinite(values[row, column]):
+                red, green, blue, _ = image.cmap(image.norm(values[row, column]))
+                dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+                axis.text(column, row, fmt.format(values[row, column]), ha="center", va="center", fontsize=7,
+                          color="white" if dark else "black")
+    figure.colorbar(image, ax=axis, label=colour_label)
+    axis.set_title(title, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, ylabel: str,
+                 limits: tuple[float, float] | None = None):
+    """Bars of ``{series: {category: value}}``, categories (of every series, in order) on the x axis."""
+    plt = _pyplot()
+    series = list(groups)
+    categories = list(dict.fromkeys(category for values in groups.values() for category in values))
+    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(categories) + 1), 3.4))
+    width = 0.8 / len(series)
+    positions = np.arange(len(categories))
+    for offset, name in enumerate(series):
+        axis.bar(positions + (offset - (len(series) - 1) / 2) * width,
+                 [groups[name].get(category, np.nan) for category in categories], width, label=name)
+    axis.set_xticks(positions, categories, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel(ylabel, fontsize=8)
+    if limits is not None:
+        axis.set_ylim(*limits)
+    axis.set_title(title, fontsize=8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
