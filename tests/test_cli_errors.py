@@ -111,6 +111,13 @@ CASES = [
     ("two adapters with one name", lambda f: ["evaluate", "--metrics", "sharpness", "--prompt", "x", "--adapter",
                                               f"a={f}/truncated_adapter", "--adapter", f"a={f}/empty_adapter",
                                               "--out", f"{f}/e"], "two adapters are named 'a'"),
+    ("unknown distance", lambda f: ["evaluate", "--metrics", "sharpness", "--prompt", "x", "--distances",
+                                    "ssim,lpipz", "--out", f"{f}/e"], "unknown distance 'lpipz'"),
+    ("unknown extractor", lambda f: ["evaluate", "--metrics", "sharpness", "--prompt", "x", "--fid-extractor",
+                                     "dino", "--out", f"{f}/e"], "unknown feature extractor 'dino'"),
+    ("one extractor name twice", lambda f: ["evaluate", "--metrics", "sharpness", "--prompt", "x", "--fid-extractor",
+                                            "a=clip", "--fid-extractor", "a=dinov2", "--out", f"{f}/e"],
+     "feature extractors are listed twice: a"),
     # devices and numbers
     ("--device cuda without a GPU", lambda f: generate("--quality", "loda=p99", "--device", "cuda"),
      "CUDA is not available"),

@@ -218,9 +218,9 @@ def test_fidelity_prompt_following_and_distances_in_one_report(tmp_path, sd_pipe
     scorer = GenEvalScorer(str(tiny_models / "owlv2"), str(tiny_models / "clip"),
                            rules=GenEvalRules(threshold=0.0, counting_threshold=0.0))
     features = f"dinov2:{dinov2_folder}"
-    measures = Measures(extractors=[features], reference=str(reference), reference_subsets=[50],
+    measures = Measures(extractors=[features, f"dino={features}"], reference=str(reference), reference_subsets=[50],
                         subset_metrics=["sharpness", "contrast"], clip_model=str(clip_folder), following_scorer=scorer,
-                        distances=("ssim", "ms_ssim", f"features:{features}"))
+                        distances=("ssim", "ms_ssim", f"features:{features}", f"dino_cosine=features:{features}"))
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
     report = evaluate(tmp_path / "out", load_pipeline=lambda: sd_pipe, base_name="tiny", adapters={"a": adapter},
                       metrics=score_columns(("sharpness",)), prompts=prompts, measures=measures,
@@ -239,6 +239,11 @@ def test_fidelity_prompt_following_and_distances_in_one_report(tmp_path, sd_pipe
     for measure in ("ssim", "ms_ssim", f"features:{features}"):
         matrix = report["distances"][measure]
         assert list(matrix) == ["p1", "p50", "p99"] and matrix["p1"]["p99"] == matrix["p99"]["p1"]
+    # NAME=SPEC: the same measure, reported, stored and drawn under the name
+    assert report["frechet"]["dino"] == frechet and report["frechet_sets"]["dino"]["extractor"] == features
+    assert report["distances"]["dino_cosine"] == report["distances"][f"features:{features}"]
+    assert (tmp_path / "out" / "features" / "dino").is_dir() and (tmp_path / "out" / "distances" / "dino_cosine").is_dir()
+    assert {"frechet_dino", "distances_dino_cosine"} <= set(report["figures"])
     assert report["distances"]["ms_ssim_scales"] == 2  # 32 px images: two scales fit an 11-pixel window
     for figure in ("frechet_" + features.replace(":", "_").replace("/", "_"), "clip", "prompt_following"):
         assert any(key.startswith(figure[:12]) for key in report["figures"]), figure

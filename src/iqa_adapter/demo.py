@@ -23,6 +23,7 @@ The numbers are whatever the models produce; ``report.json`` and ``report.md`` s
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,12 @@ def _pixels(images: list[Image.Image]) -> torch.Tensor:
                         for image in images])
 
 
+def _announce(step: str, progress: bool) -> None:
+    """One line on stderr before a step whose progress bar only says "images"."""
+    if progress:
+        print(f"demo: {step}", file=sys.stderr, flush=True)
+
+
 def _to_images(pixels: torch.Tensor) -> list[Image.Image]:
     arrays = (pixels.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().byte().numpy()
     return [Image.fromarray(array) for array in arrays]
@@ -123,9 +130,11 @@ def _save_grid(images: list[Image.Image], columns: int, path: Path, **labels) ->
 
 
 def gradient_guidance_experiment(pipe, metrics: dict[str, QualityMetric], prompts: list[str], settings: DemoSettings,
-                                 out_dir: Path, adapter_relgain: dict[str, float]) -> dict:
+                                 out_dir: Path, adapter_relgain: dict[str, float], progress: bool = False) -> dict:
     """Base model with and without IQA-gradient guidance on the toy LoDa: RelGain on every metric."""
-    common = dict(seed=0, num_images=settings.seeds, steps=settings.steps, guidance=settings.guidance, progress=False)
+    _announce("gradient guidance: the base model without, then with, the toy LoDa's gradient", progress)
+    common = dict(seed=0, num_images=settings.seeds, steps=settings.steps, guidance=settings.guidance,
+                  progress=progress)
     base = generate(pipe, None, prompts, **common)
     guidance = IQAGuidance(metrics["loda"], alpha=settings.guidance_alpha)
     guided = generate(pipe, None, prompts, iqa_guidance=guidance, **common)
@@ -210,20 +219,21 @@ def metric_features(metrics: dict[str, QualityMetric]) -> Callable[[torch.Tensor
     return features
 
 
-def base_samples(pipe, count: int, settings: DemoSettings) -> torch.Tensor:
+def base_samples(pipe, count: int, settings: DemoSettings, progress: bool = False) -> torch.Tensor:
     """``count`` samples of the base model (no adapter) for single-object prompts, as (N, 3, H, W) in [0, 1]."""
     prompts = [scene_for(CLASSIFIER_SEED, index, kind="single", full_caption=True).caption for index in range(count)]
     results = generate(pipe, None, prompts, seed=CLASSIFIER_SEED, steps=settings.steps, guidance=settings.guidance,
-                       progress=False)
+                       progress=progress)
     return _pixels([result.image for result in results])
 
 
 def reference_transfer_experiment(pipe, adapter: IQAAdapter, metrics: dict[str, QualityMetric], scenes: list[Scene],
-                                  settings: DemoSettings, out_dir: Path) -> dict:
+                                  settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
     """One degraded reference per family (a scene whose object colour differs from every prompt's)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     encoder = adapter.reference_encoder()
-    base = base_samples(pipe, 2 * settings.classifier_images, settings)
+    _announce("reference transfer: base samples for the distortion classifier", progress)
+    base = base_samples(pipe, 2 * settings.classifier_images, settings, progress)
     classifier = DistortionClassifier(metric_features(metrics), base)
     prompt_colours = {scene.objects[0].colour for scene in scenes}
     reference_scene = next(scene for index in range(1000)
@@ -234,11 +244,12 @@ def reference_transfer_experiment(pipe, adapter: IQAAdapter, metrics: dict[str, 
     results: dict[str, dict] = {}
     grid_images, labels = [], []
     for family in ["clean", *FAMILIES]:
+        _announce(f"reference transfer: a {family} reference", progress)
         reference = clean if family == "clean" else distort(clean, family, REFERENCE_LEVEL, generator)
         reference_image = _to_images(reference)[0]
         generated = generate(pipe, adapter, [scene.caption for scene in scenes], references=[reference_image],
                              reference_encoder=encoder, seed=0, num_images=settings.seeds, steps=settings.steps,
-                             guidance=settings.guidance, progress=False)
+                             guidance=settings.guidance, progress=progress)
         pixels = _pixels([result.image for result in generated])
         predicted = classifier.predict(pixels)
         readings = [read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
@@ -278,7 +289,7 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     prompts = [scene.caption for scene in scenes]
 
     adapter = IQAAdapter.from_pretrained(world.adapter)
-    features = f"features:loda:{world.loda}:cls"
+    features = f"features:loda:{world.loda}:cls"  # the toy LoDa's CLS token, named "loda" in the report
     report = evaluate(
         out_dir, load_pipeline=lambda: pipe, base_name="toy world base", adapters={"adapter": adapter},
         metrics=[ScoreColumn(column, metrics[column], {"name": name, "options": options})
@@ -287,15 +298,15 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
                  for index, scene in enumerate(scenes)],
         settings=EvaluationSettings(seeds=settings.seeds, steps=settings.steps, guidance=settings.guidance,
                                     batch_size=32),
-        measures=Measures(extractors=[features], following_scorer=ToyCaptionScorer(),
+        measures=Measures(extractors=[f"loda={features}"], following_scorer=ToyCaptionScorer(),
                           reference=str(write_reference_scenes(out_dir / "reference_scenes", settings.reference_scenes)),
-                          distances=("ssim", "ms_ssim", f"features:{features}")),
+                          distances=("ssim", "ms_ssim", f"loda_features=features:{features}")),
         progress=progress)
     report["gradient_guidance"] = gradient_guidance_experiment(pipe, metrics, prompts, settings, out_dir,
-                                                               report["relgain"]["p99"])
+                                                               report["relgain"]["p99"], progress)
     reference_adapter = IQAAdapter.from_pretrained(world.reference_adapter)
     report["reference_transfer"] = reference_transfer_experiment(pipe, reference_adapter, metrics, scenes,
-                                                                 settings, out_dir)
+                                                                 settings, out_dir, progress)
     report["world"] = world.describe()
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / "report.json", report)
@@ -347,7 +358,7 @@ def _fidelity_lines(report: dict) -> list[str]:
                 for task in following["base"] if task != "overall"),
             "Frechet distance to clean scenes (toy LoDa features) base / p1 / p99:  "
             + " / ".join(f"{frechet[name]['reference_all']:.3g}" for name in conditions),
-            "distance between the p1 and p99 images:  " + "  ".join(f"{measure.split(':')[0]} {value:.3f}"
+            "distance between the p1 and p99 images:  " + "  ".join(f"{measure} {value:.3f}"
                                                                  for measure, value in distances.items())]
 
 

@@ -154,7 +154,8 @@ def add_commands(commands) -> None:
     group = evaluate.add_argument_group("fidelity (paper Table 5)")
     group.add_argument("--fid-extractor", action="append", default=[], metavar="SPEC",
                        help="Frechet distance with these features, repeatable: dinov2 (FD-DINOv2), clip, inception "
-                            "(needs torchvision), dinov2:<hub id or folder>, features:<metric>:<layers>")
+                            "(needs torchvision), dinov2:<hub id or folder>, features:<metric>:<layers>; NAME=SPEC reports it "
+                            "as NAME")
     group.add_argument("--fid-reference", default=None, metavar="DATA",
                        help="real images for the Frechet distance (any dataset annotate reads)")
     group.add_argument("--reference-resize", type=positive_int, default=None,
@@ -174,6 +175,6 @@ def add_commands(commands) -> None:
     group.add_argument("--following-clip", default=None, help="CLIP of prompt following's colour checks")
     group.add_argument("--distances", default="ssim,ms_ssim",
                        help="distances between quality levels: ssim, ms_ssim, lpips, dists (pyiqa), "
-                            "features:<extractor of --fid-extractor>")
+                            "features:<extractor of --fid-extractor>; NAME=SPEC reports one as NAME")
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(func=cmd_evaluate)

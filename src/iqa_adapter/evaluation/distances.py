@@ -31,14 +31,23 @@ def ms_ssim_scales(side: int, window: int = SSIM_WINDOW) -> int:
     return max(1, min(5, int(math.floor(math.log2(side / window))) + 1)) if side >= window else 0
 
 
+def check_distance_spec(name: str) -> None:
+    """A ValueError naming the valid distances unless ``name`` is one (nothing is loaded)."""
+    if name.startswith("features:"):
+        from .features import parse_extractor_spec
+
+        parse_extractor_spec(name.removeprefix("features:"))
+    elif name not in BUILT_IN + PYIQA:
+        raise ValueError(f"unknown distance {name!r}; choose from {', '.join(BUILT_IN + PYIQA)} or "
+                         "features:<extractor>")
+
+
 class PairDistance:
     """One image-pair distance (``ssim``, ``ms_ssim``, ``lpips``, ``dists``, ``features:<extractor>``):
     ``__call__(x, y) -> (N,)`` for image batches (N, 3, H, W) in [0, 1]."""
 
     def __init__(self, name: str, device: str | torch.device = "cpu"):
-        if name not in BUILT_IN + PYIQA and not name.startswith("features:"):
-            raise ValueError(f"unknown distance {name!r}; choose from {', '.join(BUILT_IN + PYIQA)} or "
-                             "features:<extractor>")
+        check_distance_spec(name)
         self.name, self.device = name, torch.device(device)
         self.model = None
         if name in PYIQA:

@@ -345,18 +345,25 @@ class MetricFeatureExtractor(FeatureExtractor):
                 "output": "activations averaged over tokens or positions, layers concatenated"}
 
 
-def create_extractor(spec: str = "dinov2", device: str | torch.device | None = None) -> FeatureExtractor:
-    """The feature extractor named by ``spec`` (see :data:`SPECS` and this module's docstring) on ``device``
-    (``None``: CPU)."""
+def parse_extractor_spec(spec: str) -> tuple[str, str]:
+    """``(kind, argument)`` of an extractor spec, checked without loading anything (a ValueError naming the valid
+    specs otherwise), so that a typo fails before hours of generation."""
     kind, separator, argument = spec.partition(":")
     if separator and not argument:
         raise ValueError(f"feature extractor {spec!r} names no model after the ':'; valid: {', '.join(SPECS)}")
+    if kind not in ("dinov2", "clip", "inception", "features") or (kind == "features" and not argument):
+        raise ValueError(f"unknown feature extractor {spec!r}; valid: {', '.join(SPECS)}")
+    return kind, argument
+
+
+def create_extractor(spec: str = "dinov2", device: str | torch.device | None = None) -> FeatureExtractor:
+    """The feature extractor named by ``spec`` (see :data:`SPECS` and this module's docstring) on ``device``
+    (``None``: CPU)."""
+    kind, argument = parse_extractor_spec(spec)
     if kind == "dinov2":
         return Dinov2Extractor(argument or DEFAULT_DINOV2, device=device)
     if kind == "clip":
         return ClipExtractor(argument or DEFAULT_CLIP, device=device)
     if kind == "inception":
         return InceptionExtractor(argument or None, device=device)
-    if kind == "features" and argument:
-        return MetricFeatureExtractor(argument, device=device)
-    raise ValueError(f"unknown feature extractor {spec!r}; valid: {', '.join(SPECS)}")
+    return MetricFeatureExtractor(argument, device=device)

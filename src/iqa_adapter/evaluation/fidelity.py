@@ -329,7 +329,7 @@ def _compute_statistics(data: str, extractor: FeatureExtractor, wanted: Mapping[
                         num_workers=num_workers, collate_fn=collate_by_size)
     statistics = {name: FrechetStatistics(extractor.feature_dim) for name in wanted}
     skipped: list[tuple[str, str]] = []  # (key, reason)
-    with tqdm(total=len(samples), unit="img", desc=f"{extractor.name} reference features", disable=not progress,
+    with tqdm(total=len(samples), unit="img", desc=f"reference features ({extractor.name})", disable=not progress,
               dynamic_ncols=True) as bar:
         for groups in loader:
             for pairs, images in groups:

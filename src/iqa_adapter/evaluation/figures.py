@@ -73,24 +73,20 @@ def percentile_sweep(report: dict, directions: Mapping[str, bool], caption: str)
 
 def relgain_bars(report: dict, caption: str):
     """RelGain at p99, p1 and p99 with negative guidance, per metric."""
-    plt = _pyplot()
-    names = list(report["percentile_sweep"])
+    labels = {name: f"{name}*" if name in report["target_metrics"] else name for name in report["percentile_sweep"]}
     series = [("p99", report["relgain"]["p99"]), ("p1", report["relgain"]["p1"])]
     if "negative_guidance" in report:
         series.append(("p99 + negative guidance", report["negative_guidance"]["relgain"]))
-    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(names)), 3.4))
-    width = 0.8 / len(series)
-    positions = np.arange(len(names))
-    for offset, (label, values) in enumerate(series):
-        axis.bar(positions + (offset - (len(series) - 1) / 2) * width, [values[name] for name in names], width,
-                 label=label)
-    axis.axhline(0, color="black", linewidth=0.8)
-    axis.set_xticks(positions, [f"{n}*" if n in report["target_metrics"] else n for n in names], rotation=30,
-                    ha="right", fontsize=8)
-    axis.set_ylabel("RelGain vs base (%), + = better", fontsize=8)
-    axis.set_title(f"RelGain against the base model (* = conditioning metric)\n{caption}", fontsize=8)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
+    figure = grouped_bars({label: {labels[name]: values[name] for name in labels} for label, values in series},
+                          f"RelGain against the base model (* = conditioning metric)\n{caption}",
+                          "RelGain vs base (%), + = better", zero_line=True)
+    largest = max((abs(values[name]) for _, values in series for name in labels if np.isfinite(values[name])),
+                  default=0.0)
+    if largest > 100:  # one metric's hundreds of percent would flatten the others' bars: linear within +-10 %
+        axis = figure.axes[0]
+        axis.set_yscale("symlog", linthresh=10)
+        axis.set_ylim(*(limit * 3 for limit in axis.get_ylim()))
+        axis.set_ylabel("RelGain (%), + = better\n(log scale beyond +-10 %)", fontsize=8)
     return figure
 
 
@@ -139,22 +135,24 @@ def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], tit
 
 
 def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, ylabel: str,
-                 limits: tuple[float, float] | None = None):
+                 limits: tuple[float, float] | None = None, zero_line: bool = False):
     """Bars of ``{series: {category: value}}``, categories (of every series, in order) on the x axis."""
     plt = _pyplot()
     series = list(groups)
     categories = list(dict.fromkeys(category for values in groups.values() for category in values))
-    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(categories) + 1), 3.4))
+    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(categories) + 1) + 1.6, 3.4))
     width = 0.8 / len(series)
     positions = np.arange(len(categories))
     for offset, name in enumerate(series):
         axis.bar(positions + (offset - (len(series) - 1) / 2) * width,
                  [groups[name].get(category, np.nan) for category in categories], width, label=name)
+    if zero_line:
+        axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(positions, categories, rotation=30, ha="right", fontsize=8)
     axis.set_ylabel(ylabel, fontsize=8)
     if limits is not None:
         axis.set_ylim(*limits)
     axis.set_title(title, fontsize=8)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, never on, bars
     figure.tight_layout()
     return figure

@@ -74,6 +74,30 @@ class Measures:
     distances: Sequence[str] = ("ssim", "ms_ssim")  # pair distances between percentiles, plus features:<extractor>
 
 
+def named_measure(entry: str) -> tuple[str, str]:
+    """``(name, spec)`` of a measure entry ``SPEC`` or ``NAME=SPEC``: report keys, folders and figures use the name
+    (``loda=features:loda:checkpoints/loda:cls`` keeps a path out of them), the spec builds the measure."""
+    name, equals, spec = entry.partition("=")
+    if equals and re.fullmatch(r"[A-Za-z0-9_.-]+", name.strip()) and spec.strip():
+        return name.strip(), spec.strip()
+    return entry, entry
+
+
+def _check_measures(measures: Measures) -> None:
+    """Extractor and distance specs checked before any work (a typo must not cost the generation)."""
+    from .distances import check_distance_spec
+    from .features import parse_extractor_spec
+
+    for entries, check, what in ((measures.extractors, parse_extractor_spec, "feature extractors"),
+                                 (measures.distances, check_distance_spec, "distances")):
+        names = [named_measure(entry)[0] for entry in entries]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{what} are listed twice: {', '.join(repeated)} (give each a NAME=SPEC of its own)")
+        for entry in entries:
+            check(named_measure(entry)[1])
+
+
 def _folder_name(spec: str) -> str:
     """A file-system name for a spec such as ``dinov2:facebook/dinov2-large``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_")
@@ -133,6 +157,7 @@ def evaluate(out_dir: str | Path, *, load_pipeline: Callable[[], object], base_n
     if any(adapter.config.condition != "scores" for adapter in adapters.values()):
         raise ValueError("evaluate compares adapters conditioned on quality scores; reference-based adapters are "
                          "evaluated by the demo's reference-transfer experiment")
+    _check_measures(measures)
     out_dir = Path(out_dir)
     state = process_state(device)
     scales = {name: settings.scale if settings.scale is not None else adapter.config.default_scale
@@ -156,14 +181,14 @@ def evaluate(out_dir: str | Path, *, load_pipeline: Callable[[], object], base_n
         generate_images(out_dir, plan, load_pipeline(), adapters, batch_size=settings.batch_size,
                         chunk_size=settings.chunk_size, state=state, progress=progress)
     score_images(out_dir, plan, metrics, **run.pass_options())
-    for spec in measures.extractors:
-        _feature_pass(run, spec, device)
+    for entry in measures.extractors:
+        _feature_pass(run, *named_measure(entry), device)
     if measures.clip_model:
         _clip_pass(run, measures.clip_model, device)
     if measures.prompt_following and (measures.following_scorer is not None or _following_metadata(run)):
         _following_pass(run, measures, device)
-    for name in measures.distances:
-        _distance_pass(run, adapters, name, device)
+    for entry in measures.distances:
+        _distance_pass(run, adapters, *named_measure(entry), device)
     if not state.is_main_process:
         return None
     report = build_report(run, adapters, metrics, measures, device)
@@ -183,7 +208,7 @@ def _fidelity_item(run: EvaluationRun) -> Callable[[Item], bool]:
     return lambda item: run.plan.conditions[item.condition].kind != "scale"
 
 
-def _feature_pass(run: EvaluationRun, spec: str, device) -> ChunkedPass:
+def _feature_pass(run: EvaluationRun, name: str, spec: str, device) -> ChunkedPass:
     from .features import create_extractor
 
     extractor = create_extractor(spec, device=device)
@@ -194,8 +219,8 @@ def _feature_pass(run: EvaluationRun, spec: str, device) -> ChunkedPass:
             features[positions] = extractor(batch).cpu().numpy()
         return pd.DataFrame({"item": [item.index for item in items], "features": list(features)})
 
-    return run_image_pass(run.out_dir, run.plan, f"features/{_folder_name(spec)}", {"extractor": extractor.describe()},
-                          _fidelity_item(run), measure, description=f"features {spec}", **run.pass_options())
+    return run_image_pass(run.out_dir, run.plan, f"features/{_folder_name(name)}", {"extractor": extractor.describe()},
+                          _fidelity_item(run), measure, description=f"features ({name})", **run.pass_options())
 
 
 def _clip_pass(run: EvaluationRun, model: str, device) -> ChunkedPass:
@@ -270,14 +295,15 @@ def _distance_folder(run: EvaluationRun, name: str) -> Path:
     return run.out_dir / "distances" / _folder_name(name)
 
 
-def _distance_pass(run: EvaluationRun, adapters: dict[str, IQAAdapter], name: str, device) -> ChunkedPass:
+def _distance_pass(run: EvaluationRun, adapters: dict[str, IQAAdapter], name: str, spec: str,
+                   device) -> ChunkedPass:
     """One pair distance between the percentiles of each (adapter, prompt, seed) group, in chunks of groups, in a
     folder of its own (``distances/<measure>/``), so that adding a measure later leaves the others as they are."""
     plan, options = run.plan, run.pass_options()
-    distance = PairDistance(name, device or "cpu")
+    distance = PairDistance(spec, device or "cpu")
     adapter_names = list(adapters)
     identity = generation_pass(run.out_dir, plan, options["chunk_size"], run.state).parameters
-    job = ChunkedPass(_distance_folder(run, name), {"measure": name, "images": hash_of(identity),
+    job = ChunkedPass(_distance_folder(run, name), {"measure": spec, "images": hash_of(identity),
                                                     "chunk_size": options["chunk_size"]},
                       len(adapter_names) * plan.per_condition, options["chunk_size"], ".parquet", run.state)
     mine = job.my_chunks()
@@ -327,8 +353,9 @@ def build_report(run: EvaluationRun, adapters: dict[str, IQAAdapter], metrics: S
     if len(reports) == 1:  # one adapter: its experiments at the top level, as the paper's tables
         report.update(next(iter(reports.values())))
     report["frechet"], report["frechet_sets"] = {}, {}
-    for spec in measures.extractors:
-        report["frechet"][spec], report["frechet_sets"][spec] = _frechet(run, spec, measures, device)
+    for entry in measures.extractors:
+        name, spec = named_measure(entry)
+        report["frechet"][name], report["frechet_sets"][name] = _frechet(run, name, spec, measures, device)
     if measures.clip_model:
         report["clip_t"], report["clip_i"] = _clip_means(run)
     if (out_dir / "prompt_following").is_dir():
@@ -360,21 +387,21 @@ def _by_condition(plan: EvaluationPlan, frame: pd.DataFrame) -> dict[str, pd.Dat
     return {plan.conditions[index].name: frame[conditions == index] for index in np.unique(conditions)}
 
 
-def _frechet(run: EvaluationRun, spec: str, measures: Measures, device) -> tuple[dict, dict]:
+def _frechet(run: EvaluationRun, name: str, spec: str, measures: Measures, device) -> tuple[dict, dict]:
     """Per measured condition, its Frechet distance to the base model's images (``base``) and to the reference set
     and its subsets (``reference_all``, ``reference_top25``, ...); and what the distances were computed on."""
     from .features import create_extractor
     from .fidelity import FrechetStatistics, frechet_distance, reference_statistics
 
     statistics: dict[str, FrechetStatistics] = {}
-    for path in sorted((run.out_dir / "features" / _folder_name(spec)).glob("chunk_*.parquet")):
+    for path in sorted((run.out_dir / "features" / _folder_name(name)).glob("chunk_*.parquet")):
         frame = pd.read_parquet(path)
         if len(frame):
-            for name, rows in _by_condition(run.plan, frame).items():
+            for condition, rows in _by_condition(run.plan, frame).items():
                 features = torch.from_numpy(np.stack(rows["features"].to_numpy()).astype(np.float64))
-                statistics.setdefault(name, FrechetStatistics()).update(features)
+                statistics.setdefault(condition, FrechetStatistics()).update(features)
     targets = {} if BASE not in statistics else {"base": statistics[BASE]}
-    about: dict = {"images_per_condition": run.plan.per_condition}
+    about: dict = {"extractor": spec, "images_per_condition": run.plan.per_condition}
     if measures.reference:
         extractor = create_extractor(spec, device=device)
         references = reference_statistics(measures.reference, extractor, _reference_cache(run, measures),
@@ -383,9 +410,9 @@ def _frechet(run: EvaluationRun, spec: str, measures: Measures, device) -> tuple
         about["reference"] = {"data": measures.reference,
                               "images": {subset: stats.count for subset, stats in references.items()}}
         targets.update((f"reference_{subset}", stats) for subset, stats in references.items())
-    distances = {name: {target: frechet_distance(stats, reference) for target, reference in targets.items()
-                        if not (name == BASE and target == "base")}
-                 for name, stats in statistics.items()}
+    distances = {condition: {target: frechet_distance(stats, reference) for target, reference in targets.items()
+                             if not (condition == BASE and target == "base")}
+                 for condition, stats in statistics.items()}
     return distances, about
 
 
@@ -438,8 +465,9 @@ def _distances(run: EvaluationRun, adapters: dict[str, IQAAdapter], measures: Me
     plan = run.plan
     adapter_names = list(adapters)
     sizes = [len(_sweep_conditions(plan, name)) for name in adapter_names]
-    means = [{name: MeanMatrix(size) for name in measures.distances} for size in sizes]
-    for name in measures.distances:
+    names = [named_measure(entry)[0] for entry in measures.distances]
+    means = [{name: MeanMatrix(size) for name in names} for size in sizes]
+    for name in names:
         for path in sorted(_distance_folder(run, name).glob("chunk_*.parquet")):
             for row in pd.read_parquet(path).to_dict("records"):
                 adapter = int(row.pop("group")) // plan.per_condition
@@ -454,7 +482,7 @@ def _distances(run: EvaluationRun, adapters: dict[str, IQAAdapter], measures: Me
             matrix = mean.matrix()
             result[adapter][name] = {f"p{pa}": {f"p{pb}": float(matrix[i, j]) for j, pb in enumerate(percentiles)}
                                      for i, pa in enumerate(percentiles)}
-        if "ms_ssim" in measures.distances:
+        if "ms_ssim" in [spec for _, spec in map(named_measure, measures.distances)]:
             side = min(load_images(run.out_dir, plan, [plan.item(0)])[0].shape[-2:])
             result[adapter]["ms_ssim_scales"] = ms_ssim_scales(side)
     return result
@@ -499,16 +527,16 @@ def _figures(run: EvaluationRun, report: dict, adapters: dict[str, IQAAdapter], 
     paths["relgain_matrix"] = figures.save_png(
         figures.heatmap(values, list(matrix), columns, f"RelGain at p99 against the base model (%, + = better)\n{count}",
                         centre=0.0, colour_label="RelGain %"), folder / "relgain_matrix.png", out_dir)
-    for spec, frechet in report["frechet"].items():
+    for name, frechet in report["frechet"].items():
         series: dict[str, dict] = {}
         for condition, targets in frechet.items():
             for target, value in targets.items():
                 series.setdefault("to the base model" if target == "base" else "to " + target.replace("_", " "),
                                   {})[condition] = value
         if series:
-            paths[f"frechet_{_folder_name(spec)}"] = figures.save_png(
-                figures.grouped_bars(series, f"Frechet distance ({spec} features), lower = closer\n{count}",
-                                     "Frechet distance"), folder / f"frechet_{_folder_name(spec)}.png", out_dir)
+            paths[f"frechet_{_folder_name(name)}"] = figures.save_png(
+                figures.grouped_bars(series, f"Frechet distance ({name} features), lower = closer\n{count}",
+                                     "Frechet distance"), folder / f"frechet_{_folder_name(name)}.png", out_dir)
     if report.get("clip_t"):
         paths["clip"] = figures.save_png(figures.grouped_bars(
             {"CLIP-T": report["clip_t"], **({"CLIP-I": report["clip_i"]} if report.get("clip_i") else {})},
