@@ -2,7 +2,7 @@
 
 Built-in metrics register themselves with :func:`register_metric`. Names with a ``pyiqa:`` prefix come
 from the optional pyiqa backend; a plain name that is not built in is looked up in pyiqa when it is
-installed. Other prefixes name metrics made from an argument, such as ``loda:<checkpoint directory>``:
+installed. Other prefixes name metrics made from an argument, such as ``loda:<checkpoint directory>`` or ``learned:<folder>``:
 :data:`PREFIXED_METRICS` maps each prefix to the module that builds them (imported on first use).
 """
 
@@ -18,7 +18,7 @@ from .base import QualityMetric
 
 PYIQA_PREFIX = "pyiqa:"
 # prefix -> module providing prefixed_metric_info(argument) and create_prefixed_metric(argument, **options)
-PREFIXED_METRICS = {"loda:": "iqa_adapter.loda.metric"}
+PREFIXED_METRICS = {"loda:": "iqa_adapter.loda.metric", "learned:": "iqa_adapter.metrics.learned"}
 
 
 @dataclass(frozen=True)
