@@ -5,7 +5,13 @@ A world is a folder::
     base/                 the toy text-to-image pipeline (diffusers StableDiffusionPipeline folder)
     loda/                 the toy LoDa checkpoint (``loda:<folder>``), calibrated to the pseudo-MOS scale
     niqe.safetensors      NIQE fitted on clean toy scenes (8 px patches)
-    adapter/              the IQA-Adapter conditioned on ``loda`` and ``niqe`` scores
+    cnniqa/ aesthetic/    the zoo's learned IQA and IAA models (``learned:<folder>``, :mod:`iqa_adapter.toy.zoo`)
+    panel/ classifier/    the judge that stands in for people and the distortion-family classifier (never used
+                          for conditioning)
+    adapter/              the main IQA-Adapter, conditioned on ``cnniqa`` and ``aesthetic`` scores (the paper's
+                          "TOPIQ + LAION-AES": one IQA and one IAA model)
+    adapters/<metric>/    one IQA-Adapter per learned model (``loda``, ``cnniqa``, ``aesthetic``): the rows of the
+                          cross-metric RelGain matrix
     reference_adapter/    the reference-based IQA-Adapter on the toy LoDa's distortion tokens
     world.json            how it was built: settings, the equivalent commands, the time of every step (summed
                           over resumed runs; ``interrupted_runs`` counts the runs killed inside a step, whose
@@ -19,9 +25,12 @@ The package ships one (:func:`shipped_world`), the embedded default of ``iqa-ada
 2. ``iqa-adapter toy train-base``: the VAE, then the UNet and text encoder, on them;
 3. the toy IQA models (:mod:`iqa_adapter.toy.iqa_models`): a distortion dataset with a full-reference
    pseudo-MOS, the tiny LoDa trained on it, NIQE fitted on clean scenes;
-4. ``iqa-adapter annotate``: the training images scored with ``loda`` and ``niqe``;
-5. ``iqa-adapter train``: the score adapter on the frozen toy base, from a latent/text cache;
-6. ``iqa-adapter train --reference-features``: the reference-based adapter.
+4. the zoo (:mod:`iqa_adapter.toy.zoo`): CNNIQA, the aesthetics model, the panel judge and the classifier, each
+   on scenes of its own;
+5. ``iqa-adapter annotate``: the training images scored with ``loda``, ``niqe``, ``cnniqa`` and ``aesthetic``;
+6. ``iqa-adapter train``: the main adapter and one adapter per learned model on the frozen toy base, from one
+   latent/text cache;
+7. ``iqa-adapter train --reference-features``: the reference-based adapter.
 
 The reference adapter names its metric by a path relative to its own folder (``loda:../loda``), so a world
 folder can be moved or shipped as a whole.
@@ -34,6 +43,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,10 +51,12 @@ from pathlib import Path
 from ..io_utils import write_json
 
 WORLD_FILE = "world.json"
-ADAPTER_METRICS = ("loda", "niqe")
+ZOO_MODELS = ("cnniqa", "aesthetic", "panel", "classifier")
+CONDITIONING_MODELS = ("loda", "cnniqa", "aesthetic")  # the learned models adapters are trained on
+ADAPTER_METRICS = ("cnniqa", "aesthetic")  # the main adapter's
+SCORED_METRICS = ("loda", "niqe", "cnniqa", "aesthetic")  # the columns annotate writes
 REFERENCE_LAYERS = ("distortion_tokens",)
 RELATIVE_LODA = "loda:../loda"
-RELATIVE_BASE = "../base"
 # Sampling settings for the toy base model (its caption-following check and the demo use them too).
 SAMPLING_STEPS = 20
 GUIDANCE_SCALE = 4.0
@@ -76,10 +88,23 @@ class ToyWorld:
     def reference_adapter(self) -> Path:
         return self.root / "reference_adapter"
 
+    def zoo(self, name: str) -> Path:
+        """The folder of a zoo model (:data:`ZOO_MODELS`)."""
+        return self.root / name
+
+    def metric_adapter(self, metric: str) -> Path:
+        """The adapter conditioned on one learned model (:data:`CONDITIONING_MODELS`)."""
+        return self.root / "adapters" / metric
+
+    def metric_spec(self, name: str) -> str:
+        """The registry name of one of the world's learned models: ``loda:<folder>`` or ``learned:<folder>``."""
+        return f"loda:{self.loda}" if name == "loda" else f"learned:{self.zoo(name)}"
+
     def check(self) -> "ToyWorld":
         """Raise FileNotFoundError, with the fix, when a model is missing."""
-        missing = [path.name for path in (self.base, self.loda, self.niqe, self.adapter, self.reference_adapter)
-                   if not path.exists()]
+        models = (self.base, self.loda, self.niqe, *map(self.zoo, ZOO_MODELS), self.adapter,
+                  *map(self.metric_adapter, CONDITIONING_MODELS), self.reference_adapter)
+        missing = [str(path.relative_to(self.root)) for path in models if not path.exists()]
         if missing:
             raise FileNotFoundError(f"the toy world in {self.root} lacks {', '.join(missing)}; rebuild it with "
                                     "`iqa-adapter demo --retrain`")
@@ -112,7 +137,9 @@ class WorldSettings:
     iqa_references: int = 1000
     loda_epochs: int = 7
     niqe_images: int = 2000
+    zoo_overrides: dict = field(default_factory=dict)  # fields of ZooRecipe, for every zoo model
     adapter_steps: int = 1500
+    metric_adapter_steps: int = 1000  # each single-model adapter of the RelGain matrix
     adapter_batch_size: int = 32
     adapter_lr: float = 1e-3
     reference_steps: int = 800
@@ -122,8 +149,8 @@ class WorldSettings:
     def miniature(cls) -> "WorldSettings":
         return cls(images=48, base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8,
                                               "unet_batch_size": 8},
-                   iqa_references=4, loda_epochs=1, niqe_images=16, adapter_steps=2, adapter_batch_size=8,
-                   reference_steps=2)
+                   iqa_references=4, loda_epochs=1, niqe_images=16, zoo_overrides={"images": 60, "epochs": 1},
+                   adapter_steps=2, metric_adapter_steps=2, adapter_batch_size=8, reference_steps=2)
 
 
 def build_world(root: str | Path, settings: WorldSettings | None = None, progress: bool = True) -> ToyWorld:
@@ -134,6 +161,7 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     from .base_model import PIPELINE_DIR, ToyBaseConfig, train_base_model
     from .data import load_images, write_toy_dataset
     from .iqa_models import fit_toy_niqe, make_toy_iqa_dataset, train_toy_loda
+    from .zoo import RECIPES, train_zoo_model
 
     settings = settings or WorldSettings()
     root = Path(root).absolute()
@@ -175,27 +203,43 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
 
     step("iqa_models", "make_toy_iqa_dataset, train_toy_loda, fit_toy_niqe (iqa_adapter.toy.iqa_models)", iqa)
 
+    def zoo() -> None:
+        for name in ZOO_MODELS:
+            recipe = dataclasses.replace(RECIPES[name], **settings.zoo_overrides)
+            train_zoo_model(name, world.zoo(name), recipe, progress=progress)
+
+    step("zoo", f"train_zoo_model for {', '.join(ZOO_MODELS)} (iqa_adapter.toy.zoo)", zoo)
+
     scores = work / "scores"
-    columns = [f"loda=loda:{world.loda}", "niqe"]
-    step("annotate", f"iqa-adapter annotate --data {data} --metrics {','.join(columns)} --metric-option "
+    columns = {name: world.metric_spec(name) if name != "niqe" else "niqe" for name in SCORED_METRICS}
+    entries = [f"{column}={spec}" if column != spec else column for column, spec in columns.items()]
+    step("annotate", f"iqa-adapter annotate --data {data} --metrics {','.join(entries)} --metric-option "
                      f"niqe.params={world.niqe} --resize none --out {scores}",
-         lambda: annotate(str(data), columns, scores, resize=None, num_workers=0, batch_size=256,
+         lambda: annotate(str(data), entries, scores, resize=None, num_workers=0, batch_size=256,
                           metric_options={"niqe": {"params": str(world.niqe)}}, progress=progress))
 
     common = dict(base=str(world.base), data=str(data), resolution=base_config.size,
                   batch_size=settings.adapter_batch_size, learning_rate=settings.adapter_lr, num_workers=0,
                   checkpoint_every=500, resume="latest", seed=settings.seed, progress=progress)
 
-    def adapter() -> None:
-        result = train(TrainConfig(scores=str(scores), metrics=list(ADAPTER_METRICS), out=str(work / "adapter"),
-                                   default_target="p50",
-                                   cache_dir=str(work / "cache"), max_steps=settings.adapter_steps, **common))
-        _replace(result.adapter_dir, world.adapter)
+    def score_adapter(metrics: tuple[str, ...], steps: int, out: Path, target: Path) -> Callable[[], None]:
+        def run() -> None:
+            result = train(TrainConfig(scores=str(scores), metrics=list(metrics), out=str(out), default_target="p50",
+                                       cache_dir=str(work / "cache"), max_steps=steps, **common))
+            _replace(result.adapter_dir, target)
+        return run
 
-    step("adapter", f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics "
-                    f"{','.join(ADAPTER_METRICS)} --default-target p50 --resolution {base_config.size} --batch-size "
-                    f"{settings.adapter_batch_size} --learning-rate {settings.adapter_lr} --max-steps "
-                    f"{settings.adapter_steps} --cache-dir {work / 'cache'} --out {work / 'adapter'}", adapter)
+    def train_command(metrics: tuple[str, ...], steps: int, out: Path) -> str:
+        return (f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics {','.join(metrics)} "
+                f"--default-target p50 --resolution {base_config.size} --batch-size {settings.adapter_batch_size} "
+                f"--learning-rate {settings.adapter_lr} --max-steps {steps} --cache-dir {work / 'cache'} --out {out}")
+
+    step("adapter", train_command(ADAPTER_METRICS, settings.adapter_steps, work / "adapter"),
+         score_adapter(ADAPTER_METRICS, settings.adapter_steps, work / "adapter", world.adapter))
+    for metric in CONDITIONING_MODELS:
+        out = work / "adapters" / metric
+        step(f"adapter_{metric}", train_command((metric,), settings.metric_adapter_steps, out),
+             score_adapter((metric,), settings.metric_adapter_steps, out, world.metric_adapter(metric)))
 
     spec = f"loda:{world.loda}:{','.join(REFERENCE_LAYERS)}"
 
@@ -220,9 +264,10 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
 
 def make_portable(world: ToyWorld) -> None:
     """Rewrite the world's JSON records without the paths of the machine that built it: the adapters name their
-    base model ``../base`` (relative to their own folder, like the reference adapter's ``loda:../loda``), and
+    base model relative to their own folder (``../base``, like the reference adapter's ``loda:../loda``), and
     every other path becomes relative to the folder holding the world (where the recorded commands run)."""
     prefix = f"{world.root.parent}{os.sep}"
+    adapters = {world.adapter, world.reference_adapter, *map(world.metric_adapter, CONDITIONING_MODELS)}
 
     def relative(value):
         if isinstance(value, str):
@@ -236,8 +281,8 @@ def make_portable(world: ToyWorld) -> None:
     for path in sorted(world.root.rglob("*.json")):
         data = json.loads(path.read_text())
         portable = relative(data)
-        if path.parent in (world.adapter, world.reference_adapter) and path.name == "config.json":
-            portable["base_model"] = RELATIVE_BASE
+        if path.name == "config.json" and path.parent in adapters:
+            portable["base_model"] = os.path.relpath(world.base, path.parent)
         if path.name == WORLD_FILE:
             portable["paths"] = "relative to the folder that holds this world; the commands run there"
         if portable != data:
