@@ -4,40 +4,62 @@ import pytest
 import torch
 
 from iqa_adapter.cli import main
-from iqa_adapter.demo import DistortionClassifier, transfer_by_family
-from iqa_adapter.distortions import distort
-from iqa_adapter.toy.scenes import render_scene, scene_for
+from iqa_adapter.demo import transfer_by_family
 from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
 REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
-               "seconds", "gradient_guidance", "reference_transfer")
-METRICS = {"loda", "niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"}
+               "seconds", "gradient_guidance", "reference_transfer", "zoo", "relgain_matrix", "panel",
+               "caption_accuracy", "claims")
+METRICS = {"loda", "cnniqa", "aesthetic", "niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness",
+           "contrast"}
+CONDITIONS = ("base", "p1", "p50", "p99")
 
 
 def check_report(out, report: dict) -> None:
-    assert set(REPORT_KEYS) <= set(report) and report["target_metrics"] == ["loda", "niqe"]
+    assert set(REPORT_KEYS) <= set(report) and report["target_metrics"] == ["cnniqa", "aesthetic"]
     for name in METRICS:
         sweep = report["percentile_sweep"][name]
         assert len(sweep["percentiles"]) == len(sweep["mean_scores"]) and "spearman" in sweep
         assert name in report["relgain"]["p99"] and name in report["relgain"]["p1"]
         assert name in report["negative_guidance"]["relgain"] and name in report["gradient_guidance"]["relgain"]
         assert len(report["scale_sweep"][name]["mean_scores"]) == len(report["scale_sweep"][name]["scales"])
-    assert 0 <= report["reference_transfer"]["classifier_accuracy"] <= 1
-    assert {"clean", "gaussian_blur", "jpeg", "gaussian_noise"} <= set(report["reference_transfer"])
-    for family, values in transfer_by_family(report["reference_transfer"]).items():
+    # the zoo, the cross-metric matrix with its groups, the panel, caption accuracy, transfer, claims
+    assert {"loda", "cnniqa", "aesthetic", "panel"} <= set(report["zoo"])
+    assert all({"srcc", "plcc"} <= set(report["zoo"][name]) for name in ("loda", "cnniqa", "aesthetic", "panel"))
+    assert 0 <= report["zoo"]["classifier"]["accuracy"] <= 1
+    matrix = report["relgain_matrix"]
+    assert set(matrix) == {"adapter", "loda", "cnniqa", "aesthetic"}
+    assert {*METRICS, "mean", "mean_learned", "mean_classical"} == set(matrix["loda"])
+    assert (out / "images" / "loda" / "p99").is_dir() and not (out / "images" / "loda" / "p50").exists()
+    panel = report["panel"]
+    assert set(panel["win_rate"]) == set(CONDITIONS) and set(panel["pairwise"]["p99"]) == {"base", "p1", "p50"}
+    for a in CONDITIONS:
+        for b in CONDITIONS:
+            if a != b:
+                assert panel["pairwise"][a][b] + panel["pairwise"][b][a] + panel["draws"][a][b] == pytest.approx(1)
+    assert set(report["caption_accuracy"]) == set(CONDITIONS)
+    assert set(report["caption_accuracy"]["p99"]) == {"colour", "shape", "position", "background"}
+    transfer = report["reference_transfer"]
+    assert 0 <= transfer["classifier_accuracy"] <= 1 and 0 <= transfer["mean_match"] <= 1
+    assert 0 <= transfer["separability"]["linear_probe_accuracy"] <= 1
+    assert {"clean", "gaussian_blur", "jpeg", "gaussian_noise"} <= set(transfer)
+    for family, values in transfer_by_family(transfer).items():
         assert 0 <= values["match"] <= 1 and 0 <= values["content_leak"] <= 1
+    assert all(isinstance(value, bool) for value in report["claims"].values())
     rows = (out / "images" / "images.csv").read_text().splitlines()
     assert len(rows) == 1 + report["n_images"]
-    for figure in ("percentile_grid", "percentile_sweep", "relgain", "scale_sweep"):
+    for figure in ("adapter_percentile_grid", "adapter_percentile_sweep", "adapter_relgain", "adapter_scale_sweep"):
         assert (out / report["figures"][figure]).is_file()
-    assert (out / "figures" / "reference_transfer.png").is_file() and (out / "report.md").is_file()
+    for figure in ("reference_transfer", "panel_win_rates", "panel_pairwise", "relgain_matrix"):
+        assert (out / "figures" / f"{figure}.png").is_file()
+    assert (out / "report.md").is_file()
     # the rest of the paper's evaluation, through the same code with the toy world's models
     following = report["prompt_following"]
     assert {"base", "adapter/p1", "adapter/p99"} <= set(following)
-    assert set(following["base"]) == {"colour", "position", "background", "overall"}
+    assert set(following["base"]) == {"colour", "shape", "position", "background", "overall"}
     frechet = next(iter(report["frechet"].values()))
     assert {"base", "adapter/p1", "adapter/p99"} <= set(frechet) and "reference_all" in frechet["adapter/p99"]
-    assert report["distances"]["ssim"]["p1"]["p99"] > 0 and "distances_ssim" in report["figures"]
+    assert report["distances"]["ssim"]["p1"]["p99"] > 0 and "adapter_distances_ssim" in report["figures"]
 
 
 def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
@@ -46,11 +68,13 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert main(["demo", "--retrain", "--quick", "--out", str(out)]) == 0
     world = ToyWorld(out / "world").check()
     built = json.loads((world.root / "world.json").read_text())
-    assert list(built["steps"]) == ["data", "base", "iqa_models", "annotate", "adapter", "reference_adapter"]
+    assert list(built["steps"]) == ["data", "base", "iqa_models", "zoo", "annotate", "adapter", "adapter_loda",
+                                    "adapter_cnniqa", "adapter_aesthetic", "reference_adapter"]
     assert json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "loda:../loda"
     records = {path: path.read_text() for path in world.root.rglob("*.json")}
     assert not [path for path, text in records.items() if str(tmp_path) in text]  # no path of the building machine
     assert json.loads((world.adapter / "config.json").read_text())["base_model"] == "../base"
+    assert json.loads((world.metric_adapter("loda") / "config.json").read_text())["base_model"] == "../../base"
     report = json.loads((out / "report.json").read_text())
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out
@@ -71,23 +95,6 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
                  "--prompt", "a red circle", "--reference", str(next((out / "images" / "base").glob("*.png"))), "--steps", "2",
                  "--out", str(tmp_path / "gen")]) == 0
     assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "adapter"), "--prompt", "a red circle",
-                 "--quality", "loda=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
+                 "--quality", "cnniqa=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
     sidecar = json.loads((tmp_path / "gen2" / "0000.json").read_text())
-    assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"}  # the adapter's default target fills niqe
-
-
-def statistics(pixels):
-    """Hand-made distortion features: per-channel mean and std, and the energy of horizontal and vertical steps."""
-    steps_x = (pixels[..., 1:] - pixels[..., :-1]).abs().mean(dim=(2, 3))
-    steps_y = (pixels[..., 1:, :] - pixels[..., :-1, :]).abs().mean(dim=(2, 3))
-    return torch.cat([pixels.mean(dim=(2, 3)), pixels.std(dim=(2, 3)), steps_x, steps_y], dim=1)
-
-
-def test_distortion_classifier_tells_families_apart_on_held_out_images():
-    scenes = [scene_for(7, index, kind="single", full_caption=True) for index in range(48)]
-    clean = torch.stack([torch.from_numpy(render_scene(scene, 32)).permute(2, 0, 1).float() / 255 for scene in scenes])
-    classifier = DistortionClassifier(statistics, clean)
-    assert classifier.labels[0] == "clean" and len(classifier.labels) == 12
-    assert classifier.accuracy > 3 / len(classifier.labels)  # chance is 1/12
-    noisy = distort(clean[24:28], "gaussian_noise", torch.full((4,), 0.75), torch.Generator().manual_seed(0))
-    assert classifier.predict(noisy).count("gaussian_noise") >= 3
+    assert sidecar["quality"] == {"cnniqa": "p99", "aesthetic": "p50"}  # the default target fills aesthetic

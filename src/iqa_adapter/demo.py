@@ -23,9 +23,10 @@ The numbers are whatever the models produce; ``report.json`` and ``report.md`` s
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections.abc import Callable
+from itertools import combinations
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from PIL import Image
 
 from .adapter import IQAAdapter
 from .distortions import FAMILIES, distort
-from .evaluation import EvaluationSettings, Measures, evaluate, relgain
+from .evaluation import EvaluationSettings, Measures, evaluate, figures, relgain
+from .evaluation.preference import PairVotes, simulate_votes, win_rates
 from .evaluation.passes import ScoreColumn, score_tensors
 from .evaluation.prompts import Prompt
 from .evaluation.report import report_markdown
@@ -47,12 +49,17 @@ from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
 from .toy.caption_check import ToyCaptionScorer, read_object
 from .toy.scenes import Scene, render_scene, scene_for
-from .toy.world import GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
+from .metrics.learned import LearnedModel
+from .toy.world import CONDITIONING_MODELS, GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
+from .toy.zoo import CLASSES, CLEAN, linear_probe_accuracy, make_zoo_data
 
-PROMPT_SEED = 2000  # toy scenes of the demo prompts: a seed no training data uses
-REFERENCE_SEED = 3000  # clean scenes that become the references
-CLASSIFIER_SEED = 4000  # labelled distorted scenes that fit the distortion classifier
+PROMPT_SEED = 5000  # toy scenes of the demo prompts: a seed no model's data uses
+REFERENCE_SEED = 5100  # clean scenes that become the references (and, +1, the Frechet distance's real images)
+SEPARABILITY_SEED = 5200  # labelled degraded scenes of the reference-feature probe
 REFERENCE_LEVEL = 0.8  # distortion level of the references (1 = strongest)
+LEARNED = ("loda", "cnniqa", "aesthetic")  # the learned models: conditioning and measuring
+CLASSICAL = ("niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast")
+PANEL_CONDITIONS = ("base", "p1", "p50", "p99")  # what the panel compares (the paper's subjective study)
 
 
 @dataclass
@@ -64,12 +71,15 @@ class DemoSettings:
     steps: int = SAMPLING_STEPS
     guidance: float = GUIDANCE_SCALE
     guidance_alpha: float = 30.0
-    classifier_images: int = 24  # per family
     reference_scenes: int = 256  # clean rendered scenes, the Frechet distance's reference set
+    separability_images: int = 40  # per family, for the reference features' linear probe
+    participants: int = 12  # simulated participants per image pair (the paper: at least 10, 12.1 on average)
+    participant_noise: float = 3.0  # each participant's noise on the panel judge's score (points of 0-100)
+    same_margin: float = 1.0  # a participant says "same" below this difference
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(prompts=2, seeds=1, steps=2, classifier_images=2, reference_scenes=8)
+        return cls(prompts=2, seeds=1, steps=2, reference_scenes=8, separability_images=4)
 
 
 def demo_scenes(count: int) -> list[Scene]:
@@ -78,10 +88,11 @@ def demo_scenes(count: int) -> list[Scene]:
 
 
 def demo_metric_specs(world: ToyWorld) -> dict[str, tuple[str, dict]]:
-    """Every metric the demo evaluates, as (registry name, options): the toy LoDa, NIQE fitted on clean toy images,
-    the classical ones."""
-    specs = {"loda": (f"loda:{world.loda}", {}), "niqe": ("niqe", {"params": str(world.niqe)})}
-    specs.update((name, (name, {})) for name in ("piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"))
+    """Every metric the demo evaluates, as (registry name, options): the learned models (the toy LoDa and the
+    zoo's CNNIQA and aesthetics model), then NIQE fitted on clean toy images and the other classical metrics."""
+    specs = {name: (world.metric_spec(name), {}) for name in LEARNED}
+    specs["niqe"] = ("niqe", {"params": str(world.niqe)})
+    specs.update((name, (name, {})) for name in CLASSICAL if name != "niqe")
     return specs
 
 
@@ -156,102 +167,34 @@ def gradient_guidance_experiment(pipe, metrics: dict[str, QualityMetric], prompt
 # ---------------------------------------------------------------- reference transfer
 
 
-class DistortionClassifier:
-    """Which distortion family (or clean) an image has: multinomial logistic regression on standardised features.
-
-    It is fit on the base model's own samples (no adapter), left as they are ("clean") or degraded with each
-    family at a random level in [0.5, 1], so that it judges a generated image against what the base model
-    generates, not against rendered scenes (the VAE and the base model have their own softness, which a
-    classifier fit on rendered scenes reads as blur). ``accuracy`` is measured on held-out samples.
-    """
-
-    def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], clean: torch.Tensor,
-                 seed: int = CLASSIFIER_SEED, weight_decay: float = 1e-3):
-        self.features = features
-        self.labels = ["clean", *FAMILIES]
-        fit, held_out = clean[: len(clean) // 2], clean[len(clean) // 2:]
-        generator = torch.Generator().manual_seed(seed)
-        inputs = [self.features(images).double() for images in self._degraded(fit, generator)]
-        stacked = torch.cat(inputs)
-        targets = torch.cat([torch.full((len(batch),), label) for label, batch in enumerate(inputs)])
-        self.mean, self.std = stacked.mean(dim=0), stacked.std(dim=0).clamp_min(1e-6)
-        self.linear = _fit_logistic_regression((stacked - self.mean) / self.std, targets, len(self.labels),
-                                               weight_decay)
-        predictions = [self.predict(images) for images in self._degraded(held_out, generator)]
-        self.accuracy = float(np.mean([label == truth for truth, predicted in zip(self.labels, predictions)
-                                       for label in predicted]))
-
-    def _degraded(self, clean: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        """``clean`` as it is, then degraded with each family: one batch per label."""
-        return [clean] + [distort(clean, family, 0.5 + 0.5 * torch.rand(len(clean), generator=generator), generator)
-                          for family in FAMILIES]
-
-    @torch.no_grad()
-    def predict(self, pixels: torch.Tensor) -> list[str]:
-        logits = self.linear((self.features(pixels).double() - self.mean) / self.std)
-        return [self.labels[index] for index in logits.argmax(dim=1).tolist()]
-
-
-def _fit_logistic_regression(inputs: torch.Tensor, targets: torch.Tensor, classes: int,
-                             weight_decay: float) -> torch.nn.Linear:
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(inputs.shape[1], classes).double()
-    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = torch.nn.functional.cross_entropy(linear(inputs), targets) + weight_decay * linear.weight.square().sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return linear.requires_grad_(False)
-
-
-def metric_features(metrics: dict[str, QualityMetric]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Image features for the distortion classifier: every metric's score and the mean and std of each channel."""
-
-    @torch.no_grad()
-    def features(pixels: torch.Tensor) -> torch.Tensor:
-        scores = [metric.score(pixels).float().reshape(-1, 1).cpu() for metric in metrics.values()]
-        return torch.cat([*scores, pixels.mean(dim=(2, 3)), pixels.std(dim=(2, 3))], dim=1)
-
-    return features
-
-
-def base_samples(pipe, count: int, settings: DemoSettings, progress: bool = False) -> torch.Tensor:
-    """``count`` samples of the base model (no adapter) for single-object prompts, as (N, 3, H, W) in [0, 1]."""
-    prompts = [scene_for(CLASSIFIER_SEED, index, kind="single", full_caption=True).caption for index in range(count)]
-    results = generate(pipe, None, prompts, seed=CLASSIFIER_SEED, steps=settings.steps, guidance=settings.guidance,
-                       progress=progress)
-    return _pixels([result.image for result in results])
-
-
-def reference_transfer_experiment(pipe, adapter: IQAAdapter, metrics: dict[str, QualityMetric], scenes: list[Scene],
+def reference_transfer_experiment(pipe, adapter: IQAAdapter, classifier: LearnedModel, scenes: list[Scene],
                                   settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
-    """One degraded reference per family (a scene whose object colour differs from every prompt's)."""
+    """One degraded reference per family (a scene whose object colour differs from every prompt's); the zoo's
+    distortion classifier names the family it sees in each generated image."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     encoder = adapter.reference_encoder()
-    _announce("reference transfer: base samples for the distortion classifier", progress)
-    base = base_samples(pipe, 2 * settings.classifier_images, settings, progress)
-    classifier = DistortionClassifier(metric_features(metrics), base)
+    labels = list(classifier.config.classes)
     prompt_colours = {scene.objects[0].colour for scene in scenes}
     reference_scene = next(scene for index in range(1000)
                            for scene in [scene_for(REFERENCE_SEED, index, kind="single", full_caption=True)]
                            if scene.objects[0].colour not in prompt_colours)
     clean = torch.from_numpy(render_scene(reference_scene, size)).permute(2, 0, 1).float()[None] / 255
     generator = torch.Generator().manual_seed(REFERENCE_SEED)
+
+    @torch.no_grad()
+    def classify(pixels: torch.Tensor) -> list[str]:
+        return [labels[index] for index in classifier(pixels).argmax(dim=1).tolist()]
+
     results: dict[str, dict] = {}
-    grid_images, labels = [], []
-    for family in ["clean", *FAMILIES]:
+    grid_images, rows = [], []
+    for family in [CLEAN, *FAMILIES]:
         _announce(f"reference transfer: a {family} reference", progress)
-        reference = clean if family == "clean" else distort(clean, family, REFERENCE_LEVEL, generator)
+        reference = clean if family == CLEAN else distort(clean, family, REFERENCE_LEVEL, generator)
         reference_image = _to_images(reference)[0]
         generated = generate(pipe, adapter, [scene.caption for scene in scenes], references=[reference_image],
                              reference_encoder=encoder, seed=0, num_images=settings.seeds, steps=settings.steps,
                              guidance=settings.guidance, progress=progress)
-        pixels = _pixels([result.image for result in generated])
-        predicted = classifier.predict(pixels)
+        predicted = classify(_pixels([result.image for result in generated]))
         readings = [read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
                     for index, result in enumerate(generated)]
         results[family] = {
@@ -259,15 +202,33 @@ def reference_transfer_experiment(pipe, adapter: IQAAdapter, metrics: dict[str, 
             "content_leak": float(np.mean([r.colour == reference_scene.objects[0].colour for r in readings])),
             "prompt_colour": float(np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour
                                             for i, r in enumerate(readings)])),
-            "reference_classified_as": classifier.predict(reference)[0],
+            "classified_as": {label: predicted.count(label) / len(predicted) for label in sorted(set(predicted))},
+            "reference_classified_as": classify(reference)[0],
         }
         grid_images += [reference_image] + [result.image for result in generated[:: settings.seeds]]
-        labels.append(family)
+        rows.append(family)
     figure = _save_grid(grid_images, len(scenes) + 1, out_dir / "figures" / "reference_transfer.png",
-                        row_labels=labels, column_labels=["reference"] + [f"prompt {i + 1}" for i in range(len(scenes))])
-    return {**results, "chance": 1 / len(classifier.labels), "classifier_accuracy": classifier.accuracy,
+                        row_labels=rows, column_labels=["reference"] + [f"prompt {i + 1}" for i in range(len(scenes))])
+    return {**results, "mean_match": float(np.mean([results[family]["match"] for family in FAMILIES])),
+            "chance": 1 / len(labels), "classifier_accuracy": classifier.config.training["test"]["accuracy"],
+            "separability": {**reference_separability(encoder, settings.separability_images),
+                             "features": adapter.config.reference},
             "reference_caption": reference_scene.caption, "reference_level": REFERENCE_LEVEL,
             "figure": f"figures/{figure}"}
+
+
+def reference_separability(encoder, images_per_family: int) -> dict:
+    """How well the reference adapter's features tell the distortion families apart: a linear probe (logistic
+    regression) fit on half of labelled degraded toy scenes and tested on the other half."""
+    data = make_zoo_data(SEPARABILITY_SEED, images_per_family * len(CLASSES), clean_fraction=1 / len(CLASSES),
+                         min_level=0.6)
+    with torch.no_grad():
+        features = encoder(data.images).double()
+    half = len(features) // 2
+    accuracy = linear_probe_accuracy(features[:half], data.family[:half], features[half:], data.family[half:],
+                                     len(CLASSES))
+    return {"linear_probe_accuracy": accuracy, "images": len(features), "chance": 1 / len(CLASSES),
+            "feature_dim": int(features.shape[1])}
 
 
 # ---------------------------------------------------------------- the demo
@@ -288,25 +249,33 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     scenes = demo_scenes(settings.prompts)
     prompts = [scene.caption for scene in scenes]
 
-    adapter = IQAAdapter.from_pretrained(world.adapter)
+    adapters = {"adapter": IQAAdapter.from_pretrained(world.adapter)}
+    adapters.update((name, IQAAdapter.from_pretrained(world.metric_adapter(name))) for name in CONDITIONING_MODELS)
     features = f"features:loda:{world.loda}:cls"  # the toy LoDa's CLS token, named "loda" in the report
-    report = evaluate(
-        out_dir, load_pipeline=lambda: pipe, base_name="toy world base", adapters={"adapter": adapter},
+    evaluation = evaluate(
+        out_dir, load_pipeline=lambda: pipe, base_name="toy world base", adapters=adapters,
         metrics=[ScoreColumn(column, metrics[column], {"name": name, "options": options})
                  for column, (name, options) in specs.items()],
         prompts=[Prompt(scene.caption, index, metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}})
                  for index, scene in enumerate(scenes)],
         settings=EvaluationSettings(seeds=settings.seeds, steps=settings.steps, guidance=settings.guidance,
-                                    batch_size=32),
+                                    relgain_only=CONDITIONING_MODELS, batch_size=32),
         measures=Measures(extractors=[f"loda={features}"], following_scorer=ToyCaptionScorer(),
                           reference=str(write_reference_scenes(out_dir / "reference_scenes", settings.reference_scenes)),
-                          distances=("ssim", "ms_ssim", f"loda_features=features:{features}")),
+                          distances=("ssim", "ms_ssim", f"loda_features=features:{features}"),
+                          metric_groups={"learned": list(LEARNED), "classical": list(CLASSICAL)}),
         progress=progress)
+    report = {**evaluation, **evaluation["adapters"]["adapter"],  # the main adapter's experiments at the top
+              "distances": evaluation["distances_by_adapter"]["adapter"]}
+    report["zoo"] = zoo_report(world)
+    report["caption_accuracy"] = caption_accuracy(report["prompt_following"])
+    report["panel"] = panel_experiment(out_dir, world, settings, progress)
     report["gradient_guidance"] = gradient_guidance_experiment(pipe, metrics, prompts, settings, out_dir,
                                                                report["relgain"]["p99"], progress)
-    reference_adapter = IQAAdapter.from_pretrained(world.reference_adapter)
-    report["reference_transfer"] = reference_transfer_experiment(pipe, reference_adapter, metrics, scenes,
-                                                                 settings, out_dir, progress)
+    report["reference_transfer"] = reference_transfer_experiment(
+        pipe, IQAAdapter.from_pretrained(world.reference_adapter), LearnedModel.from_pretrained(world.zoo("classifier")),
+        scenes, settings, out_dir, progress)
+    report["claims"] = demo_claims(report)
     report["world"] = world.describe()
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / "report.json", report)
@@ -317,71 +286,158 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     return report
 
 
+def zoo_report(world: ToyWorld) -> dict:
+    """Held-out agreement of every learned model with its targets (the toy analog of the paper's Table 2)."""
+    zoo = {"loda": json.loads((world.loda / "toy_loda.json").read_text())["test"]}
+    for name in ("cnniqa", "aesthetic", "panel", "classifier"):
+        zoo[name] = LearnedModel.from_pretrained(world.zoo(name)).config.training["test"]
+    return zoo
+
+
+def caption_accuracy(following: dict) -> dict:
+    """``{condition: {colour, shape, position, background}}`` for base, p1, p50 and p99 of the main adapter."""
+    return {condition: {task: following[name][task] for task in ToyCaptionScorer.tasks}
+            for condition, name in (("base", "base"), ("p1", "adapter/p1"), ("p50", "adapter/p50"),
+                                    ("p99", "adapter/p99")) if name in following}
+
+
+def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, progress: bool = False) -> dict:
+    """The toy subjective study: simulated participants vote on every pair of base, p1, p50 and p99 images of the
+    same prompt and seed, by the panel judge's scores plus their own noise; win rates as the paper's Figure 3b/3c."""
+    _announce("panel: simulated participants vote on pairs of base, p1, p50 and p99 images", progress)
+    judge = create_metric(world.metric_spec("panel")).eval()
+    folders = {"base": "base", "p1": "adapter/p1", "p50": "adapter/p50", "p99": "adapter/p99"}
+    scores = {}
+    for condition, folder in folders.items():
+        files = sorted((out_dir / "images" / folder).glob("*.png"))
+        scores[condition] = score_tensors(judge, [rgb_tensor(Image.open(path)) for path in files])
+    pairs = []
+    for first, second in combinations(PANEL_CONDITIONS, 2):
+        votes = simulate_votes(scores[first], scores[second], settings.participants, settings.participant_noise,
+                               settings.same_margin, seed=len(pairs))
+        pairs += [PairVotes(first, second, int(a), int(b), int(same)) for a, b, same in zip(*votes)]
+    rates = win_rates(pairs)
+    figures_dir = out_dir / "figures"
+    win = figures.grouped_bars({"win rate": rates["win_rate"], "share of votes": rates["vote_share"]},
+                               f"toy panel: {len(pairs)} image pairs x {settings.participants} simulated participants",
+                               "share", limits=(0, 1))
+    matrix = np.array([[rates["pairwise"][a].get(b, np.nan) for b in PANEL_CONDITIONS] for a in PANEL_CONDITIONS])
+    pairwise = figures.heatmap(matrix, list(PANEL_CONDITIONS), list(PANEL_CONDITIONS),
+                               "share of pairs the row wins against the column", fmt="{:.2f}", colour_label="win rate")
+    return {**rates, "mean_score": {c: float(np.mean(values)) for c, values in scores.items()},
+            "participants": settings.participants, "participant_noise": settings.participant_noise,
+            "same_margin": settings.same_margin, "judge": "panel (never used for conditioning)",
+            "figures": {"win_rates": figures.save_png(win, figures_dir / "panel_win_rates.png", out_dir),
+                        "pairwise": figures.save_png(pairwise, figures_dir / "panel_pairwise.png", out_dir)}}
+
+
+def demo_claims(report: dict) -> dict:
+    """Every claim of the paper the demo can check, as True / False from the numbers (never adjusted)."""
+    quality = report["adapters"]["adapter"]["claims"]
+    matrix = report["relgain_matrix"]
+    other_learned = [matrix[adapter][metric] > 0 for adapter in matrix for metric in LEARNED
+                     if metric not in report["adapters"][adapter]["target_metrics"]]
+    panel, caption = report["panel"], report["caption_accuracy"]
+    overall = {condition: float(np.mean(list(values.values()))) for condition, values in caption.items()}
+    guidance = report["gradient_guidance"]
+    return {
+        "target_quality_follows_the_input_percentile": quality["target_quality_follows_the_input_percentile"],
+        "p99_improves_every_target_metric": quality["p99_improves_every_target_metric"],
+        "p1_degrades_every_target_metric": quality["p1_degrades_every_target_metric"],
+        "p99_improves_most_other_learned_metrics": bool(np.mean(other_learned) > 0.5) if other_learned else None,
+        "p99_improves_most_classical_metrics": bool(np.mean([matrix["adapter"][m] > 0 for m in CLASSICAL]) > 0.5),
+        "negative_guidance_strengthens_the_p99_gain_on_every_target_metric":
+            quality.get("negative_guidance_strengthens_the_p99_gain_on_every_target_metric"),
+        "the_panel_prefers_p99_to_the_base_model": panel["pairwise"]["p99"]["base"] > panel["pairwise"]["base"]["p99"],
+        "panel_win_rates_follow_the_quality_level":
+            panel["win_rate"]["p99"] > panel["win_rate"]["p50"] > panel["win_rate"]["p1"],
+        "p99_keeps_caption_following": overall["p99"] >= overall["base"] - 0.05,
+        "gradient_guidance_raises_its_target_more_than_the_adapter":
+            guidance["relgain"]["loda"] > report["relgain_matrix"]["loda"]["loda"],
+        "reference_transfer_shows_the_reference_family": report["reference_transfer"]["mean_match"] >= 0.5,
+    }
+
+
 def transfer_by_family(transfer: dict) -> dict[str, dict]:
     """The per-family entries of ``report["reference_transfer"]`` (``clean`` and every distortion family)."""
     return {family: transfer[family] for family in ["clean", *FAMILIES] if family in transfer}
 
 
 def demo_markdown(report: dict) -> str:
-    """The evaluation's Markdown report, followed by the guidance and reference-transfer sections."""
-    lines = [report_markdown(report), "## IQA-gradient guidance vs IQA-Adapter (RelGain %, + = better)", "",
-             f"Guidance on `{report['gradient_guidance']['target']}` with alpha = {report['gradient_guidance']['alpha']:g}, "
-             "no adapter; adapter at p99.", "", "| metric | gradient guidance | IQA-Adapter p99 |", "|---|---|---|"]
+    """The evaluation's Markdown report, then the zoo, the panel, guidance, reference transfer and the claims."""
+    lines = [report_markdown(report), "## The zoo of learned models (held-out agreement with their targets)", "",
+             "| model | SRCC | PLCC | accuracy | images |", "|---|---|---|---|---|"]
+    for name, test in report["zoo"].items():
+        cells = [f"{test[key]:.3f}" if key in test else "" for key in ("srcc", "plcc", "accuracy")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {test.get('images', '')} |")
+    panel = report["panel"]
+    lines += ["", "## Toy panel (the paper's subjective study, Figures 3b and 3c)", "",
+              f"{panel['participants']} simulated participants per pair (the panel judge's score plus Gaussian noise "
+              f"of {panel['participant_noise']:g} points; \"same\" below {panel['same_margin']:g}).", "",
+              "| condition | win rate | share of votes | judge's mean score |", "|---|---|---|---|"]
+    lines += [f"| {c} | {panel['win_rate'][c]:.3f} | {panel['vote_share'][c]:.3f} | {panel['mean_score'][c]:.2f} |"
+              for c in PANEL_CONDITIONS]
+    lines += ["", "| row wins against column | " + " | ".join(PANEL_CONDITIONS) + " |",
+              "|---" * (len(PANEL_CONDITIONS) + 1) + "|"]
+    lines += [f"| {a} | " + " | ".join(f"{panel['pairwise'][a][b]:.2f}" if b in panel["pairwise"][a] else ""
+                                       for b in PANEL_CONDITIONS) + " |" for a in PANEL_CONDITIONS]
+    lines += ["", "## Caption following (colour, shape, position, background)", "",
+              "| condition | colour | shape | position | background |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | " + " | ".join(f"{values[task]:.3f}" for task in ("colour", "shape", "position", "background"))
+              + " |" for c, values in report["caption_accuracy"].items()]
     guidance = report["gradient_guidance"]
+    lines += ["", "## IQA-gradient guidance vs IQA-Adapter (RelGain %, + = better)", "",
+              f"Guidance on `{guidance['target']}` with alpha = {guidance['alpha']:g}, no adapter; the main adapter at "
+              "p99.", "", "| metric | gradient guidance | IQA-Adapter p99 |", "|---|---|---|"]
     for name, gain in guidance["relgain"].items():
         lines.append(f"| {name} | {gain:+.2f} | {guidance['adapter_relgain_p99'].get(name, float('nan')):+.2f} |")
     transfer = report["reference_transfer"]
+    separability = transfer["separability"]
     lines += ["", "## Reference-based transfer", "",
               f"Reference: \"{transfer['reference_caption']}\", degraded at level {transfer['reference_level']}. "
-              "Match: the share of generated images in which a distortion classifier (logistic regression on the "
-              "demo's metric scores and channel statistics, fit on the base model's samples, clean or degraded by "
-              "each family) finds the "
-              f"reference's family; its accuracy on held-out base samples is {transfer['classifier_accuracy']:.2f}, "
-              f"chance {transfer['chance']:.2f}. Content leak: the share in which the object takes the reference's "
-              "colour instead of the prompt's.", "",
-              "| reference | match | content leak | prompt colour kept | reference classified as |", "|---|---|---|---|---|"]
+              "Match: the share of generated images in which the zoo's distortion classifier (held-out accuracy "
+              f"{transfer['classifier_accuracy']:.3f} on degraded toy scenes, chance {transfer['chance']:.3f}) finds "
+              f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. The "
+              f"reference features tell the families apart with a linear probe at "
+              f"{separability['linear_probe_accuracy']:.3f} ({separability['images']} images). Content leak: the share "
+              "in which the object takes the reference's colour instead of the prompt's.", "",
+              "| reference | match | content leak | prompt colour kept | reference classified as |",
+              "|---|---|---|---|---|"]
     for family, values in transfer_by_family(transfer).items():
         lines.append(f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
                      f"| {values['reference_classified_as']} |")
+    lines += ["", "## The paper's claims on the toy world", ""]
+    lines += [f"- {claim.replace('_', ' ')}: **{'yes' if value else 'no' if value is not None else 'n/a'}**"
+              for claim, value in report["claims"].items()]
     lines += ["", f"Total: {report['seconds']} s.", ""]
     return "\n".join(lines)
 
 
-def _fidelity_lines(report: dict) -> list[str]:
-    """Caption following, Frechet distance and the p1-p99 distances, base against the adapter."""
-    conditions = ["base", "adapter/p1", "adapter/p99"]
-    following = report["prompt_following"]
-    frechet = next(iter(report["frechet"].values()))
-    distances = {measure: matrix["p1"]["p99"] for measure, matrix in report["distances"].items() if isinstance(matrix, dict)}
-    return ["caption following base / p1 / p99:  " + "  ".join(
-                f"{task} " + "/".join(f"{following[name][task]:.2f}" for name in conditions)
-                for task in following["base"] if task != "overall"),
-            "Frechet distance to clean scenes (toy LoDa features) base / p1 / p99:  "
-            + " / ".join(f"{frechet[name]['reference_all']:.3g}" for name in conditions),
-            "distance between the p1 and p99 images:  " + "  ".join(f"{measure} {value:.3f}"
-                                                                 for measure, value in distances.items())]
-
-
 def demo_summary(report: dict) -> str:
     """A few lines for the terminal."""
-    targets = report["target_metrics"]
-    p99, p1 = report["relgain"]["p99"], report["relgain"]["p1"]
-    sweep = report["percentile_sweep"]
-    guidance = report["gradient_guidance"]
-    transfer = transfer_by_family(report["reference_transfer"])
+    matrix, panel, transfer = report["relgain_matrix"], report["panel"], report["reference_transfer"]
+    columns = [*LEARNED, "mean_learned", "mean_classical"]
     lines = [f"demo: {report['n_images']} images, {report['seconds']} s (report.md, report.json, figures/, images/)",
-             "RelGain vs base (%, + = better):  " + "  ".join(f"{name} p99 {p99[name]:+.1f} / p1 {p1[name]:+.1f}"
-                                                           for name in p99),
-             "percentile -> score Spearman:    " + "  ".join(f"{name} {sweep[name]['spearman']:+.2f}" for name in sweep),
-             f"gradient guidance on loda: loda {guidance['relgain']['loda']:+.1f} %, other metrics improved "
-             f"{guidance['improved_other_metrics']}/{len(guidance['relgain']) - 1} (adapter p99: "
-             f"{guidance['adapter_improved_other_metrics']})",
-             f"reference transfer (classifier accuracy {report['reference_transfer']['classifier_accuracy']:.2f}) "
-             "match / leak: " + "  ".join(f"{family} {v['match']:.2f}/{v['content_leak']:.2f}"
-                                                           for family, v in transfer.items()),
+             "RelGain at p99 (%):  " + "  |  ".join(
+                 f"{adapter}: " + " ".join(f"{column} {matrix[adapter][column]:+.1f}" for column in columns)
+                 for adapter in matrix),
+             "zoo held-out SRCC:   " + "  ".join(f"{name} {test['srcc']:.3f}" for name, test in report["zoo"].items()
+                                                 if "srcc" in test)
+             + f"  classifier accuracy {report['zoo']['classifier']['accuracy']:.3f}",
+             "panel win rates:     " + "  ".join(f"{c} {panel['win_rate'][c]:.2f}" for c in PANEL_CONDITIONS)
+             + f"  (p99 vs base {panel['pairwise']['p99']['base']:.2f} / {panel['pairwise']['base']['p99']:.2f})",
+             "caption accuracy:    " + "  ".join(
+                 f"{c} " + "/".join(f"{values[task]:.2f}" for task in ("colour", "shape", "position", "background"))
+                 for c, values in report["caption_accuracy"].items()) + "  (colour/shape/position/background)",
+             "Frechet distance to clean scenes (toy LoDa features) base / p1 / p99:  " + " / ".join(
+                 f"{next(iter(report['frechet'].values()))[name]['reference_all']:.3g}"
+                 for name in ("base", "adapter/p1", "adapter/p99")),
+             "distance between the p1 and p99 images:  " + "  ".join(
+                 f"{measure} {matrix_['p1']['p99']:.3f}" for measure, matrix_ in report["distances"].items()
+                 if isinstance(matrix_, dict)),
+             f"reference transfer:  mean match {transfer['mean_match']:.2f} (classifier {transfer['classifier_accuracy']:.2f},"
+             f" features separable at {transfer['separability']['linear_probe_accuracy']:.2f})",
              "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no'}"
                                     for claim, value in report["claims"].items()),
-             *_fidelity_lines(report),
-             f"(conditioning metrics: {', '.join(targets)})"]
+             f"(main adapter conditioned on {', '.join(report['target_metrics'])})"]
     return "\n".join(lines)
-

@@ -176,12 +176,12 @@ def caption_following(images: Sequence[np.ndarray], scenes: Sequence[Scene]) -> 
 
 class ToyCaptionScorer:
     """Prompt following on the toy world, its GenEval: for single-object scenes, whether the image shows the
-    prompt's object colour, object position and background colour (shapes are left out: the toy base model
-    draws blobs). A prompt's metadata names its scene: ``{"toy_scene": {"seed": S, "index": I}}``
+    prompt's object colour, shape and position and the background colour. A prompt's metadata names its scene:
+    ``{"toy_scene": {"seed": S, "index": I}}``
     (:func:`~iqa_adapter.toy.scenes.scene_for` with ``kind="single", full_caption=True``). Plugs into the
     evaluation as its ``following_scorer``."""
 
-    tasks = ("colour", "position", "background")
+    tasks = ("colour", "shape", "position", "background")
 
     def describe(self) -> dict:
         return {"scorer": "toy caption readers (iqa_adapter.toy.caption_check)", "tasks": list(self.tasks)}

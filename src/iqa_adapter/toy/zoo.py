@@ -195,3 +195,26 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
         out_dir.rmdir()  # only an empty folder is replaced (a finished one returned above)
     partial.rename(out_dir)
     return json.loads(json.dumps(report))
+
+
+def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                          test_labels: torch.Tensor, classes: int, weight_decay: float = 1e-3) -> float:
+    """Held-out accuracy of a multinomial logistic regression (L-BFGS, L2 penalty) on standardised features: how
+    linearly separable the classes are in a feature space."""
+    mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
+    inputs = ((train_features - mean) / std).double()
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(inputs.shape[1], classes).double()
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = (torch.nn.functional.cross_entropy(linear(inputs), train_labels.long())
+                 + weight_decay * linear.weight.square().sum())
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    with torch.no_grad():
+        predicted = linear(((test_features - mean) / std).double()).argmax(dim=1)
+    return float((predicted == test_labels).double().mean())
