@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from iqa_adapter.cli import main
 from iqa_adapter.demo import transfer_by_family
