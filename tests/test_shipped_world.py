@@ -6,9 +6,9 @@ from PIL import Image
 
 from iqa_adapter import IQAAdapter
 from iqa_adapter.cli import main
-from iqa_adapter.toy.world import ADAPTER_METRICS, shipped_world
+from iqa_adapter.toy.world import ADAPTER_METRICS, CONDITIONING_MODELS, shipped_world
 
-MAX_BYTES = 10 * 2**20
+MAX_BYTES = 20 * 2**20
 
 
 def test_the_shipped_world_is_complete_small_and_holds_no_pickles():
@@ -35,13 +35,15 @@ def test_the_shipped_adapter_carries_its_metrics_statistics_and_default_targets(
     for stats in adapter.config.metrics:
         assert stats.std > 0 and len(stats.percentiles) >= 5
     assert set(adapter.config.default_targets) == set(ADAPTER_METRICS)
+    for metric in CONDITIONING_MODELS:  # the rows of the cross-metric matrix: one learned model each
+        assert IQAAdapter.from_pretrained(shipped_world().metric_adapter(metric)).metric_names == [metric]
 
 
 def test_generate_needs_only_a_prompt_and_one_target(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["generate", "--prompt", "a large red circle on the left on a plain blue background",
-                 "--quality", "loda=p99", "--out", str(out), "--device", "cpu"]) == 0
+                 "--quality", "cnniqa=p99", "--out", str(out), "--device", "cpu"]) == 0
     assert "embedded toy world" in capsys.readouterr().out
     sidecar = json.loads((out / "0000.json").read_text())
-    assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"} and sidecar["steps"] == 20  # niqe: default target
+    assert sidecar["quality"] == {"cnniqa": "p99", "aesthetic": "p50"} and sidecar["steps"] == 20  # default target
     assert Image.open(out / "0000.png").size == (32, 32)
