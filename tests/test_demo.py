@@ -69,7 +69,7 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     built = json.loads((world.root / "world.json").read_text())
     assert list(built["steps"]) == ["data", "base", "iqa_models", "zoo", "annotate", "adapter", "adapter_loda",
                                     "adapter_cnniqa", "adapter_aesthetic", "reference_adapter"]
-    assert json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "loda:../loda"
+    assert json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "learned:../cnniqa"
     records = {path: path.read_text() for path in world.root.rglob("*.json")}
     assert not [path for path, text in records.items() if str(tmp_path) in text]  # no path of the building machine
     assert json.loads((world.adapter / "config.json").read_text())["base_model"] == "../base"
