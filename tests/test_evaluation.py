@@ -53,6 +53,10 @@ def test_plan_generates_the_base_once_and_never_twice_the_same_condition():
         plan_conditions({"a": 0.5}, percentiles=(50, 99))
     with pytest.raises(ValueError, match="without '/'"):
         plan_conditions({"a/b": 0.5})
+    matrix_row = plan_conditions({"a": 0.5, "b": 1.0}, percentiles=(1, 50, 99), scales=(0.0, 0.5), relgain_only={"b"})
+    assert [c.name for c in matrix_row if c.adapter == "b"] == ["b/p1", "b/p99"]
+    with pytest.raises(ValueError, match=r"relgain-only adapters \['c'\]"):
+        plan_conditions({"a": 0.5}, relgain_only={"c"})
 
 
 def score_columns(names=("sharpness", "noise", "colorfulness")) -> list[ScoreColumn]:
@@ -94,15 +98,22 @@ def test_several_adapters_share_the_base_images_and_a_relgain_matrix(tmp_path, s
                 "second": IQAAdapter.for_unet(sd_pipe, two_metrics()[:1], seed=1)}
     report = evaluate(tmp_path, load_pipeline=lambda: sd_pipe, base_name="tiny", adapters=adapters,
                       metrics=score_columns(("sharpness", "contrast")), prompts=["a red circle"],
-                      settings=EvaluationSettings(**{**SMALL, "scales": (0.0, 0.5)}), measures=Measures(distances=()),
-                      progress=False)
+                      settings=EvaluationSettings(**{**SMALL, "scales": (0.0, 0.5), "relgain_only": ("second",)}),
+                      measures=Measures(distances=(), metric_groups={"texture": ["sharpness"]}), progress=False)
     assert len(list((tmp_path / "images" / "base").glob("*.png"))) == 2  # generated once for both
+    assert sorted(path.name for path in (tmp_path / "images" / "second").iterdir()) == ["p1", "p99"]  # a matrix row
     assert set(report["adapters"]) == {"first", "second"} and "relgain" not in report  # no single adapter on top
     assert report["adapters"]["second"]["target_metrics"] == ["sharp"]
     matrix = report["relgain_matrix"]
-    assert set(matrix) == {"first", "second"} and set(matrix["first"]) == {"sharpness", "contrast", "mean"}
+    assert set(matrix) == {"first", "second"}
+    assert set(matrix["first"]) == {"sharpness", "contrast", "mean", "mean_texture"}
     assert matrix["second"]["mean"] == pytest.approx(np.mean([matrix["second"]["sharpness"],
                                                               matrix["second"]["contrast"]]))
+    assert matrix["second"]["mean_texture"] == matrix["second"]["sharpness"]
+    with pytest.raises(ValueError, match="metric group 'texture' must name scored metric columns"):
+        evaluate(tmp_path / "other", load_pipeline=lambda: sd_pipe, base_name="tiny", adapters=adapters,
+                 metrics=score_columns(("contrast",)), prompts=["x"], settings=EvaluationSettings(**SMALL),
+                 measures=Measures(metric_groups={"texture": ["sharpness"]}), progress=False)
     assert {"first_percentile_grid", "second_relgain", "relgain_matrix"} <= set(report["figures"])
 
 

@@ -46,6 +46,20 @@ def _named_adapters(entries: list[str]) -> dict[str, str]:
     return named
 
 
+def _metric_groups(entries: list[str]) -> dict[str, list[str]]:
+    """``NAME=COLUMN,COLUMN`` entries as {name: columns}."""
+    groups: dict[str, list[str]] = {}
+    for entry in entries:
+        name, separator, members = entry.partition("=")
+        columns = [column.strip() for column in members.split(",") if column.strip()]
+        if not separator or not name.strip() or not columns:
+            raise ValueError(f"--metric-group takes NAME=COLUMN,COLUMN, got {entry!r}")
+        if name.strip() in groups:
+            raise ValueError(f"--metric-group {name.strip()!r} is given twice")
+        groups[name.strip()] = columns
+    return groups
+
+
 def _prompts(args) -> list:
     from .prompts import load_prompts
 
@@ -71,6 +85,7 @@ def cmd_evaluate(args) -> None:
     from .passes import ScoreColumn
     from .run import EvaluationSettings, Measures, evaluate
 
+    groups = _metric_groups(args.metric_group)
     device = resolve_device(args.device) if args.device else None
     state = process_state(device)
     device = device or str(state.device)
@@ -88,12 +103,14 @@ def cmd_evaluate(args) -> None:
     settings = EvaluationSettings(seeds=args.seeds, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                   height=args.height, width=args.width, percentiles=args.percentiles,
                                   scales=args.scales, negative_quality=args.negative_quality or None,
-                                  scale=args.scale, batch_size=args.batch_size, chunk_size=args.chunk_size)
+                                  scale=args.scale, relgain_only=args.relgain_only, batch_size=args.batch_size,
+                                  chunk_size=args.chunk_size)
     measures = Measures(extractors=args.fid_extractor, reference=args.fid_reference,
                         reference_resize=args.reference_resize, reference_subsets=args.reference_quality_subsets or (),
                         subset_metrics=comma_list(args.subset_metrics or ""), reference_cache=args.reference_cache,
                         clip_model=args.clip, prompt_following=not args.no_prompt_following, detector=args.detector,
-                        following_clip=args.following_clip, distances=comma_list(args.distances))
+                        following_clip=args.following_clip, distances=comma_list(args.distances),
+                        metric_groups=groups)
     report = evaluate(args.out, load_pipeline=lambda: load_pipeline(args.base, device, torch_dtype(args.dtype, device)),
                       base_name=args.base, adapters=adapters, metrics=metrics, prompts=prompts, settings=settings,
                       measures=measures, skip_generation=args.skip_generation, device=device,
@@ -144,6 +161,12 @@ def add_commands(commands) -> None:
                        help="the adapter scale of the percentile sweep (default: each adapter's)")
     group.add_argument("--negative-quality", type=non_negative_number, default=1.0,
                        help="K of the negative-guidance experiment (0: no negative-guidance experiment)")
+    group.add_argument("--relgain-only", type=_numbers(str.strip), default=[], metavar="NAMES",
+                       help="adapters generated at p1 and p99 only: rows of the RelGain matrix (Figure 3a) without "
+                            "their sweeps, at a fraction of the cost")
+    group.add_argument("--metric-group", action="append", default=[], metavar="NAME=COLUMN,COLUMN",
+                       help="a group of metric columns with a mean column of its own in the RelGain matrix "
+                            "(e.g. learned=topiq,laion); repeatable")
     group.add_argument("--height", type=positive_int, default=None)
     group.add_argument("--width", type=positive_int, default=None)
     group.add_argument("--batch-size", type=positive_int, default=16, help="images per pipeline call")

@@ -109,8 +109,9 @@ def scale_sweep(report: dict, caption: str):
 
 
 def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, *, centre: float | None = None,
-            fmt: str = "{:+.1f}", colour_label: str = ""):
-    """A labelled heatmap with the value in every cell; ``centre`` makes a diverging map around it."""
+            fmt: str = "{:+.1f}", colour_label: str = "", marked: np.ndarray | None = None):
+    """A labelled heatmap with the value in every cell; ``centre`` makes a diverging map around it; cells where
+    ``marked`` is true get a ``*`` after their value."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(max(4.0, 0.75 * len(columns) + 2.5), max(2.5, 0.5 * len(rows) + 1.6)))
     finite = values[np.isfinite(values)]
@@ -126,8 +127,9 @@ def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], tit
             if np.isfinite(values[row, column]):
                 red, green, blue, _ = image.cmap(image.norm(values[row, column]))
                 dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-                axis.text(column, row, fmt.format(values[row, column]), ha="center", va="center", fontsize=7,
-                          color="white" if dark else "black")
+                mark = "*" if marked is not None and marked[row, column] else ""
+                axis.text(column, row, fmt.format(values[row, column]) + mark, ha="center", va="center", fontsize=7,
+                          color="white" if dark else "black", fontweight="bold" if mark else "normal")
     figure.colorbar(image, ax=axis, label=colour_label)
     axis.set_title(title, fontsize=8)
     figure.tight_layout()

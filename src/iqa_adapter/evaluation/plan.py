@@ -9,7 +9,9 @@ for one or several adapters against one set of base images:
   (the percentile sweep; p99 and p1 give RelGain);
 * ``<adapter>/scale_<S>_p<P>``: the scale sweep at p99 and p1 (scale 0 is the base model, the default scale
   is the sweep's own condition, so neither is generated twice);
-* ``<adapter>/negative_p99``: p99 with negative quality guidance.
+* ``<adapter>/negative_p99``: p99 with negative quality guidance;
+
+and for an adapter that is only a row of the RelGain matrix (``relgain_only``), p1 and p99 alone.
 
 :class:`EvaluationPlan` numbers the images condition-major, then prompt, then seed: item ``i`` is one image,
 with a path under ``images/`` that depends only on its condition, prompt and seed.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,8 +51,10 @@ class Condition:
 
 
 def plan_conditions(adapter_scales: dict[str, float], percentiles: Sequence[int] = PERCENTILES,
-                    scales: Sequence[float] = SCALES, negative_quality: float | None = 1.0) -> list[Condition]:
-    """The conditions of the paper's experiments for adapters ``{name: default scale}`` (see the module)."""
+                    scales: Sequence[float] = SCALES, negative_quality: float | None = 1.0,
+                    relgain_only: Collection[str] = ()) -> list[Condition]:
+    """The conditions of the paper's experiments for adapters ``{name: default scale}`` (see the module); the
+    adapters in ``relgain_only`` get p1 and p99 only (a row of the RelGain matrix at a fraction of the cost)."""
     for percentile in percentiles:
         check_int("percentile", percentile, LOW, HIGH)
     for scale in scales:
@@ -58,8 +62,14 @@ def plan_conditions(adapter_scales: dict[str, float], percentiles: Sequence[int]
     if not {HIGH, LOW} <= set(percentiles):
         raise ValueError(f"the percentiles must include p{LOW} and p{HIGH} (RelGain compares them with the base "
                          f"model), got {list(percentiles)}")
+    unknown = sorted(set(relgain_only) - set(adapter_scales))
+    if unknown:
+        raise ValueError(f"relgain-only adapters {unknown} are not among the adapters {list(adapter_scales)}")
     conditions = [Condition(BASE, "base")]
     for adapter, default_scale in adapter_scales.items():
+        if adapter in relgain_only:
+            conditions += [Condition(f"{adapter}/p{p}", "percentile", adapter, p, default_scale) for p in (LOW, HIGH)]
+            continue
         if "/" in adapter or adapter == BASE:
             raise ValueError(f"adapter name {adapter!r}: names are folders of the report, without '/' and not "
                              f"{BASE!r}; name it with --adapter NAME=FOLDER")

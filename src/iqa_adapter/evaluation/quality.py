@@ -129,12 +129,24 @@ def claims(report: dict) -> dict:
     return checked
 
 
-def relgain_matrix(reports: Mapping[str, dict], percentile: int = HIGH) -> dict:
-    """RelGain at ``percentile`` per adapter (rows) and metric (columns), with the mean over metrics (Figure 3a)."""
+def relgain_matrix(reports: Mapping[str, dict], percentile: int = HIGH,
+                   groups: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """RelGain at ``percentile`` per adapter (rows) and metric (columns), with the mean over metrics (Figure 3a)
+    and, for each of ``groups`` (``{name: metric columns}``), the mean over its metrics (``mean_<name>``)."""
+
+    def mean(values) -> float:
+        finite = [value for value in values if np.isfinite(value)]
+        return float(np.mean(finite)) if finite else float("nan")
+
     matrix = {}
     for adapter, report in reports.items():
-        row = dict(report["relgain"][f"p{percentile}"])
-        finite = [value for value in row.values() if np.isfinite(value)]
-        row["mean"] = float(np.mean(finite)) if finite else float("nan")
+        gains = report["relgain"][f"p{percentile}"]
+        row = dict(gains)
+        row["mean"] = mean(gains.values())
+        for group, members in (groups or {}).items():
+            unknown = sorted(set(members) - set(gains))
+            if unknown:
+                raise ValueError(f"metric group {group!r} names metrics that were not scored: {unknown}")
+            row[f"mean_{group}"] = mean(gains[name] for name in members)
         matrix[adapter] = row
     return matrix

@@ -50,6 +50,7 @@ class EvaluationSettings:
     scales: Sequence[float] = SCALES
     negative_quality: float | None = 1.0
     scale: float | None = None  # lambda of the percentile sweep and negative guidance; None: each adapter's default
+    relgain_only: Sequence[str] = ()  # adapters generated at p1 and p99 only (rows of the RelGain matrix)
     batch_size: int = 16
     chunk_size: int = 64
 
@@ -72,6 +73,9 @@ class Measures:
     # result ``{"tag", "correct"}`` or a list of them (one per task), ``describe()`` a JSON-ready dict
     following_scorer: object | None = None
     distances: Sequence[str] = ("ssim", "ms_ssim")  # pair distances between percentiles, plus features:<extractor>
+    # named groups of metric columns ({"learned": [...], "classical": [...]}): a mean column each in the RelGain
+    # matrix, beside the mean over every metric
+    metric_groups: dict[str, Sequence[str]] = field(default_factory=dict)
 
 
 def named_measure(entry: str) -> tuple[str, str]:
@@ -158,13 +162,19 @@ def evaluate(out_dir: str | Path, *, load_pipeline: Callable[[], object], base_n
         raise ValueError("evaluate compares adapters conditioned on quality scores; reference-based adapters are "
                          "evaluated by the demo's reference-transfer experiment")
     _check_measures(measures)
+    columns = [column.name for column in metrics]
+    for group, members in measures.metric_groups.items():
+        if not members or set(members) - set(columns):
+            raise ValueError(f"metric group {group!r} must name scored metric columns ({', '.join(columns)}), got "
+                             f"{list(members)}")
     out_dir = Path(out_dir)
     state = process_state(device)
     scales = {name: settings.scale if settings.scale is not None else adapter.config.default_scale
               for name, adapter in adapters.items()}
     sampling = {"steps": settings.steps, "guidance": settings.guidance, "height": settings.height,
                 "width": settings.width}
-    plan = EvaluationPlan(plan_conditions(scales, settings.percentiles, settings.scales, settings.negative_quality),
+    plan = EvaluationPlan(plan_conditions(scales, settings.percentiles, settings.scales, settings.negative_quality,
+                                          settings.relgain_only),
                           [getattr(prompt, "text", prompt) for prompt in prompts],
                           list(range(settings.seed, settings.seed + settings.seeds)),
                           settings={"sampling": sampling, "base": base_name,
@@ -348,7 +358,7 @@ def build_report(run: EvaluationRun, adapters: dict[str, IQAAdapter], metrics: S
         "n_images": len(plan),
         "n_prompts": len(plan.prompts),
         "adapters": reports,
-        "relgain_matrix": relgain_matrix(reports),
+        "relgain_matrix": relgain_matrix(reports, groups=measures.metric_groups),
     }
     if len(reports) == 1:  # one adapter: its experiments at the top level, as the paper's tables
         report.update(next(iter(reports.values())))
@@ -524,9 +534,12 @@ def _figures(run: EvaluationRun, report: dict, adapters: dict[str, IQAAdapter], 
     matrix = report["relgain_matrix"]
     columns = list(next(iter(matrix.values())))
     values = np.array([[matrix[adapter][column] for column in columns] for adapter in matrix])
+    targets = np.array([[column in report["adapters"][adapter]["target_metrics"] for column in columns]
+                        for adapter in matrix])
     paths["relgain_matrix"] = figures.save_png(
-        figures.heatmap(values, list(matrix), columns, f"RelGain at p99 against the base model (%, + = better)\n{count}",
-                        centre=0.0, colour_label="RelGain %"), folder / "relgain_matrix.png", out_dir)
+        figures.heatmap(values, list(matrix), columns, f"RelGain at p99 against the base model (%, + = better; "
+                        f"* = the adapter's conditioning metric)\n{count}", centre=0.0, colour_label="RelGain %",
+                        marked=targets), folder / "relgain_matrix.png", out_dir)
     for name, frechet in report["frechet"].items():
         series: dict[str, dict] = {}
         for condition, targets in frechet.items():
