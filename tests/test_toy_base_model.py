@@ -136,3 +136,22 @@ def test_both_prediction_types_train_and_others_are_refused(tmp_path):
     assert pipe.scheduler.config.prediction_type == "epsilon" and pipe.unet.config.addition_embed_type is None
     with pytest.raises(ValueError, match="prediction_type must be one of"):
         ToyBaseConfig(prediction_type="sample")
+
+
+def test_without_top_attention_the_full_resolution_level_only_convolves():
+    from iqa_adapter import IQAAdapter
+    from iqa_adapter.generation import generate
+    from iqa_adapter.toy.base_model import build_toy_pipeline
+
+    from conftest import two_metrics
+
+    full = build_toy_pipeline(ToyBaseConfig())
+    cheaper = build_toy_pipeline(ToyBaseConfig(top_attention=False))
+    assert type(cheaper.unet.down_blocks[0]).__name__ == "DownBlock2D"
+    assert type(cheaper.unet.up_blocks[-1]).__name__ == "UpBlock2D"
+    cross = [name for name in cheaper.unet.attn_processors if "attn2" in name]
+    assert 0 < len(cross) < len([name for name in full.unet.attn_processors if "attn2" in name])
+    adapter = IQAAdapter.for_unet(cheaper, two_metrics(), seed=0)
+    image = generate(cheaper, adapter, ["a red circle"], {name: "p99" for name in adapter.metric_names}, steps=2,
+                     progress=False)[0].image
+    assert image.size == (32, 32)

@@ -80,6 +80,7 @@ class ToyBaseConfig:
     vae_channels: tuple[int, ...] = (32, 32)  # one entry per level; len - 1 downsamplings
     unet_channels: tuple[int, ...] = (32, 64, 64)
     attention_head_dim: int = 8
+    top_attention: bool = True  # attention at the full latent resolution (SDXL has none there; 2.5x cheaper without)
     pooled_text: bool = True  # also add an attention-pooled text embedding to the time embedding
     norm_groups: int = 4  # GroupNorm groups in VAE and UNet (module docstring)
     text_width: int = 64
@@ -150,10 +151,14 @@ def build_unet(config: ToyBaseConfig) -> UNet2DConditionModel:
     """A small UNet with cross-attention blocks at every resolution."""
     levels = len(config.unet_channels)
     factor = 2 ** (len(config.vae_channels) - 1)
+    down = ["CrossAttnDownBlock2D"] * levels
+    up = ["CrossAttnUpBlock2D"] * levels
+    if not config.top_attention:  # the full-resolution level convolves only, as SDXL's first level
+        down[0], up[-1] = "DownBlock2D", "UpBlock2D"
     return UNet2DConditionModel(
         sample_size=config.size // factor, in_channels=config.latent_channels, out_channels=config.latent_channels,
         layers_per_block=1, block_out_channels=config.unet_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
+        down_block_types=tuple(down), up_block_types=tuple(up),
         cross_attention_dim=config.text_width, attention_head_dim=config.attention_head_dim,
         norm_num_groups=config.norm_groups, addition_embed_type="text" if config.pooled_text else None,
         addition_embed_type_num_heads=4)
