@@ -151,7 +151,8 @@ class WorldSettings:
     def miniature(cls) -> "WorldSettings":
         return cls(images=48, base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8,
                                               "unet_batch_size": 8},
-                   iqa_references=4, loda_epochs=1, niqe_images=16, zoo_overrides={"images": 60, "epochs": 1},
+                   iqa_references=4, loda_epochs=1, niqe_images=16,
+                   zoo_overrides={"images": 60, "epochs": 1, "generated_images": 5},
                    adapter_steps=2, metric_adapter_steps=2, adapter_batch_size=8, reference_steps=2)
 
 
@@ -206,9 +207,14 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     step("iqa_models", "make_toy_iqa_dataset, train_toy_loda, fit_toy_niqe (iqa_adapter.toy.iqa_models)", iqa)
 
     def zoo() -> None:
+        from .base_model import load_toy_pipeline
+
         for name in ZOO_MODELS:
-            recipe = dataclasses.replace(RECIPES[name], **settings.zoo_overrides)
-            train_zoo_model(name, world.zoo(name), recipe, progress=progress)
+            overrides = {key: value for key, value in settings.zoo_overrides.items()  # base samples: classifier only
+                         if key != "generated_images" or RECIPES[name].generated_images}
+            recipe = dataclasses.replace(RECIPES[name], **overrides)
+            pipe = load_toy_pipeline(world.base) if recipe.generated_images else None
+            train_zoo_model(name, world.zoo(name), recipe, base_pipeline=pipe, progress=progress)
 
     step("zoo", f"train_zoo_model for {', '.join(ZOO_MODELS)} (iqa_adapter.toy.zoo)", zoo)
 

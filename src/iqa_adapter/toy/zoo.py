@@ -14,7 +14,10 @@ model's training data), degraded by the KADID-like families of :mod:`iqa_adapter
   its scores into the votes of noisy participants;
 * ``classifier``: a whole-image CNN that names the distortion family of an image (``clean`` or one of the 11
   families, levels 0.6 to 1; weaker levels of some families, quantisation above all, barely change a flat-colour
-  scene), the judge of the demo's reference transfer.
+  scene), the judge of the demo's reference transfer. With ``generated_images`` it also learns from the base
+  model's own samples, degraded the same way, so that it judges generated images against what the base model
+  makes (its samples carry colour shifts and blotches that a classifier of rendered scenes reads as saturation,
+  quantisation or JPEG).
 
 :func:`train_zoo_model` trains one on 80 % of its images, tests it on the other 20 % (SRCC, PLCC after the
 logistic fit, KRCC, RMSE; accuracy and the confusion matrix for the classifier), and saves it with that report
@@ -61,6 +64,7 @@ class ZooRecipe:
     min_level: float = 0.0  # distortion levels ~ U(min_level, 1)
     batch_size: int = 64
     lr: float = 2e-3
+    generated_images: int = 0  # classifier only: also this many base-model samples, degraded the same way
 
     def parameters(self) -> dict:
         """Everything the trained weights depend on (a finished model with other parameters is refused)."""
@@ -80,7 +84,7 @@ RECIPES: dict[str, ZooRecipe] = {
                                                description="toy distortion-family classifier",
                                                channels=(48, 96, 128), hidden=192, stem=32, coordinates=False),
                             seed=2800, images=20000, epochs=16, target="family", clean_fraction=1 / len(CLASSES),
-                            min_level=0.6, lr=5e-4),
+                            min_level=0.6, lr=5e-4, generated_images=2000),
 }
 
 
@@ -119,13 +123,11 @@ class ZooData:
         raise ValueError(f"unknown zoo target {name!r}")
 
 
-def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level: float = 0.0,
-                  size: int = TOY_SIZE, start: int = 0) -> ZooData:
-    """Scenes ``start ..`` of ``seed``, each clean (probability ``clean_fraction``) or degraded by a uniformly drawn
-    family at a level ~ U(min_level, 1); image ``i`` depends only on ``(seed, i)``."""
-    scenes = [scene_for(seed, index) for index in range(start, start + count)]
-    clean = torch.from_numpy(np.stack([render_scene(scene, size) for scene in scenes])).permute(0, 3, 1, 2).float()
-    clean = clean / 255
+def degrade(clean: torch.Tensor, seed: int, clean_fraction: float = 0.15,
+            min_level: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each image kept (probability ``clean_fraction``) or degraded by a uniformly drawn family at a level
+    ~ U(min_level, 1), then rounded to 8 bits: ``(images, family index into CLASSES, level)``, seeded."""
+    count = len(clean)
     generator = torch.Generator().manual_seed(seed)
     draws = torch.rand(3, count, generator=generator)
     family = torch.where(draws[0] < clean_fraction, 0, 1 + (draws[1] * len(FAMILIES)).long().clamp_max(len(FAMILIES) - 1))
@@ -135,10 +137,32 @@ def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level
         selected = torch.nonzero(family == index).flatten()
         if len(selected):
             images[selected] = distort(clean[selected], name, level[selected], generator)
-    images = (images.clamp(0, 1) * 255).round() / 255  # 8-bit, as every image the models will see
+    return (images.clamp(0, 1) * 255).round() / 255, family, level  # 8-bit, as every image the models will see
+
+
+def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level: float = 0.0,
+                  size: int = TOY_SIZE, start: int = 0) -> ZooData:
+    """Scenes ``start ..`` of ``seed``, rendered and passed through :func:`degrade`; image ``i`` depends only on
+    ``(seed, i)``."""
+    scenes = [scene_for(seed, index) for index in range(start, start + count)]
+    clean = torch.from_numpy(np.stack([render_scene(scene, size) for scene in scenes])).permute(0, 3, 1, 2).float()
+    clean = clean / 255
+    images, family, level = degrade(clean, seed, clean_fraction, min_level)
     return ZooData(images, family, level, pseudo_mos(images, clean, "ssim").float(),
                    pseudo_mos(images, clean, "ms_ssim").float(),
                    torch.tensor([composition_score(scene) for scene in scenes]))
+
+
+def base_model_samples(pipe, seed: int, count: int, steps: int, guidance: float) -> torch.Tensor:
+    """``count`` samples (N, 3, H, W) in [0, 1] of a toy base pipeline for the captions of scenes of ``seed``, one
+    seed each: the images a classifier of generated images has to read."""
+    from ..generation import generate
+    from ..images import rgb_tensor
+
+    prompts = [scene_for(seed, index).caption for index in range(count)]
+    results = generate(pipe, None, prompts, seeds=list(range(count)), steps=steps, guidance=guidance,
+                       batch_size=64, progress=False)
+    return torch.stack([rgb_tensor(result.image) for result in results])
 
 
 def _split(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,11 +185,15 @@ def _test_report(model: LearnedModel, images: torch.Tensor, targets: torch.Tenso
     return {**{key: float(value) for key, value in metrics.items()}, "images": len(images)}
 
 
-def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = None, progress: bool = True) -> dict:
+def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = None, base_pipeline=None,
+                    progress: bool = True) -> dict:
     """Train the zoo model ``name`` (or ``recipe``) into ``out_dir`` and return its held-out report (also in its
-    ``config.json`` under ``training``). A finished model with the same recipe is returned as it is; one made
-    with another recipe is refused."""
+    ``config.json`` under ``training``). A recipe with ``generated_images`` needs ``base_pipeline`` (the toy base
+    model whose samples it learns from; they are split 80/20 too, and the report gives the accuracy on each part).
+    A finished model with the same recipe is returned as it is; one made with another recipe is refused."""
     recipe = recipe or RECIPES[name]
+    if recipe.generated_images and (base_pipeline is None or recipe.target != "family"):
+        raise ValueError("generated_images needs the base pipeline and the family target (the classifier)")
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).is_file():
         training = read_json(out_dir / CONFIG_FILE, "learned model config").get("training", {})
@@ -174,8 +202,20 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
         raise ValueError(f"{out_dir} holds a zoo model made with another recipe; give another folder or delete it")
     started = time.perf_counter()
     data = make_zoo_data(recipe.seed, recipe.images, recipe.clean_fraction, recipe.min_level)
-    targets = data.target(recipe.target)
+    images, targets = data.images, data.target(recipe.target)
     train_rows, test_rows = _split(len(targets), recipe.seed)
+    parts = {"rendered": test_rows}
+    if recipe.generated_images:
+        from .world import GUIDANCE_SCALE, SAMPLING_STEPS
+
+        samples = base_model_samples(base_pipeline, recipe.seed + 1, recipe.generated_images, SAMPLING_STEPS,
+                                     GUIDANCE_SCALE)
+        generated, family, _ = degrade(samples, recipe.seed + 1, recipe.clean_fraction, recipe.min_level)
+        more_train, more_test = _split(len(generated), recipe.seed + 1)
+        offset = len(images)
+        images, targets = torch.cat([images, generated]), torch.cat([targets, family])
+        train_rows, test_rows = torch.cat([train_rows, more_train + offset]), torch.cat([test_rows, more_test + offset])
+        parts["generated"] = more_test + offset
     config = recipe.config
     if config.task == "score":
         values = targets[train_rows]
@@ -183,9 +223,13 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
                                      score_range=(float(values.min()), float(values.max())))
     torch.manual_seed(recipe.seed)
     model = LearnedModel(config)
-    losses = fit(model, data.images[train_rows], targets[train_rows], recipe.epochs, recipe.batch_size, recipe.lr,
+    losses = fit(model, images[train_rows], targets[train_rows], recipe.epochs, recipe.batch_size, recipe.lr,
                  seed=recipe.seed, progress=progress)
-    report = {"name": name, "test": _test_report(model, data.images[test_rows], targets[test_rows]),
+    test = _test_report(model, images[test_rows], targets[test_rows])
+    if len(parts) > 1:
+        test["parts"] = {part: _test_report(model, images[rows], targets[rows])["accuracy"]
+                         for part, rows in parts.items()}
+    report = {"name": name, "test": test,
               "train_images": len(train_rows), "final_loss": losses[-1],
               "seconds": round(time.perf_counter() - started, 1), "recipe": recipe.parameters()}
     model.config = dataclasses.replace(config, training=report)
