@@ -107,3 +107,11 @@ def test_bad_folders_and_configs_are_named(tmp_path):
     (tmp_path / "classifier" / "model.safetensors").write_bytes(b"\x80\x04not safetensors")
     with pytest.raises(ValueError, match="torch pickle"):
         LearnedModel.from_pretrained(tmp_path / "classifier")
+
+
+def test_cnniqa_scores_a_large_image_in_bounded_passes():
+    torch.manual_seed(0)
+    model = LearnedModel(LearnedModelConfig("cnniqa", patch_size=16)).eval()
+    image = torch.rand(1, 3, 16 * 12, 16 * 11)  # 132 patches: three passes of at most 64
+    with torch.no_grad():
+        assert torch.allclose(model(image), model(patch_grid(image, 16)[0]).mean(), atol=1e-5)

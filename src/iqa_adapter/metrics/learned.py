@@ -43,6 +43,7 @@ WEIGHTS_FILE = "model.safetensors"
 ARCHITECTURES = ("cnniqa", "global_cnn")
 TASKS = ("score", "classify")
 NORMALISATIONS = ("none", "local_contrast")
+PATCHES_PER_PASS = 64  # CNNIQA: patch positions scored together (bounds memory on large images)
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ def local_contrast_normalise(images: torch.Tensor, size: int = 3, eps: float = 1
     return (grey - mean) / (variance.clamp_min(0).sqrt() + eps)
 
 
-def patch_grid(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """Non-overlapping ``patch`` x ``patch`` patches (N, P, C, patch, patch) covering the whole image; the last
-    row and column are aligned to the far border. Images smaller than a patch are upscaled to it (bilinear)."""
+def patch_positions(images: torch.Tensor, patch: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The images (upscaled, bilinear, when smaller than a patch) and the (top, left) corners of non-overlapping
+    ``patch`` x ``patch`` patches covering them; the last row and column are aligned to the far border."""
     height, width = images.shape[-2:]
     if min(height, width) < patch:
         scale = patch / min(height, width)
@@ -110,8 +111,13 @@ def patch_grid(images: torch.Tensor, patch: int) -> torch.Tensor:
     def starts(length: int) -> list[int]:
         return sorted({*range(0, length - patch + 1, patch), length - patch})
 
-    crops = [images[:, :, top:top + patch, left:left + patch] for top in starts(height) for left in starts(width)]
-    return torch.stack(crops, dim=1)
+    return images, [(top, left) for top in starts(height) for left in starts(width)]
+
+
+def patch_grid(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """The patches of :func:`patch_positions`, stacked: (N, P, C, patch, patch)."""
+    images, positions = patch_positions(images, patch)
+    return torch.stack([images[:, :, top:top + patch, left:left + patch] for top, left in positions], dim=1)
 
 
 class CNNIQANet(nn.Module):
@@ -127,20 +133,31 @@ class CNNIQANet(nn.Module):
         self.out = nn.Linear(config.hidden, config.outputs)
         self.dropout = nn.Dropout(0.5)
 
-    def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        patches = patch_grid(images, self.config.patch_size)
-        count = patches.shape[1]
-        flat = patches.flatten(0, 1)
+    def _patch_features(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of patches (M, C, patch, patch), one row each."""
         if self.config.normalise == "local_contrast":
-            flat = local_contrast_normalise(flat)
+            patches = local_contrast_normalise(patches)
         else:
-            flat = flat * 2 - 1
-        maps = self.conv(flat)
+            patches = patches * 2 - 1
+        maps = self.conv(patches)
         pooled = torch.cat([maps.amax(dim=(2, 3)), -(-maps).amax(dim=(2, 3))], dim=1)
         hidden = F.relu(self.fc2(self.dropout(F.relu(self.fc1(pooled)))))
-        output = self.out(self.dropout(hidden))
-        mean = lambda tensor: tensor.view(len(images), count, -1).mean(dim=1)  # noqa: E731 - patch average
-        return {"pooled": mean(pooled), "hidden": mean(hidden), "output": mean(output)}
+        return {"pooled": pooled, "hidden": hidden, "output": self.out(self.dropout(hidden))}
+
+    def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features averaged over the patches, computed :data:`PATCHES_PER_PASS` patch positions at a time, so that
+        memory stays bounded however large the images are."""
+        patch = self.config.patch_size
+        images, positions = patch_positions(images, patch)
+        totals: dict[str, torch.Tensor] = {}
+        for start in range(0, len(positions), PATCHES_PER_PASS):
+            group = positions[start:start + PATCHES_PER_PASS]
+            patches = torch.stack([images[:, :, top:top + patch, left:left + patch] for top, left in group], dim=1)
+            features = self._patch_features(patches.flatten(0, 1))
+            for key, value in features.items():
+                summed = value.view(len(images), len(group), -1).sum(dim=1)
+                totals[key] = totals[key] + summed if key in totals else summed
+        return {key: total / len(positions) for key, total in totals.items()}
 
 
 class GlobalCNNNet(nn.Module):

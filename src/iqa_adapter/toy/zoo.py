@@ -175,12 +175,12 @@ def _test_report(model: LearnedModel, images: torch.Tensor, targets: torch.Tenso
     with torch.no_grad():
         output = torch.cat([model(chunk) for chunk in images.split(512)])
     if model.config.task == "classify":
-        predicted = output.argmax(dim=1)
-        confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.long)
+        predicted, classes = output.argmax(dim=1), model.config.classes
+        confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
         confusion.index_put_((targets.long(), predicted), torch.ones_like(predicted), accumulate=True)
         return {"accuracy": float((predicted == targets).float().mean()), "images": len(images),
                 "per_class": {name: float(confusion[i, i] / confusion[i].sum().clamp_min(1))
-                              for i, name in enumerate(CLASSES)}}
+                              for i, name in enumerate(classes)}}
     metrics = correlation_metrics(output.double().numpy(), targets.double().numpy())
     return {**{key: float(value) for key, value in metrics.items()}, "images": len(images)}
 
