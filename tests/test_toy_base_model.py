@@ -145,7 +145,7 @@ def test_without_top_attention_the_full_resolution_level_only_convolves():
 
     from conftest import two_metrics
 
-    full = build_toy_pipeline(ToyBaseConfig())
+    full = build_toy_pipeline(ToyBaseConfig(top_attention=True))
     cheaper = build_toy_pipeline(ToyBaseConfig(top_attention=False))
     assert type(cheaper.unet.down_blocks[0]).__name__ == "DownBlock2D"
     assert type(cheaper.unet.up_blocks[-1]).__name__ == "UpBlock2D"

@@ -80,7 +80,7 @@ class ToyBaseConfig:
     vae_channels: tuple[int, ...] = (32, 32)  # one entry per level; len - 1 downsamplings
     unet_channels: tuple[int, ...] = (32, 64, 64)
     attention_head_dim: int = 8
-    top_attention: bool = True  # attention at the full latent resolution (SDXL has none there; 2.5x cheaper without)
+    top_attention: bool = False  # attention at the full latent resolution (SDXL has none there; 2.5x cheaper without)
     pooled_text: bool = True  # also add an attention-pooled text embedding to the time embedding
     norm_groups: int = 4  # GroupNorm groups in VAE and UNet (module docstring)
     text_width: int = 64
@@ -90,7 +90,7 @@ class ToyBaseConfig:
     vae_batch_size: int = 32
     vae_lr: float = 3e-3
     kl_weight: float = 1e-5  # per latent element, beside the per-pixel MSE
-    unet_steps: int = 3000
+    unet_steps: int = 9000
     unet_batch_size: int = 32
     unet_lr: float = 1e-3
     warmup_steps: int = 100

@@ -56,7 +56,7 @@ LANDSCAPE = "landscape"
 SKY_COLOURS = ("blue", "cyan", "purple", "pink", "black")
 GROUND_COLOURS = ("green", "yellow", "white", "purple")
 SUN_COLOURS = ("yellow", "white", "orange", "red")
-SCENE_KINDS = {"single": 0.55, "pair": 0.30, "landscape": 0.15}  # probabilities of the scene kinds
+SCENE_KINDS = {"single": 0.70, "pair": 0.20, "landscape": 0.10}  # probabilities of the scene kinds
 
 MIN_COLOUR_DISTANCE = 100.0  # RGB distance between an object's colour and every background tone
 EDGE_MARGIN = 0.03  # gap between an object and the image border, fraction of the side
