@@ -167,7 +167,7 @@ def test_atomic_writes_have_the_usual_permissions(tmp_path):
 
 
 def toy_generate(out, *extra: str) -> list[str]:
-    return ["generate", "--prompt", "a red circle", "--quality", "loda=p99", "--steps", "2", "--out", str(out), *extra]
+    return ["generate", "--prompt", "a red circle", "--quality", "cnniqa=p99", "--steps", "2", "--out", str(out), *extra]
 
 
 def test_an_output_folder_never_mixes_two_runs(tmp_path, capsys):
@@ -199,7 +199,7 @@ def test_info_shows_the_train_scale_and_reads_old_configs_as_trained_at_half(tmp
 
     shutil.copytree(shipped_world().adapter, tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
-    assert config["train_scale"] == 0.5  # the shipped toy adapters were trained at 0.5 and say so
+    assert config["train_scale"] == 1.0  # the shipped toy adapters were trained at full scale and say so
     del config["train_scale"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     assert IQAAdapter.from_pretrained(tmp_path / "old").config.train_scale == 0.5
@@ -207,14 +207,14 @@ def test_info_shows_the_train_scale_and_reads_old_configs_as_trained_at_half(tmp
     assert "trained at 0.5 (not recorded" in capsys.readouterr().out
 
 
-def test_info_shows_targets_in_quality_order(capsys):
-    from iqa_adapter.toy.world import shipped_world
+def test_info_shows_targets_in_quality_order(tmp_path, capsys):
+    from iqa_adapter.stats import MetricStats
 
-    world = shipped_world()
-    assert main(["info", "--adapter", str(world.adapter)]) == 0
+    pipe = tiny_sd_pipeline(seed=0)
+    niqe = MetricStats("niqe", mean=6.0, std=1.0, percentiles={1.0: 3.5, 50.0: 6.0, 99.0: 9.0}, higher_is_better=False)
+    IQAAdapter.for_unet(pipe, [niqe], seed=0).save_pretrained(tmp_path / "adapter")
+    assert main(["info", "--adapter", str(tmp_path / "adapter")]) == 0
     out = capsys.readouterr().out
-    niqe = IQAAdapter.from_pretrained(world.adapter).config.metrics[1]
-    assert niqe.name == "niqe" and not niqe.higher_is_better
     line = next(line for line in out.splitlines() if line.strip().startswith("p1 =") and
                 f"p99 = {niqe.raw_from_percentile(99):.4g}" in line)
     assert f"p1 = {niqe.raw_from_percentile(1):.4g}" in line
@@ -224,9 +224,9 @@ def test_info_shows_targets_in_quality_order(capsys):
 
 @pytest.mark.parametrize("target", ["z1000", "500"])
 def test_targets_outside_the_training_scores_warn(tmp_path, capsys, target):
-    assert main(toy_generate(tmp_path / "out", "--quality", f"niqe={target}", "--no-progress")) == 0
+    assert main(toy_generate(tmp_path / "out", "--quality", f"aesthetic={target}", "--no-progress")) == 0
     err = capsys.readouterr().err
-    assert f"warning: quality target '{target}' for 'niqe'" in err and "outside the scores the adapter was trained on" in err
+    assert f"warning: quality target '{target}' for 'aesthetic'" in err and "outside the scores the adapter was trained on" in err
 
 
 def test_no_progress_is_quiet_and_counts_are_plural_aware(tmp_path, capsys):
@@ -255,7 +255,7 @@ def test_evaluate_defaults_to_the_toy_world(tmp_path, capsys):
     assert main(["evaluate", "--metrics", "sharpness", "--prompt", "a red circle", "--seeds", "1", "--steps", "2",
                  "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["target_metrics"] == ["loda", "niqe"] and "embedded toy world" in capsys.readouterr().out
+    assert report["target_metrics"] == ["cnniqa", "aesthetic"] and "embedded toy world" in capsys.readouterr().out
 
 
 def test_an_unreachable_hub_fails_at_once_with_the_fix(monkeypatch, tmp_path, capsys):

@@ -65,13 +65,13 @@ def generate(*extra: str) -> list[str]:
 
 CASES = [
     # the user's files
-    ("truncated adapter weights", lambda f: generate("--adapter", f"{f}/truncated_adapter", "--quality", "loda=p99"),
+    ("truncated adapter weights", lambda f: generate("--adapter", f"{f}/truncated_adapter", "--quality", "cnniqa=p99"),
      "adapter.safetensors is not a readable safetensors file"),
-    ("empty adapter weights", lambda f: generate("--adapter", f"{f}/empty_adapter", "--quality", "loda=p99"),
+    ("empty adapter weights", lambda f: generate("--adapter", f"{f}/empty_adapter", "--quality", "cnniqa=p99"),
      "the file is empty, truncated or corrupt"),
     ("info on truncated weights", lambda f: ["info", "--adapter", f"{f}/truncated_adapter"],
      "not a readable safetensors file"),
-    ("unknown config key", lambda f: generate("--adapter", f"{f}/unknown_key_adapter", "--quality", "loda=p99"),
+    ("unknown config key", lambda f: generate("--adapter", f"{f}/unknown_key_adapter", "--quality", "cnniqa=p99"),
      "has unknown keys: colour"),
     ("broken config JSON", lambda f: ["info", "--adapter", f"{f}/broken_json_adapter"],
      "broken_json_adapter/config.json is not valid JSON"),
@@ -81,15 +81,15 @@ CASES = [
     ("folder --reference", lambda f: generate("--reference", f"{f}/folder.png"), "is a folder, not an image file"),
     ("missing --negative-reference", lambda f: generate("--reference", f"{f}/good.png", "--negative-reference",
                                                         f"{f}/missing.png"), "does not exist"),
-    ("truncated --init-image", lambda f: generate("--quality", "loda=p99", "--init-image", f"{f}/truncated.png"),
+    ("truncated --init-image", lambda f: generate("--quality", "cnniqa=p99", "--init-image", f"{f}/truncated.png"),
      "--init-image"),
-    ("empty --init-image", lambda f: generate("--quality", "loda=p99", "--init-image", f"{f}/empty.png"),
+    ("empty --init-image", lambda f: generate("--quality", "cnniqa=p99", "--init-image", f"{f}/empty.png"),
      "is an empty file"),
-    ("non-image --init-image", lambda f: generate("--quality", "loda=p99", "--init-image", f"{f}/text.png"),
+    ("non-image --init-image", lambda f: generate("--quality", "cnniqa=p99", "--init-image", f"{f}/text.png"),
      "is not an image"),
-    ("folder --init-image", lambda f: generate("--quality", "loda=p99", "--init-image", f"{f}/folder.png"),
+    ("folder --init-image", lambda f: generate("--quality", "cnniqa=p99", "--init-image", f"{f}/folder.png"),
      "is a folder"),
-    ("--out is a file", lambda f: generate("--quality", "loda=p99", "--out", f"{f}/a_file"), "is a file"),
+    ("--out is a file", lambda f: generate("--quality", "cnniqa=p99", "--out", f"{f}/a_file"), "is a file"),
     ("pickle named .safetensors", lambda f: ["convert-official", "--checkpoint", f"{f}/pickle.safetensors", "--base",
                                              f"{f}/base", "--metrics", "topiq_nr,laion_aes", "--out", f"{f}/o1"],
      "looks like a torch pickle file"),
@@ -123,7 +123,7 @@ CASES = [
                                             "a=clip", "--fid-extractor", "a=dinov2", "--out", f"{f}/e"],
      "feature extractors are listed twice: a"),
     # devices and numbers
-    ("--device cuda without a GPU", lambda f: generate("--quality", "loda=p99", "--device", "cuda"),
+    ("--device cuda without a GPU", lambda f: generate("--quality", "cnniqa=p99", "--device", "cuda"),
      "CUDA is not available"),
     ("--device nonsense", lambda f: generate("--device", "gpu0"), "is not a device"),
     ("--dtype nonsense", lambda f: generate("--dtype", "fp8"), "--dtype must be one of"),
@@ -131,7 +131,7 @@ CASES = [
     ("--steps -1", lambda f: generate("--steps", "-1"), "argument --steps: must be an integer >= 1, got -1"),
     ("--steps 0", lambda f: generate("--steps", "0"), "argument --steps: must be an integer >= 1"),
     ("--height 0", lambda f: generate("--height", "0"), "argument --height: must be an integer >= 1"),
-    ("--height not a multiple", lambda f: generate("--quality", "loda=p99", "--height", "33"),
+    ("--height not a multiple", lambda f: generate("--quality", "cnniqa=p99", "--height", "33"),
      "height must be a multiple of"),
     ("--num-images 0", lambda f: generate("--num-images", "0"), "argument --num-images"),
     ("--seed -1", lambda f: generate("--seed", "-1"), "argument --seed: must be an integer >= 0"),
@@ -147,15 +147,15 @@ CASES = [
     ("--guidance-window 1,0", lambda f: generate("--guidance-window", "1,0"), "0 <= START < END <= 1"),
     ("--guidance-alpha inf", lambda f: generate("--guidance-alpha", "inf"), "must be a finite number"),
     ("--threads 0", lambda f: generate("--threads", "0"), "argument --threads: must be an integer >= 1"),
-    ("a second --sweep", lambda f: generate("--sweep", "loda=p1,p99", "--sweep", "niqe=p1,p99"),
+    ("a second --sweep", lambda f: generate("--sweep", "cnniqa=p1,p99", "--sweep", "aesthetic=p1,p99"),
      "--sweep is given twice"),
-    ("the same --quality twice", lambda f: generate("--quality", "loda=p99", "--quality", "loda=p1"),
-     "gives 'loda' twice"),
+    ("the same --quality twice", lambda f: generate("--quality", "cnniqa=p99", "--quality", "cnniqa=p1"),
+     "gives 'cnniqa' twice"),
     # targets
-    ("target p0", lambda f: generate("--quality", "loda=p0"), "valid percentiles are p1 to p99 (99 table entries"),
-    ("target abc", lambda f: generate("--quality", "loda=abc"), "cannot read quality target"),
-    ("target that overflows", lambda f: generate("--quality", "loda=1e30"), "adapter's features overflow"),
-    ("unknown metric", lambda f: generate("--quality", "topiq=p99"), "conditioned on: loda, niqe"),
+    ("target p0", lambda f: generate("--quality", "cnniqa=p0"), "valid percentiles are p1 to p99 (99 table entries"),
+    ("target abc", lambda f: generate("--quality", "cnniqa=abc"), "cannot read quality target"),
+    ("target that overflows", lambda f: generate("--quality", "cnniqa=1e30"), "adapter's features overflow"),
+    ("unknown metric", lambda f: generate("--quality", "topiq=p99"), "conditioned on: cnniqa, aesthetic"),
     # other commands
     ("evaluate --seeds 0", lambda f: ["evaluate", "--metrics", "sharpness", "--prompt", "x", "--seeds", "0", "--out",
                                       f"{f}/e"], "argument --seeds: must be an integer >= 1, got 0"),
@@ -193,7 +193,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_traceback(files, argv_for, expec
 
 
 @pytest.mark.parametrize("argv", [
-    ["generate", "--prompt", "x", "--quality", "loda=p99", "--device", "cuda"],
+    ["generate", "--prompt", "x", "--quality", "cnniqa=p99", "--device", "cuda"],
     ["generate", "--prompt", "x", "--steps", "-1"],
 ], ids=["error", "usage error"])
 def test_the_installed_command_exits_2_with_one_line(argv, tmp_path):

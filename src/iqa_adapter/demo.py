@@ -1,22 +1,27 @@
 """``iqa-adapter demo``: the paper's main experiments, reproduced offline on the embedded toy world.
 
-The toy world (:mod:`iqa_adapter.toy.world`) is a small text-to-image model, toy IQA models (a tiny LoDa,
-a NIQE model, the classical metrics) and IQA-Adapters, all trained by this project's own commands on
-procedural captioned images. The demo runs, with fixed prompts and seeds:
+The toy world (:mod:`iqa_adapter.toy.world`) is a small text-to-image model, a zoo of learned toy quality
+models (a tiny LoDa, CNNIQA, an aesthetics model, the panel's judge, a distortion classifier), NIQE and the
+classical metrics, and IQA-Adapters, all trained by this project's own commands on procedural captioned images.
+The demo runs, with fixed prompts and seeds:
 
-1. the evaluation of :func:`iqa_adapter.evaluation.evaluate` for the score adapter, through the same code as a
-   real model: percentile sweep (paper Figures 1, 4, 10, 16, 17), RelGain at p99 and p1 for every metric
-   (Figure 3a, section 5.1), adapter-scale sweep (Figure 13), negative quality guidance (Figure 8), with the
-   toy world's own models for the rest of the paper's evaluation: caption following read by the toy readers
-   (its GenEval, :class:`~iqa_adapter.toy.caption_check.ToyCaptionScorer`), a Frechet distance with the toy
-   LoDa's features to clean rendered scenes (Table 5), and the distances between quality levels (Figure 11);
-2. IQA-gradient guidance (section 3.1) on the toy LoDa, without adapter, RelGain on every metric beside the
-   adapter's (Figure 9: the paper finds target-only gains and adversarial patterns for guidance, cross-metric
-   gains for the adapter);
-3. reference-based transfer: references degraded with each distortion family. ``match`` is the fraction of
-   generated images that a distortion classifier (nearest centroid in the reference features, fitted on toy
-   images with known distortions) assigns to the reference's family; ``content_leak`` the fraction whose
-   object takes the reference's colour instead of the prompt's (read by :mod:`iqa_adapter.toy.caption_check`).
+1. :func:`iqa_adapter.evaluation.evaluate` for the main adapter (conditioned on CNNIQA and the aesthetics model,
+   the paper's "TOPIQ + LAION-AES") and one adapter per learned model, through the same code as a real model:
+   percentile sweep (paper Figures 1, 4, 10, 16, 17), the RelGain matrix at p99 and p1 with learned and classical
+   group means (Figure 3a, section 5.1), adapter-scale sweep (Figure 13), negative quality guidance (Figure 8),
+   caption following read by the toy readers (its GenEval, :class:`~iqa_adapter.toy.caption_check.ToyCaptionScorer`),
+   a Frechet distance with the toy LoDa's features to clean rendered scenes (Table 5), and the distances between
+   quality levels (Figure 11);
+2. the zoo's held-out agreement with its targets (Table 2);
+3. the toy panel (section 4.3.1, Figures 3b and 3c): simulated participants vote on pairs of base, p1, p50 and
+   p99 images by the scores of a judge that no adapter was conditioned on;
+4. IQA-gradient guidance (section 3.1) on the toy LoDa, without adapter, RelGain on every metric beside the
+   adapters' (Figure 9: the paper finds target-only gains for guidance, cross-metric gains for the adapter);
+5. reference-based transfer: references degraded with each distortion family. ``match`` is the fraction of
+   generated images in which the zoo's distortion classifier finds the reference's family; ``content_leak`` the
+   fraction whose object takes the reference's colour instead of the prompt's (read by
+   :mod:`iqa_adapter.toy.caption_check`); ``separability`` how well a linear probe tells the families apart in
+   the reference features.
 
 The numbers are whatever the models produce; ``report.json`` and ``report.md`` say which claims hold.
 """

@@ -15,8 +15,9 @@ It is an ordinary diffusers ``StableDiffusionPipeline`` directory, loaded with
   instance normalisation, which erases the colour of flat regions, and the VAE stalled at 19 dB. The
   posterior's log-variance starts at :data:`INITIAL_LOGVAR`. Trained first, 1500 steps (MSE + a small KL
   term); its ``scaling_factor`` makes the latents' standard deviation 1;
-* **UNet**: a ``UNet2DConditionModel`` (channels 32, 64, 64) with cross-attention at every level (where
-  the IQA-Adapter attaches) and, with ``pooled_text``, diffusers' ``addition_embed_type="text"``: an
+* **UNet**: a ``UNet2DConditionModel`` (channels 32, 64, 64) with cross-attention at the two lower levels
+  (where the IQA-Adapter attaches; like SDXL, none at the full latent resolution unless ``top_attention``,
+  which makes a step 2.5x dearer) and, with ``pooled_text``, diffusers' ``addition_embed_type="text"``: an
   attention-pooled text embedding added to the time embedding, computed inside the UNet from the same text
   states, so the pipeline call is unchanged. **v-prediction**, with the loss weight capped for low noise:
   in terms of the error of the implied clean latent, the weight is ``min(SNR, 5) + 1``. Epsilon
@@ -25,7 +26,11 @@ It is an ordinary diffusers ``StableDiffusionPipeline`` directory, loaded with
   15 % of the time (chance 11 %; 19 % after 3000 steps without the pooled text), against 99 % for
   v-prediction after the same 800 steps (100 prompts, guidance 4). Captions of 10 % of the samples
   are replaced by the empty prompt (the pipeline's unconditional prompt) so that classifier-free guidance
-  works; AdamW, warm-up then cosine learning rate, an EMA of the weights (the EMA is what is saved);
+  works; AdamW, warm-up then cosine learning rate, an EMA of the weights (the EMA is what is saved).
+  Shapes come last and with steps, not width: on clean single-object scenes a fresh UNet drew the caption's
+  shape in 11, 20, 37, 52 % of the images after 1000 to 4000 steps with top attention (10, 18, 21, 35 %
+  without, in half the time), and a wider UNet did no better per step; hence 9000 steps without top
+  attention, on data with 70 % single-object scenes and 40 % clean images;
 * **scheduler**: ``DDIMScheduler`` with DDPM's linear betas (1e-4 to 0.02), "trailing" timesteps and the
   model's prediction type. Almost no signal is left at t = 999 (alphas_cumprod 4e-5): the SD schedule
   keeps 0.0047 there, enough for a 16x16 latent's mean colour to survive in training while sampling starts
