@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -78,14 +79,19 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out
 
-    # a resumed build adds up each step's time and counts the runs killed inside a step
+    # a resumed build skips the finished steps, reruns the one killed inside (counting that run), adds up its time
     built["steps"]["adapter"]["finished"] = False
     (world.root / "world.json").write_text(json.dumps(built))
+    adapter_weights = (world.adapter / "adapter.safetensors").stat().st_mtime_ns
+    base_weights = {path: path.stat().st_mtime_ns for path in world.base.rglob("*.safetensors")}
     build_world(world.root, WorldSettings.miniature(), progress=False)
     rebuilt = json.loads((world.root / "world.json").read_text())
     assert all(entry["finished"] for entry in rebuilt["steps"].values())
     assert rebuilt["steps"]["adapter"]["interrupted_runs"] == 1 and rebuilt["steps"]["data"]["interrupted_runs"] == 0
-    assert all(rebuilt["steps"][name]["seconds"] >= built["steps"][name]["seconds"] for name in built["steps"])
+    assert rebuilt["steps"]["adapter"]["seconds"] > built["steps"]["adapter"]["seconds"]
+    assert all(rebuilt["steps"][name] == built["steps"][name] for name in built["steps"] if name != "adapter")
+    assert (world.adapter / "adapter.safetensors").stat().st_mtime_ns != adapter_weights
+    assert {path: path.stat().st_mtime_ns for path in world.base.rglob("*.safetensors")} == base_weights
     assert rebuilt["seconds"] == pytest.approx(sum(entry["seconds"] for entry in rebuilt["steps"].values()), abs=0.2)
 
     moved = tmp_path / "moved"  # a world folder works wherever it goes
@@ -97,3 +103,19 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
                  "--quality", "cnniqa=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
     sidecar = json.loads((tmp_path / "gen2" / "0000.json").read_text())
     assert sidecar["quality"] == {"cnniqa": "p99", "aesthetic": "p50"}  # the default target fills aesthetic
+
+
+def test_a_build_with_another_recipe_reruns_every_step(tmp_path):
+    """Finished steps are only skipped for the same world settings and base-model config."""
+    from iqa_adapter.toy.base_model import ToyBaseConfig
+    from iqa_adapter.toy.world import _earlier_steps
+
+    settings = WorldSettings.miniature()
+    recipe = {"settings": dataclasses.asdict(settings), "base_config": ToyBaseConfig().to_dict()}
+    steps = {"data": {"command": "make-data", "seconds": 1.0, "finished": True, "interrupted_runs": 0}}
+    log_file = tmp_path / "world.json"
+    log_file.write_text(json.dumps({**recipe, "steps": steps}))
+    assert _earlier_steps(log_file, recipe) == steps
+    other_base = {**recipe, "base_config": ToyBaseConfig(unet_steps=ToyBaseConfig().unet_steps + 1).to_dict()}
+    other_settings = {**recipe, "settings": dataclasses.asdict(dataclasses.replace(settings, seed=1))}
+    assert _earlier_steps(log_file, other_base) == {} and _earlier_steps(log_file, other_settings) == {}

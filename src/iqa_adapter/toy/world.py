@@ -158,7 +158,8 @@ class WorldSettings:
 
 def build_world(root: str | Path, settings: WorldSettings | None = None, progress: bool = True) -> ToyWorld:
     """Rebuild every model of a toy world in ``root`` (scratch data in ``<root>-work`` beside it); resumable step
-    by step."""
+    by step: run again after an interruption, it skips the steps that ``world.json`` records as finished (for the
+    same settings) and resumes the unfinished one from its checkpoints."""
     from ..annotate import annotate
     from ..training import TrainConfig, train
     from .base_model import PIPELINE_DIR, ToyBaseConfig, train_base_model
@@ -169,11 +170,18 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     settings = settings or WorldSettings()
     root = Path(root).absolute()
     world, work = ToyWorld(root), root.with_name(f"{root.name}-work")
-    log: dict = {"settings": dataclasses.asdict(settings), "steps": _earlier_steps(root / WORLD_FILE, settings)}
+    base_config = dataclasses.replace(ToyBaseConfig(), **settings.base_overrides)
+    recipe = {"settings": dataclasses.asdict(settings), "base_config": base_config.to_dict()}
+    log: dict = {**recipe, "steps": _earlier_steps(root / WORLD_FILE, recipe)}
 
     def step(name: str, command: str, run) -> None:
-        """Run one step; its time adds up over resumed runs (a killed run's unfinished work is not counted)."""
+        """Run one step, unless an earlier run of the same settings finished it; its time adds up over resumed runs
+        (a killed run's unfinished work is not counted)."""
         earlier = log["steps"].get(name, {})
+        if earlier.get("finished"):
+            if progress:
+                print(f"[toy world] {name}: finished by an earlier run", flush=True)
+            return
         entry = {"command": command, "seconds": earlier.get("seconds", 0.0), "finished": False,
                  "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False)}
         log["steps"][name] = entry
@@ -188,8 +196,6 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     data = work / "data"
     step("data", f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
          lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress))
-
-    base_config = dataclasses.replace(ToyBaseConfig(), **settings.base_overrides)
 
     def base() -> None:
         images, captions = load_images(data, size=base_config.size, progress=progress)
@@ -297,12 +303,15 @@ def make_portable(world: ToyWorld) -> None:
             write_json(path, portable)
 
 
-def _earlier_steps(log_file: Path, settings: WorldSettings) -> dict:
-    """The step log of an earlier, resumed build of the same world (empty when there is none)."""
+def _earlier_steps(log_file: Path, recipe: dict) -> dict:
+    """The step log of an earlier, resumed build with the same ``recipe`` (world settings and base config; empty
+    when there is none)."""
     if not log_file.is_file():
         return {}
     earlier = json.loads(log_file.read_text())
-    return earlier.get("steps", {}) if earlier.get("settings") == dataclasses.asdict(settings) else {}
+    same = all(json.dumps(earlier.get(key), sort_keys=True) == json.dumps(value, sort_keys=True)
+               for key, value in recipe.items())
+    return earlier.get("steps", {}) if same else {}
 
 
 def _replace(source: Path, target: Path) -> None:
