@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageFilter
-from test_annotate import free_port
+from test_annotate import launch_two_cpu_processes
 
 from iqa_adapter import IQAAdapter
 from iqa_adapter.chunks import JobMismatchError
@@ -344,13 +344,8 @@ def test_a_killed_run_resumes_to_the_output_of_an_uninterrupted_one(tmp_path):
 
 def test_two_processes_make_the_pairs_of_one(tmp_path):
     assert main(pairs_command(tmp_path / "single")) == 0
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
-              "-m", "iqa_adapter", *pairs_command(tmp_path / "multi")]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
-    finished = subprocess.run(launch, check=False, env=environment, capture_output=True, text=True, timeout=600,
-                              cwd=tmp_path)
+    finished = launch_two_cpu_processes(["-m", "iqa_adapter", *pairs_command(tmp_path / "multi")], timeout=600,
+                                        cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert folder_contents(tmp_path / "multi") == folder_contents(tmp_path / "single")
     assert finished.stdout.count("kept ") == 1  # one summary, from the main process
