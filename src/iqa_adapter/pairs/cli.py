@@ -118,6 +118,25 @@ def _following_scorer(args, prompts: list, toy: bool, device: str):
     return None
 
 
+def _pair_settings(args):
+    from .generate import PairSettings
+
+    return PairSettings(seeds=args.seeds, seed=args.seed, steps=args.steps, guidance=args.guidance, height=args.height,
+                        width=args.width, scale=args.scale, negative_quality=args.negative_quality,
+                        batch_size=args.batch_size, chunk_size=args.chunk_size, layout=args.layout,
+                        save_dropped=args.save_dropped)
+
+
+def _content_filter(args, prompts: list, toy: bool, device: str):
+    from .filter import ContentFilter, FilterSettings
+
+    settings = FilterSettings(ssim_side=args.ssim_side, ssim_blur=args.ssim_blur, min_ssim=args.min_ssim,
+                              features=args.feature_extractor, min_feature_similarity=args.min_feature_similarity,
+                              clip=args.clip, max_clip_t_drop=args.max_clip_t_drop,
+                              min_degradation=args.min_degradation)
+    return ContentFilter(settings, _following_scorer(args, prompts, toy, device), device=device)
+
+
 def cmd_pairs(args) -> None:
     from ..adapter import IQAAdapter
     from ..chunks import process_state
@@ -125,8 +144,7 @@ def cmd_pairs(args) -> None:
     from ..evaluation.cli import read_prompt_options
     from ..pipelines import load_pipeline
     from ..runtime import apply_threads, hide_loading_bars, resolve_device
-    from .filter import ContentFilter, FilterSettings
-    from .generate import PairSettings, check_request, make_pairs, quality_levels
+    from .generate import check_request, make_pairs, quality_levels
 
     device = resolve_device(args.device) if args.device else None
     device = device or str(process_state(device).device)
@@ -140,18 +158,10 @@ def cmd_pairs(args) -> None:
     reference_adapter, references = _reference_levels(args, toy)
     levels = quality_levels(_targets(args.low, "--low")) if args.low else []
     levels += references
-    filter_settings = FilterSettings(ssim_side=args.ssim_side, ssim_blur=args.ssim_blur, min_ssim=args.min_ssim,
-                                     features=args.feature_extractor,
-                                     min_feature_similarity=args.min_feature_similarity, clip=args.clip,
-                                     max_clip_t_drop=args.max_clip_t_drop, min_degradation=args.min_degradation)
     specs = _score_specs(args, adapter, toy)
     check_request(adapter, high, levels, specs, reference_adapter, args.out)
+    settings, content_filter = _pair_settings(args), _content_filter(args, prompts, toy, device)
     metrics = _score_columns(specs, device)
-    settings = PairSettings(seeds=args.seeds, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                            height=args.height, width=args.width, scale=args.scale,
-                            negative_quality=args.negative_quality, batch_size=args.batch_size,
-                            chunk_size=args.chunk_size, layout=args.layout, save_dropped=args.save_dropped)
-    content_filter = ContentFilter(filter_settings, _following_scorer(args, prompts, toy, device), device=device)
     pipe = load_pipeline(args.base, device, torch_dtype(args.dtype, device))
     summary = make_pairs(pipe, adapter, prompts, args.out, high=high, levels=levels, metrics=metrics,
                          reference_adapter=reference_adapter, settings=settings, content_filter=content_filter,

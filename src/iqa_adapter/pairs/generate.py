@@ -8,9 +8,10 @@ scored with every metric column (at least every metric the adapter is conditione
 (:mod:`~iqa_adapter.pairs.writers`), and every pair, kept or not, goes to ``index.csv`` with its reasons.
 
 The work is cut into chunks of ``chunk_size`` groups (:class:`~iqa_adapter.evaluation.passes.ChunkedPass`):
-images go to disk as each chunk is done (memory does not grow with the number of pairs), a killed run started
-again with the same settings redoes only the chunks without an ``index/chunk_N.parquet`` file (and writes the same
-bytes), a restart with other settings is refused, and under ``accelerate launch`` every process takes its share.
+images go to disk as each chunk is done (memory holds one chunk's images whatever the number of pairs; only the
+index rows, a few hundred bytes a pair, are gathered at the end), a killed run started again with the same
+settings redoes only the chunks without an ``index/chunk_N.parquet`` file (and writes the same bytes), a restart
+with other settings is refused, and under ``accelerate launch`` every process takes its share.
 ``pairs.json`` sums it up: pairs made and kept, and why pairs were dropped.
 """
 

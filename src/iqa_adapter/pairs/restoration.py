@@ -165,16 +165,16 @@ def _as_images(pixels: torch.Tensor) -> list[Image.Image]:
 
 def save_figure(path: Path, networks: dict[str, RestorationNet], tests: dict[str, tuple[torch.Tensor, torch.Tensor]]
                 ) -> None:
-    """One row per family (the first test scene): the degraded input, each trained arm's restoration, the clean
-    scene."""
+    """One row per family (the first test scene): the degraded input, the restorations of the networks trained on
+    each arm's pairs, the clean scene."""
     from ..grid import image_grid
 
     cells = []
     for degraded, clean in tests.values():
         restored = [restore(net, degraded[:1]) for net in networks.values()]
         cells += _as_images(torch.cat([degraded[:1], *restored, clean[:1]]))
-    columns = ["degraded input", *(f"restored ({arm} pairs)" for arm in networks), "clean"]
-    grid = image_grid(cells, columns=len(columns), row_labels=list(tests), column_labels=columns, min_cell=96)
+    columns = ["degraded input", *(f"net of {arm}" for arm in networks), "clean"]
+    grid = image_grid(cells, columns=len(columns), row_labels=list(tests), column_labels=columns, min_cell=128)
     atomic_write(path, lambda temporary: grid.save(temporary, format="PNG"))
 
 
