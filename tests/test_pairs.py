@@ -110,7 +110,7 @@ class PairedFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         def load(path: Path) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+            return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
 
         name = self.names[index]
         return {"gt": load(self.hq / name), "lq": load(self.lq / name), "name": name}
