@@ -435,17 +435,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def launch_two_cpu_processes(arguments: list[str], **options) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``arguments`` (a script and its arguments, or ``-m module ...``) on 2 CPU processes."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()), *arguments]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(command, env=environment, capture_output=True, text=True, check=False, **options)
+
+
 def test_two_processes_give_the_result_of_one(tmp_path):
     data = str(make_folder(tmp_path / "data"))
     arguments = {"data": data, "metrics": ["test-brightness", "test-nonfinite"], **RUN, "chunk_size": 2}
     annotate(out_dir=tmp_path / "single", **arguments)
 
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
-               str(write_script(tmp_path)), json.dumps({**arguments, "out_dir": str(tmp_path / "multi")})]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    finished = launch_two_cpu_processes([str(write_script(tmp_path)),
+                                         json.dumps({**arguments, "out_dir": str(tmp_path / "multi")})], timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
     single, multi = tmp_path / "single", tmp_path / "multi"

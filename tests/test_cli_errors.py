@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from iqa_adapter import IQAAdapter
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.cli import main
 from iqa_adapter.toy.world import shipped_world
@@ -19,6 +20,7 @@ from iqa_adapter.toy.world import shipped_world
 from test_convert import official_checkpoint, write
 
 TOY = shipped_world()
+FIRST, SECOND = IQAAdapter.from_pretrained(TOY.adapter).metric_names[:2]  # the toy adapter's conditioning metrics
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,10 @@ def files(tmp_path_factory):
 
 def generate(*extra: str) -> list[str]:
     return ["generate", "--prompt", "a red circle", "--no-progress", *extra]
+
+
+def pairs(f, *extra: str) -> list[str]:
+    return ["pairs", "--prompt", "a red circle", "--no-progress", "--out", f"{f}/pairs", *extra]
 
 
 CASES = [
@@ -122,6 +128,29 @@ CASES = [
     ("one extractor name twice", lambda f: ["evaluate", "--metrics", "sharpness", "--prompt", "x", "--fid-extractor",
                                             "a=clip", "--fid-extractor", "a=dinov2", "--out", f"{f}/e"],
      "feature extractors are listed twice: a"),
+    ("pairs: unknown metric in --high", lambda f: pairs(f, "--high", "topiq=p99", "--low", f"{FIRST}=p1"),
+     "unknown metric(s) 'topiq'; this adapter is conditioned on:"),
+    ("pairs: --low level not below --high", lambda f: pairs(f, "--high", f"{FIRST}=p50", "--low", f"{FIRST}=p10,p90"),
+     f"--low {FIRST}=p90 is not below --high {FIRST}=p50"),
+    ("pairs: --low lists of other lengths", lambda f: pairs(f, "--high", f"{FIRST}=p99", "--low", f"{FIRST}=p1,p5",
+                                                            "--low", f"{SECOND}=p1,p5,p9"), "the same number of levels"),
+    ("pairs: several --high targets", lambda f: pairs(f, "--high", f"{FIRST}=p99,p90", "--low", f"{FIRST}=p1"),
+     "--high takes one target per metric"),
+    ("pairs: no --high", lambda f: pairs(f, "--low", f"{FIRST}=p1"), "give the high-quality targets with --high"),
+    ("pairs: no low level", lambda f: pairs(f, "--high", f"{FIRST}=p99"), "give at least one low level"),
+    ("pairs: missing --reference-degraded", lambda f: pairs(f, "--high", f"{FIRST}=p99", "--reference-degraded",
+                                                           f"{f}/missing.png"), "missing.png' does not exist"),
+    ("pairs: truncated --reference-degraded", lambda f: pairs(f, "--high", f"{FIRST}=p99", "--reference-degraded",
+                                                             f"{f}/truncated.png"), "truncated or corrupt"),
+    ("pairs: a score adapter as --reference-adapter", lambda f: pairs(f, "--high", f"{FIRST}=p99", "--reference-degraded",
+                                                                     f"{f}/good.png", "--reference-adapter",
+                                                                     str(TOY.adapter)), "needs a reference-based adapter"),
+    ("pairs: --out is a file", lambda f: ["pairs", "--prompt", "x", "--high", f"{FIRST}=p99", "--low", f"{FIRST}=p1",
+                                          "--out", f"{f}/a_file"], "is a file; choose another --out"),
+    ("pairs: --ssim-blur 5", lambda f: pairs(f, "--high", f"{FIRST}=p99", "--low", f"{FIRST}=p1", "--ssim-blur", "5"),
+     "argument --ssim-blur: must be a number >= 0 and <= 3, got 5"),
+    ("pairs: --min-ssim abc", lambda f: pairs(f, "--min-ssim", "abc"), "argument --min-ssim: must be a number"),
+    ("pairs: --seeds 0", lambda f: pairs(f, "--seeds", "0"), "argument --seeds: must be an integer >= 1, got 0"),
     # devices and numbers
     ("--device cuda without a GPU", lambda f: generate("--quality", "cnniqa=p99", "--device", "cuda"),
      "CUDA is not available"),

@@ -446,10 +446,11 @@ def command_groups() -> list:
     """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
     from .evaluation.cli import add_commands as evaluation_commands
     from .loda.cli import add_commands as loda_commands
+    from .pairs.cli import add_commands as pairs_commands
     from .toy.cli import add_commands as toy_commands
     from .training.cli import add_commands as training_commands
 
-    return [evaluation_commands, training_commands, loda_commands, toy_commands]
+    return [evaluation_commands, pairs_commands, training_commands, loda_commands, toy_commands]
 
 
 def _one_line(error: BaseException) -> str:

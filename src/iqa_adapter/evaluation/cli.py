@@ -60,7 +60,8 @@ def _metric_groups(entries: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def _prompts(args) -> list:
+def read_prompt_options(args) -> list:
+    """The prompts of :func:`add_prompt_options`' options: ``--prompt`` texts, then the ``--prompts`` file's records."""
     from .prompts import load_prompts
 
     prompts: list = list(args.prompt)
@@ -72,6 +73,24 @@ def _prompts(args) -> list:
     if not prompts:
         raise ValueError("give prompts with --prompt (repeatable) or --prompts FILE")
     return prompts
+
+
+def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """``--prompt``, ``--prompts FILE`` and the options that select from the file (read by :func:`read_prompt_options`)."""
+    from ..validation import positive_int, seed
+
+    group = parser.add_argument_group("prompts")
+    group.add_argument("--prompt", action="append", default=[], help="a prompt; repeatable")
+    group.add_argument("--prompts", default=None, metavar="FILE",
+                       help="a prompt set: plain text, PartiPrompts .tsv, DrawBench .csv, GenEval metadata .jsonl or "
+                            "COCO captions .json")
+    group.add_argument("--prompt-format", default="auto", choices=("auto", "text", "parti", "drawbench", "geneval",
+                                                                    "coco"))
+    group.add_argument("--categories", type=_numbers(str.strip), default=None,
+                       help="comma-separated categories (PartiPrompts, DrawBench) or GenEval tags to keep")
+    group.add_argument("--max-prompts", type=positive_int, default=None, help="a seeded random sample of this many")
+    group.add_argument("--prompt-seed", type=seed, default=0, help="seed of the --max-prompts sample")
+    group.add_argument("--image-root", default=None, help="COCO: the folder of the images the captions describe")
 
 
 def cmd_evaluate(args) -> None:
@@ -89,7 +108,7 @@ def cmd_evaluate(args) -> None:
     device = resolve_device(args.device) if args.device else None
     state = process_state(device)
     device = device or str(state.device)
-    prompts = _prompts(args)
+    prompts = read_prompt_options(args)
     toy = resolve_model_and_sampling(args)
     apply_threads(args.threads, toy=toy)
     if args.no_progress:
@@ -123,7 +142,7 @@ def cmd_evaluate(args) -> None:
 def add_commands(commands) -> None:
     """Register ``evaluate``."""
     from ..cli_common import add_generation_options
-    from ..validation import non_negative_number, positive_int, seed
+    from ..validation import non_negative_number, positive_int
     from .plan import PERCENTILES, SCALES
 
     evaluate = commands.add_parser(
@@ -139,18 +158,7 @@ def add_commands(commands) -> None:
     evaluate.add_argument("--metrics", required=True,
                           help="comma-separated quality metrics (registry names, or COLUMN=NAME as for annotate)")
     evaluate.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE")
-    group = evaluate.add_argument_group("prompts")
-    group.add_argument("--prompt", action="append", default=[], help="a prompt; repeatable")
-    group.add_argument("--prompts", default=None, metavar="FILE",
-                       help="a prompt set: plain text, PartiPrompts .tsv, DrawBench .csv, GenEval metadata .jsonl or "
-                            "COCO captions .json")
-    group.add_argument("--prompt-format", default="auto", choices=("auto", "text", "parti", "drawbench", "geneval",
-                                                                    "coco"))
-    group.add_argument("--categories", type=_numbers(str.strip), default=None,
-                       help="comma-separated categories (PartiPrompts, DrawBench) or GenEval tags to keep")
-    group.add_argument("--max-prompts", type=positive_int, default=None, help="a seeded random sample of this many")
-    group.add_argument("--prompt-seed", type=seed, default=0, help="seed of the --max-prompts sample")
-    group.add_argument("--image-root", default=None, help="COCO: the folder of the images the captions describe")
+    add_prompt_options(evaluate)
     group = evaluate.add_argument_group("conditions")
     group.add_argument("--seeds", type=positive_int, default=4, help="images per prompt and condition")
     group.add_argument("--percentiles", type=_numbers(int), default=list(PERCENTILES),
