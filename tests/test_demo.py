@@ -5,6 +5,7 @@ import pytest
 
 from iqa_adapter.cli import main
 from iqa_adapter.demo import transfer_by_family
+from iqa_adapter.distortions import FAMILIES
 from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
 REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
@@ -65,7 +66,7 @@ def check_report(out, report: dict) -> None:
 def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     """demo --retrain --quick: every toy model rebuilt by the project's commands (tiny settings), then the demo."""
     out = tmp_path / "demo"
-    assert main(["demo", "--retrain", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--retrain", "--quick", "--pairs", "--out", str(out)]) == 0
     world = ToyWorld(out / "world").check()
     built = json.loads((world.root / "world.json").read_text())
     assert list(built["steps"]) == ["data", "base", "iqa_models", "zoo", "annotate", "adapter", "adapter_loda",
@@ -78,6 +79,15 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out
+    # demo --pairs: the adapter's p99 / p1 pairs (the miniature keeps every pair) and the restoration arms
+    assert report["pairs"]["made"] == report["pairs"]["kept"] == 4
+    assert sorted(path.name for path in (out / "pairs" / "hq").iterdir()) == \
+        sorted(path.name for path in (out / "pairs" / "lq").iterdir())
+    for arm in ("generated", "identity", "real"):
+        assert {"psnr", "ssim"} <= set(report["restoration"][arm])
+        assert set(report["restoration"][arm]["families"]) == set(FAMILIES)
+    assert report["restoration"]["pairs"]["generated"] == 4 and (out / report["restoration"]["figure"]).is_file()
+    assert isinstance(report["claims"]["generated_pairs_teach_restoration"], bool)
 
     # a resumed build skips the finished steps, reruns the one killed inside (counting that run), adds up its time
     built["steps"]["adapter"]["finished"] = False

@@ -21,7 +21,11 @@ The demo runs, with fixed prompts and seeds:
    generated images in which the zoo's distortion classifier finds the reference's family; ``content_leak`` the
    fraction whose object takes the reference's colour instead of the prompt's (read by
    :mod:`iqa_adapter.toy.caption_check`); ``separability`` how well a linear probe tells the families apart in
-   the reference features.
+   the reference features;
+6. with ``pairs`` (``demo --pairs``), IQA-Adapter as a degradation model (paper section 5.1, supplement 13): toy
+   pairs from the main adapter at p99 and p1, filtered for content (:mod:`iqa_adapter.pairs`), and the restoration
+   experiment of :mod:`iqa_adapter.pairs.restoration` (a small network trained on them, on real pairs and not at
+   all, tested on held-out real degradations).
 
 The numbers are whatever the models produce; ``report.json`` and ``report.md`` say which claims hold.
 """
@@ -32,7 +36,7 @@ import json
 import sys
 import time
 from itertools import combinations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +59,13 @@ from .metrics import QualityMetric, create_metric
 from .toy.caption_check import ToyCaptionScorer, read_object
 from .toy.scenes import Scene, render_scene, scene_for
 from .metrics.learned import LearnedModel
+from .pairs import ContentFilter, FilterSettings, PairSettings, make_pairs, quality_levels
+from .pairs.restoration import ARMS, RestorationSettings, restoration_experiment
 from .toy.world import CONDITIONING_MODELS, GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
 from .toy.zoo import CLASSES, CLEAN, linear_probe_accuracy, make_zoo_data
 
 PROMPT_SEED = 5000  # toy scenes of the demo prompts: a seed no model's data uses
+PAIRS_SEED = 5300  # toy scenes of the pairs experiment's prompts
 REFERENCE_SEED = 5100  # clean scenes that become the references (and, +1, the Frechet distance's real images)
 SEPARABILITY_SEED = 5200  # labelled degraded scenes of the reference-feature probe
 REFERENCE_LEVEL = 0.8  # distortion level of the references (1 = strongest)
@@ -81,10 +88,15 @@ class DemoSettings:
     participants: int = 12  # simulated participants per image pair (the paper: at least 10, 12.1 on average)
     participant_noise: float = 3.0  # each participant's noise on the panel judge's score (points of 0-100)
     same_margin: float = 1.0  # a participant says "same" below this difference
+    pair_prompts: int = 1000  # pairs experiment (demo --pairs): single-object prompts ...
+    pair_seeds: int = 2  # ... x seeds, one p1 image per p99 image
+    pair_filter: FilterSettings | None = field(default_factory=FilterSettings)  # None: keep every pair (quick)
+    restoration: RestorationSettings = field(default_factory=RestorationSettings)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(prompts=2, seeds=1, steps=2, reference_scenes=8, separability_images=4)
+        return cls(prompts=2, seeds=1, steps=2, reference_scenes=8, separability_images=4, pair_prompts=4,
+                   pair_seeds=1, pair_filter=None, restoration=RestorationSettings.miniature())
 
 
 def demo_scenes(count: int) -> list[Scene]:
@@ -240,8 +252,9 @@ def reference_separability(encoder, images_per_family: int) -> dict:
 
 
 def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoSettings | None = None,
-             progress: bool = True) -> dict:
-    """Run every experiment on ``world`` (default: the shipped one); write reports, figures and images."""
+             progress: bool = True, pairs: bool = False) -> dict:
+    """Run every experiment on ``world`` (default: the shipped one), with ``pairs`` the pairs experiment too; write
+    reports, figures and images."""
     from .pipelines import load_pipeline
 
     started = time.perf_counter()
@@ -280,6 +293,8 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     report["reference_transfer"] = reference_transfer_experiment(
         pipe, IQAAdapter.from_pretrained(world.reference_adapter), LearnedModel.from_pretrained(world.zoo("classifier")),
         scenes, settings, out_dir, progress)
+    if pairs:
+        report.update(pairs_experiment(pipe, world, settings, out_dir, progress))
     report["claims"] = demo_claims(report)
     report["world"] = world.describe()
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -336,6 +351,34 @@ def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, pro
                         "pairwise": figures.save_png(pairwise, figures_dir / "panel_pairwise.png", out_dir)}}
 
 
+def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
+    """IQA-Adapter as a degradation model: pairs from the main adapter at p99 (high) and p1 (low) from the same
+    noise, kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image scoring lower; and the
+    toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration
+    experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration":
+    {arm: {psnr, ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
+    _announce(f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
+              "restoration experiment", progress)
+    adapter = IQAAdapter.from_pretrained(world.adapter)
+    specs = demo_metric_specs(world)
+    columns = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(),
+                           {"name": specs[name][0], "options": specs[name][1]}) for name in adapter.metric_names]
+    prompts = [Prompt(scene_for(PAIRS_SEED, index, kind="single", full_caption=True).caption, index,
+                      metadata={"toy_scene": {"seed": PAIRS_SEED, "index": index}})
+               for index in range(settings.pair_prompts)]
+    folder = out_dir / "pairs"
+    content_filter = (ContentFilter(settings.pair_filter, ToyCaptionScorer()) if settings.pair_filter is not None
+                      else ContentFilter(FilterSettings(min_ssim=None, min_degradation=None)))
+    summary = make_pairs(pipe, adapter, prompts, folder, high={name: "p99" for name in adapter.metric_names},
+                         levels=quality_levels({name: ["p1"] for name in adapter.metric_names}), metrics=columns,
+                         settings=PairSettings(seeds=settings.pair_seeds, steps=settings.steps,
+                                               guidance=settings.guidance, batch_size=32, chunk_size=64),
+                         content_filter=content_filter, progress=progress)
+    restoration = restoration_experiment(folder, settings.restoration, out_dir) if summary["kept"] else None
+    return {"pairs": {key: summary[key] for key in ("made", "kept", "kept_share", "drop_reasons")}
+            | {"folder": "pairs", "high": "p99", "low": "p1"}, "restoration": restoration}
+
+
 def demo_claims(report: dict) -> dict:
     """Every claim of the paper the demo can check, as True / False from the numbers (never adjusted)."""
     quality = report["adapters"]["adapter"]["claims"]
@@ -360,7 +403,9 @@ def demo_claims(report: dict) -> dict:
         "gradient_guidance_raises_its_target_more_than_the_adapter":
             guidance["relgain"]["loda"] > report["relgain_matrix"]["loda"]["loda"],
         "reference_transfer_shows_the_reference_family": report["reference_transfer"]["mean_match"] >= 0.5,
-    }
+    } | ({"generated_pairs_teach_restoration": None if report["restoration"] is None else
+          report["restoration"]["generated"]["psnr"] > report["restoration"]["identity"]["psnr"]}
+         if "restoration" in report else {})
 
 
 def transfer_by_family(transfer: dict) -> dict[str, dict]:
@@ -411,11 +456,33 @@ def demo_markdown(report: dict) -> str:
     for family, values in transfer_by_family(transfer).items():
         lines.append(f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
                      f"| {values['reference_classified_as']} |")
+    if "restoration" in report:
+        lines += _restoration_markdown(report["pairs"], report["restoration"])
     lines += ["", "## The paper's claims on the toy world", ""]
     lines += [f"- {claim.replace('_', ' ')}: **{'yes' if value else 'no' if value is not None else 'n/a'}**"
               for claim, value in report["claims"].items()]
     lines += ["", f"Total: {report['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def _restoration_markdown(pairs: dict, restoration: dict | None) -> list[str]:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in pairs["drop_reasons"].items()) or "none"
+    if restoration is None:
+        return ["", "## IQA-Adapter as a degradation model (pairs and restoration)", "",
+                f"{pairs['made']} pairs made, none kept (dropped for: {reasons}); no restoration network trained."]
+    families = list(restoration["identity"]["families"])
+    lines = ["", "## IQA-Adapter as a degradation model (pairs and restoration)", "",
+             f"{pairs['made']} pairs made at {pairs['high']} / {pairs['low']}, {pairs['kept']} kept "
+             f"({pairs['kept_share']:.0%}; dropped for: {reasons}). One small network per arm, tested on "
+             f"{restoration['test']['scenes']} held-out scenes x {len(families)} real degradation families "
+             f"(levels {restoration['test']['levels']}): PSNR (dB) / SSIM.", "",
+             "| arm | training pairs | all | " + " | ".join(families) + " |", "|---" * (len(families) + 3) + "|"]
+    for arm in ARMS:
+        values = restoration[arm]
+        cells = [f"{values['families'][family]['psnr']:.2f}" for family in families]
+        lines.append(f"| {arm} | {restoration['pairs'].get(arm, 0)} | {values['psnr']:.2f} / {values['ssim']:.3f} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def demo_summary(report: dict) -> str:
@@ -442,7 +509,10 @@ def demo_summary(report: dict) -> str:
                  if isinstance(matrix_, dict)),
              f"reference transfer:  mean match {transfer['mean_match']:.2f} (classifier {transfer['classifier_accuracy']:.2f},"
              f" features separable at {transfer['separability']['linear_probe_accuracy']:.2f})",
-             "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no'}"
+             *([f"pairs: kept {report['pairs']['kept']} of {report['pairs']['made']}; restoration PSNR "
+                + "  ".join(f"{arm} {report['restoration'][arm]['psnr']:.2f}" for arm in ARMS) + " dB"]
+               if report.get("restoration") else []),
+             "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no' if value is not None else 'n/a'}"
                                     for claim, value in report["claims"].items()),
              f"(main adapter conditioned on {', '.join(report['target_metrics'])})"]
     return "\n".join(lines)
