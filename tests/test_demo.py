@@ -5,7 +5,7 @@ import torch
 
 from iqa_adapter.cli import main
 from iqa_adapter.demo import DistortionClassifier, transfer_by_family
-from iqa_adapter.distortions import distort
+from iqa_adapter.distortions import FAMILIES, distort
 from iqa_adapter.toy.scenes import render_scene, scene_for
 from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
@@ -43,7 +43,7 @@ def check_report(out, report: dict) -> None:
 def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     """demo --retrain --quick: every toy model rebuilt by the project's commands (tiny settings), then the demo."""
     out = tmp_path / "demo"
-    assert main(["demo", "--retrain", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--retrain", "--quick", "--pairs", "--out", str(out)]) == 0
     world = ToyWorld(out / "world").check()
     built = json.loads((world.root / "world.json").read_text())
     assert list(built["steps"]) == ["data", "base", "iqa_models", "annotate", "adapter", "reference_adapter"]
@@ -54,6 +54,16 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out
+    # demo --pairs: the adapter's p99 / p1 pairs (the miniature keeps every pair) and the restoration arms
+    assert report["pairs"]["made"] == report["pairs"]["kept"] == 4
+    assert sorted(path.name for path in (out / "pairs" / "hq").iterdir()) == \
+        sorted(path.name for path in (out / "pairs" / "lq").iterdir())
+    for arm in ("generated", "identity", "real"):
+        assert {"psnr", "ssim"} <= set(report["restoration"][arm])
+        assert set(report["restoration"][arm]["families"]) == set(FAMILIES)
+    assert report["restoration"]["pairs"]["generated"] == 4 and (out / report["restoration"]["figure"]).is_file()
+    assert isinstance(report["claims"]["generated_pairs_teach_restoration"], bool)
+    assert "IQA-Adapter as a degradation model" in (out / "report.md").read_text()
 
     # a resumed build adds up each step's time and counts the runs killed inside a step
     built["steps"]["adapter"]["finished"] = False

@@ -312,7 +312,7 @@ def cmd_demo(args) -> None:
         world = build_world(Path(args.out) / "world", WorldSettings.miniature() if args.quick else WorldSettings())
     else:
         world = (ToyWorld(Path(args.world)) if args.world else shipped_world()).check()
-    run_demo(args.out, world, DemoSettings.quick() if args.quick else DemoSettings())
+    run_demo(args.out, world, DemoSettings.quick() if args.quick else DemoSettings(), pairs=args.pairs)
     print(f"total {time.perf_counter() - started:.0f} s on {plural(threads, 'thread')}")
 
 
@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain", action="store_true",
                       help="first rebuild every toy model from scratch in OUT/world (about 45 minutes on 2 CPU cores)")
     demo.add_argument("--world", default=None, help="a toy world folder (default: the embedded one)")
+    demo.add_argument("--pairs", action="store_true",
+                      help="also make 2,000 toy pairs (p99 / p1, content-filtered) and test whether they teach a small "
+                           "network to restore real degradations (about 20 more minutes)")
     demo.add_argument("--quick", action="store_true",
                       help="a miniature that runs in about 15 seconds on one core (with --retrain: tiny models)")
     add_threads_option(demo)

@@ -16,7 +16,11 @@ procedural captioned images. The demo runs, with fixed prompts and seeds:
 3. reference-based transfer: references degraded with each distortion family. ``match`` is the fraction of
    generated images that a distortion classifier (nearest centroid in the reference features, fitted on toy
    images with known distortions) assigns to the reference's family; ``content_leak`` the fraction whose
-   object takes the reference's colour instead of the prompt's (read by :mod:`iqa_adapter.toy.caption_check`).
+   object takes the reference's colour instead of the prompt's (read by :mod:`iqa_adapter.toy.caption_check`);
+4. with ``pairs`` (``demo --pairs``), IQA-Adapter as a degradation model (paper section 5.1, supplement 13): toy
+   pairs from the adapter at p99 and p1, filtered for content (:mod:`iqa_adapter.pairs`), and the restoration
+   experiment of :mod:`iqa_adapter.pairs.restoration` (a small network trained on them, on real pairs and not at
+   all, tested on held-out real degradations).
 
 The numbers are whatever the models produce; ``report.json`` and ``report.md`` say which claims hold.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +49,8 @@ from .grid import image_grid
 from .guidance import IQAGuidance
 from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
+from .pairs import ContentFilter, FilterSettings, PairSettings, make_pairs, quality_levels
+from .pairs.restoration import ARMS, RestorationSettings, restoration_experiment
 from .toy.caption_check import ToyCaptionScorer, read_object
 from .toy.scenes import Scene, render_scene, scene_for
 from .toy.world import GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
@@ -53,6 +59,7 @@ PROMPT_SEED = 2000  # toy scenes of the demo prompts: a seed no training data us
 REFERENCE_SEED = 3000  # clean scenes that become the references
 CLASSIFIER_SEED = 4000  # labelled distorted scenes that fit the distortion classifier
 REFERENCE_LEVEL = 0.8  # distortion level of the references (1 = strongest)
+PAIRS_SEED = 5300  # toy scenes of the pairs experiment's prompts
 
 
 @dataclass
@@ -66,10 +73,15 @@ class DemoSettings:
     guidance_alpha: float = 30.0
     classifier_images: int = 24  # per family
     reference_scenes: int = 256  # clean rendered scenes, the Frechet distance's reference set
+    pair_prompts: int = 1000  # pairs experiment (demo --pairs): single-object prompts ...
+    pair_seeds: int = 2  # ... x seeds, one p1 image per p99 image
+    pair_filter: FilterSettings | None = field(default_factory=FilterSettings)  # None: keep every pair (quick)
+    restoration: RestorationSettings = field(default_factory=RestorationSettings)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(prompts=2, seeds=1, steps=2, classifier_images=2, reference_scenes=8)
+        return cls(prompts=2, seeds=1, steps=2, classifier_images=2, reference_scenes=8, pair_prompts=4, pair_seeds=1,
+                   pair_filter=None, restoration=RestorationSettings.miniature())
 
 
 def demo_scenes(count: int) -> list[Scene]:
@@ -274,8 +286,9 @@ def reference_transfer_experiment(pipe, adapter: IQAAdapter, metrics: dict[str, 
 
 
 def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoSettings | None = None,
-             progress: bool = True) -> dict:
-    """Run every experiment on ``world`` (default: the shipped one); write reports, figures and images."""
+             progress: bool = True, pairs: bool = False) -> dict:
+    """Run every experiment on ``world`` (default: the shipped one), with ``pairs`` the pairs experiment too; write
+    reports, figures and images."""
     from .pipelines import load_pipeline
 
     started = time.perf_counter()
@@ -307,6 +320,10 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     reference_adapter = IQAAdapter.from_pretrained(world.reference_adapter)
     report["reference_transfer"] = reference_transfer_experiment(pipe, reference_adapter, metrics, scenes,
                                                                  settings, out_dir, progress)
+    if pairs:
+        report.update(pairs_experiment(pipe, world, settings, out_dir, progress))
+        report["claims"]["generated_pairs_teach_restoration"] = None if report["restoration"] is None else \
+            report["restoration"]["generated"]["psnr"] > report["restoration"]["identity"]["psnr"]
     report["world"] = world.describe()
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / "report.json", report)
@@ -315,6 +332,34 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     if progress:
         print(summary)
     return report
+
+
+def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
+    """IQA-Adapter as a degradation model: pairs from the adapter at p99 (high) and p1 (low) from the same noise,
+    kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image scoring lower; and the toy
+    readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration experiment on
+    the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration": {arm: {psnr,
+    ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
+    _announce(f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
+              "restoration experiment", progress)
+    adapter = IQAAdapter.from_pretrained(world.adapter)
+    specs = demo_metric_specs(world)
+    columns = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(),
+                           {"name": specs[name][0], "options": specs[name][1]}) for name in adapter.metric_names]
+    prompts = [Prompt(scene_for(PAIRS_SEED, index, kind="single", full_caption=True).caption, index,
+                      metadata={"toy_scene": {"seed": PAIRS_SEED, "index": index}})
+               for index in range(settings.pair_prompts)]
+    folder = out_dir / "pairs"
+    content_filter = (ContentFilter(settings.pair_filter, ToyCaptionScorer()) if settings.pair_filter is not None
+                      else ContentFilter(FilterSettings(min_ssim=None, min_degradation=None)))
+    summary = make_pairs(pipe, adapter, prompts, folder, high={name: "p99" for name in adapter.metric_names},
+                         levels=quality_levels({name: ["p1"] for name in adapter.metric_names}), metrics=columns,
+                         settings=PairSettings(seeds=settings.pair_seeds, steps=settings.steps,
+                                               guidance=settings.guidance, batch_size=32, chunk_size=64),
+                         content_filter=content_filter, progress=progress)
+    restoration = restoration_experiment(folder, settings.restoration, out_dir) if summary["kept"] else None
+    return {"pairs": {key: summary[key] for key in ("made", "kept", "kept_share", "drop_reasons")}
+            | {"folder": "pairs", "high": "p99", "low": "p1"}, "restoration": restoration}
 
 
 def transfer_by_family(transfer: dict) -> dict[str, dict]:
@@ -343,8 +388,30 @@ def demo_markdown(report: dict) -> str:
     for family, values in transfer_by_family(transfer).items():
         lines.append(f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
                      f"| {values['reference_classified_as']} |")
+    if "restoration" in report:
+        lines += _restoration_markdown(report["pairs"], report["restoration"])
     lines += ["", f"Total: {report['seconds']} s.", ""]
     return "\n".join(lines)
+
+
+def _restoration_markdown(pairs: dict, restoration: dict | None) -> list[str]:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in pairs["drop_reasons"].items()) or "none"
+    heading = ["", "## IQA-Adapter as a degradation model (pairs and restoration)", ""]
+    if restoration is None:
+        return [*heading, f"{pairs['made']} pairs made, none kept (dropped for: {reasons}); no network trained."]
+    families = list(restoration["identity"]["families"])
+    lines = [*heading,
+             f"{pairs['made']} pairs made at {pairs['high']} / {pairs['low']}, {pairs['kept']} kept "
+             f"({pairs['kept_share']:.0%}; dropped for: {reasons}). One small network per arm, tested on "
+             f"{restoration['test']['scenes']} held-out scenes x {len(families)} real degradation families "
+             f"(levels {restoration['test']['levels']}): PSNR in dB (all: PSNR / SSIM).", "",
+             "| arm | training pairs | all | " + " | ".join(families) + " |", "|---" * (len(families) + 3) + "|"]
+    for arm in ARMS:
+        values = restoration[arm]
+        cells = [f"{values['families'][family]['psnr']:.2f}" for family in families]
+        lines.append(f"| {arm} | {restoration['pairs'].get(arm, 0)} | {values['psnr']:.2f} / {values['ssim']:.3f} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def _fidelity_lines(report: dict) -> list[str]:
@@ -379,7 +446,10 @@ def demo_summary(report: dict) -> str:
              f"reference transfer (classifier accuracy {report['reference_transfer']['classifier_accuracy']:.2f}) "
              "match / leak: " + "  ".join(f"{family} {v['match']:.2f}/{v['content_leak']:.2f}"
                                                            for family, v in transfer.items()),
-             "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no'}"
+             *([f"pairs: kept {report['pairs']['kept']} of {report['pairs']['made']}; restoration PSNR "
+                + "  ".join(f"{arm} {report['restoration'][arm]['psnr']:.2f}" for arm in ARMS) + " dB"]
+               if report.get("restoration") else []),
+             "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no' if value is not None else 'n/a'}"
                                     for claim, value in report["claims"].items()),
              *_fidelity_lines(report),
              f"(conditioning metrics: {', '.join(targets)})"]
