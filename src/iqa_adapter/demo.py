@@ -302,11 +302,12 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     prompts = [scene.caption for scene in scenes]
 
     adapter = IQAAdapter.from_pretrained(world.adapter)
+    columns = [ScoreColumn(column, metrics[column], {"name": name, "options": options})
+               for column, (name, options) in specs.items()]
     features = f"features:loda:{world.loda}:cls"  # the toy LoDa's CLS token, named "loda" in the report
     report = evaluate(
         out_dir, load_pipeline=lambda: pipe, base_name="toy world base", adapters={"adapter": adapter},
-        metrics=[ScoreColumn(column, metrics[column], {"name": name, "options": options})
-                 for column, (name, options) in specs.items()],
+        metrics=columns,
         prompts=[Prompt(scene.caption, index, metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}})
                  for index, scene in enumerate(scenes)],
         settings=EvaluationSettings(seeds=settings.seeds, steps=settings.steps, guidance=settings.guidance,
@@ -321,7 +322,8 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     report["reference_transfer"] = reference_transfer_experiment(pipe, reference_adapter, metrics, scenes,
                                                                  settings, out_dir, progress)
     if pairs:
-        report.update(pairs_experiment(pipe, world, settings, out_dir, progress))
+        scored = [column for column in columns if column.name in adapter.metric_names]
+        report.update(pairs_experiment(pipe, adapter, scored, settings, out_dir, progress))
         report["claims"]["generated_pairs_teach_restoration"] = None if report["restoration"] is None else \
             report["restoration"]["generated"]["psnr"] > report["restoration"]["identity"]["psnr"]
     report["world"] = world.describe()
@@ -334,18 +336,15 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     return report
 
 
-def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
-    """IQA-Adapter as a degradation model: pairs from the adapter at p99 (high) and p1 (low) from the same noise,
-    kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image scoring lower; and the toy
-    readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration experiment on
+def pairs_experiment(pipe, adapter: IQAAdapter, columns: list[ScoreColumn], settings: DemoSettings, out_dir: Path,
+                     progress: bool = False) -> dict:
+    """IQA-Adapter as a degradation model: pairs from ``adapter`` at p99 (high) and p1 (low) from the same noise,
+    scored with ``columns`` (the adapter's metrics), kept when the content filter (``settings.pair_filter``: blurred
+    SSIM, the p1 image scoring lower; and the toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration experiment on
     the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration": {arm: {psnr,
     ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
     _announce(f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
               "restoration experiment", progress)
-    adapter = IQAAdapter.from_pretrained(world.adapter)
-    specs = demo_metric_specs(world)
-    columns = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(),
-                           {"name": specs[name][0], "options": specs[name][1]}) for name in adapter.metric_names]
     prompts = [Prompt(scene_for(PAIRS_SEED, index, kind="single", full_caption=True).caption, index,
                       metadata={"toy_scene": {"seed": PAIRS_SEED, "index": index}})
                for index in range(settings.pair_prompts)]
