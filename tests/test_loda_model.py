@@ -1,13 +1,14 @@
 """The LoDa network: official parameter count, frozen parts, variants, checkpoints that rebuild bit-exactly."""
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
+
+import hub_fixtures
 
 from iqa_adapter.loda import build_model, loda_preset
 from iqa_adapter.loda.config import LoDaConfig
@@ -358,17 +359,8 @@ def test_timm_checkpoints_that_do_not_fit_fail_in_one_line():
 
 
 def put_in_hub_cache(cache: Path, repo: str, state: dict[str, torch.Tensor], revision: str) -> None:
-    """Store ``state`` as the ``model.safetensors`` of hub repository ``repo`` at ``revision`` (40 hex digits, then
-    ``main``), laid out as huggingface_hub's cache: a blob, a snapshot link to it and ``refs/main``."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "blobs").mkdir(parents=True, exist_ok=True)
-    blob = folder / "blobs" / hashlib.sha256(revision.encode()).hexdigest()
-    save_file(state, blob)
-    snapshot = folder / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    (snapshot / "model.safetensors").symlink_to(Path("..", "..", "blobs", blob.name))
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(revision)
+    """Store ``state`` as the ``model.safetensors`` of hub repository ``repo`` at ``revision``."""
+    hub_fixtures.put_in_hub_cache(cache, repo, {"model.safetensors": save_safetensors(state)}, revision)
 
 
 def test_timm_backbones_load_from_the_hub_cache_offline(tmp_path, monkeypatch):

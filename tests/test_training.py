@@ -147,8 +147,14 @@ def test_defaults_follow_the_official_training_recipe(world, tmp_path):
     assert scales == {(1.0,)} and trainer.pipe.vae.dtype == torch.float32 and trainer.pipe.unet.dtype == torch.bfloat16
     result = trainer.run()  # validates (at the inference scale) after each step
     assert {tuple(p.scale) for p in trainer.pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")} <= {(1.0,)}
-    assert IQAAdapter.from_pretrained(result.adapter_dir).config.train_scale == 1.0
+    exported = IQAAdapter.from_pretrained(result.adapter_dir).config
+    assert exported.train_scale == 1.0
     assert (tmp_path / "run" / "validation" / "step_00000002.png").is_file()
+    # the recipe a model card tells, with local folders by their names only
+    recipe = exported.extra["training"]
+    assert (recipe["base"], recipe["data"], recipe["steps"], recipe["batch_size"]) == ("sd", "data", 2, 4)
+    assert recipe["drop_rates"] == {"quality": 0.01, "text": 0.05, "both": 0.01} and recipe["mixed_precision"] == "bf16"
+    assert recipe["images"] == len(trainer.samples)
 
 
 def test_condition_drops_follow_the_official_rates(world, tmp_path):

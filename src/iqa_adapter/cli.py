@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .datasets import RESIZE_MODES
 from .images import DEFAULT_MAX_PIXELS
-from .cli_common import (add_generation_options, comma_list, metric_options, plural, resolve_model_and_sampling,
-                         torch_dtype)
+from .cli_common import (add_adapter_location_options, add_generation_options, comma_list, load_adapter, metric_options,
+                         plural, resolve_model_and_sampling, torch_dtype)
 from .runtime import add_threads_option, apply_threads, hide_loading_bars, resolve_device
 from .stats import QualityTargetError
 from .validation import (check_scale, finite_number, fraction, non_negative_int, non_negative_number, positive_int,
@@ -116,7 +116,6 @@ def _read_images(paths: list[str], option: str) -> list:
 
 
 def cmd_generate(args) -> None:
-    from .adapter import IQAAdapter
     from .generation import check_output_folder, fit_init_image, generate, save_images, sweep_grid
     from .pipelines import load_pipeline
 
@@ -134,7 +133,7 @@ def cmd_generate(args) -> None:
     else:
         if args.adapter is None:
             raise ValueError("give --adapter DIR (or --no-adapter for the base model alone)")
-        adapter = IQAAdapter.from_pretrained(args.adapter)
+        adapter = load_adapter(args.adapter, args)
         if adapter.config.condition == "reference":
             if not args.reference or args.quality or args.sweep:
                 raise ValueError(f"{args.adapter} is a reference-based adapter: give --reference IMAGE (repeatable), "
@@ -188,59 +187,28 @@ def cmd_generate(args) -> None:
         print(f"wrote the sweep grid {grid_path}")
 
 
-def load_unet_structure(base: str):
-    """The UNet of ``base`` (diffusers directory, hub id, or ``sd15`` / ``sdxl``) on the meta device."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from .architectures import UNET_CONFIGS, unet_from_config
-    from .hub import loading_options, not_found_message
-
-    if base in UNET_CONFIGS:
-        return unet_from_config(base, device="meta")
-    options = loading_options(base)
-    try:
-        config = UNet2DConditionModel.load_config(base, subfolder="unet", **options)
-    except (OSError, ValueError) as error:
-        if options:
-            raise ValueError(not_found_message(base, "the base model")) from None
-        raise ValueError(f"cannot read the UNet config of {base!r}: {' '.join(str(error).split())}") from None
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(config)
-
-
 def cmd_convert_official(args) -> None:
-    from .convert import convert_official
-    from .stats import cc3m_stats, load_stats_table
+    from .convert import from_official
 
-    table = load_stats_table(args.stats) if args.stats else cc3m_stats()
-    names = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    unknown = [name for name in names if name not in table]
-    if unknown:
-        raise ValueError(f"no statistics for {unknown} in {args.stats or 'the shipped CC3M table'}; "
-                         f"it has: {', '.join(sorted(table))}")
-    unet = load_unet_structure(args.base)
-    adapter = convert_official(args.checkpoint, unet, [table[name] for name in names],
-                               trust_pickle=args.trust_pickle, base_model=args.base,
-                               encoding_frequencies=args.encoding_frequencies)
+    metrics = comma_list(args.metrics) if args.metrics else None
+    adapter = from_official(args.checkpoint, args.base, metrics, weight_name=args.weight_name, revision=args.revision,
+                            stats=args.stats, trust_pickle=args.trust_pickle,
+                            encoding_frequencies=args.encoding_frequencies)
     adapter.save_pretrained(args.out)
     config = adapter.config
-    print(f"converted {args.checkpoint} -> {args.out}: {len(config.layers)} layers, {config.num_tokens} tokens, "
-          f"{config.projection} projection, flag={config.flag_feature}, L={config.encoding_frequencies}, "
-          f"metrics {', '.join(names)}")
+    print(f"converted {config.extra['converted_from']} -> {args.out}: {len(config.layers)} layers, "
+          f"{config.num_tokens} tokens, {config.projection} projection, flag={config.flag_feature}, "
+          f"L={config.encoding_frequencies}, metrics {', '.join(config.metric_names)}")
 
 
 def cmd_info(args) -> None:
-    from .adapter import IQAAdapter
-    from .config import IQAAdapterConfig
-
     from .config import CONFIG_NAME
     from .io_utils import read_json
 
-    IQAAdapter.from_pretrained(args.adapter)  # the weights must load too
-    config = IQAAdapterConfig.load(args.adapter)
-    recorded = "train_scale" in read_json(Path(args.adapter) / CONFIG_NAME, "adapter config")
-    print(f"base model: {config.describe_base_model(args.adapter)}  (cross-attention width "
+    adapter = load_adapter(args.adapter, args)  # the weights must load too
+    config, folder = adapter.config, adapter.source_directory
+    recorded = "train_scale" in read_json(folder / CONFIG_NAME, "adapter config")
+    print(f"base model: {config.describe_base_model(folder)}  (cross-attention width "
           f"{config.cross_attention_dim}, {len(config.layers)} layers)")
     print(f"projection: {config.projection}, {config.num_tokens} tokens, flag={config.flag_feature}, "
           f"L={config.encoding_frequencies}")
@@ -264,6 +232,16 @@ def cmd_info(args) -> None:
         if table:
             shown = [p for p in (1, 5, 25, 50, 75, 95, 99) if table[0] <= p <= table[-1]]
             print("    " + ", ".join(f"p{p} = {metric.raw_from_percentile(p):.4g}" for p in shown))
+
+
+def cmd_push(args) -> None:
+    from .io_utils import read_json
+
+    adapter = load_adapter(args.adapter, args)
+    evaluation = None if args.evaluation is None else read_json(Path(args.evaluation), "evaluation report")
+    url = adapter.push_to_hub(args.repo_id, evaluation=evaluation, private=args.private or None, token=args.token,
+                              license=args.license, commit_message=args.commit_message)
+    print(f"uploaded {args.adapter} to {args.repo_id}: {url}")
 
 
 def cmd_annotate(args) -> None:
@@ -367,9 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(func=cmd_generate)
 
     convert = commands.add_parser("convert-official", help="import an official IQA-Adapter checkpoint")
-    convert.add_argument("--checkpoint", required=True, help="ip_adapter.bin / .safetensors / pytorch_model.bin")
+    convert.add_argument("--checkpoint", required=True, metavar="FILE_OR_HUB_ID",
+                         help="ip_adapter.bin / .safetensors / pytorch_model.bin, or a hub repository with --weight-name")
+    convert.add_argument("--weight-name", default=None,
+                         help="the checkpoint's path inside the --checkpoint repository (or folder)")
+    convert.add_argument("--revision", default=None, help="branch, tag or commit of a hub --checkpoint")
     convert.add_argument("--base", required=True, help="base model directory or hub id, or sd15 / sdxl")
-    convert.add_argument("--metrics", required=True, help="comma-separated metric names, in training order")
+    convert.add_argument("--metrics", default=None,
+                         help="comma-separated metric names, in training order (default: read from the file name, "
+                              "e.g. iqa_adapter_topiq_nr_laion_aes.bin)")
     convert.add_argument("--stats", default=None, help="statistics CSV (layout of CC3M_stats.csv); default: shipped CC3M table")
     convert.add_argument("--encoding-frequencies", type=non_negative_int, default=None, metavar="L",
                          help="L of the sinusoidal encoding the checkpoint was trained with, when its projection's "
@@ -378,9 +362,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True)
     convert.set_defaults(func=cmd_convert_official)
 
-    info = commands.add_parser("info", help="describe an adapter directory")
-    info.add_argument("--adapter", required=True)
+    info = commands.add_parser("info", help="describe an adapter (a folder or a hub id)")
+    info.add_argument("--adapter", required=True, metavar="FOLDER_OR_HUB_ID")
+    add_adapter_location_options(info)
     info.set_defaults(func=cmd_info)
+
+    push = commands.add_parser(
+        "push", help="upload an adapter and a generated model card to the Hugging Face Hub",
+        description="Uploads config.json, adapter.safetensors and README.md (a model card: base model, metrics and "
+                    "their statistics, training recipe, scale and target conventions, usage, and the figures of an "
+                    "evaluate report given with --evaluation) to the model repository REPO_ID, created when missing.")
+    push.add_argument("--adapter", required=True, metavar="FOLDER_OR_HUB_ID")
+    add_adapter_location_options(push)
+    push.add_argument("--repo-id", required=True, help="the repository to upload to, org/name")
+    push.add_argument("--evaluation", default=None, metavar="REPORT_JSON",
+                      help="report.json of `iqa-adapter evaluate` on this adapter, summarised in the card")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--license", default=None, help="the licence the card declares (e.g. apache-2.0)")
+    push.add_argument("--token", default=None, help="a Hub token (default: the logged-in one or HF_TOKEN)")
+    push.add_argument("--commit-message", default="Upload IQA-Adapter")
+    push.set_defaults(func=cmd_push)
 
     demo = commands.add_parser(
         "demo", help="reproduce the paper's main experiments offline on the embedded toy world",

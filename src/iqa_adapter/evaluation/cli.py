@@ -94,10 +94,10 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from ..adapter import IQAAdapter
     from ..annotate import metric_columns
     from ..chunks import process_state
-    from ..cli_common import comma_list, metric_options, plural, resolve_model_and_sampling, torch_dtype
+    from ..cli_common import (comma_list, load_adapter, metric_options, plural, resolve_model_and_sampling,
+                              torch_dtype)
     from ..metrics import create_metric
     from ..pipelines import load_pipeline
     from ..runtime import apply_threads, hide_loading_bars, resolve_device
@@ -114,7 +114,7 @@ def cmd_evaluate(args) -> None:
     if args.no_progress:
         hide_loading_bars()
     folders = args.adapter if isinstance(args.adapter, list) else [args.adapter]
-    adapters = {name: IQAAdapter.from_pretrained(folder) for name, folder in _named_adapters(folders).items()}
+    adapters = {name: load_adapter(folder, args) for name, folder in _named_adapters(folders).items()}
     options = metric_options(args.metric_option)
     metrics = [ScoreColumn(column, create_metric(name, device=device, **options.get(column, {})).eval(),
                            {"name": name, "options": options.get(column, {})})

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..hub import is_local, loading_options, not_found_message
+from ..hub import HubDownloadError, download_file, is_local
 from ..io_utils import load_safetensors
 
 TIMM_PREFIX = "timm/"
@@ -72,18 +72,11 @@ def is_timm_source(source: str) -> bool:
 
 def download_timm_checkpoint(source: str) -> Path:
     """The local path of ``model.safetensors`` of the hub repository ``source`` (downloaded once, cached)."""
-    from huggingface_hub import hf_hub_download
-
-    options = loading_options(source)
     try:
-        return Path(hf_hub_download(source, TIMM_WEIGHTS_FILE, **options))
-    except (OSError, ValueError) as error:
-        if options.get("local_files_only"):
-            raise TimmCheckpointError(not_found_message(source, "the timm backbone")) from None
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        message = (f"cannot download {TIMM_WEIGHTS_FILE} of the timm backbone {source!r} ({first_line}); check the "
-                   "name (timm/<model>.<tag>, e.g. timm/resnet50.a1_in1k)")
-        raise TimmCheckpointError(message) from None
+        return download_file(source, TIMM_WEIGHTS_FILE, what="the timm backbone")
+    except HubDownloadError as error:
+        raise TimmCheckpointError(f"{error}; timm backbones are named timm/<model>.<tag>, e.g. "
+                                  "timm/resnet50.a1_in1k") from None
 
 
 def read_timm_checkpoint(source: str) -> dict[str, torch.Tensor]:

@@ -138,9 +138,8 @@ def _content_filter(args, prompts: list, toy: bool, device: str):
 
 
 def cmd_pairs(args) -> None:
-    from ..adapter import IQAAdapter
     from ..chunks import process_state
-    from ..cli_common import plural, resolve_model_and_sampling, torch_dtype
+    from ..cli_common import load_adapter, plural, resolve_model_and_sampling, torch_dtype
     from ..evaluation.cli import read_prompt_options
     from ..pipelines import load_pipeline
     from ..runtime import apply_threads, hide_loading_bars, resolve_device
@@ -154,7 +153,7 @@ def cmd_pairs(args) -> None:
     if args.no_progress:
         hide_loading_bars()
     high = _high(args.high)
-    adapter = IQAAdapter.from_pretrained(args.adapter)
+    adapter = load_adapter(args.adapter, args)
     reference_adapter, references = _reference_levels(args, toy)
     levels = quality_levels(_targets(args.low, "--low")) if args.low else []
     levels += references

@@ -112,6 +112,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def recipe(self, processes: int, images: int) -> dict:
+        """What a model card tells of this run (recorded in the adapter's config as ``extra["training"]``)."""
+        def shown(location: str) -> str:  # a local folder by its name only: a card must not leak home paths
+            return Path(location).name if Path(location).is_absolute() else location
+
+        recipe = {"base": shown(self.base), "data": shown(self.data), "images": images, "steps": self.max_steps,
+                  "batch_size": self.batch_size * self.gradient_accumulation * processes,
+                  "resolution": self.resolution, "learning_rate": self.learning_rate, "lr_schedule": self.lr_schedule,
+                  "train_scale": self.train_scale, "mixed_precision": self.mixed_precision,
+                  "drop_rates": {"quality": self.drop_quality, "text": self.drop_text, "both": self.drop_both},
+                  "max_grad_norm": self.max_grad_norm, "ema_decay": self.ema_decay, "seed": self.seed}
+        if self.reference_features is not None:
+            recipe["reference_features"] = self.reference_features
+        return recipe
+
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {item.name for item in fields(cls)}

@@ -283,6 +283,7 @@ class Trainer:
         self.samples = samples
         self.listing = listing
         self.adapter = _make_adapter(config, pipe, samples, self.encoder)
+        self.adapter.config.extra["training"] = config.recipe(self.accelerator.num_processes, len(samples))
         self.adapter.attach(pipe, scale=config.train_scale, cast=False)
         self.adapter.to(self.accelerator.device, torch.float32).requires_grad_(True)
         if config.gradient_checkpointing:
@@ -410,6 +411,7 @@ class Trainer:
         if last_saved != step:
             self._checkpoint(step, counters)
         adapter_dir = self.out / "adapter"
+        self.adapter.config.extra["training"]["steps"] = step
         if accelerator.is_main_process:
             with _ema_weights(self.adapter, self.ema):
                 self.adapter.save_pretrained(adapter_dir)
