@@ -13,12 +13,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from iqa_adapter import AdapterMismatchError
+from iqa_adapter import AdapterMismatchError, IQAAdapter
 from iqa_adapter.architectures import unet_from_config
-from iqa_adapter.convert import convert_official, read_official_checkpoint
+from iqa_adapter.convert import OFFICIAL_ADAPTERS, convert_official, metrics_from_file_name, read_official_checkpoint
+from iqa_adapter.hub import HubDownloadError
 from iqa_adapter.projection import quality_features
+from iqa_adapter.stats import cc3m_stats
 
 from conftest import two_metrics
+from hub_fixtures import put_in_hub_cache
 
 
 class OfficialStyleProcessor(nn.Module):
@@ -225,3 +228,44 @@ def test_full_sdxl_layout_matches_the_official_numbering():
 
     kv_parameters = sum(2 * 2048 * layer.hidden_size for layer in cross_attention_layers(unet))
     assert kv_parameters == pytest.approx(341e6, rel=0.005)
+
+
+@pytest.mark.parametrize("name, metrics", [
+    ("iqa_adapter_topiq_nr_laion_aes.safetensors", ["topiq_nr", "laion_aes"]),
+    ("sdxl/topiq_nr-flive+clipiqa+laion_aes.safetensors", ["topiq_nr-flive", "clipiqa+", "laion_aes"]),
+    ("liqe_mix/ip_adapter.safetensors", ["liqe_mix"]),
+    ("dbcnniqa.safetensors", []),  # a name inside a longer word is not a metric
+])
+def test_metrics_are_read_from_official_file_names(name, metrics):
+    assert metrics_from_file_name(name, list(cc3m_stats())) == metrics
+
+
+def test_official_checkpoints_load_by_file_name_from_the_hub_cache_offline(tmp_path, sd_pipe, monkeypatch):
+    from huggingface_hub import constants
+
+    image_proj, ip_adapter = official_checkpoint(sd_pipe.unet, feature_dim=3)
+    name = "sd15/iqa_adapter_topiq_nr_laion_aes.safetensors"
+    write(tmp_path / "local.safetensors", image_proj, ip_adapter, "safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    put_in_hub_cache(tmp_path / "hub", "lab/iqa-adapters", {name: (tmp_path / "local.safetensors").read_bytes()},
+                     "d" * 40)
+
+    from_hub = IQAAdapter.from_official("lab/iqa-adapters", sd_pipe, weight_name=name)
+    assert from_hub.metric_names == ["topiq_nr", "laion_aes"] and from_hub.config.flag_feature
+    assert from_hub.config.extra["converted_from"] == f"lab/iqa-adapters/{name}"
+    table = cc3m_stats()
+    named = convert_official(tmp_path / "local.safetensors", sd_pipe.unet, [table["topiq_nr"], table["laion_aes"]])
+    assert all(torch.equal(from_hub.state_dict()[k], named.state_dict()[k]) for k in named.state_dict())
+    with pytest.raises(ValueError, match="cannot tell the metrics from the file name 'local.safetensors'"):
+        IQAAdapter.from_official(tmp_path / "local.safetensors", sd_pipe)
+    with pytest.raises(HubDownloadError, match="its local cache has no sd15/missing_topiq_nr.safetensors"):
+        IQAAdapter.from_official("lab/iqa-adapters", sd_pipe, weight_name="sd15/missing_topiq_nr.safetensors")
+
+
+@pytest.mark.parametrize("label, metrics", sorted(OFFICIAL_ADAPTERS.items()))
+def test_every_official_adapter_is_read_back_from_its_file_name(label, metrics):
+    """The README's import command of each adapter of the paper: its metrics have CC3M statistics, and a file named
+    after them (as the README suggests) names them back in order."""
+    assert all(name in cc3m_stats() for name in metrics)
+    assert metrics_from_file_name(f"iqa_adapter_{'_'.join(metrics)}.bin", list(cc3m_stats())) == list(metrics)

@@ -46,6 +46,8 @@ SDXL_UNET_CONFIG = dict(
     projection_class_embeddings_input_dim=2816,
 )
 UNET_CONFIGS = {"sd15": SD15_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG}
+BASE_MODEL_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+"""The hub ids of the models whose architectures the short names stand for."""
 
 _TINY_TEXT_WIDTH = 32
 _SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,

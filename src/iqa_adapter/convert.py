@@ -27,6 +27,23 @@ from .config import IQAAdapterConfig
 from .io_utils import load_safetensors
 from .stats import MetricStats
 
+OFFICIAL_ADAPTERS: dict[str, tuple[str, ...]] = {
+    "TOPIQ (KonIQ), LAION-AES": ("topiq_nr", "laion_aes"),
+    "4xTOPIQ (KonIQ, FLIVE, SPAQ, AVA)": ("topiq_nr", "topiq_nr-flive", "topiq_nr-spaq", "topiq_iaa"),
+    "3xARNIQA (KonIQ, FLIVE, KADID), LIQE-MIX": ("arniqa", "arniqa-flive", "arniqa-kadid", "liqe_mix"),
+    "2xMUSIQ (KonIQ, AVA)": ("musiq", "musiq-ava"),
+    "CLIP-IQA+, LIQE-MIX": ("clipiqa+", "liqe_mix"),
+    "TOPIQ (KonIQ)": ("topiq_nr",), "TOPIQ (FLIVE)": ("topiq_nr-flive",), "TOPIQ (SPAQ)": ("topiq_nr-spaq",),
+    "TOPIQ (AVA)": ("topiq_iaa",), "LAION-AES": ("laion_aes",), "NIMA (AVA)": ("nima-vgg16-ava",),
+    "MUSIQ (KonIQ)": ("musiq",), "MUSIQ (AVA)": ("musiq-ava",), "MUSIQ (FLIVE)": ("musiq-paq2piq",),
+    "MANIQA (KonIQ)": ("maniqa",), "MANIQA (PIPAL)": ("maniqa-pipal",), "ARNIQA (KonIQ)": ("arniqa",),
+    "ARNIQA (FLIVE)": ("arniqa-flive",), "ARNIQA (KADID)": ("arniqa-kadid",), "LIQE": ("liqe",),
+    "LIQE-MIX": ("liqe_mix",), "CLIP-IQA+": ("clipiqa+",), "HYPER-IQA": ("hyperiqa",), "DBCNN": ("dbcnn",),
+    "CNNIQA": ("cnniqa",), "TReS (FLIVE)": ("tres-flive",),
+}
+"""The adapters of the paper (supplement Table 4, Figure 3a) by their pyiqa metrics, in the order this library
+assumes they were trained (the official ``--features`` order; for the combinations the paper does not state it)."""
+
 _KV_KEY = re.compile(r"^(\d+)\.to_([kv])_ip(?:\.0)?\.weight$")
 _PREFIXES = (("image_proj.", "ip_adapter."), ("qual_proj_model.", "adapter_modules."))
 
@@ -173,4 +190,97 @@ def convert_official(
         state[f"kv.{index}.to_k.weight"] = kv[layer_id]["k"]
         state[f"kv.{index}.to_v.weight"] = kv[layer_id]["v"]
     adapter.load_state_dict(state, strict=True)
+    return adapter
+
+
+def metrics_from_file_name(path: str | Path, known: Sequence[str]) -> list[str]:
+    """The metric names of ``known`` that the file name of ``path`` (else its folder's name) spells, in the order
+    they appear: ``iqa_adapter_topiq_nr_laion_aes.bin`` -> ``["topiq_nr", "laion_aes"]``. The longest name wins
+    where names overlap (``topiq_nr-flive`` over ``topiq_nr``); a name must stand between separators."""
+    by_length = sorted(known, key=len, reverse=True)
+    for text in (Path(path).stem, Path(path).parent.name):
+        found, position = [], 0
+        while position < len(text):
+            if position == 0 or not text[position - 1].isalnum():
+                match = next((name for name in by_length if text.startswith(name, position)
+                              and (position + len(name) == len(text) or not text[position + len(name)].isalnum()
+                                   or name[-1] == "+")), None)
+                if match is not None:
+                    found.append(match)
+                    position += len(match)
+                    continue
+            position += 1
+        if found:
+            return found
+    return []
+
+
+def load_unet_structure(base: str):
+    """The UNet of ``base`` (diffusers directory, hub id, or ``sd15`` / ``sdxl``) on the meta device."""
+    from diffusers import UNet2DConditionModel
+
+    from .architectures import UNET_CONFIGS, unet_from_config
+    from .hub import loading_options, not_found_message
+
+    if base in UNET_CONFIGS:
+        return unet_from_config(base, device="meta")
+    options = loading_options(base)
+    try:
+        config = UNet2DConditionModel.load_config(base, subfolder="unet", **options)
+    except (OSError, ValueError) as error:
+        if options:
+            raise ValueError(not_found_message(base, "the base model")) from None
+        raise ValueError(f"cannot read the UNet config of {base!r}: {' '.join(str(error).split())}") from None
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(config)
+
+
+def from_official(
+    checkpoint: str | Path,
+    base,
+    metrics: Sequence[str] | None = None,
+    *,
+    weight_name: str | None = None,
+    revision: str | None = None,
+    stats: str | Path | None = None,
+    trust_pickle: bool = False,
+    default_scale: float = 0.5,
+    encoding_frequencies: int | None = None,
+) -> IQAAdapter:
+    """An official IQA-Adapter checkpoint as an :class:`IQAAdapter`: ``checkpoint`` is a local file, or a hub
+    repository whose file ``weight_name`` (``sdxl/iqa_adapter_topiq_nr_laion_aes.bin``) it is, at ``revision``.
+    ``base`` is a UNet, a pipeline, a model folder or hub id, or ``sd15`` / ``sdxl``. ``metrics`` are named in
+    the checkpoint's feature order; without them they are read from the file name
+    (:func:`metrics_from_file_name`). Statistics come from ``stats`` (a table in the layout of
+    ``CC3M_stats.csv``), by default the shipped CC3M table the official adapters were trained with."""
+    from .hub import download_file, is_local
+    from .stats import cc3m_stats, load_stats_table
+
+    table = load_stats_table(stats) if stats else cc3m_stats()
+    file_name = Path(weight_name or checkpoint)
+    names = list(metrics) if metrics else metrics_from_file_name(file_name, list(table))
+    if not names:
+        raise ValueError(f"cannot tell the metrics from the file name {file_name.name!r}: give them in training "
+                         f"order with --metrics (metrics=); known: {', '.join(sorted(table))}")
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"no statistics for {unknown} in {stats or 'the shipped CC3M table'}; it has: "
+                         f"{', '.join(sorted(table))}")
+    from_hub = weight_name is not None and not is_local(checkpoint)
+    if from_hub:
+        path = download_file(str(checkpoint), weight_name, what="the official checkpoint", revision=revision)
+    else:
+        path = Path(checkpoint) / (weight_name or "")
+        if not path.is_file():
+            raise FileNotFoundError(f"official checkpoint {path} does not exist; for a file on the Hub give the "
+                                    "repository and --weight-name (weight_name=) of the file in it")
+    from .architectures import BASE_MODEL_IDS
+
+    base_model = BASE_MODEL_IDS.get(base, base) if isinstance(base, str) else None
+    unet = load_unet_structure(base) if isinstance(base, str) else getattr(base, "unet", base)
+    adapter = convert_official(path, unet, [table[name] for name in names], trust_pickle=trust_pickle,
+                               base_model=base_model, default_scale=default_scale,
+                               encoding_frequencies=encoding_frequencies)
+    if from_hub:
+        adapter.config.extra["converted_from"] = f"{checkpoint}/{weight_name}" + (f"@{revision}" if revision else "")
     return adapter
