@@ -27,8 +27,8 @@ def child(settings: dict) -> dict:
     """One evaluation in this process: images/s of each pass and the peak RSS."""
     import torch
 
-    from iqa_adapter.annotate import metric_columns
     from iqa_adapter.adapter import IQAAdapter
+    from iqa_adapter.annotate import metric_columns
     from iqa_adapter.evaluation import EvaluationSettings, Measures, evaluate
     from iqa_adapter.evaluation.passes import ScoreColumn
     from iqa_adapter.metrics import create_metric

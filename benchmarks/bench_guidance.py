@@ -25,6 +25,7 @@ import statistics
 import time
 
 import torch
+
 from child_process import run_child
 
 CONFIGURATIONS = {

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from child_process import run_child
 
+from child_process import run_child
 from iqa_adapter.metrics import classical, create_metric
 from iqa_adapter.metrics.niqe import fit_niqe, save_niqe_params
 

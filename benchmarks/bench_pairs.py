@@ -56,7 +56,7 @@ def main() -> None:
     prompts = [Prompt(scene_for(9000, index, kind="single", full_caption=True).caption, index,
                       metadata={"toy_scene": {"seed": 9000, "index": index}}) for index in range(args.prompts)]
     targets = args.levels.split(",")
-    levels = quality_levels({name: targets for name in adapter.metric_names})
+    levels = quality_levels(dict.fromkeys(adapter.metric_names, targets))
     settings = {"seeds": args.seeds, "steps": args.steps or SAMPLING_STEPS, "guidance": GUIDANCE_SCALE,
                 "batch_size": 32, "chunk_size": 16}
     print(f"toy world, {args.prompts} prompts x {args.seeds} seeds x {len(levels)} levels, {settings['steps']} steps, "
@@ -67,7 +67,7 @@ def main() -> None:
         for layout in args.layouts.split(","):
             content_filter = ContentFilter(following_scorer=ToyCaptionScorer() if args.readers else None)
             started = time.perf_counter()
-            summary = make_pairs(pipe, adapter, prompts, Path(scratch) / layout, high={n: "p99" for n in adapter.metric_names},
+            summary = make_pairs(pipe, adapter, prompts, Path(scratch) / layout, high=dict.fromkeys(adapter.metric_names, "p99"),
                                  levels=levels, metrics=metrics, settings=PairSettings(layout=layout, **settings),
                                  content_filter=content_filter, progress=False)
             seconds = time.perf_counter() - started

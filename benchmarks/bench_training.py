@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from child_process import run_child
 from PIL import Image
+
+from child_process import run_child
 
 
 def make_world(root: Path, arch: str, images: int, size: int) -> None:

@@ -100,7 +100,7 @@ def attention_overhead(unet, adapter: IQAAdapter, plain_processors: dict, inputs
     for hook in hooks:
         hook.remove()
     groups: dict[tuple, list[str]] = {}
-    for name, (args, kwargs) in captured.items():
+    for name, (args, _kwargs) in captured.items():
         groups.setdefault((unet.get_submodule(name).to_k.out_features, tuple(args[0].shape)), []).append(name)
     plain_total = adapter_total = 0.0
     for names in groups.values():

@@ -7,12 +7,11 @@ from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionCo
 from diffusers.callbacks import IPAdapterScaleCutoffCallback
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
+from conftest import run, two_metrics
 from iqa_adapter import AdapterMismatchError, IQAAdapter
 from iqa_adapter.adapter import cross_attention_layers
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.generation import generate
-
-from conftest import run, two_metrics
 
 P99 = {"sharp": "p99", "aes": "p99"}
 
@@ -119,7 +118,7 @@ def test_sweep_in_one_batch_matches_one_by_one(pipe, adapter):
     kwargs = dict(seed=3, steps=2, num_images=2, progress=False, output_type="np")
     batched = generate(pipe, adapter, ["a red circle", "a blue square"], qualities, batch_size=12, **kwargs)
     assert len(batched) == 12
-    for index, result in enumerate(batched):
+    for result in batched:
         single = generate(pipe, adapter, result.settings["prompt"], [dict(result.settings["quality"])],
                           **{**kwargs, "seed": result.settings["seed"], "num_images": 1})[0]
         assert result.settings == single.settings
@@ -193,9 +192,9 @@ def test_generate_validates_its_settings_before_any_work(sd_pipe, setting, messa
 
 def test_targets_that_overflow_the_projection_are_refused(sd_pipe):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
-    with pytest.warns(UserWarning, match="outside the scores the adapter was trained on"):
-        with pytest.raises(ValueError, match="features overflow in float32"):
-            generate(sd_pipe, adapter, "a red circle", {"sharp": 1e30, "aes": "p50"}, steps=1, progress=False)
+    with pytest.warns(UserWarning, match="outside the scores the adapter was trained on"), \
+            pytest.raises(ValueError, match="features overflow in float32"):
+        generate(sd_pipe, adapter, "a red circle", {"sharp": 1e30, "aes": "p50"}, steps=1, progress=False)
 
 
 def test_generate_refuses_an_adapter_attached_elsewhere(sd_pipe):

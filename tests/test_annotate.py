@@ -22,7 +22,6 @@ import iqa_adapter.datasets
 from iqa_adapter.annotate import JobMismatchError, ScoreTable, annotate
 from iqa_adapter.datasets import DatasetError
 from iqa_adapter.metrics import QualityMetric, register_metric
-
 from test_datasets import add_member, truncated_jpeg
 
 TESTS_DIR = Path(__file__).parent

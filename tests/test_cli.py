@@ -4,11 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import two_metrics
 from iqa_adapter import IQAAdapter
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.cli import main
-
-from conftest import two_metrics
 from test_convert import official_checkpoint, write
 
 
@@ -193,9 +192,9 @@ def test_init_image_is_generated_at_the_requested_size(tmp_path, capsys):
 
 
 def test_info_shows_the_train_scale_and_reads_old_configs_as_trained_at_half(tmp_path, capsys):
-    from iqa_adapter.toy.world import shipped_world
-
     import shutil
+
+    from iqa_adapter.toy.world import shipped_world
 
     shutil.copytree(shipped_world().adapter, tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())

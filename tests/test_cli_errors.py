@@ -16,7 +16,6 @@ from iqa_adapter import IQAAdapter
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.cli import main
 from iqa_adapter.toy.world import shipped_world
-
 from test_convert import official_checkpoint, write
 
 TOY = shipped_world()

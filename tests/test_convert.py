@@ -13,15 +13,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from conftest import two_metrics
+from hub_fixtures import put_in_hub_cache
 from iqa_adapter import AdapterMismatchError, IQAAdapter
 from iqa_adapter.architectures import unet_from_config
 from iqa_adapter.convert import OFFICIAL_ADAPTERS, convert_official, metrics_from_file_name, read_official_checkpoint
 from iqa_adapter.hub import HubDownloadError
 from iqa_adapter.projection import quality_features
 from iqa_adapter.stats import cc3m_stats
-
-from conftest import two_metrics
-from hub_fixtures import put_in_hub_cache
 
 
 class OfficialStyleProcessor(nn.Module):

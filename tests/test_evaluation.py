@@ -12,14 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import two_metrics
 from iqa_adapter import IQAAdapter
 from iqa_adapter.cli import main
 from iqa_adapter.evaluation import EvaluationSettings, Measures, evaluate, oriented_spearman, relgain
 from iqa_adapter.evaluation.passes import ScoreColumn
 from iqa_adapter.evaluation.plan import EvaluationPlan, plan_conditions
 from iqa_adapter.metrics import create_metric
-
-from conftest import two_metrics
 from test_annotate import free_port
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -15,13 +15,28 @@ from torch import nn
 
 import iqa_adapter.datasets
 from iqa_adapter.annotate import ScoreTable
-from iqa_adapter.evaluation.features import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, SPECS,
-                                             create_extractor, inception_available, normalise,
-                                             resize_shorter_and_crop)
-from iqa_adapter.evaluation.fidelity import (ClipScorer, FrechetStatistics, frechet_distance, inception_score,
-                                             reference_statistics, top_quality_subsets)
+from iqa_adapter.evaluation.features import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SPECS,
+    create_extractor,
+    inception_available,
+    normalise,
+    resize_shorter_and_crop,
+)
+from iqa_adapter.evaluation.fidelity import (
+    ClipScorer,
+    FrechetStatistics,
+    frechet_distance,
+    inception_score,
+    reference_statistics,
+    top_quality_subsets,
+)
 from iqa_adapter.metrics import QualityMetric, register_metric
 from iqa_adapter.metrics.pyiqa_backend import MetricUnavailableError
+
 
 @register_metric
 class FidelityConv(QualityMetric):

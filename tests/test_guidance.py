@@ -5,14 +5,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
+from conftest import two_metrics
 from iqa_adapter import IQAAdapter
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.cli import main
 from iqa_adapter.generation import generate
 from iqa_adapter.guidance import IQAGuidance, guidance_objective
 from iqa_adapter.metrics import NotDifferentiableError, create_metric
-
-from conftest import two_metrics
 
 SEEDS = (0, 1, 2)
 

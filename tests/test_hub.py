@@ -14,15 +14,14 @@ import torch
 from huggingface_hub import ModelCard, constants
 from safetensors.torch import load as load_safetensors
 
+from conftest import two_metrics
+from hub_fixtures import FakeHub, put_in_hub_cache
 from iqa_adapter import IQAAdapter
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.cli import main
 from iqa_adapter.hub import HubDownloadError
 from iqa_adapter.model_card import adapter_model_card
 from iqa_adapter.toy.world import shipped_world
-
-from conftest import two_metrics
-from hub_fixtures import FakeHub, put_in_hub_cache
 
 
 def adapter_files(adapter: IQAAdapter, folder) -> dict[str, bytes]:

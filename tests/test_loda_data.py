@@ -11,12 +11,25 @@ from PIL import Image
 from scipy import stats
 
 from iqa_adapter.images import ImageReadError
-from iqa_adapter.loda.data import (SKIPPED_FILE, IQADataError, EvalCrops, TrainCrops, crop_positions, drop_unreadable,
-                                   epoch_batches, fit_min_size, load_image, prepare_images, random_splits, read_meta,
-                                   read_split_file, split_from_column)
-from iqa_adapter.loda.preprocess import DATASET_PRESETS, PreprocessError, Resize, describe_preprocessing
+from iqa_adapter.loda.data import (
+    SKIPPED_FILE,
+    EvalCrops,
+    IQADataError,
+    TrainCrops,
+    crop_positions,
+    drop_unreadable,
+    epoch_batches,
+    fit_min_size,
+    load_image,
+    prepare_images,
+    random_splits,
+    read_meta,
+    read_split_file,
+    split_from_column,
+)
 from iqa_adapter.loda.evaluate import correlation_metrics, fit_logistic, logistic4, summarize
 from iqa_adapter.loda.losses import norm_in_norm_loss
+from iqa_adapter.loda.preprocess import DATASET_PRESETS, PreprocessError, Resize, describe_preprocessing
 
 # ---------------------------------------------------------------- loss
 

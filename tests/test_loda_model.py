@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
 import hub_fixtures
-
 from iqa_adapter.loda import build_model, loda_preset
 from iqa_adapter.loda.config import LoDaConfig
 from iqa_adapter.loda.losses import norm_in_norm_loss

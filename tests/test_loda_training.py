@@ -10,9 +10,9 @@ import torch
 from iqa_adapter.cli import main
 from iqa_adapter.loda import build_model, loda_preset
 from iqa_adapter.loda import train as train_module
+from iqa_adapter.loda.calibration import raw_table_scores
 from iqa_adapter.loda.data import load_image, random_splits, read_meta
 from iqa_adapter.loda.evaluate import correlation_metrics, predict
-from iqa_adapter.loda.calibration import raw_table_scores
 from iqa_adapter.loda.metric import LoDaMetric
 from iqa_adapter.loda.preprocess import Resize
 from iqa_adapter.loda.protocol import run_protocol

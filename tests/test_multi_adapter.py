@@ -8,12 +8,11 @@ from diffusers.callbacks import IPAdapterScaleCutoffCallback
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from conftest import run, two_metrics
 from iqa_adapter import IQAAdapter, MetricStats, QualityTargetError
 from iqa_adapter.architectures import tiny_sd_pipeline
 from iqa_adapter.generation import generate, image_prompt_embeds
 from iqa_adapter.slots import ScaleCutoffCallback
-
-from conftest import run, two_metrics
 from test_convert import official_checkpoint
 
 NOISE_AND_COLOUR = [MetricStats("noise", mean=10.0, std=2.0, percentiles={1.0: 4.0, 50.0: 10.0, 99.0: 16.0},
@@ -131,7 +130,7 @@ def test_generate_names_what_is_wrong_with_several_adapters(sd_pipe):
     second.attach(sd_pipe)
     try:
         with pytest.raises(ValueError, match=r"1 more IQA-Adapter\(s\) are attached to this pipeline \(on noise, "
-                                             "colour\): pass them too"):
+                                             r"colour\): pass them too"):
             generate(sd_pipe, first, "x", {"sharp": "p99", "aes": "p99"}, steps=1, progress=False)
         assert not first.is_attached and second.slot == 0  # the failed call left the pipeline as it was
     finally:

@@ -12,7 +12,15 @@ from safetensors.torch import save_file
 
 from iqa_adapter.metrics import classical, create_metric
 from iqa_adapter.metrics.niqe import (
-    HALO, NIQE, _half_scale, aggd_fit, fit_niqe, fit_niqe_folder, niqe_distance, niqe_features, save_niqe_params,
+    HALO,
+    NIQE,
+    _half_scale,
+    aggd_fit,
+    fit_niqe,
+    fit_niqe_folder,
+    niqe_distance,
+    niqe_features,
+    save_niqe_params,
 )
 from iqa_adapter.metrics.pyiqa_backend import MetricUnavailableError
 from test_classical_metrics import add_noise, gaussian_blur, texture
@@ -201,7 +209,7 @@ def test_the_published_copies_of_the_matlab_model_load(params_file, tmp_path, cl
     ("other.npz", lambda path: np.savez(path, something=np.zeros(3)), "holds no NIQE model"),
     ("text.npz", lambda path: path.write_text("not numpy"), "cannot be read as a .npz file"),
     ("text.mat", lambda path: path.write_text("not matlab"), "cannot be read as a .mat file"),
-    ("pickled.npz", lambda path: np.save(open(path, "wb"), np.array([{"a": 1}], dtype=object)),  # never unpickled
+    ("pickled.npz", lambda path: np.save(path, np.array([{"a": 1}], dtype=object)),  # never unpickled
      "cannot be read as a .npz"),
     ("image.png", lambda path: path.write_bytes(b"\x89PNG not really"), "is not a NIQE parameter file"),
 ])

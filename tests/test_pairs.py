@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image, ImageFilter
-from test_annotate import launch_two_cpu_processes
 
 from iqa_adapter import IQAAdapter
 from iqa_adapter.chunks import JobMismatchError
@@ -47,6 +46,7 @@ from iqa_adapter.stats import MetricStats
 from iqa_adapter.toy.caption_check import ToyCaptionScorer, read_object
 from iqa_adapter.toy.scenes import render_scene, scene_for
 from iqa_adapter.toy.world import GUIDANCE_SCALE, shipped_world
+from test_annotate import launch_two_cpu_processes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,7 +67,7 @@ class Toy:
         specs = demo_metric_specs(WORLD)
         self.metrics = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(),
                                     {"name": specs[name][0], "options": specs[name][1]}) for name in self.metric_names]
-        self.high = {name: "p99" for name in self.metric_names}
+        self.high = dict.fromkeys(self.metric_names, "p99")
         self.low = {name: ["p1"] for name in self.metric_names}
 
     def pairs(self, out, prompts, *, content_filter=None, levels=None, **settings) -> dict:
@@ -262,7 +262,7 @@ def test_webdataset_shards_hold_the_pairs_of_the_folder_layout(toy, toy_pairs, t
         assert info["kept"] == (key in samples) == bool(index.loc[key, "kept"])
         assert info["reasons"] == (index.loc[key, "reasons"].split(";") if not info["kept"] else [])
         assert set(info["scores"]["hq"]) == set(info["scores"]["lq"]) == set(toy.metric_names)
-        assert info["targets"]["hq"] == toy.high and info["targets"]["lq"] == {n: "p1" for n in toy.metric_names}
+        assert info["targets"]["hq"] == toy.high and info["targets"]["lq"] == dict.fromkeys(toy.metric_names, "p1")
         assert {"prompt", "seed", "filter"} <= set(info) and "ssim" in info["filter"]
         for part in ("hq", "lq"):  # the same pixels as the folder layout's run of the same job
             pixels = np.asarray(Image.open(io.BytesIO(sample[f"{part}.png"])))

@@ -11,8 +11,8 @@ def test_flag_and_encoding_layout_by_hand():
     assert torch.equal(quality_features(z, flag_feature=True, encoding_frequencies=0), torch.tensor([[0.5, -0.25, 1.0]]))
     encoded = quality_features(z, flag_feature=True, encoding_frequencies=2)
     v = [0.5, -0.25, 1.0]
-    sines = [math.sin(2 ** l * math.pi * x) for x in v for l in range(2)]
-    cosines = [math.cos(2 ** l * math.pi * x) for x in v for l in range(2)]
+    sines = [math.sin(2 ** level * math.pi * x) for x in v for level in range(2)]
+    cosines = [math.cos(2 ** level * math.pi * x) for x in v for level in range(2)]
     assert encoded.shape == (1, 3 * 5)
     assert torch.allclose(encoded, torch.tensor([v + sines + cosines]), atol=1e-6)
 

@@ -13,7 +13,6 @@ from iqa_adapter.generation import generate
 from iqa_adapter.metrics import QualityMetric, register_metric
 from iqa_adapter.reference import ReferenceEncoder, ReferenceSpec, pool
 from iqa_adapter.training import TrainConfig, train
-
 from test_training import world  # noqa: F401  (the tiny bases and captioned images)
 
 

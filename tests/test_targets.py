@@ -2,10 +2,9 @@ import math
 
 import pytest
 
+from conftest import two_metrics
 from iqa_adapter import MetricStats, QualityTargetError, cc3m_stats, load_stats_table
 from iqa_adapter.targets import parse_quality_assignment, target_to_z, targets_to_z
-
-from conftest import two_metrics
 
 
 def test_percentile_z_and_raw_targets_by_hand():

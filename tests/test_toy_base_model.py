@@ -46,7 +46,7 @@ def test_storage_dtypes(trained):
         path = out / PIPELINE_DIR / component / ("model.safetensors" if component == "text_encoder"
                                                  else "diffusion_pytorch_model.safetensors")
         with safe_open(path, "np") as handle:
-            assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {dtype}, component
+            assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {dtype}, component  # noqa: SIM118
 
 
 def test_latents_have_unit_scale(trained):
@@ -105,7 +105,6 @@ def test_config_round_trip_and_unknown_keys():
 
 def test_an_iqa_adapter_attaches_to_the_toy_base(trained):
     from conftest import two_metrics
-
     from iqa_adapter import IQAAdapter
 
     _, pipe, _, _ = trained
@@ -139,11 +138,10 @@ def test_both_prediction_types_train_and_others_are_refused(tmp_path):
 
 
 def test_without_top_attention_the_full_resolution_level_only_convolves():
+    from conftest import two_metrics
     from iqa_adapter import IQAAdapter
     from iqa_adapter.generation import generate
     from iqa_adapter.toy.base_model import build_toy_pipeline
-
-    from conftest import two_metrics
 
     full = build_toy_pipeline(ToyBaseConfig())
     cheaper = build_toy_pipeline(ToyBaseConfig(top_attention=False))
@@ -152,6 +150,6 @@ def test_without_top_attention_the_full_resolution_level_only_convolves():
     cross = [name for name in cheaper.unet.attn_processors if "attn2" in name]
     assert 0 < len(cross) < len([name for name in full.unet.attn_processors if "attn2" in name])
     adapter = IQAAdapter.for_unet(cheaper, two_metrics(), seed=0)
-    image = generate(cheaper, adapter, ["a red circle"], {name: "p99" for name in adapter.metric_names}, steps=2,
+    image = generate(cheaper, adapter, ["a red circle"], dict.fromkeys(adapter.metric_names, "p99"), steps=2,
                      progress=False)[0].image
     assert image.size == (32, 32)

@@ -86,7 +86,7 @@ def assert_same_weights(first: Path, second: Path, atol: float = 0.0) -> None:
     a, b = adapter_weights(first), adapter_weights(second)
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------- the pieces
@@ -118,7 +118,7 @@ def test_sample_generators_depend_on_the_sample_not_the_process():
 def test_transform_crops_and_records_micro_conditioning():
     image = Image.fromarray(np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3))
     pixels, crop = ImageTransform(20, "center")(image)
-    assert pixels.shape == (3, 20, 20) and -1 <= pixels.min() and pixels.max() <= 1
+    assert pixels.shape == (3, 20, 20) and pixels.min() >= -1 and pixels.max() <= 1
     assert crop.original_size == (40, 60) and crop.crop_top_left == (0, 5)
     crops = {ImageTransform(20, "random")(image, torch.Generator().manual_seed(seed))[1].crop_top_left
              for seed in range(20)}

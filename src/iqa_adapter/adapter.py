@@ -29,9 +29,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .config import CONFIG_NAME, WEIGHTS_NAME, CrossAttentionLayer, IQAAdapterConfig
 from .hub import download_file, is_local, upload_files
 from .io_utils import atomic_write, load_safetensors
-from .config import CONFIG_NAME, WEIGHTS_NAME, CrossAttentionLayer, IQAAdapterConfig
 from .projection import build_projection, quality_features
 from .slots import AdapterSlots
 from .stats import MetricStats
@@ -134,7 +134,7 @@ class IQAAdapter(nn.Module):
         default_scale: float = 0.5,
         base_model: str | None = None,
         seed: int | None = None,
-    ) -> "IQAAdapter":
+    ) -> IQAAdapter:
         """A new adapter for this UNet, its quality K/V initialised from each layer's text K/V.
 
         Conditioned on the z-scores of ``metrics``, or, with ``reference={"metric", "layers", "feature_dim"}``,
@@ -186,7 +186,7 @@ class IQAAdapter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        subfolder: str | None = None, device=None, dtype=None) -> "IQAAdapter":
+                        subfolder: str | None = None, device=None, dtype=None) -> IQAAdapter:
         """Load an adapter written by :meth:`save_pretrained` (safetensors only): a local folder, or a hub id
         (``org/name``, at ``revision``) whose ``subfolder`` holds the files, through huggingface_hub's download
         and cache (``HF_HUB_OFFLINE`` and an unreachable Hub read the cache alone)."""
@@ -211,7 +211,7 @@ class IQAAdapter(nn.Module):
 
     @classmethod
     def from_official(cls, checkpoint: str | os.PathLike, base, metrics: Sequence[str] | None = None,
-                      **options) -> "IQAAdapter":
+                      **options) -> IQAAdapter:
         """An official IQA-Adapter checkpoint (a local file, or a hub repository with ``weight_name=``), its
         metrics named or read from the file name: see :func:`iqa_adapter.convert.from_official`."""
         from .convert import from_official
@@ -261,7 +261,7 @@ class IQAAdapter(nn.Module):
         """The UNet the adapter is attached to, if any."""
         return None if self._attachment is None else self._attachment["unet"]
 
-    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None, *, cast: bool = True) -> "IQAAdapter":
+    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None, *, cast: bool = True) -> IQAAdapter:
         """Install the adapter's layers into a UNet or pipeline; ``scale`` defaults to the config's.
 
         Several adapters can be attached to one UNet, beside IP-Adapters loaded with ``pipe.load_ip_adapter``

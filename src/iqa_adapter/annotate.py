@@ -33,8 +33,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .chunks import (ChunkBatches, ChunkCollector, ItemLoader, JobMismatchError, WorkItem, count_samples,
-                     my_unfinished_chunks, process_state, start_or_resume)
+from .chunks import (
+    ChunkBatches,
+    ChunkCollector,
+    ItemLoader,
+    JobMismatchError,
+    WorkItem,
+    count_samples,
+    my_unfinished_chunks,
+    process_state,
+    start_or_resume,
+)
 from .datasets import RESIZE_MODES, DecodedImage, ImageTextReader, load_image, open_dataset
 from .images import DEFAULT_MAX_PIXELS
 from .io_utils import atomic_write
@@ -306,7 +315,7 @@ def _metric_scores(name: str, model: QualityMetric, batch: torch.Tensor,
 def _chunk_frame(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
     """A chunk's rows: the columns of ``scores.parquet``, then ``source`` and ``reason`` (set for skipped samples)."""
     dtypes = {"key": "string", "caption": "string", "width": "Int64", "height": "Int64",
-              **{name: "float32" for name in metrics}, "source": "string", "reason": "string"}
+              **dict.fromkeys(metrics, "float32"), "source": "string", "reason": "string"}
     return pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes)
 
 
@@ -396,7 +405,7 @@ class ScoreTable:
             raise ValueError("keys must be unique")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ScoreTable":
+    def load(cls, path: str | Path) -> ScoreTable:
         """Load ``scores.parquet`` (or the annotation folder holding it)."""
         import pyarrow.parquet as pq
 

@@ -14,14 +14,29 @@ import time
 import warnings
 from pathlib import Path
 
+from .cli_common import (
+    add_adapter_location_options,
+    add_generation_options,
+    comma_list,
+    load_adapter,
+    metric_options,
+    plural,
+    resolve_model_and_sampling,
+    torch_dtype,
+)
 from .datasets import RESIZE_MODES
 from .images import DEFAULT_MAX_PIXELS
-from .cli_common import (add_adapter_location_options, add_generation_options, comma_list, load_adapter, metric_options,
-                         plural, resolve_model_and_sampling, torch_dtype)
 from .runtime import add_threads_option, apply_threads, hide_loading_bars, resolve_device
 from .stats import QualityTargetError
-from .validation import (check_scale, finite_number, fraction, non_negative_int, non_negative_number, positive_int,
-                         positive_number)
+from .validation import (
+    check_scale,
+    finite_number,
+    fraction,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+)
 
 DEBUG_VARIABLE = "IQA_ADAPTER_DEBUG"
 

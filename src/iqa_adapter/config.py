@@ -113,7 +113,7 @@ class IQAAdapterConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "adapter config") -> "IQAAdapterConfig":
+    def from_dict(cls, data: dict, source: str = "adapter config") -> IQAAdapterConfig:
         """The config saved as ``data``; unknown or missing keys raise a ValueError naming ``source``."""
         if not isinstance(data, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}")
@@ -138,7 +138,7 @@ class IQAAdapterConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "IQAAdapterConfig":
+    def load(cls, directory: str | Path) -> IQAAdapterConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")

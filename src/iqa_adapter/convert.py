@@ -82,14 +82,13 @@ def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tu
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     flat = _read_flat(path, trust_pickle)
-    for projection_prefix, layers_prefix in _PREFIXES:
-        if any(key.startswith(projection_prefix) for key in flat):
-            break
-    else:
+    prefixes = next((pair for pair in _PREFIXES if any(key.startswith(pair[0]) for key in flat)), None)
+    if prefixes is None:
         raise ValueError(
             f"{path} is not an official IQA-Adapter checkpoint: no keys start with 'image_proj.' or "
             f"'qual_proj_model.' (first keys: {sorted(flat)[:5]})"
         )
+    projection_prefix, layers_prefix = prefixes
     projection = {k[len(projection_prefix):]: v for k, v in flat.items() if k.startswith(projection_prefix)}
     kv: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():

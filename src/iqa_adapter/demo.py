@@ -43,10 +43,10 @@ from .evaluation import EvaluationSettings, Measures, evaluate, relgain
 from .evaluation.passes import ScoreColumn, score_tensors
 from .evaluation.prompts import Prompt
 from .evaluation.report import report_markdown
-from .images import rgb_tensor
 from .generation import generate
 from .grid import image_grid
 from .guidance import IQAGuidance
+from .images import rgb_tensor
 from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
 from .pairs import ContentFilter, FilterSettings, PairSettings, make_pairs, quality_levels
@@ -79,7 +79,7 @@ class DemoSettings:
     restoration: RestorationSettings = field(default_factory=RestorationSettings)
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
+    def quick(cls) -> DemoSettings:
         return cls(prompts=2, seeds=1, steps=2, classifier_images=2, reference_scenes=8, pair_prompts=4, pair_seeds=1,
                    pair_filter=None, restoration=RestorationSettings.miniature())
 
@@ -351,7 +351,7 @@ def pairs_experiment(pipe, adapter: IQAAdapter, columns: list[ScoreColumn], sett
     folder = out_dir / "pairs"
     content_filter = (ContentFilter(settings.pair_filter, ToyCaptionScorer()) if settings.pair_filter is not None
                       else ContentFilter(FilterSettings(min_ssim=None, min_degradation=None)))
-    summary = make_pairs(pipe, adapter, prompts, folder, high={name: "p99" for name in adapter.metric_names},
+    summary = make_pairs(pipe, adapter, prompts, folder, high=dict.fromkeys(adapter.metric_names, "p99"),
                          levels=quality_levels({name: ["p1"] for name in adapter.metric_names}), metrics=columns,
                          settings=PairSettings(seeds=settings.pair_seeds, steps=settings.steps,
                                                guidance=settings.guidance, batch_size=32, chunk_size=64),

@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 from .adapter import IQAAdapter
 from .grid import image_grid
 from .guidance import IQAGuidance
+from .images import to_rgb
+from .io_utils import atomic_write, write_json
 from .reference import ReferenceEncoder
 from .slots import AdapterSlots
 from .stats import QualityTargetError
-from .images import to_rgb
-from .io_utils import atomic_write, write_json
 from .targets import QualityTarget
 from .validation import check_int, check_number, check_scale, check_seed
 

@@ -80,8 +80,12 @@ def download_file(repo_id: str, filename: str, *, what: str, revision: str | Non
     through huggingface_hub's download and cache: from the cache alone when :func:`offline`. ``what`` names the
     thing in errors (``"the adapter"``)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HFValidationError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     options = loading_options(repo_id)
     shown = "/".join(part for part in (subfolder, filename) if part)
@@ -119,7 +123,7 @@ def upload_files(repo_id: str, files: dict[str, str | os.PathLike | bytes], *, w
     """Create the model repository ``repo_id`` when it is missing and commit ``files`` (path in the repository ->
     local path or bytes) to it in one commit; returns the commit's URL. Errors name ``what`` and the fix."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     if hub_offline_set():
         raise ValueError(f"cannot upload {what} to {repo_id!r}: HF_HUB_OFFLINE is set; unset it to upload")

@@ -52,7 +52,7 @@ def open_image(source: str | os.PathLike | bytes, *, name: str | None = None,
             raise ImageReadError(f"{label} does not exist")
         if path.stat().st_size == 0:
             raise ImageReadError(f"{label} is an empty file")
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the with-block below, as the BytesIO branch)
     else:
         if not source:
             raise ImageReadError(f"{label} is empty (0 bytes)")

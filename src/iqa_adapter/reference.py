@@ -43,7 +43,7 @@ class ReferenceSpec:
     layers: tuple[str, ...]
 
     @classmethod
-    def parse(cls, text: str) -> "ReferenceSpec":
+    def parse(cls, text: str) -> ReferenceSpec:
         metric, separator, layers = text.rpartition(":")
         names = tuple(name.strip() for name in layers.split(",") if name.strip())
         if not separator or not metric or not names:
@@ -83,7 +83,7 @@ class ReferenceEncoder(nn.Module):
         self.feature_dim = int(self(probe).shape[1])
 
     @classmethod
-    def from_spec(cls, spec: ReferenceSpec | str, device=None) -> "ReferenceEncoder":
+    def from_spec(cls, spec: ReferenceSpec | str, device=None) -> ReferenceEncoder:
         spec = ReferenceSpec.parse(spec) if isinstance(spec, str) else spec
         return cls(create_metric(spec.metric, device=device), spec.layers)
 

@@ -95,7 +95,7 @@ class MetricStats:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MetricStats":
+    def from_dict(cls, data: dict) -> MetricStats:
         unknown = sorted(set(data) - {"name", "mean", "std", "higher_is_better", "min", "max", "percentiles"})
         if unknown:
             raise ValueError(f"metric statistics {data.get('name', '')!r}: unknown keys {', '.join(unknown)}")
@@ -111,7 +111,7 @@ class MetricStats:
 
     @classmethod
     def from_scores(cls, name: str, scores, higher_is_better: bool = True,
-                    percentiles=tuple(range(1, 100))) -> "MetricStats":
+                    percentiles=tuple(range(1, 100))) -> MetricStats:
         """Statistics of an array of raw scores (NaN and infinite values are ignored)."""
         values = np.asarray(scores, dtype=np.float64)
         values = values[np.isfinite(values)]

@@ -96,8 +96,7 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args) -> None:
     from ..annotate import metric_columns
     from ..chunks import process_state
-    from ..cli_common import (comma_list, load_adapter, metric_options, plural, resolve_model_and_sampling,
-                              torch_dtype)
+    from ..cli_common import comma_list, load_adapter, metric_options, plural, resolve_model_and_sampling, torch_dtype
     from ..metrics import create_metric
     from ..pipelines import load_pipeline
     from ..runtime import apply_threads, hide_loading_bars, resolve_device

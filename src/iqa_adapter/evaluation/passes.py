@@ -133,7 +133,7 @@ def generate_images(out_dir: Path, plan: EvaluationPlan, pipe, adapters: dict[st
                 for run in _runs(items):
                     condition = plan.conditions[run[0].condition]
                     adapter = switch.use(condition.adapter)
-                    quality = ({name: f"p{condition.percentile}" for name in adapter.metric_names}
+                    quality = (dict.fromkeys(adapter.metric_names, f"p{condition.percentile}")
                                if adapter is not None else None)
                     for start in range(0, len(run), batch_size):
                         batch = run[start:start + batch_size]

@@ -28,8 +28,21 @@ from ..chunks import process_state
 from ..io_utils import atomic_write, write_json
 from . import figures
 from .distances import MeanMatrix, PairDistance, ms_ssim_scales, pair_distances
-from .passes import (ChunkedPass, ScoreColumn, by_size, generate_images, generation_pass, hash_of, load_images,
-                     progress_bar, read_pass, read_scores, require_images, run_image_pass, score_images)
+from .passes import (
+    ChunkedPass,
+    ScoreColumn,
+    by_size,
+    generate_images,
+    generation_pass,
+    hash_of,
+    load_images,
+    progress_bar,
+    read_pass,
+    read_scores,
+    require_images,
+    run_image_pass,
+    score_images,
+)
 from .plan import BASE, HIGH, LOW, PERCENTILES, SCALES, EvaluationPlan, Item, plan_conditions
 from .quality import ORIENTATION, quality_report, relgain_matrix
 

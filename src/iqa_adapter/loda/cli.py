@@ -309,7 +309,7 @@ def cmd_make_dataset(args) -> None:
     options = {"families": families} if families else {}
     meta = make_dataset(args.out, num_references=args.references, size=args.size, levels=args.levels,
                         seed=args.seed, measure=args.measure, **options)
-    print(f"wrote {meta} ({sum(1 for _ in open(meta)) - 1} distorted images)")
+    print(f"wrote {meta} ({len(Path(meta).read_text().splitlines()) - 1} distorted images)")
 
 
 def cmd_train(args) -> None:

@@ -28,7 +28,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
 from torch.utils.data import DataLoader
 
-from .data import IQATable, EvalCrops, crop_positions, prepare_images, take_crops
+from .data import EvalCrops, IQATable, crop_positions, prepare_images, take_crops
 from .preprocess import Resize
 
 if TYPE_CHECKING:

@@ -182,7 +182,7 @@ def seeded_init(model: nn.Module, seed: int) -> None:
                 constant(module.running_mean, 0.0)
                 constant(module.running_var, 1.0)
                 constant(module.num_batches_tracked, 0)
-    for name, parameter in model.named_parameters():  # CLS token, position embeddings
+    for parameter in model.parameters():  # CLS token, position embeddings
         if id(parameter) not in done:
             fill(parameter, 0.02)
     left = [name for name, buffer in model.named_buffers() if id(buffer) not in done]

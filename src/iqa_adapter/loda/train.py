@@ -97,7 +97,7 @@ def _load_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, sc
     try:
         with safe_open(out_dir / STATE_FILE, framework="pt") as handle:
             metadata = handle.metadata()
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except SafetensorError as error:
         raise RunDirectoryError(f"{out_dir / STATE_FILE} cannot be read ({error}): the saved training state is "
                                 "damaged; delete it to train from the start, or train into a new --out") from None

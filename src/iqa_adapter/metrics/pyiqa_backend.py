@@ -99,7 +99,7 @@ def pyiqa_metric_infos() -> list[MetricInfo]:
     return [pyiqa_metric_info(name) for name, config in sorted(configs.items()) if config.get("metric_mode") == "NR"]
 
 
-def create_pyiqa_metric(name: str, device=None, unknown_hint: str = "", **options) -> "PyIQAMetric":
+def create_pyiqa_metric(name: str, device=None, unknown_hint: str = "", **options) -> PyIQAMetric:
     """Build a pyiqa metric (errors name the missing package, the unknown metric, or the missing weights)."""
     pyiqa_metric_info(name, unknown_hint)  # validates the name before any download
     return PyIQAMetric(name, device=device, **options)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import ndimage
@@ -102,7 +102,7 @@ def position_of(x: float, y: float) -> str:
     return "bottom" if dy > 0 else "top"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template_box(shape: str) -> tuple[float, float, float, float]:
     """The bounding box (u0, u1, v0, v1) of a shape, in radii around its centre."""
     grid = np.linspace(-1.2, 1.2, 961)

@@ -229,7 +229,7 @@ def train_toy_loda(out_dir: str | Path, data_dir: str | Path, epochs: int = LODA
     report = dict(
         parameters=parameters, test=dict(metrics, calibrated_rmse=float(np.sqrt(np.mean((calibrated - mos) ** 2))),
                                          images=len(split["test"]),
-                                         scenes=len(set(table.refs[i] for i in split["test"]))),
+                                         scenes=len({table.refs[i] for i in split["test"]})),
         data=str(Path(data_dir).resolve()), train_images=len(split["train"]), iterations=iterations,
         seconds=round(time.perf_counter() - started, 1),
         training_seconds=round(trained_seconds, 1), calibration=calibration.to_dict() if calibration else None,

@@ -76,7 +76,7 @@ class ToyWorld:
     def reference_adapter(self) -> Path:
         return self.root / "reference_adapter"
 
-    def check(self) -> "ToyWorld":
+    def check(self) -> ToyWorld:
         """Raise FileNotFoundError, with the fix, when a model is missing."""
         missing = [path.name for path in (self.base, self.loda, self.niqe, self.adapter, self.reference_adapter)
                    if not path.exists()]
@@ -119,7 +119,7 @@ class WorldSettings:
     seed: int = 0
 
     @classmethod
-    def miniature(cls) -> "WorldSettings":
+    def miniature(cls) -> WorldSettings:
         return cls(images=48, base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8,
                                               "unet_batch_size": 8},
                    iqa_references=4, loda_epochs=1, niqe_images=16, adapter_steps=2, adapter_batch_size=8,

@@ -17,7 +17,6 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 
 from ..pipelines import load_pipeline
-
 from .data import CropInfo
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -29,7 +28,7 @@ class TextEmbeddings(NamedTuple):
     prompt_embeds: torch.Tensor
     pooled: torch.Tensor | None = None
 
-    def where(self, mask: torch.Tensor, other: "TextEmbeddings") -> "TextEmbeddings":
+    def where(self, mask: torch.Tensor, other: TextEmbeddings) -> TextEmbeddings:
         """Rows of ``other`` where ``mask`` (B,) is true, of ``self`` elsewhere."""
         prompt = torch.where(mask[:, None, None], other.prompt_embeds, self.prompt_embeds)
         pooled = None if self.pooled is None else torch.where(mask[:, None], other.pooled, self.pooled)

@@ -34,8 +34,15 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..chunks import (ChunkBatches, ChunkCollector, ItemLoader, count_samples, my_unfinished_chunks, process_state,
-                      start_or_resume)
+from ..chunks import (
+    ChunkBatches,
+    ChunkCollector,
+    ItemLoader,
+    count_samples,
+    my_unfinished_chunks,
+    process_state,
+    start_or_resume,
+)
 from ..datasets import Sample, decode_image, open_dataset
 from ..images import to_rgb
 from ..io_utils import atomic_write
@@ -172,7 +179,7 @@ def _open_shard(path: str):
 def read_cache_entry(entry: CacheEntry) -> dict[str, torch.Tensor]:
     """One sample's cached tensors (float32, except ``crops``)."""
     handle = _open_shard(str(entry.shard))
-    values = {name: handle.get_slice(name)[entry.row] for name in handle.keys()}
+    values = {name: handle.get_slice(name)[entry.row] for name in handle.keys()}  # noqa: SIM118 (a safetensors handle)
     return {name: value if name == "crops" else value.float() for name, value in values.items()}
 
 

@@ -128,7 +128,7 @@ class TrainConfig:
         return recipe
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {item.name for item in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -137,7 +137,7 @@ class TrainConfig:
 
         write_json(Path(out_dir) / CONFIG_FILE, self.to_dict())
 
-    def changes_from(self, saved: "TrainConfig") -> list[str]:
+    def changes_from(self, saved: TrainConfig) -> list[str]:
         """Settings that differ from a saved run's and would change its results (resume refuses them); paths
         are compared resolved the same way on both sides (a run recorded with a relative path resumes)."""
         mine, theirs = self.to_dict(), saved.to_dict()

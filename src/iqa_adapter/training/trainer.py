@@ -47,7 +47,15 @@ from .base_model import FrozenBase, TextEmbeddings, load_pipeline_for_training
 from .cache import TrainingCache, build_cache, cached_crops, cached_text, read_cache_entry
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, load_train_config
-from .data import ImageTransform, SampleDraw, StepSampler, TrainingSample, list_training_samples, load_training_image, sample_generator
+from .data import (
+    ImageTransform,
+    SampleDraw,
+    StepSampler,
+    TrainingSample,
+    list_training_samples,
+    load_training_image,
+    sample_generator,
+)
 from .logger import TrainLogger
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -182,7 +190,7 @@ def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample], enco
             adapter.config.metrics = stats
     adapter.config.train_scale = config.train_scale
     if config.default_target is not None:
-        adapter.config.default_targets = {name: config.default_target for name in adapter.metric_names}
+        adapter.config.default_targets = dict.fromkeys(adapter.metric_names, config.default_target)
     if encoder is not None and (config.init_adapter is None or config.stats_from == "data"):
         mean, std = reference_statistics(config, samples, encoder)
         adapter.feature_mean.copy_(mean)
@@ -492,7 +500,7 @@ class Trainer:
         config = self.config
         conditions: dict = {}
         if self.encoder is None:
-            conditions["qualities"] = [{name: target for name in self.adapter.metric_names}
+            conditions["qualities"] = [dict.fromkeys(self.adapter.metric_names, target)
                                        for target in VALIDATION_PERCENTILES]
             labels = [f"all metrics {target}" for target in VALIDATION_PERCENTILES]
         else:
