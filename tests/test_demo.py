@@ -8,11 +8,34 @@ from iqa_adapter.demo import transfer_by_family
 from iqa_adapter.distortions import FAMILIES
 from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
-REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
-               "seconds", "gradient_guidance", "reference_transfer", "zoo", "relgain_matrix", "panel",
-               "caption_accuracy", "claims")
-METRICS = {"loda", "cnniqa", "aesthetic", "niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness",
-           "contrast"}
+REPORT_KEYS = (
+    "target_metrics",
+    "percentile_sweep",
+    "relgain",
+    "scale_sweep",
+    "negative_guidance",
+    "n_images",
+    "seconds",
+    "gradient_guidance",
+    "reference_transfer",
+    "zoo",
+    "relgain_matrix",
+    "panel",
+    "caption_accuracy",
+    "claims",
+)
+METRICS = {
+    "loda",
+    "cnniqa",
+    "aesthetic",
+    "niqe",
+    "piqe",
+    "sharpness",
+    "noise",
+    "blockiness",
+    "colorfulness",
+    "contrast",
+}
 CONDITIONS = ("base", "p1", "p50", "p99")
 
 
@@ -44,7 +67,7 @@ def check_report(out, report: dict) -> None:
     assert 0 <= transfer["classifier_accuracy"] <= 1 and 0 <= transfer["mean_match"] <= 1
     assert 0 <= transfer["separability"]["linear_probe_accuracy"] <= 1
     assert {"clean", "gaussian_blur", "jpeg", "gaussian_noise"} <= set(transfer)
-    for family, values in transfer_by_family(transfer).items():
+    for values in transfer_by_family(transfer).values():
         assert 0 <= values["match"] <= 1 and 0 <= values["content_leak"] <= 1
     assert all(isinstance(value, bool) for value in report["claims"].values())
     rows = (out / "images" / "images.csv").read_text().splitlines()
@@ -69,9 +92,21 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert main(["demo", "--retrain", "--quick", "--pairs", "--out", str(out)]) == 0
     world = ToyWorld(out / "world").check()
     built = json.loads((world.root / "world.json").read_text())
-    assert list(built["steps"]) == ["data", "base", "iqa_models", "zoo", "annotate", "adapter", "adapter_loda",
-                                    "adapter_cnniqa", "adapter_aesthetic", "reference_adapter"]
-    assert json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "learned:../cnniqa"
+    assert list(built["steps"]) == [
+        "data",
+        "base",
+        "iqa_models",
+        "zoo",
+        "annotate",
+        "adapter",
+        "adapter_loda",
+        "adapter_cnniqa",
+        "adapter_aesthetic",
+        "reference_adapter",
+    ]
+    assert (
+        json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "learned:../cnniqa"
+    )
     records = {path: path.read_text() for path in world.root.rglob("*.json")}
     assert not [path for path, text in records.items() if str(tmp_path) in text]  # no path of the building machine
     assert json.loads((world.adapter / "config.json").read_text())["base_model"] == "../base"
@@ -81,8 +116,9 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert "claims:" in capsys.readouterr().out
     # demo --pairs: the adapter's p99 / p1 pairs (the miniature keeps every pair) and the restoration arms
     assert report["pairs"]["made"] == report["pairs"]["kept"] == 4
-    assert sorted(path.name for path in (out / "pairs" / "hq").iterdir()) == \
-        sorted(path.name for path in (out / "pairs" / "lq").iterdir())
+    assert sorted(path.name for path in (out / "pairs" / "hq").iterdir()) == sorted(
+        path.name for path in (out / "pairs" / "lq").iterdir()
+    )
     for arm in ("generated", "identity", "real"):
         assert {"psnr", "ssim"} <= set(report["restoration"][arm])
         assert set(report["restoration"][arm]["families"]) == set(FAMILIES)
@@ -106,11 +142,46 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
 
     moved = tmp_path / "moved"  # a world folder works wherever it goes
     world.root.rename(moved)
-    assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "reference_adapter"),
-                 "--prompt", "a red circle", "--reference", str(next((out / "images" / "base").glob("*.png"))), "--steps", "2",
-                 "--out", str(tmp_path / "gen")]) == 0
-    assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "adapter"), "--prompt", "a red circle",
-                 "--quality", "cnniqa=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(moved / "base"),
+                "--adapter",
+                str(moved / "reference_adapter"),
+                "--prompt",
+                "a red circle",
+                "--reference",
+                str(next((out / "images" / "base").glob("*.png"))),
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(moved / "base"),
+                "--adapter",
+                str(moved / "adapter"),
+                "--prompt",
+                "a red circle",
+                "--quality",
+                "cnniqa=p99",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "gen2"),
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads((tmp_path / "gen2" / "0000.json").read_text())
     assert sidecar["quality"] == {"cnniqa": "p99", "aesthetic": "p50"}  # the default target fills aesthetic
 

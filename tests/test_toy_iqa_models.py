@@ -9,8 +9,16 @@ from scipy import stats
 
 from iqa_adapter.loda.data import load_image, read_meta
 from iqa_adapter.metrics import create_metric, metric_info
-from iqa_adapter.toy.iqa_models import (IQA_DATA_SEED, LODA_REPORT, evaluate_toy_iqa, fit_toy_niqe,
-                                        make_toy_iqa_dataset, render_clean_scenes, toy_split, train_toy_loda)
+from iqa_adapter.toy.iqa_models import (
+    IQA_DATA_SEED,
+    LODA_REPORT,
+    evaluate_toy_iqa,
+    fit_toy_niqe,
+    make_toy_iqa_dataset,
+    render_clean_scenes,
+    toy_split,
+    train_toy_loda,
+)
 from iqa_adapter.toy.scenes import render_scene, scene_for
 
 FAMILIES = ("gaussian_noise", "gaussian_blur", "contrast")

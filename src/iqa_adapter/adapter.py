@@ -10,34 +10,32 @@ Attaching an adapter to a UNet (or to any diffusers pipeline that has one):
 * ``unet.encoder_hid_proj`` becomes a ``MultiIPAdapterImageProjection`` around the quality projection, so
   the pipeline's ``ip_adapter_image_embeds`` carry the quality features (see :meth:`IQAAdapter.embeds`).
 
-Because the layers are diffusers' own, users get ``pipe.set_ip_adapter_scale`` (global or per block),
-``pipe.unload_ip_adapter()``, ``IPAdapterScaleCutoffCallback`` and CFG batching of negative/positive
-embeds for free. :meth:`IQAAdapter.detach` restores the exact processors and projection the UNet had.
+Several IQA-Adapters, and IP-Adapters loaded with ``pipe.load_ip_adapter``, share a UNet as slots of that
+machinery (:mod:`iqa_adapter.slots`), each with its own scale. Because the layers are diffusers' own, users get
+``pipe.set_ip_adapter_scale`` (global or per block), ``IPAdapterScaleCutoffCallback`` and CFG batching of
+negative/positive embeds for free. :meth:`IQAAdapter.detach` of the last adapter restores the exact processors
+and projection the UNet had.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-from diffusers.loaders import IPAdapterMixin
-from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import MultiIPAdapterImageProjection
 from safetensors.torch import save_file
 from torch import nn
 
-from .io_utils import atomic_write, load_safetensors
 from .config import CONFIG_NAME, WEIGHTS_NAME, CrossAttentionLayer, IQAAdapterConfig
+from .hub import download_file, is_local, upload_files
+from .io_utils import atomic_write, load_safetensors
 from .projection import build_projection, quality_features
+from .slots import AdapterSlots
 from .stats import MetricStats
 from .targets import QualityTarget, targets_to_z
-
-ENCODER_HID_DIM_TYPE = "ip_image_proj"
-"""diffusers' ``encoder_hid_dim_type`` that routes ``added_cond_kwargs["image_embeds"]`` to the projection."""
 
 
 class AdapterMismatchError(ValueError):
@@ -77,6 +75,20 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
     if not layers:
         raise AdapterMismatchError("this UNet has no cross-attention layers to attach an IQA-Adapter to")
     return layers
+
+
+def _adapter_files(name_or_path: str | os.PathLike, revision: str | None, subfolder: str | None) -> tuple[Path, Path]:
+    """The folder that holds an adapter's config and the path of its weights: a local folder as it is, a hub id
+    downloaded (or read from the cache)."""
+    if is_local(name_or_path):
+        if revision is not None:
+            raise ValueError(f"{name_or_path} is a local folder: a revision applies to hub ids only")
+        directory = Path(name_or_path).expanduser() / (subfolder or "")
+        return directory, directory / WEIGHTS_NAME
+    name = str(name_or_path)
+    config = download_file(name, CONFIG_NAME, what="the adapter", revision=revision, subfolder=subfolder)
+    weights = download_file(name, WEIGHTS_NAME, what="the adapter", revision=revision, subfolder=subfolder)
+    return config.parent, weights
 
 
 def describe_width(width: int) -> str:
@@ -121,7 +133,7 @@ class IQAAdapter(nn.Module):
         default_scale: float = 0.5,
         base_model: str | None = None,
         seed: int | None = None,
-    ) -> "IQAAdapter":
+    ) -> IQAAdapter:
         """A new adapter for this UNet, its quality K/V initialised from each layer's text K/V.
 
         Conditioned on the z-scores of ``metrics``, or, with ``reference={"metric", "layers", "feature_dim"}``,
@@ -172,11 +184,20 @@ class IQAAdapter(nn.Module):
         atomic_write(directory / CONFIG_NAME, lambda path: self.config.save_to_file(path))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device=None, dtype=None) -> "IQAAdapter":
-        """Load an adapter directory written by :meth:`save_pretrained` (safetensors only)."""
-        directory = Path(directory)
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> IQAAdapter:
+        """Load an adapter written by :meth:`save_pretrained` (safetensors only): a local folder, or a hub id
+        (``org/name``, at ``revision``) whose ``subfolder`` holds the files, through huggingface_hub's download
+        and cache (``HF_HUB_OFFLINE`` and an unreachable Hub read the cache alone)."""
+        directory, weights = _adapter_files(name_or_path, revision, subfolder)
         config = IQAAdapterConfig.load(directory)
-        weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} not found: an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
         adapter = cls(config)
@@ -185,14 +206,56 @@ class IQAAdapter(nn.Module):
         try:
             missing, unexpected = adapter.load_state_dict(state, strict=False)
         except RuntimeError as error:  # tensor shapes that differ from the config's
-            raise ValueError(f"{weights} does not match {directory / CONFIG_NAME}: "
-                             f"{' '.join(str(error).split())[:300]}") from None
+            raise ValueError(
+                f"{weights} does not match {directory / CONFIG_NAME}: {' '.join(str(error).split())[:300]}"
+            ) from None
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not match {directory / CONFIG_NAME}: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         return adapter.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_official(
+        cls, checkpoint: str | os.PathLike, base, metrics: Sequence[str] | None = None, **options
+    ) -> IQAAdapter:
+        """An official IQA-Adapter checkpoint (a local file, or a hub repository with ``weight_name=``), its
+        metrics named or read from the file name: see :func:`iqa_adapter.convert.from_official`."""
+        from .convert import from_official
+
+        return from_official(checkpoint, base, metrics, **options)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        evaluation: Mapping | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        license: str | None = None,
+        commit_message: str = "Upload IQA-Adapter",
+    ) -> str:
+        """Upload ``config.json``, ``adapter.safetensors`` and a model card (``README.md``: base model, metrics
+        and their statistics, training recipe, scale and target conventions, usage, and the figures of an
+        ``evaluate`` report when ``evaluation`` is given) to the hub model repository ``repo_id``, created
+        when missing; returns the commit's URL."""
+        from .model_card import adapter_model_card
+
+        card = adapter_model_card(self.config, repo_id, evaluation=evaluation, license=license)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            files = {name: Path(folder) / name for name in (CONFIG_NAME, WEIGHTS_NAME)}
+            return upload_files(
+                repo_id,
+                {**files, "README.md": card.encode()},
+                what="the adapter",
+                token=token,
+                private=private,
+                revision=revision,
+                commit_message=commit_message,
+            )
 
     # ------------------------------------------------------------------ attaching to a UNet
     def _check_compatible(self, unet: nn.Module) -> None:
@@ -221,73 +284,65 @@ class IQAAdapter(nn.Module):
         """The UNet the adapter is attached to, if any."""
         return None if self._attachment is None else self._attachment["unet"]
 
-    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None, *, cast: bool = True) -> "IQAAdapter":
+    def attach(self, unet_or_pipeline, scale: float | Mapping | None = None, *, cast: bool = True) -> IQAAdapter:
         """Install the adapter's layers into a UNet or pipeline; ``scale`` defaults to the config's.
 
-        The adapter moves to the UNet's device and, with ``cast`` (default), to its dtype. Training keeps
-        float32 adapter weights on a half-precision UNet (``cast=False``) and runs under autocast.
+        Several adapters can be attached to one UNet, beside IP-Adapters loaded with ``pipe.load_ip_adapter``
+        (load those first): each gets a slot of diffusers' multi-IP-Adapter machinery (:mod:`iqa_adapter.slots`),
+        after diffusers' slots, in attach order. The adapter moves to the UNet's device and, with ``cast``
+        (default), to its dtype. Training keeps float32 adapter weights on a half-precision UNet (``cast=False``)
+        and runs under autocast.
         """
         unet = _unet_of(unet_or_pipeline)
         if self._attachment is not None:
             raise RuntimeError("this adapter is already attached; call detach() first")
-        if getattr(unet, "encoder_hid_proj", None) is not None:
-            raise RuntimeError(
-                "this UNet already has an encoder_hid_proj (an IP-Adapter or a text projection is loaded); "
-                "call pipe.unload_ip_adapter() or detach the other adapter first"
-            )
         self._check_compatible(unet)
+        slots = AdapterSlots.of(unet, create=True)
+        others = [adapter.config.layers for adapter in slots.adapters]
+        if others and others[0] != self.config.layers:
+            raise AdapterMismatchError("the adapters attached to this UNet were made for other cross-attention layers")
         parameter = next(unet.parameters())
         self.to(device=parameter.device, dtype=parameter.dtype if cast else None)
-
-        original_processors = dict(unet.attn_processors)
-        processors = dict(original_processors)
-        for layer, kv in zip(self.config.layers, self.kv):
-            processor = IPAdapterAttnProcessor2_0(
-                hidden_size=layer.hidden_size,
-                cross_attention_dim=self.config.cross_attention_dim,
-                num_tokens=(self.config.num_tokens,),
-                scale=1.0,
-            )
-            processor.to_k_ip = nn.ModuleList([kv.to_k])
-            processor.to_v_ip = nn.ModuleList([kv.to_v])
-            processors[f"{layer.name}.processor"] = processor
+        self.scale = self.config.default_scale if scale is None else scale
+        try:
+            slots.add(self)
+        except Exception:
+            slots.remove(self)
+            raise
         self._attachment = {
             "unet": unet,
-            "processors": original_processors,
-            "encoder_hid_proj": unet.encoder_hid_proj,
-            "encoder_hid_dim_type": unet.config.encoder_hid_dim_type,
             "hook": unet.register_forward_pre_hook(self._route_quality_embeds, with_kwargs=True),
         }
-        unet.set_attn_processor(processors)  # diffusers empties the dict it is given: pass a copy we own
-        unet.encoder_hid_proj = MultiIPAdapterImageProjection([self.projection])
-        unet.config.encoder_hid_dim_type = ENCODER_HID_DIM_TYPE
-        self.set_scale(self.config.default_scale if scale is None else scale)
+        self.set_scale(self.scale)
         return self
 
     def detach(self) -> None:
-        """Restore the UNet exactly as it was before :meth:`attach`."""
+        """Take the adapter out of its UNet; other attached adapters keep working, and after the last one the UNet
+        is exactly as it was before the first :meth:`attach` (the same processor objects and projection)."""
         if self._attachment is None:
             raise RuntimeError("this adapter is not attached")
         attachment, self._attachment = self._attachment, None
-        unet = attachment["unet"]
         attachment["hook"].remove()
-        unet.set_attn_processor(dict(attachment["processors"]))
-        unet.encoder_hid_proj = attachment["encoder_hid_proj"]
-        unet.config.encoder_hid_dim_type = attachment["encoder_hid_dim_type"]
+        AdapterSlots.of(attachment["unet"]).remove(self)
+
+    @property
+    def slot(self) -> int:
+        """This adapter's position in the UNet's IP-Adapter slots (in ``ip_adapter_image_embeds``)."""
+        if self._attachment is None:
+            raise RuntimeError("attach the adapter first")
+        return AdapterSlots.of(self.attached_unet).index(self)
 
     def set_scale(self, scale: float | Mapping) -> None:
-        """Adapter strength lambda: a float, or a per-block dict in diffusers' form, e.g.
-        ``{"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}}`` (unlisted blocks get 0).
-
-        Delegates to diffusers' ``set_ip_adapter_scale``, the same code as ``pipe.set_ip_adapter_scale``.
-        """
+        """Adapter strength lambda of this adapter's slot: a float, or a per-block dict in diffusers' form, e.g.
+        ``{"down": {"block_2": [0.0, 1.0]}, "up": {"block_0": [0.0, 1.0, 0.0]}}`` (unlisted blocks get 0),
+        expanded by diffusers' own code. ``pipe.set_ip_adapter_scale`` sets every slot at once."""
         if self._attachment is None:
             raise RuntimeError("attach the adapter before setting its scale")
-        IPAdapterMixin.set_ip_adapter_scale(SimpleNamespace(unet=self.attached_unet), scale)
+        AdapterSlots.of(self.attached_unet).set_scale(self, scale)
         self.scale = scale
 
     def _route_quality_embeds(self, unet, args, kwargs):
-        """UNet pre-hook: one quality feature row per sample, never a silent mix.
+        """UNet pre-hook: one quality feature row per sample in this adapter's slot, never a silent mix.
 
         diffusers pipelines repeat ``ip_adapter_image_embeds`` ``batch x num_images`` times, so B different
         vectors passed for B prompts become B*B rows that every sample attends to together (diffusers issue
@@ -297,13 +352,20 @@ class IQAAdapter(nn.Module):
         added = kwargs.get("added_cond_kwargs") or {}
         if "image_embeds" not in added:
             return None
+        slot, embeds = self.slot, list(added["image_embeds"])
+        if len(embeds) != AdapterSlots.of(unet).count:
+            raise ValueError(
+                f"the UNet got {len(embeds)} ip_adapter_image_embeds for its {AdapterSlots.of(unet).count} "
+                "IP-Adapter slots: pass one per slot, in slot order (adapter.slot tells an adapter's)"
+            )
         batch = (args[0] if args else kwargs["sample"]).shape[0]
         if self._per_image_embeds is not None:
             rows = self._per_image_embeds
             if rows.shape[0] != batch:
                 raise ValueError(f"per-image quality embeds have {rows.shape[0]} rows for a UNet batch of {batch}")
-            return args, {**kwargs, "added_cond_kwargs": {**added, "image_embeds": [rows]}}
-        rows = added["image_embeds"][0].shape[0]
+            embeds[slot] = rows
+            return args, {**kwargs, "added_cond_kwargs": {**added, "image_embeds": embeds}}
+        rows = embeds[slot].shape[0]
         if rows != batch:
             raise ValueError(
                 f"the UNet got {rows} quality-embedding rows for a batch of {batch} samples: diffusers pipelines "
@@ -327,13 +389,15 @@ class IQAAdapter(nn.Module):
             self._per_image_embeds = None
 
     @staticmethod
-    def pipeline_placeholder(embeds: list[torch.Tensor], do_classifier_free_guidance: bool = True) -> list[torch.Tensor]:
+    def pipeline_placeholder(
+        embeds: list[torch.Tensor], do_classifier_free_guidance: bool = True
+    ) -> list[torch.Tensor]:
         """One row per CFG half of ``embeds``: what a pipeline must receive so that, after it repeats the
         rows per image, the batch matches the rows installed by :meth:`per_image_embeds`."""
         rows = embeds[0]
         if do_classifier_free_guidance:
             half = rows.shape[0] // 2
-            return [torch.cat([rows[:1], rows[half:half + 1]])]
+            return [torch.cat([rows[:1], rows[half : half + 1]])]
         return [rows[:1]]
 
     # ------------------------------------------------------------------ quality conditions
@@ -343,8 +407,9 @@ class IQAAdapter(nn.Module):
 
     def z_scores(self, targets: Mapping[str, QualityTarget]) -> torch.Tensor:
         """Z-scores (D,) for a mapping ``{metric: "p99" | "z2.0" | raw value}`` covering every metric."""
-        return torch.tensor(targets_to_z(targets, self.config.metrics, self.config.default_targets),
-                            dtype=torch.float32)
+        return torch.tensor(
+            targets_to_z(targets, self.config.metrics, self.config.default_targets), dtype=torch.float32
+        )
 
     def complete_targets(self, targets: Mapping[str, QualityTarget]) -> dict[str, QualityTarget]:
         """``targets`` with the config's default targets for the metrics they do not name."""
@@ -355,8 +420,11 @@ class IQAAdapter(nn.Module):
         flag and sinusoidal encoding applied."""
         values = torch.as_tensor(values, dtype=torch.float32)
         if values.shape[-1] != self.config.condition_dim:
-            what = (f"z-scores ({', '.join(self.metric_names)})" if self.config.condition == "scores"
-                    else "reference features")
+            what = (
+                f"z-scores ({', '.join(self.metric_names)})"
+                if self.config.condition == "scores"
+                else "reference features"
+            )
             raise ValueError(f"expected {self.config.condition_dim} {what}, got shape {tuple(values.shape)}")
         if self.config.condition == "reference":
             values = (values - self.feature_mean.float().to(values.device)) / self.feature_std.float().to(values.device)
@@ -366,8 +434,9 @@ class IQAAdapter(nn.Module):
         """The dropped condition used in training (all-zero projection input): the plain CFG unconditional input."""
         return torch.zeros(batch_size, self.config.feature_dim)
 
-    def stack_embeds(self, positive: torch.Tensor, negative: torch.Tensor | None = None,
-                     do_classifier_free_guidance: bool = True) -> list[torch.Tensor]:
+    def stack_embeds(
+        self, positive: torch.Tensor, negative: torch.Tensor | None = None, do_classifier_free_guidance: bool = True
+    ) -> list[torch.Tensor]:
         """``ip_adapter_image_embeds`` from projection inputs (B, F): ``[cat([unconditional, conditional])]``
         under CFG, the unconditional half being ``negative`` or, when it is None, the dropped condition."""
         tensors = [positive]
@@ -431,5 +500,7 @@ class IQAAdapter(nn.Module):
         negative = None
         if negative_features is not None:
             negative = torch.as_tensor(negative_features, dtype=torch.float32)
-            negative = self.condition_inputs(negative[None] if negative.ndim == 1 else negative).expand(len(features), -1)
+            negative = self.condition_inputs(negative[None] if negative.ndim == 1 else negative).expand(
+                len(features), -1
+            )
         return self.stack_embeds(self.condition_inputs(features), negative, do_classifier_free_guidance)

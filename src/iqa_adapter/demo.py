@@ -35,8 +35,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from itertools import combinations
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -46,21 +46,21 @@ from PIL import Image
 from .adapter import IQAAdapter
 from .distortions import FAMILIES, distort
 from .evaluation import EvaluationSettings, Measures, evaluate, figures, relgain
-from .evaluation.preference import PairVotes, simulate_votes, win_rates
 from .evaluation.passes import ScoreColumn, score_tensors
+from .evaluation.preference import PairVotes, simulate_votes, win_rates
 from .evaluation.prompts import Prompt
 from .evaluation.report import report_markdown
-from .images import rgb_tensor
 from .generation import generate
 from .grid import image_grid
 from .guidance import IQAGuidance
+from .images import rgb_tensor
 from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
-from .toy.caption_check import ToyCaptionScorer, read_object
-from .toy.scenes import Scene, render_scene, scene_for
 from .metrics.learned import LearnedModel
 from .pairs import ContentFilter, FilterSettings, PairSettings, make_pairs, quality_levels
 from .pairs.restoration import ARMS, RestorationSettings, restoration_experiment
+from .toy.caption_check import ToyCaptionScorer, read_object
+from .toy.scenes import Scene, render_scene, scene_for
 from .toy.world import CONDITIONING_MODELS, GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
 from .toy.zoo import CLASSES, CLEAN, linear_probe_accuracy, make_zoo_data
 
@@ -94,9 +94,18 @@ class DemoSettings:
     restoration: RestorationSettings = field(default_factory=RestorationSettings)
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
-        return cls(prompts=2, seeds=1, steps=2, reference_scenes=8, separability_images=4, pair_prompts=4,
-                   pair_seeds=1, pair_filter=None, restoration=RestorationSettings.miniature())
+    def quick(cls) -> DemoSettings:
+        return cls(
+            prompts=2,
+            seeds=1,
+            steps=2,
+            reference_scenes=8,
+            separability_images=4,
+            pair_prompts=4,
+            pair_seeds=1,
+            pair_filter=None,
+            restoration=RestorationSettings.miniature(),
+        )
 
 
 def demo_scenes(count: int) -> list[Scene]:
@@ -115,8 +124,10 @@ def demo_metric_specs(world: ToyWorld) -> dict[str, tuple[str, dict]]:
 
 def demo_metrics(world: ToyWorld, device: str | torch.device = "cpu") -> dict[str, QualityMetric]:
     """The metrics of :func:`demo_metric_specs`, built."""
-    return {column: create_metric(name, device=device, **options).eval()
-            for column, (name, options) in demo_metric_specs(world).items()}
+    return {
+        column: create_metric(name, device=device, **options).eval()
+        for column, (name, options) in demo_metric_specs(world).items()
+    }
 
 
 def write_reference_scenes(folder: Path, count: int) -> Path:
@@ -126,15 +137,21 @@ def write_reference_scenes(folder: Path, count: int) -> Path:
         path = folder / f"{index:05d}.png"
         if not path.exists():
             scene = scene_for(REFERENCE_SEED + 1, index, kind="single", full_caption=True)
-            atomic_write(path, lambda temporary, scene=scene: Image.fromarray(render_scene(scene, 32)).save(
-                temporary, format="PNG"))
+            atomic_write(
+                path,
+                lambda temporary, scene=scene: Image.fromarray(render_scene(scene, 32)).save(temporary, format="PNG"),
+            )
             (folder / f"{index:05d}.txt").write_text(scene.caption)
     return folder
 
 
 def _pixels(images: list[Image.Image]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                        for image in images])
+    return torch.stack(
+        [
+            torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+            for image in images
+        ]
+    )
 
 
 def _announce(step: str, progress: bool) -> None:
@@ -157,44 +174,73 @@ def _save_grid(images: list[Image.Image], columns: int, path: Path, **labels) ->
 # ---------------------------------------------------------------- gradient guidance
 
 
-def gradient_guidance_experiment(pipe, metrics: dict[str, QualityMetric], prompts: list[str], settings: DemoSettings,
-                                 out_dir: Path, adapter_relgain: dict[str, float], progress: bool = False) -> dict:
+def gradient_guidance_experiment(
+    pipe,
+    metrics: dict[str, QualityMetric],
+    prompts: list[str],
+    settings: DemoSettings,
+    out_dir: Path,
+    adapter_relgain: dict[str, float],
+    progress: bool = False,
+) -> dict:
     """Base model with and without IQA-gradient guidance on the toy LoDa: RelGain on every metric."""
     _announce("gradient guidance: the base model without, then with, the toy LoDa's gradient", progress)
-    common = dict(seed=0, num_images=settings.seeds, steps=settings.steps, guidance=settings.guidance,
-                  progress=progress)
+    common = dict(
+        seed=0, num_images=settings.seeds, steps=settings.steps, guidance=settings.guidance, progress=progress
+    )
     base = generate(pipe, None, prompts, **common)
     guidance = IQAGuidance(metrics["loda"], alpha=settings.guidance_alpha)
     guided = generate(pipe, None, prompts, iqa_guidance=guidance, **common)
     base_scores = {name: score_tensors(metric, [rgb_tensor(r.image) for r in base]) for name, metric in metrics.items()}
-    guided_scores = {name: score_tensors(metric, [rgb_tensor(r.image) for r in guided])
-                     for name, metric in metrics.items()}
-    gains = {name: relgain(base_scores[name], guided_scores[name], metric.higher_is_better)
-             for name, metric in metrics.items()}
+    guided_scores = {
+        name: score_tensors(metric, [rgb_tensor(r.image) for r in guided]) for name, metric in metrics.items()
+    }
+    gains = {
+        name: relgain(base_scores[name], guided_scores[name], metric.higher_is_better)
+        for name, metric in metrics.items()
+    }
     others = [name for name in metrics if name != "loda"]
-    figure = _save_grid([image for pair in zip(base, guided) for image in (pair[0].image, pair[1].image)], 2,
-                        out_dir / "figures" / "gradient_guidance.png", column_labels=["base", "LoDa guidance"])
-    return {"target": "loda", "alpha": settings.guidance_alpha, "relgain": gains,
-            "adapter_relgain_p99": adapter_relgain,
-            "improved_other_metrics": sum(gains[name] > 0 for name in others),
-            "adapter_improved_other_metrics": sum(adapter_relgain.get(name, 0) > 0 for name in others),
-            "figure": f"figures/{figure}"}
+    figure = _save_grid(
+        [image for pair in zip(base, guided) for image in (pair[0].image, pair[1].image)],
+        2,
+        out_dir / "figures" / "gradient_guidance.png",
+        column_labels=["base", "LoDa guidance"],
+    )
+    return {
+        "target": "loda",
+        "alpha": settings.guidance_alpha,
+        "relgain": gains,
+        "adapter_relgain_p99": adapter_relgain,
+        "improved_other_metrics": sum(gains[name] > 0 for name in others),
+        "adapter_improved_other_metrics": sum(adapter_relgain.get(name, 0) > 0 for name in others),
+        "figure": f"figures/{figure}",
+    }
 
 
 # ---------------------------------------------------------------- reference transfer
 
 
-def reference_transfer_experiment(pipe, adapter: IQAAdapter, classifier: LearnedModel, scenes: list[Scene],
-                                  settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
+def reference_transfer_experiment(
+    pipe,
+    adapter: IQAAdapter,
+    classifier: LearnedModel,
+    scenes: list[Scene],
+    settings: DemoSettings,
+    out_dir: Path,
+    progress: bool = False,
+) -> dict:
     """One degraded reference per family (a scene whose object colour differs from every prompt's); the zoo's
     distortion classifier names the family it sees in each generated image."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     encoder = adapter.reference_encoder()
     labels = list(classifier.config.classes)
     prompt_colours = {scene.objects[0].colour for scene in scenes}
-    reference_scene = next(scene for index in range(1000)
-                           for scene in [scene_for(REFERENCE_SEED, index, kind="single", full_caption=True)]
-                           if scene.objects[0].colour not in prompt_colours)
+    reference_scene = next(
+        scene
+        for index in range(1000)
+        for scene in [scene_for(REFERENCE_SEED, index, kind="single", full_caption=True)]
+        if scene.objects[0].colour not in prompt_colours
+    )
     clean = torch.from_numpy(render_scene(reference_scene, size)).permute(2, 0, 1).float()[None] / 255
     generator = torch.Generator().manual_seed(REFERENCE_SEED)
 
@@ -208,51 +254,86 @@ def reference_transfer_experiment(pipe, adapter: IQAAdapter, classifier: Learned
         _announce(f"reference transfer: a {family} reference", progress)
         reference = clean if family == CLEAN else distort(clean, family, REFERENCE_LEVEL, generator)
         reference_image = _to_images(reference)[0]
-        generated = generate(pipe, adapter, [scene.caption for scene in scenes], references=[reference_image],
-                             reference_encoder=encoder, seed=0, num_images=settings.seeds, steps=settings.steps,
-                             guidance=settings.guidance, progress=progress)
+        generated = generate(
+            pipe,
+            adapter,
+            [scene.caption for scene in scenes],
+            references=[reference_image],
+            reference_encoder=encoder,
+            seed=0,
+            num_images=settings.seeds,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            progress=progress,
+        )
         predicted = classify(_pixels([result.image for result in generated]))
-        readings = [read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
-                    for index, result in enumerate(generated)]
+        readings = [
+            read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
+            for index, result in enumerate(generated)
+        ]
         results[family] = {
             "match": float(np.mean([label == family for label in predicted])),
             "content_leak": float(np.mean([r.colour == reference_scene.objects[0].colour for r in readings])),
-            "prompt_colour": float(np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour
-                                            for i, r in enumerate(readings)])),
+            "prompt_colour": float(
+                np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour for i, r in enumerate(readings)])
+            ),
             "classified_as": {label: predicted.count(label) / len(predicted) for label in sorted(set(predicted))},
             "reference_classified_as": classify(reference)[0],
         }
         grid_images += [reference_image] + [result.image for result in generated[:: settings.seeds]]
         rows.append(family)
-    figure = _save_grid(grid_images, len(scenes) + 1, out_dir / "figures" / "reference_transfer.png",
-                        row_labels=rows, column_labels=["reference"] + [f"prompt {i + 1}" for i in range(len(scenes))])
-    return {**results, "mean_match": float(np.mean([results[family]["match"] for family in FAMILIES])),
-            "chance": 1 / len(labels), "classifier_accuracy": classifier.config.training["test"]["accuracy"],
-            "separability": {**reference_separability(encoder, settings.separability_images),
-                             "features": adapter.config.reference},
-            "reference_caption": reference_scene.caption, "reference_level": REFERENCE_LEVEL,
-            "figure": f"figures/{figure}"}
+    figure = _save_grid(
+        grid_images,
+        len(scenes) + 1,
+        out_dir / "figures" / "reference_transfer.png",
+        row_labels=rows,
+        column_labels=["reference"] + [f"prompt {i + 1}" for i in range(len(scenes))],
+    )
+    return {
+        **results,
+        "mean_match": float(np.mean([results[family]["match"] for family in FAMILIES])),
+        "chance": 1 / len(labels),
+        "classifier_accuracy": classifier.config.training["test"]["accuracy"],
+        "separability": {
+            **reference_separability(encoder, settings.separability_images),
+            "features": adapter.config.reference,
+        },
+        "reference_caption": reference_scene.caption,
+        "reference_level": REFERENCE_LEVEL,
+        "figure": f"figures/{figure}",
+    }
 
 
 def reference_separability(encoder, images_per_family: int) -> dict:
     """How well the reference adapter's features tell the distortion families apart: a linear probe (logistic
     regression) fit on half of labelled degraded toy scenes and tested on the other half."""
-    data = make_zoo_data(SEPARABILITY_SEED, images_per_family * len(CLASSES), clean_fraction=1 / len(CLASSES),
-                         min_level=0.6)
+    data = make_zoo_data(
+        SEPARABILITY_SEED, images_per_family * len(CLASSES), clean_fraction=1 / len(CLASSES), min_level=0.6
+    )
     with torch.no_grad():
         features = encoder(data.images).double()
     half = len(features) // 2
-    accuracy = linear_probe_accuracy(features[:half], data.family[:half], features[half:], data.family[half:],
-                                     len(CLASSES))
-    return {"linear_probe_accuracy": accuracy, "images": len(features), "chance": 1 / len(CLASSES),
-            "feature_dim": int(features.shape[1])}
+    accuracy = linear_probe_accuracy(
+        features[:half], data.family[:half], features[half:], data.family[half:], len(CLASSES)
+    )
+    return {
+        "linear_probe_accuracy": accuracy,
+        "images": len(features),
+        "chance": 1 / len(CLASSES),
+        "feature_dim": int(features.shape[1]),
+    }
 
 
 # ---------------------------------------------------------------- the demo
 
 
-def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoSettings | None = None,
-             progress: bool = True, pairs: bool = False) -> dict:
+def run_demo(
+    out_dir: str | Path,
+    world: ToyWorld | None = None,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    pairs: bool = False,
+) -> dict:
     """Run every experiment on ``world`` (default: the shipped one), with ``pairs`` the pairs experiment too; write
     reports, figures and images."""
     from .pipelines import load_pipeline
@@ -271,28 +352,54 @@ def run_demo(out_dir: str | Path, world: ToyWorld | None = None, settings: DemoS
     adapters.update((name, IQAAdapter.from_pretrained(world.metric_adapter(name))) for name in CONDITIONING_MODELS)
     features = f"features:loda:{world.loda}:cls"  # the toy LoDa's CLS token, named "loda" in the report
     evaluation = evaluate(
-        out_dir, load_pipeline=lambda: pipe, base_name="toy world base", adapters=adapters,
-        metrics=[ScoreColumn(column, metrics[column], {"name": name, "options": options})
-                 for column, (name, options) in specs.items()],
-        prompts=[Prompt(scene.caption, index, metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}})
-                 for index, scene in enumerate(scenes)],
-        settings=EvaluationSettings(seeds=settings.seeds, steps=settings.steps, guidance=settings.guidance,
-                                    relgain_only=CONDITIONING_MODELS, batch_size=32),
-        measures=Measures(extractors=[f"loda={features}"], following_scorer=ToyCaptionScorer(),
-                          reference=str(write_reference_scenes(out_dir / "reference_scenes", settings.reference_scenes)),
-                          distances=("ssim", "ms_ssim", f"loda_features=features:{features}"),
-                          metric_groups={"learned": list(LEARNED), "classical": list(CLASSICAL)}),
-        progress=progress)
-    report = {**evaluation, **evaluation["adapters"]["adapter"],  # the main adapter's experiments at the top
-              "distances": evaluation["distances_by_adapter"]["adapter"]}
+        out_dir,
+        load_pipeline=lambda: pipe,
+        base_name="toy world base",
+        adapters=adapters,
+        metrics=[
+            ScoreColumn(column, metrics[column], {"name": name, "options": options})
+            for column, (name, options) in specs.items()
+        ],
+        prompts=[
+            Prompt(scene.caption, index, metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}})
+            for index, scene in enumerate(scenes)
+        ],
+        settings=EvaluationSettings(
+            seeds=settings.seeds,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            relgain_only=CONDITIONING_MODELS,
+            batch_size=32,
+        ),
+        measures=Measures(
+            extractors=[f"loda={features}"],
+            following_scorer=ToyCaptionScorer(),
+            reference=str(write_reference_scenes(out_dir / "reference_scenes", settings.reference_scenes)),
+            distances=("ssim", "ms_ssim", f"loda_features=features:{features}"),
+            metric_groups={"learned": list(LEARNED), "classical": list(CLASSICAL)},
+        ),
+        progress=progress,
+    )
+    report = {
+        **evaluation,
+        **evaluation["adapters"]["adapter"],  # the main adapter's experiments at the top
+        "distances": evaluation["distances_by_adapter"]["adapter"],
+    }
     report["zoo"] = zoo_report(world)
     report["caption_accuracy"] = caption_accuracy(report["prompt_following"])
     report["panel"] = panel_experiment(out_dir, world, settings, progress)
-    report["gradient_guidance"] = gradient_guidance_experiment(pipe, metrics, prompts, settings, out_dir,
-                                                               report["relgain"]["p99"], progress)
+    report["gradient_guidance"] = gradient_guidance_experiment(
+        pipe, metrics, prompts, settings, out_dir, report["relgain"]["p99"], progress
+    )
     report["reference_transfer"] = reference_transfer_experiment(
-        pipe, IQAAdapter.from_pretrained(world.reference_adapter), LearnedModel.from_pretrained(world.zoo("classifier")),
-        scenes, settings, out_dir, progress)
+        pipe,
+        IQAAdapter.from_pretrained(world.reference_adapter),
+        LearnedModel.from_pretrained(world.zoo("classifier")),
+        scenes,
+        settings,
+        out_dir,
+        progress,
+    )
     if pairs:
         report.update(pairs_experiment(pipe, world, settings, out_dir, progress))
     report["claims"] = demo_claims(report)
@@ -316,9 +423,11 @@ def zoo_report(world: ToyWorld) -> dict:
 
 def caption_accuracy(following: dict) -> dict:
     """``{condition: {colour, shape, position, background}}`` for base, p1, p50 and p99 of the main adapter."""
-    return {condition: {task: following[name][task] for task in ToyCaptionScorer.tasks}
-            for condition, name in (("base", "base"), ("p1", "adapter/p1"), ("p50", "adapter/p50"),
-                                    ("p99", "adapter/p99")) if name in following}
+    return {
+        condition: {task: following[name][task] for task in ToyCaptionScorer.tasks}
+        for condition, name in (("base", "base"), ("p1", "adapter/p1"), ("p50", "adapter/p50"), ("p99", "adapter/p99"))
+        if name in following
+    }
 
 
 def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, progress: bool = False) -> dict:
@@ -333,22 +442,44 @@ def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, pro
         scores[condition] = score_tensors(judge, [rgb_tensor(Image.open(path)) for path in files])
     pairs = []
     for first, second in combinations(PANEL_CONDITIONS, 2):
-        votes = simulate_votes(scores[first], scores[second], settings.participants, settings.participant_noise,
-                               settings.same_margin, seed=len(pairs))
+        votes = simulate_votes(
+            scores[first],
+            scores[second],
+            settings.participants,
+            settings.participant_noise,
+            settings.same_margin,
+            seed=len(pairs),
+        )
         pairs += [PairVotes(first, second, int(a), int(b), int(same)) for a, b, same in zip(*votes)]
     rates = win_rates(pairs)
     figures_dir = out_dir / "figures"
-    win = figures.grouped_bars({"win rate": rates["win_rate"], "share of votes": rates["vote_share"]},
-                               f"toy panel: {len(pairs)} image pairs x {settings.participants} simulated participants",
-                               "share", limits=(0, 1))
+    win = figures.grouped_bars(
+        {"win rate": rates["win_rate"], "share of votes": rates["vote_share"]},
+        f"toy panel: {len(pairs)} image pairs x {settings.participants} simulated participants",
+        "share",
+        limits=(0, 1),
+    )
     matrix = np.array([[rates["pairwise"][a].get(b, np.nan) for b in PANEL_CONDITIONS] for a in PANEL_CONDITIONS])
-    pairwise = figures.heatmap(matrix, list(PANEL_CONDITIONS), list(PANEL_CONDITIONS),
-                               "share of pairs the row wins against the column", fmt="{:.2f}", colour_label="win rate")
-    return {**rates, "mean_score": {c: float(np.mean(values)) for c, values in scores.items()},
-            "participants": settings.participants, "participant_noise": settings.participant_noise,
-            "same_margin": settings.same_margin, "judge": "panel (never used for conditioning)",
-            "figures": {"win_rates": figures.save_png(win, figures_dir / "panel_win_rates.png", out_dir),
-                        "pairwise": figures.save_png(pairwise, figures_dir / "panel_pairwise.png", out_dir)}}
+    pairwise = figures.heatmap(
+        matrix,
+        list(PANEL_CONDITIONS),
+        list(PANEL_CONDITIONS),
+        "share of pairs the row wins against the column",
+        fmt="{:.2f}",
+        colour_label="win rate",
+    )
+    return {
+        **rates,
+        "mean_score": {c: float(np.mean(values)) for c, values in scores.items()},
+        "participants": settings.participants,
+        "participant_noise": settings.participant_noise,
+        "same_margin": settings.same_margin,
+        "judge": "panel (never used for conditioning)",
+        "figures": {
+            "win_rates": figures.save_png(win, figures_dir / "panel_win_rates.png", out_dir),
+            "pairwise": figures.save_png(pairwise, figures_dir / "panel_pairwise.png", out_dir),
+        },
+    }
 
 
 def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
@@ -357,34 +488,67 @@ def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Pat
     toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration
     experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration":
     {arm: {psnr, ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
-    _announce(f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
-              "restoration experiment", progress)
+    _announce(
+        f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
+        "restoration experiment",
+        progress,
+    )
     adapter = IQAAdapter.from_pretrained(world.adapter)
     specs = demo_metric_specs(world)
-    columns = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(),
-                           {"name": specs[name][0], "options": specs[name][1]}) for name in adapter.metric_names]
-    prompts = [Prompt(scene_for(PAIRS_SEED, index, kind="single", full_caption=True).caption, index,
-                      metadata={"toy_scene": {"seed": PAIRS_SEED, "index": index}})
-               for index in range(settings.pair_prompts)]
+    columns = [
+        ScoreColumn(
+            name,
+            create_metric(specs[name][0], **specs[name][1]).eval(),
+            {"name": specs[name][0], "options": specs[name][1]},
+        )
+        for name in adapter.metric_names
+    ]
+    prompts = [
+        Prompt(
+            scene_for(PAIRS_SEED, index, kind="single", full_caption=True).caption,
+            index,
+            metadata={"toy_scene": {"seed": PAIRS_SEED, "index": index}},
+        )
+        for index in range(settings.pair_prompts)
+    ]
     folder = out_dir / "pairs"
-    content_filter = (ContentFilter(settings.pair_filter, ToyCaptionScorer()) if settings.pair_filter is not None
-                      else ContentFilter(FilterSettings(min_ssim=None, min_degradation=None)))
-    summary = make_pairs(pipe, adapter, prompts, folder, high={name: "p99" for name in adapter.metric_names},
-                         levels=quality_levels({name: ["p1"] for name in adapter.metric_names}), metrics=columns,
-                         settings=PairSettings(seeds=settings.pair_seeds, steps=settings.steps,
-                                               guidance=settings.guidance, batch_size=32, chunk_size=64),
-                         content_filter=content_filter, progress=progress)
+    content_filter = (
+        ContentFilter(settings.pair_filter, ToyCaptionScorer())
+        if settings.pair_filter is not None
+        else ContentFilter(FilterSettings(min_ssim=None, min_degradation=None))
+    )
+    summary = make_pairs(
+        pipe,
+        adapter,
+        prompts,
+        folder,
+        high=dict.fromkeys(adapter.metric_names, "p99"),
+        levels=quality_levels({name: ["p1"] for name in adapter.metric_names}),
+        metrics=columns,
+        settings=PairSettings(
+            seeds=settings.pair_seeds, steps=settings.steps, guidance=settings.guidance, batch_size=32, chunk_size=64
+        ),
+        content_filter=content_filter,
+        progress=progress,
+    )
     restoration = restoration_experiment(folder, settings.restoration, out_dir) if summary["kept"] else None
-    return {"pairs": {key: summary[key] for key in ("made", "kept", "kept_share", "drop_reasons")}
-            | {"folder": "pairs", "high": "p99", "low": "p1"}, "restoration": restoration}
+    return {
+        "pairs": {key: summary[key] for key in ("made", "kept", "kept_share", "drop_reasons")}
+        | {"folder": "pairs", "high": "p99", "low": "p1"},
+        "restoration": restoration,
+    }
 
 
 def demo_claims(report: dict) -> dict:
     """Every claim of the paper the demo can check, as True / False from the numbers (never adjusted)."""
     quality = report["adapters"]["adapter"]["claims"]
     matrix = report["relgain_matrix"]
-    other_learned = [matrix[adapter][metric] > 0 for adapter in matrix for metric in LEARNED
-                     if metric not in report["adapters"][adapter]["target_metrics"]]
+    other_learned = [
+        matrix[adapter][metric] > 0
+        for adapter in matrix
+        for metric in LEARNED
+        if metric not in report["adapters"][adapter]["target_metrics"]
+    ]
     panel, caption = report["panel"], report["caption_accuracy"]
     overall = {condition: float(np.mean(list(values.values()))) for condition, values in caption.items()}
     guidance = report["gradient_guidance"]
@@ -394,18 +558,26 @@ def demo_claims(report: dict) -> dict:
         "p1_degrades_every_target_metric": quality["p1_degrades_every_target_metric"],
         "p99_improves_most_other_learned_metrics": bool(np.mean(other_learned) > 0.5) if other_learned else None,
         "p99_improves_most_classical_metrics": bool(np.mean([matrix["adapter"][m] > 0 for m in CLASSICAL]) > 0.5),
-        "negative_guidance_strengthens_the_p99_gain_on_every_target_metric":
-            quality.get("negative_guidance_strengthens_the_p99_gain_on_every_target_metric"),
+        "negative_guidance_strengthens_the_p99_gain_on_every_target_metric": quality.get(
+            "negative_guidance_strengthens_the_p99_gain_on_every_target_metric"
+        ),
         "the_panel_prefers_p99_to_the_base_model": panel["pairwise"]["p99"]["base"] > panel["pairwise"]["base"]["p99"],
-        "panel_win_rates_follow_the_quality_level":
-            panel["win_rate"]["p99"] > panel["win_rate"]["p50"] > panel["win_rate"]["p1"],
+        "panel_win_rates_follow_the_quality_level": panel["win_rate"]["p99"]
+        > panel["win_rate"]["p50"]
+        > panel["win_rate"]["p1"],
         "p99_keeps_caption_following": overall["p99"] >= overall["base"] - 0.05,
-        "gradient_guidance_raises_its_target_more_than_the_adapter":
-            guidance["relgain"]["loda"] > report["relgain_matrix"]["loda"]["loda"],
+        "gradient_guidance_raises_its_target_more_than_the_adapter": guidance["relgain"]["loda"]
+        > report["relgain_matrix"]["loda"]["loda"],
         "reference_transfer_shows_the_reference_family": report["reference_transfer"]["mean_match"] >= 0.5,
-    } | ({"generated_pairs_teach_restoration": None if report["restoration"] is None else
-          report["restoration"]["generated"]["psnr"] > report["restoration"]["identity"]["psnr"]}
-         if "restoration" in report else {})
+    } | (
+        {
+            "generated_pairs_teach_restoration": None
+            if report["restoration"] is None
+            else report["restoration"]["generated"]["psnr"] > report["restoration"]["identity"]["psnr"]
+        }
+        if "restoration" in report
+        else {}
+    )
 
 
 def transfer_by_family(transfer: dict) -> dict[str, dict]:
@@ -415,52 +587,94 @@ def transfer_by_family(transfer: dict) -> dict[str, dict]:
 
 def demo_markdown(report: dict) -> str:
     """The evaluation's Markdown report, then the zoo, the panel, guidance, reference transfer and the claims."""
-    lines = [report_markdown(report), "## The zoo of learned models (held-out agreement with their targets)", "",
-             "| model | SRCC | PLCC | accuracy | images |", "|---|---|---|---|---|"]
+    lines = [
+        report_markdown(report),
+        "## The zoo of learned models (held-out agreement with their targets)",
+        "",
+        "| model | SRCC | PLCC | accuracy | images |",
+        "|---|---|---|---|---|",
+    ]
     for name, test in report["zoo"].items():
         cells = [f"{test[key]:.3f}" if key in test else "" for key in ("srcc", "plcc", "accuracy")]
         lines.append(f"| {name} | {' | '.join(cells)} | {test.get('images', '')} |")
     panel = report["panel"]
-    lines += ["", "## Toy panel (the paper's subjective study, Figures 3b and 3c)", "",
-              f"{panel['participants']} simulated participants per pair (the panel judge's score plus Gaussian noise "
-              f"of {panel['participant_noise']:g} points; \"same\" below {panel['same_margin']:g}).", "",
-              "| condition | win rate | share of votes | judge's mean score |", "|---|---|---|---|"]
-    lines += [f"| {c} | {panel['win_rate'][c]:.3f} | {panel['vote_share'][c]:.3f} | {panel['mean_score'][c]:.2f} |"
-              for c in PANEL_CONDITIONS]
-    lines += ["", "| row wins against column | " + " | ".join(PANEL_CONDITIONS) + " |",
-              "|---" * (len(PANEL_CONDITIONS) + 1) + "|"]
-    lines += [f"| {a} | " + " | ".join(f"{panel['pairwise'][a][b]:.2f}" if b in panel["pairwise"][a] else ""
-                                       for b in PANEL_CONDITIONS) + " |" for a in PANEL_CONDITIONS]
-    lines += ["", "## Caption following (colour, shape, position, background)", "",
-              "| condition | colour | shape | position | background |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | " + " | ".join(f"{values[task]:.3f}" for task in ("colour", "shape", "position", "background"))
-              + " |" for c, values in report["caption_accuracy"].items()]
+    lines += [
+        "",
+        "## Toy panel (the paper's subjective study, Figures 3b and 3c)",
+        "",
+        f"{panel['participants']} simulated participants per pair (the panel judge's score plus Gaussian noise "
+        f'of {panel["participant_noise"]:g} points; "same" below {panel["same_margin"]:g}).',
+        "",
+        "| condition | win rate | share of votes | judge's mean score |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c} | {panel['win_rate'][c]:.3f} | {panel['vote_share'][c]:.3f} | {panel['mean_score'][c]:.2f} |"
+        for c in PANEL_CONDITIONS
+    ]
+    lines += [
+        "",
+        "| row wins against column | " + " | ".join(PANEL_CONDITIONS) + " |",
+        "|---" * (len(PANEL_CONDITIONS) + 1) + "|",
+    ]
+    lines += [
+        f"| {a} | "
+        + " | ".join(f"{panel['pairwise'][a][b]:.2f}" if b in panel["pairwise"][a] else "" for b in PANEL_CONDITIONS)
+        + " |"
+        for a in PANEL_CONDITIONS
+    ]
+    lines += [
+        "",
+        "## Caption following (colour, shape, position, background)",
+        "",
+        "| condition | colour | shape | position | background |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c} | " + " | ".join(f"{values[task]:.3f}" for task in ("colour", "shape", "position", "background")) + " |"
+        for c, values in report["caption_accuracy"].items()
+    ]
     guidance = report["gradient_guidance"]
-    lines += ["", "## IQA-gradient guidance vs IQA-Adapter (RelGain %, + = better)", "",
-              f"Guidance on `{guidance['target']}` with alpha = {guidance['alpha']:g}, no adapter; the main adapter at "
-              "p99.", "", "| metric | gradient guidance | IQA-Adapter p99 |", "|---|---|---|"]
+    lines += [
+        "",
+        "## IQA-gradient guidance vs IQA-Adapter (RelGain %, + = better)",
+        "",
+        f"Guidance on `{guidance['target']}` with alpha = {guidance['alpha']:g}, no adapter; the main adapter at p99.",
+        "",
+        "| metric | gradient guidance | IQA-Adapter p99 |",
+        "|---|---|---|",
+    ]
     for name, gain in guidance["relgain"].items():
         lines.append(f"| {name} | {gain:+.2f} | {guidance['adapter_relgain_p99'].get(name, float('nan')):+.2f} |")
     transfer = report["reference_transfer"]
     separability = transfer["separability"]
-    lines += ["", "## Reference-based transfer", "",
-              f"Reference: \"{transfer['reference_caption']}\", degraded at level {transfer['reference_level']}. "
-              "Match: the share of generated images in which the zoo's distortion classifier (held-out accuracy "
-              f"{transfer['classifier_accuracy']:.3f} on degraded toy scenes, chance {transfer['chance']:.3f}) finds "
-              f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. The "
-              f"reference features tell the families apart with a linear probe at "
-              f"{separability['linear_probe_accuracy']:.3f} ({separability['images']} images). Content leak: the share "
-              "in which the object takes the reference's colour instead of the prompt's.", "",
-              "| reference | match | content leak | prompt colour kept | reference classified as |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Reference-based transfer",
+        "",
+        f'Reference: "{transfer["reference_caption"]}", degraded at level {transfer["reference_level"]}. '
+        "Match: the share of generated images in which the zoo's distortion classifier (held-out accuracy "
+        f"{transfer['classifier_accuracy']:.3f} on degraded toy scenes, chance {transfer['chance']:.3f}) finds "
+        f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. The "
+        f"reference features tell the families apart with a linear probe at "
+        f"{separability['linear_probe_accuracy']:.3f} ({separability['images']} images). Content leak: the share "
+        "in which the object takes the reference's colour instead of the prompt's.",
+        "",
+        "| reference | match | content leak | prompt colour kept | reference classified as |",
+        "|---|---|---|---|---|",
+    ]
     for family, values in transfer_by_family(transfer).items():
-        lines.append(f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
-                     f"| {values['reference_classified_as']} |")
+        lines.append(
+            f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
+            f"| {values['reference_classified_as']} |"
+        )
     if "restoration" in report:
         lines += _restoration_markdown(report["pairs"], report["restoration"])
     lines += ["", "## The paper's claims on the toy world", ""]
-    lines += [f"- {claim.replace('_', ' ')}: **{'yes' if value else 'no' if value is not None else 'n/a'}**"
-              for claim, value in report["claims"].items()]
+    lines += [
+        f"- {claim.replace('_', ' ')}: **{'yes' if value else 'no' if value is not None else 'n/a'}**"
+        for claim, value in report["claims"].items()
+    ]
     lines += ["", f"Total: {report['seconds']} s.", ""]
     return "\n".join(lines)
 
@@ -468,20 +682,33 @@ def demo_markdown(report: dict) -> str:
 def _restoration_markdown(pairs: dict, restoration: dict | None) -> list[str]:
     reasons = ", ".join(f"{reason} {count}" for reason, count in pairs["drop_reasons"].items()) or "none"
     if restoration is None:
-        return ["", "## IQA-Adapter as a degradation model (pairs and restoration)", "",
-                f"{pairs['made']} pairs made, none kept (dropped for: {reasons}); no restoration network trained."]
+        return [
+            "",
+            "## IQA-Adapter as a degradation model (pairs and restoration)",
+            "",
+            f"{pairs['made']} pairs made, none kept (dropped for: {reasons}); no restoration network trained.",
+        ]
     families = list(restoration["identity"]["families"])
-    lines = ["", "## IQA-Adapter as a degradation model (pairs and restoration)", "",
-             f"{pairs['made']} pairs made at {pairs['high']} / {pairs['low']}, {pairs['kept']} kept "
-             f"({pairs['kept_share']:.0%}; dropped for: {reasons}). One small network per arm, tested on "
-             f"{restoration['test']['scenes']} held-out scenes x {len(families)} real degradation families "
-             f"(levels {restoration['test']['levels']}): PSNR (dB) / SSIM.", "",
-             "| arm | training pairs | all | " + " | ".join(families) + " |", "|---" * (len(families) + 3) + "|"]
+    lines = [
+        "",
+        "## IQA-Adapter as a degradation model (pairs and restoration)",
+        "",
+        f"{pairs['made']} pairs made at {pairs['high']} / {pairs['low']}, {pairs['kept']} kept "
+        f"({pairs['kept_share']:.0%}; dropped for: {reasons}). One small network per arm, tested on "
+        f"{restoration['test']['scenes']} held-out scenes x {len(families)} real degradation families "
+        f"(levels {restoration['test']['levels']}): PSNR (dB) / SSIM.",
+        "",
+        "| arm | training pairs | all | " + " | ".join(families) + " |",
+        "|---" * (len(families) + 3) + "|",
+    ]
     for arm in ARMS:
         values = restoration[arm]
         cells = [f"{values['families'][family]['psnr']:.2f}" for family in families]
-        lines.append(f"| {arm} | {restoration['pairs'].get(arm, 0)} | {values['psnr']:.2f} / {values['ssim']:.3f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {arm} | {restoration['pairs'].get(arm, 0)} | {values['psnr']:.2f} / {values['ssim']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
@@ -489,30 +716,52 @@ def demo_summary(report: dict) -> str:
     """A few lines for the terminal."""
     matrix, panel, transfer = report["relgain_matrix"], report["panel"], report["reference_transfer"]
     columns = [*LEARNED, "mean_learned", "mean_classical"]
-    lines = [f"demo: {report['n_images']} images, {report['seconds']} s (report.md, report.json, figures/, images/)",
-             "RelGain at p99 (%):  " + "  |  ".join(
-                 f"{adapter}: " + " ".join(f"{column} {matrix[adapter][column]:+.1f}" for column in columns)
-                 for adapter in matrix),
-             "zoo held-out SRCC:   " + "  ".join(f"{name} {test['srcc']:.3f}" for name, test in report["zoo"].items()
-                                                 if "srcc" in test)
-             + f"  classifier accuracy {report['zoo']['classifier']['accuracy']:.3f}",
-             "panel win rates:     " + "  ".join(f"{c} {panel['win_rate'][c]:.2f}" for c in PANEL_CONDITIONS)
-             + f"  (p99 vs base {panel['pairwise']['p99']['base']:.2f} / {panel['pairwise']['base']['p99']:.2f})",
-             "caption accuracy:    " + "  ".join(
-                 f"{c} " + "/".join(f"{values[task]:.2f}" for task in ("colour", "shape", "position", "background"))
-                 for c, values in report["caption_accuracy"].items()) + "  (colour/shape/position/background)",
-             "Frechet distance to clean scenes (toy LoDa features) base / p1 / p99:  " + " / ".join(
-                 f"{next(iter(report['frechet'].values()))[name]['reference_all']:.3g}"
-                 for name in ("base", "adapter/p1", "adapter/p99")),
-             "distance between the p1 and p99 images:  " + "  ".join(
-                 f"{measure} {matrix_['p1']['p99']:.3f}" for measure, matrix_ in report["distances"].items()
-                 if isinstance(matrix_, dict)),
-             f"reference transfer:  mean match {transfer['mean_match']:.2f} (classifier {transfer['classifier_accuracy']:.2f},"
-             f" features separable at {transfer['separability']['linear_probe_accuracy']:.2f})",
-             *([f"pairs: kept {report['pairs']['kept']} of {report['pairs']['made']}; restoration PSNR "
-                + "  ".join(f"{arm} {report['restoration'][arm]['psnr']:.2f}" for arm in ARMS) + " dB"]
-               if report.get("restoration") else []),
-             "claims: " + ", ".join(f"{claim.replace('_', ' ')}: {'yes' if value else 'no' if value is not None else 'n/a'}"
-                                    for claim, value in report["claims"].items()),
-             f"(main adapter conditioned on {', '.join(report['target_metrics'])})"]
+    lines = [
+        f"demo: {report['n_images']} images, {report['seconds']} s (report.md, report.json, figures/, images/)",
+        "RelGain at p99 (%):  "
+        + "  |  ".join(
+            f"{adapter}: " + " ".join(f"{column} {matrix[adapter][column]:+.1f}" for column in columns)
+            for adapter in matrix
+        ),
+        "zoo held-out SRCC:   "
+        + "  ".join(f"{name} {test['srcc']:.3f}" for name, test in report["zoo"].items() if "srcc" in test)
+        + f"  classifier accuracy {report['zoo']['classifier']['accuracy']:.3f}",
+        "panel win rates:     "
+        + "  ".join(f"{c} {panel['win_rate'][c]:.2f}" for c in PANEL_CONDITIONS)
+        + f"  (p99 vs base {panel['pairwise']['p99']['base']:.2f} / {panel['pairwise']['base']['p99']:.2f})",
+        "caption accuracy:    "
+        + "  ".join(
+            f"{c} " + "/".join(f"{values[task]:.2f}" for task in ("colour", "shape", "position", "background"))
+            for c, values in report["caption_accuracy"].items()
+        )
+        + "  (colour/shape/position/background)",
+        "Frechet distance to clean scenes (toy LoDa features) base / p1 / p99:  "
+        + " / ".join(
+            f"{next(iter(report['frechet'].values()))[name]['reference_all']:.3g}"
+            for name in ("base", "adapter/p1", "adapter/p99")
+        ),
+        "distance between the p1 and p99 images:  "
+        + "  ".join(
+            f"{measure} {matrix_['p1']['p99']:.3f}"
+            for measure, matrix_ in report["distances"].items()
+            if isinstance(matrix_, dict)
+        ),
+        f"reference transfer:  mean match {transfer['mean_match']:.2f} (classifier {transfer['classifier_accuracy']:.2f},"
+        f" features separable at {transfer['separability']['linear_probe_accuracy']:.2f})",
+        *(
+            [
+                f"pairs: kept {report['pairs']['kept']} of {report['pairs']['made']}; restoration PSNR "
+                + "  ".join(f"{arm} {report['restoration'][arm]['psnr']:.2f}" for arm in ARMS)
+                + " dB"
+            ]
+            if report.get("restoration")
+            else []
+        ),
+        "claims: "
+        + ", ".join(
+            f"{claim.replace('_', ' ')}: {'yes' if value else 'no' if value is not None else 'n/a'}"
+            for claim, value in report["claims"].items()
+        ),
+        f"(main adapter conditioned on {', '.join(report['target_metrics'])})",
+    ]
     return "\n".join(lines)

@@ -102,14 +102,22 @@ class ToyWorld:
         """The registry name of one of the world's learned models: ``loda:<folder>`` or ``learned:<folder>``."""
         return f"loda:{self.loda}" if name == "loda" else f"learned:{self.zoo(name)}"
 
-    def check(self) -> "ToyWorld":
+    def check(self) -> ToyWorld:
         """Raise FileNotFoundError, with the fix, when a model is missing."""
-        models = (self.base, self.loda, self.niqe, *map(self.zoo, ZOO_MODELS), self.adapter,
-                  *map(self.metric_adapter, CONDITIONING_MODELS), self.reference_adapter)
+        models = (
+            self.base,
+            self.loda,
+            self.niqe,
+            *map(self.zoo, ZOO_MODELS),
+            self.adapter,
+            *map(self.metric_adapter, CONDITIONING_MODELS),
+            self.reference_adapter,
+        )
         missing = [str(path.relative_to(self.root)) for path in models if not path.exists()]
         if missing:
-            raise FileNotFoundError(f"the toy world in {self.root} lacks {', '.join(missing)}; rebuild it with "
-                                    "`iqa-adapter demo --retrain`")
+            raise FileNotFoundError(
+                f"the toy world in {self.root} lacks {', '.join(missing)}; rebuild it with `iqa-adapter demo --retrain`"
+            )
         return self
 
     def describe(self) -> dict:
@@ -148,12 +156,19 @@ class WorldSettings:
     seed: int = 0
 
     @classmethod
-    def miniature(cls) -> "WorldSettings":
-        return cls(images=48, base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8,
-                                              "unet_batch_size": 8},
-                   iqa_references=4, loda_epochs=1, niqe_images=16,
-                   zoo_overrides={"images": 60, "epochs": 1, "generated_images": 5},
-                   adapter_steps=2, metric_adapter_steps=2, adapter_batch_size=8, reference_steps=2)
+    def miniature(cls) -> WorldSettings:
+        return cls(
+            images=48,
+            base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8, "unet_batch_size": 8},
+            iqa_references=4,
+            loda_epochs=1,
+            niqe_images=16,
+            zoo_overrides={"images": 60, "epochs": 1, "generated_images": 5},
+            adapter_steps=2,
+            metric_adapter_steps=2,
+            adapter_batch_size=8,
+            reference_steps=2,
+        )
 
 
 def build_world(root: str | Path, settings: WorldSettings | None = None, progress: bool = True) -> ToyWorld:
@@ -182,8 +197,12 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
             if progress:
                 print(f"[toy world] {name}: finished by an earlier run", flush=True)
             return
-        entry = {"command": command, "seconds": earlier.get("seconds", 0.0), "finished": False,
-                 "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False)}
+        entry = {
+            "command": command,
+            "seconds": earlier.get("seconds", 0.0),
+            "finished": False,
+            "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False),
+        }
         log["steps"][name] = entry
         write_json(root / WORLD_FILE, log)
         started = time.perf_counter()
@@ -194,8 +213,11 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
         write_json(root / WORLD_FILE, log)
 
     data = work / "data"
-    step("data", f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
-         lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress))
+    step(
+        "data",
+        f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
+        lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress),
+    )
 
     def base() -> None:
         images, captions = load_images(data, size=base_config.size, progress=progress)
@@ -216,8 +238,11 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
         from .base_model import load_toy_pipeline
 
         for name in ZOO_MODELS:
-            overrides = {key: value for key, value in settings.zoo_overrides.items()  # base samples: classifier only
-                         if key != "generated_images" or RECIPES[name].generated_images}
+            overrides = {
+                key: value
+                for key, value in settings.zoo_overrides.items()  # base samples: classifier only
+                if key != "generated_images" or RECIPES[name].generated_images
+            }
             recipe = dataclasses.replace(RECIPES[name], **overrides)
             pipe = load_toy_pipeline(world.base) if recipe.generated_images else None
             train_zoo_model(name, world.zoo(name), recipe, base_pipeline=pipe, progress=progress)
@@ -227,49 +252,97 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     scores = work / "scores"
     columns = {name: world.metric_spec(name) if name != "niqe" else "niqe" for name in SCORED_METRICS}
     entries = [f"{column}={spec}" if column != spec else column for column, spec in columns.items()]
-    step("annotate", f"iqa-adapter annotate --data {data} --metrics {','.join(entries)} --metric-option "
-                     f"niqe.params={world.niqe} --resize none --out {scores}",
-         lambda: annotate(str(data), entries, scores, resize=None, num_workers=0, batch_size=256,
-                          metric_options={"niqe": {"params": str(world.niqe)}}, progress=progress))
+    step(
+        "annotate",
+        f"iqa-adapter annotate --data {data} --metrics {','.join(entries)} --metric-option "
+        f"niqe.params={world.niqe} --resize none --out {scores}",
+        lambda: annotate(
+            str(data),
+            entries,
+            scores,
+            resize=None,
+            num_workers=0,
+            batch_size=256,
+            metric_options={"niqe": {"params": str(world.niqe)}},
+            progress=progress,
+        ),
+    )
 
-    common = dict(base=str(world.base), data=str(data), resolution=base_config.size,
-                  batch_size=settings.adapter_batch_size, learning_rate=settings.adapter_lr, num_workers=0,
-                  checkpoint_every=500, resume="latest", seed=settings.seed, progress=progress)
+    common = dict(
+        base=str(world.base),
+        data=str(data),
+        resolution=base_config.size,
+        batch_size=settings.adapter_batch_size,
+        learning_rate=settings.adapter_lr,
+        num_workers=0,
+        checkpoint_every=500,
+        resume="latest",
+        seed=settings.seed,
+        progress=progress,
+    )
 
     def score_adapter(metrics: tuple[str, ...], steps: int, out: Path, target: Path) -> Callable[[], None]:
         def run() -> None:
-            result = train(TrainConfig(scores=str(scores), metrics=list(metrics), out=str(out), default_target="p50",
-                                       cache_dir=str(work / "cache"), max_steps=steps, **common))
+            result = train(
+                TrainConfig(
+                    scores=str(scores),
+                    metrics=list(metrics),
+                    out=str(out),
+                    default_target="p50",
+                    cache_dir=str(work / "cache"),
+                    max_steps=steps,
+                    **common,
+                )
+            )
             _replace(result.adapter_dir, target)
+
         return run
 
     def train_command(metrics: tuple[str, ...], steps: int, out: Path) -> str:
-        return (f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics {','.join(metrics)} "
-                f"--default-target p50 --resolution {base_config.size} --batch-size {settings.adapter_batch_size} "
-                f"--learning-rate {settings.adapter_lr} --max-steps {steps} --cache-dir {work / 'cache'} --out {out}")
+        return (
+            f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics {','.join(metrics)} "
+            f"--default-target p50 --resolution {base_config.size} --batch-size {settings.adapter_batch_size} "
+            f"--learning-rate {settings.adapter_lr} --max-steps {steps} --cache-dir {work / 'cache'} --out {out}"
+        )
 
-    step("adapter", train_command(ADAPTER_METRICS, settings.adapter_steps, work / "adapter"),
-         score_adapter(ADAPTER_METRICS, settings.adapter_steps, work / "adapter", world.adapter))
+    step(
+        "adapter",
+        train_command(ADAPTER_METRICS, settings.adapter_steps, work / "adapter"),
+        score_adapter(ADAPTER_METRICS, settings.adapter_steps, work / "adapter", world.adapter),
+    )
     for metric in CONDITIONING_MODELS:
         out = work / "adapters" / metric
-        step(f"adapter_{metric}", train_command((metric,), settings.metric_adapter_steps, out),
-             score_adapter((metric,), settings.metric_adapter_steps, out, world.metric_adapter(metric)))
+        step(
+            f"adapter_{metric}",
+            train_command((metric,), settings.metric_adapter_steps, out),
+            score_adapter((metric,), settings.metric_adapter_steps, out, world.metric_adapter(metric)),
+        )
 
     spec = f"{world.metric_spec(REFERENCE_MODEL)}:{','.join(REFERENCE_LAYERS)}"
 
     def reference_adapter() -> None:
-        result = train(TrainConfig(scores=None, metrics=[], reference_features=spec,
-                                   out=str(work / "reference_adapter"), max_steps=settings.reference_steps,
-                                   **common))
+        result = train(
+            TrainConfig(
+                scores=None,
+                metrics=[],
+                reference_features=spec,
+                out=str(work / "reference_adapter"),
+                max_steps=settings.reference_steps,
+                **common,
+            )
+        )
         _replace(result.adapter_dir, world.reference_adapter)
         config_file = world.reference_adapter / "config.json"  # name the model beside it, so the world can move
         config = json.loads(config_file.read_text())
         config["reference"]["metric"] = f"learned:../{REFERENCE_MODEL}"
         write_json(config_file, config)
 
-    step("reference_adapter", f"iqa-adapter train --reference-features {spec} --base {world.base} --data {data} "
-                              f"--max-steps {settings.reference_steps} --out {work / 'reference_adapter'}",
-         reference_adapter)
+    step(
+        "reference_adapter",
+        f"iqa-adapter train --reference-features {spec} --base {world.base} --data {data} "
+        f"--max-steps {settings.reference_steps} --out {work / 'reference_adapter'}",
+        reference_adapter,
+    )
     log["seconds"] = round(sum(entry["seconds"] for entry in log["steps"].values()), 1)
     write_json(root / WORLD_FILE, log)
     make_portable(world)
@@ -309,8 +382,10 @@ def _earlier_steps(log_file: Path, recipe: dict) -> dict:
     if not log_file.is_file():
         return {}
     earlier = json.loads(log_file.read_text())
-    same = all(json.dumps(earlier.get(key), sort_keys=True) == json.dumps(value, sort_keys=True)
-               for key, value in recipe.items())
+    same = all(
+        json.dumps(earlier.get(key), sort_keys=True) == json.dumps(value, sort_keys=True)
+        for key, value in recipe.items()
+    )
     return earlier.get("steps", {}) if same else {}
 
 

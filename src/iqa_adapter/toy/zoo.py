@@ -72,19 +72,52 @@ class ZooRecipe:
 
 
 RECIPES: dict[str, ZooRecipe] = {
-    "cnniqa": ZooRecipe(LearnedModelConfig("cnniqa", description="toy CNNIQA (Kang et al. 2014) on 100 x MS-SSIM",
-                                           hidden=256), seed=2500, images=12000, epochs=12, target="ms_ssim"),
-    "aesthetic": ZooRecipe(LearnedModelConfig("global_cnn", description="toy aesthetics: composition and SSIM",
-                                              channels=(32, 64, 96)), seed=2600, images=12000, epochs=12,
-                           target="aesthetic"),
-    "panel": ZooRecipe(LearnedModelConfig("global_cnn", description="toy panel judge (never used for conditioning)",
-                                          channels=(48, 96, 128), hidden=192), seed=2700, images=16000, epochs=12,
-                       target="panel"),
-    "classifier": ZooRecipe(LearnedModelConfig("global_cnn", task="classify", classes=CLASSES,
-                                               description="toy distortion-family classifier",
-                                               channels=(48, 96, 128), hidden=192, stem=32, coordinates=False),
-                            seed=2800, images=20000, epochs=16, target="family", clean_fraction=1 / len(CLASSES),
-                            min_level=0.6, lr=5e-4, generated_images=2000),
+    "cnniqa": ZooRecipe(
+        LearnedModelConfig("cnniqa", description="toy CNNIQA (Kang et al. 2014) on 100 x MS-SSIM", hidden=256),
+        seed=2500,
+        images=12000,
+        epochs=12,
+        target="ms_ssim",
+    ),
+    "aesthetic": ZooRecipe(
+        LearnedModelConfig("global_cnn", description="toy aesthetics: composition and SSIM", channels=(32, 64, 96)),
+        seed=2600,
+        images=12000,
+        epochs=12,
+        target="aesthetic",
+    ),
+    "panel": ZooRecipe(
+        LearnedModelConfig(
+            "global_cnn",
+            description="toy panel judge (never used for conditioning)",
+            channels=(48, 96, 128),
+            hidden=192,
+        ),
+        seed=2700,
+        images=16000,
+        epochs=12,
+        target="panel",
+    ),
+    "classifier": ZooRecipe(
+        LearnedModelConfig(
+            "global_cnn",
+            task="classify",
+            classes=CLASSES,
+            description="toy distortion-family classifier",
+            channels=(48, 96, 128),
+            hidden=192,
+            stem=32,
+            coordinates=False,
+        ),
+        seed=2800,
+        images=20000,
+        epochs=16,
+        target="family",
+        clean_fraction=1 / len(CLASSES),
+        min_level=0.6,
+        lr=5e-4,
+        generated_images=2000,
+    ),
 }
 
 
@@ -94,8 +127,10 @@ def composition_score(scene: Scene) -> float:
     tones = background_tones(scene.background)
     terms = []
     for item in scene.objects:
-        contrast = min(min(float(np.linalg.norm(np.asarray(COLOURS[item.colour], float) - tone)) for tone in tones)
-                       / MAX_CONTRAST, 1.0)
+        contrast = min(
+            min(float(np.linalg.norm(np.asarray(COLOURS[item.colour], float) - tone)) for tone in tones) / MAX_CONTRAST,
+            1.0,
+        )
         terms.append((SIZE_SCORE.get(item.size, 0.55) + POSITION_SCORE.get(item.position, 0.75) + contrast) / 3)
     return float(np.mean(terms)) * PATTERN_SCORE[scene.background.pattern]
 
@@ -123,14 +158,17 @@ class ZooData:
         raise ValueError(f"unknown zoo target {name!r}")
 
 
-def degrade(clean: torch.Tensor, seed: int, clean_fraction: float = 0.15,
-            min_level: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def degrade(
+    clean: torch.Tensor, seed: int, clean_fraction: float = 0.15, min_level: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each image kept (probability ``clean_fraction``) or degraded by a uniformly drawn family at a level
     ~ U(min_level, 1), then rounded to 8 bits: ``(images, family index into CLASSES, level)``, seeded."""
     count = len(clean)
     generator = torch.Generator().manual_seed(seed)
     draws = torch.rand(3, count, generator=generator)
-    family = torch.where(draws[0] < clean_fraction, 0, 1 + (draws[1] * len(FAMILIES)).long().clamp_max(len(FAMILIES) - 1))
+    family = torch.where(
+        draws[0] < clean_fraction, 0, 1 + (draws[1] * len(FAMILIES)).long().clamp_max(len(FAMILIES) - 1)
+    )
     level = torch.where(family == 0, 0.0, min_level + (1 - min_level) * draws[2])
     images = clean.clone()
     for index, name in enumerate(FAMILIES, start=1):
@@ -140,17 +178,23 @@ def degrade(clean: torch.Tensor, seed: int, clean_fraction: float = 0.15,
     return (images.clamp(0, 1) * 255).round() / 255, family, level  # 8-bit, as every image the models will see
 
 
-def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level: float = 0.0,
-                  size: int = TOY_SIZE, start: int = 0) -> ZooData:
+def make_zoo_data(
+    seed: int, count: int, clean_fraction: float = 0.15, min_level: float = 0.0, size: int = TOY_SIZE, start: int = 0
+) -> ZooData:
     """Scenes ``start ..`` of ``seed``, rendered and passed through :func:`degrade`; image ``i`` depends only on
     ``(seed, i)``."""
     scenes = [scene_for(seed, index) for index in range(start, start + count)]
     clean = torch.from_numpy(np.stack([render_scene(scene, size) for scene in scenes])).permute(0, 3, 1, 2).float()
     clean = clean / 255
     images, family, level = degrade(clean, seed, clean_fraction, min_level)
-    return ZooData(images, family, level, pseudo_mos(images, clean, "ssim").float(),
-                   pseudo_mos(images, clean, "ms_ssim").float(),
-                   torch.tensor([composition_score(scene) for scene in scenes]))
+    return ZooData(
+        images,
+        family,
+        level,
+        pseudo_mos(images, clean, "ssim").float(),
+        pseudo_mos(images, clean, "ms_ssim").float(),
+        torch.tensor([composition_score(scene) for scene in scenes]),
+    )
 
 
 def base_model_samples(pipe, seed: int, count: int, steps: int, guidance: float) -> torch.Tensor:
@@ -160,8 +204,9 @@ def base_model_samples(pipe, seed: int, count: int, steps: int, guidance: float)
     from ..images import rgb_tensor
 
     prompts = [scene_for(seed, index).caption for index in range(count)]
-    results = generate(pipe, None, prompts, seeds=list(range(count)), steps=steps, guidance=guidance,
-                       batch_size=64, progress=False)
+    results = generate(
+        pipe, None, prompts, seeds=list(range(count)), steps=steps, guidance=guidance, batch_size=64, progress=False
+    )
     return torch.stack([rgb_tensor(result.image) for result in results])
 
 
@@ -178,15 +223,20 @@ def _test_report(model: LearnedModel, images: torch.Tensor, targets: torch.Tenso
         predicted, classes = output.argmax(dim=1), model.config.classes
         confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
         confusion.index_put_((targets.long(), predicted), torch.ones_like(predicted), accumulate=True)
-        return {"accuracy": float((predicted == targets).float().mean()), "images": len(images),
-                "per_class": {name: float(confusion[i, i] / confusion[i].sum().clamp_min(1))
-                              for i, name in enumerate(classes)}}
+        return {
+            "accuracy": float((predicted == targets).float().mean()),
+            "images": len(images),
+            "per_class": {
+                name: float(confusion[i, i] / confusion[i].sum().clamp_min(1)) for i, name in enumerate(classes)
+            },
+        }
     metrics = correlation_metrics(output.double().numpy(), targets.double().numpy())
     return {**{key: float(value) for key, value in metrics.items()}, "images": len(images)}
 
 
-def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = None, base_pipeline=None,
-                    progress: bool = True) -> dict:
+def train_zoo_model(
+    name: str, out_dir: str | Path, recipe: ZooRecipe | None = None, base_pipeline=None, progress: bool = True
+) -> dict:
     """Train the zoo model ``name`` (or ``recipe``) into ``out_dir`` and return its held-out report (also in its
     ``config.json`` under ``training``). A recipe with ``generated_images`` needs ``base_pipeline`` (the toy base
     model whose samples it learns from; they are split 80/20 too, and the report gives the accuracy on each part).
@@ -208,8 +258,9 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
     if recipe.generated_images:
         from .world import GUIDANCE_SCALE, SAMPLING_STEPS
 
-        samples = base_model_samples(base_pipeline, recipe.seed + 1, recipe.generated_images, SAMPLING_STEPS,
-                                     GUIDANCE_SCALE)
+        samples = base_model_samples(
+            base_pipeline, recipe.seed + 1, recipe.generated_images, SAMPLING_STEPS, GUIDANCE_SCALE
+        )
         generated, family, _ = degrade(samples, recipe.seed + 1, recipe.clean_fraction, recipe.min_level)
         more_train, more_test = _split(len(generated), recipe.seed + 1)
         offset = len(images)
@@ -219,19 +270,37 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
     config = recipe.config
     if config.task == "score":
         values = targets[train_rows]
-        config = dataclasses.replace(config, score_mean=float(values.mean()), score_std=float(values.std()),
-                                     score_range=(float(values.min()), float(values.max())))
+        config = dataclasses.replace(
+            config,
+            score_mean=float(values.mean()),
+            score_std=float(values.std()),
+            score_range=(float(values.min()), float(values.max())),
+        )
     torch.manual_seed(recipe.seed)
     model = LearnedModel(config)
-    losses = fit(model, images[train_rows], targets[train_rows], recipe.epochs, recipe.batch_size, recipe.lr,
-                 seed=recipe.seed, progress=progress)
+    losses = fit(
+        model,
+        images[train_rows],
+        targets[train_rows],
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        seed=recipe.seed,
+        progress=progress,
+    )
     test = _test_report(model, images[test_rows], targets[test_rows])
     if len(parts) > 1:
-        test["parts"] = {part: _test_report(model, images[rows], targets[rows])["accuracy"]
-                         for part, rows in parts.items()}
-    report = {"name": name, "test": test,
-              "train_images": len(train_rows), "final_loss": losses[-1],
-              "seconds": round(time.perf_counter() - started, 1), "recipe": recipe.parameters()}
+        test["parts"] = {
+            part: _test_report(model, images[rows], targets[rows])["accuracy"] for part, rows in parts.items()
+        }
+    report = {
+        "name": name,
+        "test": test,
+        "train_images": len(train_rows),
+        "final_loss": losses[-1],
+        "seconds": round(time.perf_counter() - started, 1),
+        "recipe": recipe.parameters(),
+    }
     model.config = dataclasses.replace(config, training=report)
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     model.save_pretrained(partial)
@@ -241,8 +310,14 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
     return json.loads(json.dumps(report))
 
 
-def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                          test_labels: torch.Tensor, classes: int, weight_decay: float = 1e-3) -> float:
+def linear_probe_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    classes: int,
+    weight_decay: float = 1e-3,
+) -> float:
     """Held-out accuracy of a multinomial logistic regression (L-BFGS, L2 penalty) on standardised features: how
     linearly separable the classes are in a feature space."""
     mean, std = train_features.mean(dim=0), train_features.std(dim=0).clamp_min(1e-6)
@@ -253,8 +328,10 @@ def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tens
 
     def loss() -> torch.Tensor:
         optimizer.zero_grad()
-        value = (torch.nn.functional.cross_entropy(linear(inputs), train_labels.long())
-                 + weight_decay * linear.weight.square().sum())
+        value = (
+            torch.nn.functional.cross_entropy(linear(inputs), train_labels.long())
+            + weight_decay * linear.weight.square().sum()
+        )
         value.backward()
         return value
 
