@@ -43,8 +43,17 @@ def write_images(folder: Path, count: int, width: int, height: int) -> None:
 
 def timed_pass(data: Path, metrics: list[str], out: Path, args) -> float:
     start = time.perf_counter()
-    annotate(str(data), metrics, out, batch_size=args.batch_size, num_workers=args.workers, resize=args.resize,
-             device=args.device, chunk_size=10**9, progress=False)
+    annotate(
+        str(data),
+        metrics,
+        out,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        resize=args.resize,
+        device=args.device,
+        chunk_size=10**9,
+        progress=False,
+    )
     return time.perf_counter() - start
 
 
@@ -77,14 +86,18 @@ def main() -> None:
                 if round_index:
                     seconds[name].append(elapsed)
 
-    print(f"{args.images} JPEG images {args.width}x{args.height}, resized to {args.resize}, batch {args.batch_size}, "
-          f"{args.workers} loader worker(s), {args.device}; median of {args.rounds} rounds")
+    print(
+        f"{args.images} JPEG images {args.width}x{args.height}, resized to {args.resize}, batch {args.batch_size}, "
+        f"{args.workers} loader worker(s), {args.device}; median of {args.rounds} rounds"
+    )
     median = {name: statistics.median(values) for name, values in seconds.items()}
     for name, value in median.items():
         print(f"  {name:14s} {value:7.2f} s  {args.images / value:8.1f} images/s")
     separate = sum(median[name] for name in metrics)
-    print(f"{len(metrics)} single-metric passes {separate:.2f} s vs one {len(metrics)}-metric pass "
-          f"{median['all together']:.2f} s: ratio {separate / median['all together']:.2f}x")
+    print(
+        f"{len(metrics)} single-metric passes {separate:.2f} s vs one {len(metrics)}-metric pass "
+        f"{median['all together']:.2f} s: ratio {separate / median['all together']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

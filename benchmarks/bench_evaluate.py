@@ -39,30 +39,56 @@ def child(settings: dict) -> dict:
     torch.set_num_threads(settings["threads"])
     world = shipped_world()
     prompts = [scene_for(7000, index, kind="single", full_caption=True).caption for index in range(settings["prompts"])]
-    metrics = [ScoreColumn(column, create_metric(name).eval(), {"name": name})
-               for column, name in metric_columns(METRICS.split(",")).items()]
+    metrics = [
+        ScoreColumn(column, create_metric(name).eval(), {"name": name})
+        for column, name in metric_columns(METRICS.split(",")).items()
+    ]
     out = Path(settings["out"])
     timings = {}
 
     def timed_pipeline():
         return load_pipeline(str(world.base), "cpu", torch.float32)
 
-    evaluation = EvaluationSettings(seeds=settings["seeds"], steps=SAMPLING_STEPS, guidance=GUIDANCE_SCALE,
-                                    batch_size=32, chunk_size=64)
+    evaluation = EvaluationSettings(
+        seeds=settings["seeds"], steps=SAMPLING_STEPS, guidance=GUIDANCE_SCALE, batch_size=32, chunk_size=64
+    )
     adapters = {"toy": IQAAdapter.from_pretrained(world.adapter)}
     started = time.perf_counter()
-    report = evaluate(out, load_pipeline=timed_pipeline, base_name="toy", adapters=adapters, metrics=metrics,
-                      prompts=prompts, settings=evaluation, measures=Measures(distances=("ssim",)), progress=False)
+    report = evaluate(
+        out,
+        load_pipeline=timed_pipeline,
+        base_name="toy",
+        adapters=adapters,
+        metrics=metrics,
+        prompts=prompts,
+        settings=evaluation,
+        measures=Measures(distances=("ssim",)),
+        progress=False,
+    )
     timings["total"] = time.perf_counter() - started
     # scoring alone: the same images scored again by new columns
     rescore = [ScoreColumn(f"again_{column.name}", column.metric, {**column.spec, "again": True}) for column in metrics]
     started = time.perf_counter()
-    evaluate(out, load_pipeline=timed_pipeline, base_name="toy", adapters=adapters, metrics=rescore, prompts=prompts,
-             settings=evaluation, measures=Measures(distances=()), skip_generation=True, progress=False)
+    evaluate(
+        out,
+        load_pipeline=timed_pipeline,
+        base_name="toy",
+        adapters=adapters,
+        metrics=rescore,
+        prompts=prompts,
+        settings=evaluation,
+        measures=Measures(distances=()),
+        skip_generation=True,
+        progress=False,
+    )
     timings["scoring"] = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"images": report["n_images"], "total_s": timings["total"], "scoring_s": timings["scoring"],
-            "peak_mb": peak_mb}
+    return {
+        "images": report["n_images"],
+        "total_s": timings["total"],
+        "scoring_s": timings["scoring"],
+        "peak_mb": peak_mb,
+    }
 
 
 def main() -> None:
@@ -78,16 +104,26 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for count in [int(value) for value in args.prompts.split(",")]:
-            settings = {"prompts": count, "seeds": args.seeds, "threads": args.threads,
-                        "out": str(Path(scratch) / f"eval_{count}")}
+            settings = {
+                "prompts": count,
+                "seeds": args.seeds,
+                "threads": args.threads,
+                "out": str(Path(scratch) / f"eval_{count}"),
+            }
             rows.append({"prompts": count, **run_child(__file__, f"{count} prompts", settings)})
-    print(f"{'prompts':>7s} {'images':>7s} {'total s':>8s} {'images/s':>9s} {'scoring s':>9s} {'scored/s':>9s} "
-          f"{'peak MB':>8s}")
+    print(
+        f"{'prompts':>7s} {'images':>7s} {'total s':>8s} {'images/s':>9s} {'scoring s':>9s} {'scored/s':>9s} "
+        f"{'peak MB':>8s}"
+    )
     for row in rows:
-        print(f"{row['prompts']:7d} {row['images']:7d} {row['total_s']:8.1f} {row['images'] / row['total_s']:9.1f} "
-              f"{row['scoring_s']:9.1f} {row['images'] / row['scoring_s']:9.1f} {row['peak_mb']:8.0f}")
-    print(f"images x{rows[-1]['images'] / rows[0]['images']:.0f}: time x{rows[-1]['total_s'] / rows[0]['total_s']:.1f}, "
-          f"peak memory x{rows[-1]['peak_mb'] / rows[0]['peak_mb']:.2f}")
+        print(
+            f"{row['prompts']:7d} {row['images']:7d} {row['total_s']:8.1f} {row['images'] / row['total_s']:9.1f} "
+            f"{row['scoring_s']:9.1f} {row['images'] / row['scoring_s']:9.1f} {row['peak_mb']:8.0f}"
+        )
+    print(
+        f"images x{rows[-1]['images'] / rows[0]['images']:.0f}: time x{rows[-1]['total_s'] / rows[0]['total_s']:.1f}, "
+        f"peak memory x{rows[-1]['peak_mb'] / rows[0]['peak_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

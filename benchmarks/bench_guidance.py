@@ -51,8 +51,9 @@ def child(settings: dict) -> None:
     vae = AutoencoderKL(**FULL_VAE).to(device, dtype).eval().requires_grad_(False)
     pipe = SimpleNamespace(vae=vae, scheduler=DDIMScheduler())
     metric = create_metric(settings["metric"], device=device)
-    guidance = IQAGuidance(metric, alpha=30.0, decode_scale=settings["decode_scale"],
-                           checkpointing=settings["checkpointing"])
+    guidance = IQAGuidance(
+        metric, alpha=30.0, decode_scale=settings["decode_scale"], checkpointing=settings["checkpointing"]
+    )
     latents = torch.randn(settings["batch"], 4, settings["latent"], settings["latent"], device=device, dtype=dtype)
     if settings["checkpointing"]:
         vae.enable_gradient_checkpointing()
@@ -72,8 +73,11 @@ def child(settings: dict) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = ((torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if device.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+    peak = (
+        (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        if device.type == "cuda"
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    )
     print(json.dumps({"seconds": statistics.median(times), "peak_mb": peak}))
 
 
@@ -90,8 +94,10 @@ def main() -> None:
     if args.child:
         child(json.loads(args.child))
         return
-    print(f"one guidance step through the SD/SDXL VAE decoder: {args.batch} x {8 * args.latent} px, {args.metric}, "
-          f"{args.device}, {args.dtype}")
+    print(
+        f"one guidance step through the SD/SDXL VAE decoder: {args.batch} x {8 * args.latent} px, {args.metric}, "
+        f"{args.device}, {args.dtype}"
+    )
     figures = {}
     for name, options in CONFIGURATIONS.items():
         settings = {**vars(args), **options}
@@ -99,8 +105,10 @@ def main() -> None:
         figures[name] = run_child(__file__, name, settings)
         print(f"  {name:42s} {figures[name]['seconds']:7.2f} s  peak +{figures[name]['peak_mb']:8.0f} MB")
     full, lean = figures["guided"], figures["guided + checkpointing + half-size decode"]
-    print(f"checkpointing + half-size decoding: {full['peak_mb'] / max(lean['peak_mb'], 1):.1f}x less memory than "
-          f"plain guidance, at {lean['seconds'] / full['seconds']:.2f}x its time")
+    print(
+        f"checkpointing + half-size decoding: {full['peak_mb'] / max(lean['peak_mb'], 1):.1f}x less memory than "
+        f"plain guidance, at {lean['seconds'] / full['seconds']:.2f}x its time"
+    )
 
 
 if __name__ == "__main__":

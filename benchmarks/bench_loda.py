@@ -66,8 +66,13 @@ def bench(preset: str, batch: int, rounds: int, device: torch.device, dtype: tor
         optimizer.step()
 
     training = _median_seconds(train_step, rounds, device)
-    return {"preset": preset, "batch": batch, "parameters": model.parameter_counts(),
-            "inference": batch / inference, "training": batch / training}
+    return {
+        "preset": preset,
+        "batch": batch,
+        "parameters": model.parameter_counts(),
+        "inference": batch / inference,
+        "training": batch / training,
+    }
 
 
 def main() -> None:
@@ -92,9 +97,11 @@ def main() -> None:
         batch = args.tiny_batch if preset == "tiny" else args.base_batch or (64 if gpu else 4)
         result = bench(preset, batch, rounds, device, dtype)
         counts = result["parameters"]
-        print(f"  {preset:<5} ({counts['trainable']:,} trainable / {counts['total']:,} parameters, batch {batch}): "
-              f"inference {result['inference']:.1f} crops/s = {result['inference'] / 15:.2f} images/s at 15 crops; "
-              f"training {result['training']:.1f} samples/s")
+        print(
+            f"  {preset:<5} ({counts['trainable']:,} trainable / {counts['total']:,} parameters, batch {batch}): "
+            f"inference {result['inference']:.1f} crops/s = {result['inference'] / 15:.2f} images/s at 15 crops; "
+            f"training {result['training']:.1f} samples/s"
+        )
 
 
 if __name__ == "__main__":

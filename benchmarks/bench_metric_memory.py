@@ -92,22 +92,35 @@ def main() -> None:
         return
 
     metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    configurations = {f"1 x {args.size}^2": (1, args.size, 1),
-                      f"{args.batch} x {args.batch_size_px}^2": (args.batch, args.batch_size_px, args.repeats)}
-    print(f"float32 input, CPU, {args.threads or torch.get_num_threads()} threads, "
-          f"{args.pixels_per_step or classical.PIXELS_PER_STEP:.3g} pixels per step; the input itself is not counted")
+    configurations = {
+        f"1 x {args.size}^2": (1, args.size, 1),
+        f"{args.batch} x {args.batch_size_px}^2": (args.batch, args.batch_size_px, args.repeats),
+    }
+    print(
+        f"float32 input, CPU, {args.threads or torch.get_num_threads()} threads, "
+        f"{args.pixels_per_step or classical.PIXELS_PER_STEP:.3g} pixels per step; the input itself is not counted"
+    )
     print(f"{'metric':13s} {'input':14s} {'peak extra MB':>13s} {'MB per MP':>10s} {'ms per image':>13s}")
     with tempfile.TemporaryDirectory() as scratch:
         niqe_params = args.niqe_params or (str(fit_params(Path(scratch))) if "niqe" in metrics else None)
         for name in metrics:
             for configuration, (count, side, repeats) in configurations.items():
-                settings = {"metric": name, "count": count, "side": side, "repeats": repeats,
-                            "pixels_per_step": args.pixels_per_step, "niqe_params": niqe_params,
-                            "threads": args.threads}
+                settings = {
+                    "metric": name,
+                    "count": count,
+                    "side": side,
+                    "repeats": repeats,
+                    "pixels_per_step": args.pixels_per_step,
+                    "niqe_params": niqe_params,
+                    "threads": args.threads,
+                }
                 figures = run_child(__file__, f"{name} on {configuration}", settings)
                 megapixels = count * side * side / 1e6
-                print(f"{name:13s} {configuration:14s} {figures['peak_mb']:13.0f} "
-                      f"{figures['peak_mb'] / megapixels:10.1f} {1000 * figures['seconds'] / count:13.1f}", flush=True)
+                print(
+                    f"{name:13s} {configuration:14s} {figures['peak_mb']:13.0f} "
+                    f"{figures['peak_mb'] / megapixels:10.1f} {1000 * figures['seconds'] / count:13.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

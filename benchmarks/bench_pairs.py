@@ -51,29 +51,57 @@ def main() -> None:
     pipe = load_pipeline(str(world.base), "cpu", torch.float32)
     adapter = IQAAdapter.from_pretrained(world.adapter)
     specs = demo_metric_specs(world)
-    metrics = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(), {"name": specs[name][0]})
-               for name in adapter.metric_names]
-    prompts = [Prompt(scene_for(9000, index, kind="single", full_caption=True).caption, index,
-                      metadata={"toy_scene": {"seed": 9000, "index": index}}) for index in range(args.prompts)]
+    metrics = [
+        ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(), {"name": specs[name][0]})
+        for name in adapter.metric_names
+    ]
+    prompts = [
+        Prompt(
+            scene_for(9000, index, kind="single", full_caption=True).caption,
+            index,
+            metadata={"toy_scene": {"seed": 9000, "index": index}},
+        )
+        for index in range(args.prompts)
+    ]
     targets = args.levels.split(",")
     levels = quality_levels(dict.fromkeys(adapter.metric_names, targets))
-    settings = {"seeds": args.seeds, "steps": args.steps or SAMPLING_STEPS, "guidance": GUIDANCE_SCALE,
-                "batch_size": 32, "chunk_size": 16}
-    print(f"toy world, {args.prompts} prompts x {args.seeds} seeds x {len(levels)} levels, {settings['steps']} steps, "
-          f"{args.threads} thread(s), metrics {', '.join(adapter.metric_names)}")
-    print(f"{'layout':>10s} {'pairs':>6s} {'images':>6s} {'seconds':>8s} {'pairs/s':>8s} {'images/s':>8s} {'kept':>6s}"
-          "  drop reasons")
+    settings = {
+        "seeds": args.seeds,
+        "steps": args.steps or SAMPLING_STEPS,
+        "guidance": GUIDANCE_SCALE,
+        "batch_size": 32,
+        "chunk_size": 16,
+    }
+    print(
+        f"toy world, {args.prompts} prompts x {args.seeds} seeds x {len(levels)} levels, {settings['steps']} steps, "
+        f"{args.threads} thread(s), metrics {', '.join(adapter.metric_names)}"
+    )
+    print(
+        f"{'layout':>10s} {'pairs':>6s} {'images':>6s} {'seconds':>8s} {'pairs/s':>8s} {'images/s':>8s} {'kept':>6s}"
+        "  drop reasons"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         for layout in args.layouts.split(","):
             content_filter = ContentFilter(following_scorer=ToyCaptionScorer() if args.readers else None)
             started = time.perf_counter()
-            summary = make_pairs(pipe, adapter, prompts, Path(scratch) / layout, high=dict.fromkeys(adapter.metric_names, "p99"),
-                                 levels=levels, metrics=metrics, settings=PairSettings(layout=layout, **settings),
-                                 content_filter=content_filter, progress=False)
+            summary = make_pairs(
+                pipe,
+                adapter,
+                prompts,
+                Path(scratch) / layout,
+                high=dict.fromkeys(adapter.metric_names, "p99"),
+                levels=levels,
+                metrics=metrics,
+                settings=PairSettings(layout=layout, **settings),
+                content_filter=content_filter,
+                progress=False,
+            )
             seconds = time.perf_counter() - started
             images = args.prompts * args.seeds * (1 + len(levels))
-            print(f"{layout:>10s} {summary['made']:6d} {images:6d} {seconds:8.1f} {summary['made'] / seconds:8.2f} "
-                  f"{images / seconds:8.2f} {summary['kept_share']:6.0%}  {summary['drop_reasons']}")
+            print(
+                f"{layout:>10s} {summary['made']:6d} {images:6d} {seconds:8.1f} {summary['made'] / seconds:8.2f} "
+                f"{images / seconds:8.2f} {summary['kept_share']:6.0%}  {summary['drop_reasons']}"
+            )
 
 
 if __name__ == "__main__":

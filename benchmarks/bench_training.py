@@ -44,8 +44,13 @@ def make_world(root: Path, arch: str, images: int, size: int) -> None:
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(data / f"{index:05d}.jpg", quality=90)
         (data / f"{index:05d}.txt").write_text(f"a textured picture, number {index}")
     (root / "scores").mkdir()
-    pd.DataFrame({"key": [f"{i:05d}" for i in range(images)], "quality": rng.normal(0, 1, images),
-                  "aesthetics": rng.normal(5, 1, images)}).to_parquet(root / "scores" / "scores.parquet")
+    pd.DataFrame(
+        {
+            "key": [f"{i:05d}" for i in range(images)],
+            "quality": rng.normal(0, 1, images),
+            "aesthetics": rng.normal(5, 1, images),
+        }
+    ).to_parquet(root / "scores" / "scores.parquet")
 
 
 def child(settings: dict) -> None:
@@ -62,8 +67,15 @@ def child(settings: dict) -> None:
         dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
         base = FrozenBase(load_pipeline_for_training(config.base, device, dtype))
         started = time.perf_counter()
-        build_cache(config.cache_dir, config.data, base, config.base, resolution=config.resolution,
-                    num_workers=config.num_workers, progress=False)
+        build_cache(
+            config.cache_dir,
+            config.data,
+            base,
+            config.base,
+            resolution=config.resolution,
+            num_workers=config.num_workers,
+            progress=False,
+        )
         cache_seconds = time.perf_counter() - started
         del base
         if torch.cuda.is_available():
@@ -71,13 +83,17 @@ def child(settings: dict) -> None:
             torch.cuda.reset_peak_memory_stats()
     train(config)
     log = pd.read_csv(Path(config.out) / "logs" / "train_log.csv")
-    rates = log["samples_per_s"].tolist()[settings_warmup(config):]
-    print(json.dumps({
-        "samples_per_s": statistics.median(rates),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "cache_seconds": cache_seconds,
-    }))
+    rates = log["samples_per_s"].tolist()[settings_warmup(config) :]
+    print(
+        json.dumps(
+            {
+                "samples_per_s": statistics.median(rates),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+                "cache_seconds": cache_seconds,
+            }
+        )
+    )
 
 
 def settings_warmup(config) -> int:
@@ -102,24 +118,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         make_world(root, args.arch, args.images, max(args.resolution, 64))
-        common = dict(base=str(root / "base"), data=str(root / "data"), scores=str(root / "scores"),
-                      metrics=["quality", "aesthetics"], resolution=args.resolution, batch_size=args.batch_size,
-                      max_steps=args.steps, num_workers=args.workers, mixed_precision=args.mixed_precision,
-                      checkpoint_every=10**9, log_every=1, progress=False)
+        common = dict(
+            base=str(root / "base"),
+            data=str(root / "data"),
+            scores=str(root / "scores"),
+            metrics=["quality", "aesthetics"],
+            resolution=args.resolution,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            num_workers=args.workers,
+            mixed_precision=args.mixed_precision,
+            checkpoint_every=10**9,
+            log_every=1,
+            progress=False,
+        )
         figures = {}
         for name, extra in (("on-the-fly", {}), ("cached", {"cache_dir": str(root / "cache")})):
             settings = {**common, **extra, "out": str(root / name)}
             figures[name] = run_child(__file__, name, settings)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"{args.arch} pipeline, {args.resolution} px, batch {args.batch_size}, {args.steps} steps, "
-          f"{args.mixed_precision} precision, {device}")
+    print(
+        f"{args.arch} pipeline, {args.resolution} px, batch {args.batch_size}, {args.steps} steps, "
+        f"{args.mixed_precision} precision, {device}"
+    )
     for name, values in figures.items():
         cuda = f", peak CUDA {values['peak_cuda_mb']:.0f} MB" if values["peak_cuda_mb"] is not None else ""
         print(f"  {name:10s} {values['samples_per_s']:8.2f} samples/s, peak RSS {values['peak_rss_mb']:.0f} MB{cuda}")
     cached, plain = figures["cached"], figures["on-the-fly"]
-    print(f"cache build: {cached['cache_seconds']:.1f} s for {args.images} images; training speed-up with the "
-          f"cache {cached['samples_per_s'] / plain['samples_per_s']:.2f}x")
+    print(
+        f"cache build: {cached['cache_seconds']:.1f} s for {args.images} images; training speed-up with the "
+        f"cache {cached['samples_per_s'] / plain['samples_per_s']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def unet_inputs(unet, batch: int, latent: int, device, dtype) -> dict:
     if unet.config.addition_embed_type == "text_time":
         inputs["added_cond_kwargs"] = {
             "text_embeds": torch.randn(batch, 1280, device=device, dtype=dtype),
-            "time_ids": torch.tensor([[8 * latent, 8 * latent, 0, 0, 8 * latent, 8 * latent]] * batch,
-                                     device=device, dtype=dtype),
+            "time_ids": torch.tensor(
+                [[8 * latent, 8 * latent, 0, 0, 8 * latent, 8 * latent]] * batch, device=device, dtype=dtype
+            ),
         }
     else:
         inputs["added_cond_kwargs"] = {}
@@ -81,8 +82,9 @@ def flop_overhead(arch: str, latent: int) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def attention_overhead(unet, adapter: IQAAdapter, plain_processors: dict, inputs: dict, embeds, device,
-                       repeats: int) -> tuple[float, float]:
+def attention_overhead(
+    unet, adapter: IQAAdapter, plain_processors: dict, inputs: dict, embeds, device, repeats: int
+) -> tuple[float, float]:
     """(plain, adapter) seconds per UNet step spent in the cross-attention layers, timed layer by layer.
 
     The adapter must be attached; ``plain_processors`` are the UNet's processors from before. Each distinct
@@ -93,7 +95,8 @@ def attention_overhead(unet, adapter: IQAAdapter, plain_processors: dict, inputs
     captured: dict[str, tuple] = {}
     hooks = [
         unet.get_submodule(layer.name).register_forward_pre_hook(
-            lambda module, args, kwargs, name=layer.name: captured.setdefault(name, (args, kwargs)), with_kwargs=True)
+            lambda module, args, kwargs, name=layer.name: captured.setdefault(name, (args, kwargs)), with_kwargs=True
+        )
         for layer in adapter.config.layers
     ]
     unet(**inputs)
@@ -131,13 +134,16 @@ def main() -> None:
     args = parser.parse_args()
     for side in (64, 128):
         base_flops, adapter_flops = flop_overhead(args.arch, side)
-        print(f"FLOPs per UNet step, {args.arch} {side}x{side} latents: base {base_flops / 1e12:.3f} T, "
-              f"adapter {adapter_flops / 1e12:.3f} T ({100 * (adapter_flops / base_flops - 1):+.3f} %)")
+        print(
+            f"FLOPs per UNet step, {args.arch} {side}x{side} latents: base {base_flops / 1e12:.3f} T, "
+            f"adapter {adapter_flops / 1e12:.3f} T ({100 * (adapter_flops / base_flops - 1):+.3f} %)"
+        )
     if args.flops_only:
         return
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+        args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    ]
     latent = args.latent or (128 if device.type == "cuda" else 64)
 
     print(f"building {args.arch} UNet (random weights) on {device}, {dtype}, latents {latent}x{latent} ...")
@@ -146,37 +152,49 @@ def main() -> None:
     stats = cc3m_stats()
     adapter = IQAAdapter.for_unet(unet, [stats["topiq_nr"], stats["laion_aes"]], seed=0)
     adapter_params = sum(p.numel() for p in adapter.parameters())
-    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B parameters; adapter "
-          f"{adapter_params / 1e6:.1f} M ({len(adapter.config.layers)} cross-attention layers)")
+    print(
+        f"UNet {sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B parameters; adapter "
+        f"{adapter_params / 1e6:.1f} M ({len(adapter.config.layers)} cross-attention layers)"
+    )
     z = adapter.z_scores({"topiq_nr": "p99", "laion_aes": "p99"})
 
     single = unet_inputs(unet, 1, latent, device, dtype)
     plain_processors = dict(unet.attn_processors)
     adapter.attach(unet, scale=0.5)
     plain_attention, adapter_attention = attention_overhead(
-        unet, adapter, plain_processors, single, adapter.embeds(z, do_classifier_free_guidance=False), device,
-        args.layer_repeats)
+        unet,
+        adapter,
+        plain_processors,
+        single,
+        adapter.embeds(z, do_classifier_free_guidance=False),
+        device,
+        args.layer_repeats,
+    )
     adapter.detach()
     pair = unet_inputs(unet, 2, latent, device, dtype)
     times: dict[str, list[float]] = {"base": [], "adapter": [], "cfg_base": [], "cfg_dropped": [], "cfg_negative": []}
     for round_index in range(args.rounds + 1):  # round 0 warms up every path and is discarded
         sample = {}
         # alternate which configuration runs first, so slow drifts of the machine cancel out
-        for with_adapter in ((False, True) if round_index % 2 else (True, False)):
+        for with_adapter in (False, True) if round_index % 2 else (True, False):
             if not with_adapter:
                 sample["base"] = timed(unet, single, device)
                 sample["cfg_base"] = timed(unet, pair, device)
                 continue
             adapter.attach(unet, scale=0.5)
-            sample["adapter"] = timed(unet, with_quality(single, adapter.embeds(z, do_classifier_free_guidance=False)), device)
+            sample["adapter"] = timed(
+                unet, with_quality(single, adapter.embeds(z, do_classifier_free_guidance=False)), device
+            )
             sample["cfg_negative"] = timed(unet, with_quality(pair, adapter.embeds(z, negative_quality=1.0)), device)
             sample["cfg_dropped"] = timed(unet, with_quality(pair, adapter.embeds(z)), device)
             adapter.detach()
         if round_index:
             for key, value in sample.items():
                 times[key].append(value)
-        print(f"round {round_index}{' (warm-up)' if not round_index else ''}: "
-              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sample.items()))
+        print(
+            f"round {round_index}{' (warm-up)' if not round_index else ''}: "
+            + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sample.items())
+        )
 
     median = {key: statistics.median(values) for key, values in times.items()}
     print("\nmedian per-UNet-step time:")
@@ -189,8 +207,10 @@ def main() -> None:
         return f"{statistics.median(ratios):+.2f} % (rounds: {', '.join(f'{r:+.1f}' for r in ratios)})"
 
     extra = adapter_attention - plain_attention
-    print(f"cross-attention layers per step, batch 1: plain {plain_attention * 1000:.1f} ms, with adapter "
-          f"{adapter_attention * 1000:.1f} ms: +{extra * 1000:.1f} ms = {100 * extra / median['base']:+.2f} % of a base step")
+    print(
+        f"cross-attention layers per step, batch 1: plain {plain_attention * 1000:.1f} ms, with adapter "
+        f"{adapter_attention * 1000:.1f} ms: +{extra * 1000:.1f} ms = {100 * extra / median['base']:+.2f} % of a base step"
+    )
     print(f"adapter (lambda=0.5) vs base, batch 1:            {paired('adapter', 'base')}")
     print(f"CFG batch 2, adapter with dropped condition vs base: {paired('cfg_dropped', 'cfg_base')}")
     print(f"negative quality guidance vs plain CFG (adapter):   {paired('cfg_negative', 'cfg_dropped')}")

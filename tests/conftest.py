@@ -67,8 +67,9 @@ def run(pipe, embeds=None, prompt="a red circle", seed=0, steps=2, guidance=7.5,
     generator = torch.Generator().manual_seed(seed)
     if embeds is not None:
         kwargs["ip_adapter_image_embeds"] = embeds
-    return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                output_type="latent", **kwargs).images
+    return pipe(
+        prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="latent", **kwargs
+    ).images
 
 
 # ---------------------------------------------------------------- tiny random models for the evaluation
@@ -94,15 +95,26 @@ def clip_folder(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("clip")
     alphabet = sorted(ByteLevel.alphabet())
-    vocab = {**{char: index for index, char in enumerate(alphabet)},
-             **{char + "</w>": len(alphabet) + index for index, char in enumerate(alphabet)}}
+    vocab = {
+        **{char: index for index, char in enumerate(alphabet)},
+        **{char + "</w>": len(alphabet) + index for index, char in enumerate(alphabet)},
+    }
     start, end = len(vocab), len(vocab) + 1
     vocab.update({"<|startoftext|>": start, "<|endoftext|>": end})
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    config = CLIPConfig(text_config=dict(**TINY_LAYERS, vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=start,
-                                         eos_token_id=end, pad_token_id=end),
-                        vision_config=dict(**TINY_LAYERS, image_size=32, patch_size=8), projection_dim=16)
+    config = CLIPConfig(
+        text_config=dict(
+            **TINY_LAYERS,
+            vocab_size=len(vocab),
+            max_position_embeddings=77,
+            bos_token_id=start,
+            eos_token_id=end,
+            pad_token_id=end,
+        ),
+        vision_config=dict(**TINY_LAYERS, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     return folder
@@ -132,15 +144,25 @@ def tiny_models(tmp_path_factory):
     (root / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=64)
     layers = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    text = {**layers, "vocab_size": len(vocab), "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 1,
-            "pad_token_id": 1}
+    text = {
+        **layers,
+        "vocab_size": len(vocab),
+        "max_position_embeddings": 64,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+    }
     vision = {**layers, "image_size": 32, "patch_size": 8}
     torch.manual_seed(0)
     Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(
-        root / "owlv2")
-    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
-                   tokenizer=tokenizer).save_pretrained(root / "owlv2")
+        root / "owlv2"
+    )
+    Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    ).save_pretrained(root / "owlv2")
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tokenizer).save_pretrained(root / "clip")
+    CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    ).save_pretrained(root / "clip")
     return root

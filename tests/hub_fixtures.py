@@ -48,8 +48,13 @@ class FakeHub:
             def log_message(self, *args) -> None:
                 pass
 
-            def _reply(self, status: int, body: bytes = b"", headers: dict | None = None,
-                       content_type: str = "application/json") -> None:
+            def _reply(
+                self,
+                status: int,
+                body: bytes = b"",
+                headers: dict | None = None,
+                content_type: str = "application/json",
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -83,8 +88,10 @@ class FakeHub:
                 repo_id, action, revision = match[1], match[2], match[3]
                 if action == "preupload":
                     files = json.loads(body)["files"]
-                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                       "shouldIgnore": False} for f in files]})
+                    return self._json(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
                 files = dict(hub.repos[repo_id].get(revision, {}))
                 for line in lines:
@@ -93,8 +100,9 @@ class FakeHub:
                     elif line["key"] == "file":
                         files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
                 hub.repos[repo_id][revision] = files
-                oid = hashlib.sha1(json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items()))
-                                   .encode()).hexdigest()
+                oid = hashlib.sha1(
+                    json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items())).encode()
+                ).hexdigest()
                 return self._json(200, {"commitUrl": f"{hub.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid})
 
             def _validate_card(self, content: str) -> None:
@@ -115,19 +123,34 @@ class FakeHub:
                     return self._json(404, {"error": "not found"})
                 repo_id, revision, path = match[1], match[2], match[3]
                 if repo_id not in hub.repos:
-                    return self._reply(404, b'{"error": "Repository not found"}',
-                                       {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+                    return self._reply(
+                        404,
+                        b'{"error": "Repository not found"}',
+                        {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+                    )
                 if revision not in hub.repos[repo_id]:
-                    return self._reply(404, b'{"error": "Revision not found"}',
-                                       {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"})
+                    return self._reply(
+                        404,
+                        b'{"error": "Revision not found"}',
+                        {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"},
+                    )
                 files = hub.repos[repo_id][revision]
                 if path not in files:
-                    return self._reply(404, b'{"error": "Entry not found"}',
-                                       {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"})
+                    return self._reply(
+                        404,
+                        b'{"error": "Entry not found"}',
+                        {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"},
+                    )
                 content = files[path]
-                commit = hashlib.sha1(repr(sorted(files)).encode() + b"".join(files[k] for k in sorted(files))).hexdigest()
-                self._reply(200, content, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(content).hexdigest()}"'},
-                            content_type="application/octet-stream")
+                commit = hashlib.sha1(
+                    repr(sorted(files)).encode() + b"".join(files[k] for k in sorted(files))
+                ).hexdigest()
+                self._reply(
+                    200,
+                    content,
+                    {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(content).hexdigest()}"'},
+                    content_type="application/octet-stream",
+                )
 
             do_GET = do_HEAD = _resolve
 

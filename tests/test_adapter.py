@@ -119,8 +119,13 @@ def test_sweep_in_one_batch_matches_one_by_one(pipe, adapter):
     batched = generate(pipe, adapter, ["a red circle", "a blue square"], qualities, batch_size=12, **kwargs)
     assert len(batched) == 12
     for result in batched:
-        single = generate(pipe, adapter, result.settings["prompt"], [dict(result.settings["quality"])],
-                          **{**kwargs, "seed": result.settings["seed"], "num_images": 1})[0]
+        single = generate(
+            pipe,
+            adapter,
+            result.settings["prompt"],
+            [dict(result.settings["quality"])],
+            **{**kwargs, "seed": result.settings["seed"], "num_images": 1},
+        )[0]
         assert result.settings == single.settings
         assert np.abs(result.image - single.image).max() < 1e-4
     images = [torch.as_tensor(r.image) for r in batched]
@@ -134,12 +139,19 @@ def test_one_seed_per_prompt_batches_arbitrary_pairs(sd_pipe):
     qualities = [P99, {"sharp": "p1", "aes": "p1"}]
     kwargs = dict(steps=2, progress=False, output_type="np")
     pairs = [("a red circle", 5), ("a blue square", 2), ("a red circle", 9)]
-    batched = generate(sd_pipe, adapter, [p for p, _ in pairs], qualities, seeds=[s for _, s in pairs],
-                       batch_size=6, **kwargs)
+    batched = generate(
+        sd_pipe, adapter, [p for p, _ in pairs], qualities, seeds=[s for _, s in pairs], batch_size=6, **kwargs
+    )
     assert [(r.settings["prompt"], r.settings["seed"]) for r in batched] == [pair for pair in pairs for _ in qualities]
     for result in batched:
-        alone = generate(sd_pipe, adapter, result.settings["prompt"], [dict(result.settings["quality"])],
-                         seed=result.settings["seed"], **kwargs)[0]
+        alone = generate(
+            sd_pipe,
+            adapter,
+            result.settings["prompt"],
+            [dict(result.settings["quality"])],
+            seed=result.settings["seed"],
+            **kwargs,
+        )[0]
         assert np.abs(result.image - alone.image).max() < 1e-4
     with pytest.raises(ValueError, match="one seed per prompt: got 1 seeds for 2 prompts"):
         generate(sd_pipe, adapter, ["a", "b"], P99, seeds=[1], **kwargs)
@@ -170,19 +182,22 @@ def test_generate_is_reproducible_and_records_settings(sd_pipe):
     assert settings["quality_z"]["sharp"] == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("setting, message", [
-    (dict(steps=0), "steps must be an integer >= 1, got 0"),
-    (dict(steps=-1), "steps must be an integer >= 1"),
-    (dict(guidance=float("nan")), "guidance must be a finite number"),
-    (dict(scale=float("nan")), "scale must be a finite number"),
-    (dict(scale={"up": "abc"}), "scale['up'] must be a finite number"),
-    (dict(num_images=0), "num_images must be an integer >= 1"),
-    (dict(batch_size=0), "batch_size must be an integer >= 1"),
-    (dict(height=0), "height must be an integer >= 2"),  # the tiny VAE's scale factor is 2
-    (dict(width=35), "width must be a multiple of 2 (the VAE's scale factor), got 35"),
-    (dict(seed=-1), "seed must be an integer >= 0"),
-    (dict(negative_quality=-1.0), "negative_quality must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(steps=0), "steps must be an integer >= 1, got 0"),
+        (dict(steps=-1), "steps must be an integer >= 1"),
+        (dict(guidance=float("nan")), "guidance must be a finite number"),
+        (dict(scale=float("nan")), "scale must be a finite number"),
+        (dict(scale={"up": "abc"}), "scale['up'] must be a finite number"),
+        (dict(num_images=0), "num_images must be an integer >= 1"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+        (dict(height=0), "height must be an integer >= 2"),  # the tiny VAE's scale factor is 2
+        (dict(width=35), "width must be a multiple of 2 (the VAE's scale factor), got 35"),
+        (dict(seed=-1), "seed must be an integer >= 0"),
+        (dict(negative_quality=-1.0), "negative_quality must be a number >= 0"),
+    ],
+)
 def test_generate_validates_its_settings_before_any_work(sd_pipe, setting, message):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -192,8 +207,10 @@ def test_generate_validates_its_settings_before_any_work(sd_pipe, setting, messa
 
 def test_targets_that_overflow_the_projection_are_refused(sd_pipe):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
-    with pytest.warns(UserWarning, match="outside the scores the adapter was trained on"), \
-            pytest.raises(ValueError, match="features overflow in float32"):
+    with (
+        pytest.warns(UserWarning, match="outside the scores the adapter was trained on"),
+        pytest.raises(ValueError, match="features overflow in float32"),
+    ):
         generate(sd_pipe, adapter, "a red circle", {"sharp": 1e30, "aes": "p50"}, steps=1, progress=False)
 
 
@@ -271,8 +288,14 @@ def test_controlnet_pipeline_keeps_working(sd_pipe):
     # one stride-2 stage in the conditioning embedding: 32 px control image -> 16 px latents
     controlnet = ControlNetModel.from_unet(sd_pipe.unet, conditioning_embedding_out_channels=(16, 32))
     control_pipe = StableDiffusionControlNetPipeline(
-        vae=sd_pipe.vae, text_encoder=sd_pipe.text_encoder, tokenizer=sd_pipe.tokenizer, unet=sd_pipe.unet,
-        controlnet=controlnet, scheduler=sd_pipe.scheduler, safety_checker=None, feature_extractor=None,
+        vae=sd_pipe.vae,
+        text_encoder=sd_pipe.text_encoder,
+        tokenizer=sd_pipe.tokenizer,
+        unet=sd_pipe.unet,
+        controlnet=controlnet,
+        scheduler=sd_pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     control_pipe.set_progress_bar_config(disable=True)
@@ -295,8 +318,9 @@ def test_lora_on_the_base_keeps_working():
 
     pipe = tiny_sd_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
     with_lora = run(pipe)
     pipe.unet.disable_adapters()
     without_lora = run(pipe)

@@ -158,8 +158,15 @@ def annotated(tmp_path_factory):
 def test_scores_are_the_metrics_of_the_decoded_resized_images(annotated):
     out, summary = annotated
     scores = pd.read_parquet(out / "scores.parquet")
-    assert list(scores.columns) == ["key", "caption", "width", "height", "test-brightness", "test-redness",
-                                    "test-nonfinite"]
+    assert list(scores.columns) == [
+        "key",
+        "caption",
+        "width",
+        "height",
+        "test-brightness",
+        "test-redness",
+        "test-nonfinite",
+    ]
     assert scores["key"].tolist() == [f"img{index:02d}" for index in range(len(LEVELS))]
     assert scores["caption"].tolist() == [f"caption {index}" for index in range(len(LEVELS))]
     assert scores["width"].tolist() == [30 - index for index in range(len(LEVELS))]
@@ -191,9 +198,14 @@ def test_statistics_of_the_finite_scores(annotated):
         values = scores[name].to_numpy(np.float64)
         values = values[np.isfinite(values)]
         assert len(values) == len(LEVELS) - (len(NON_FINITE) if name == "test-nonfinite" else 0)
-        by_hand = {"min_val": values.min(), "max_val": values.max(), "mean_val": values.mean(),
-                   "std_val": np.sqrt(((values - values.mean()) ** 2).mean()),
-                   "quantile_50": np.median(values), "quantile_25": np.percentile(values, 25)}
+        by_hand = {
+            "min_val": values.min(),
+            "max_val": values.max(),
+            "mean_val": values.mean(),
+            "std_val": np.sqrt(((values - values.mean()) ** 2).mean()),
+            "quantile_50": np.median(values),
+            "quantile_25": np.percentile(values, 25),
+        }
         for column, value in by_hand.items():
             assert float(row[column]) == pytest.approx(value, rel=1e-6), (name, column)
     assert rows["test-redness"]["higher_is_better"] == "false"
@@ -219,10 +231,15 @@ def test_score_table_looks_up_by_key(annotated):
 def test_each_image_is_decoded_once(tmp_path, monkeypatch):
     decoded = []
     original = iqa_adapter.datasets.decode_image
-    monkeypatch.setattr(iqa_adapter.datasets, "decode_image",
-                        lambda data, *rest: decoded.append(data) or original(data, *rest))
-    annotate(str(make_folder(tmp_path / "data")), ["test-brightness", "test-redness", "test-nonfinite"],
-             tmp_path / "out", **RUN)
+    monkeypatch.setattr(
+        iqa_adapter.datasets, "decode_image", lambda data, *rest: decoded.append(data) or original(data, *rest)
+    )
+    annotate(
+        str(make_folder(tmp_path / "data")),
+        ["test-brightness", "test-redness", "test-nonfinite"],
+        tmp_path / "out",
+        **RUN,
+    )
     assert len(decoded) == len(LEVELS) + 2  # every image file once, the two corrupt ones included
     assert len(set(decoded)) == len(decoded)
 
@@ -248,8 +265,9 @@ def test_images_a_metric_cannot_score_are_skipped_and_listed(tmp_path):
     data = make_folder(tmp_path / "data", count=3, corrupt=False)
     Image.new("RGB", (10, 12), (90, 90, 90)).save(data / "tiny.png")
     (data / "tiny.txt").write_text("a tiny image")
-    summary = annotate(str(data), ["piqe", "test-brightness"], tmp_path / "out",
-                       **{**RUN, "resize": None, "batch_size": 4})
+    summary = annotate(
+        str(data), ["piqe", "test-brightness"], tmp_path / "out", **{**RUN, "resize": None, "batch_size": 4}
+    )
     assert (summary.scored, summary.skipped) == (3, 1)
     skipped = {row["key"]: row["reason"] for row in read_csv(tmp_path / "out" / "skipped.csv")}
     assert skipped == {"tiny": "image of 10x12 pixels (after --resize) is smaller than the 16x16 that piqe needs"}
@@ -307,13 +325,23 @@ def test_folder_shards_and_parquet_give_the_same_scores(tmp_path):
             for index in indices:
                 add_member(tar, f"img{index:02d}.png", image_bytes(index))
                 add_member(tar, f"img{index:02d}.txt", f"caption {index}".encode())
-    pq.write_table(pa.table({"key": [f"img{index:02d}" for index in range(5)],
-                             "image": [{"bytes": image_bytes(index), "path": None} for index in range(5)],
-                             "caption": [f"caption {index}" for index in range(5)]}), tmp_path / "data.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "key": [f"img{index:02d}" for index in range(5)],
+                "image": [{"bytes": image_bytes(index), "path": None} for index in range(5)],
+                "caption": [f"caption {index}" for index in range(5)],
+            }
+        ),
+        tmp_path / "data.parquet",
+    )
 
     results = {}
-    for name, data in [("folder", str(folder)), ("shards", f"{tmp_path}/shards/{{00000..00001}}.tar"),
-                       ("parquet", str(tmp_path / "data.parquet"))]:
+    for name, data in [
+        ("folder", str(folder)),
+        ("shards", f"{tmp_path}/shards/{{00000..00001}}.tar"),
+        ("parquet", str(tmp_path / "data.parquet")),
+    ]:
         annotate(data, ["test-brightness", "test-redness"], tmp_path / f"out-{name}", **RUN)
         results[name] = pd.read_parquet(tmp_path / f"out-{name}" / "scores.parquet")
     pd.testing.assert_frame_equal(results["shards"], results["folder"])
@@ -325,8 +353,9 @@ def test_duplicate_keys_keep_the_first_and_are_reported(tmp_path):
     (tmp_path / "b.png").write_bytes(image_bytes(2))
     rows = [{"key": "k", "file": "a.png"}, {"key": "j", "file": "b.png"}, {"key": "k", "file": "b.png"}]
     (tmp_path / "list.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    summary = annotate(str(tmp_path / "list.jsonl"), ["test-brightness"], tmp_path / "out",
-                       **{**RUN, "chunk_size": 2})  # the duplicate is in another chunk
+    summary = annotate(
+        str(tmp_path / "list.jsonl"), ["test-brightness"], tmp_path / "out", **{**RUN, "chunk_size": 2}
+    )  # the duplicate is in another chunk
     scores = pd.read_parquet(tmp_path / "out" / "scores.parquet")
     assert scores["key"].tolist() == ["k", "j"]
     assert scores["test-brightness"][0] == pytest.approx(expected_score(0, Brightness()), rel=1e-6)
@@ -346,8 +375,13 @@ def test_restart_skips_finished_work_and_refuses_changed_parameters(tmp_path):
     annotate(data, ["test-brightness"], out, **{**RUN, "batch_size": 1, "num_workers": 1})  # nothing left to do
     assert SCORED == [] and chunk_mtimes(out) == mtimes
 
-    for changed in [{"metrics": ["test-brightness", "test-redness"]}, {"resize": 32}, {"chunk_size": 5},
-                    {"data": str(tmp_path)}, {"metric_options": {"test-brightness": {}}}]:
+    for changed in [
+        {"metrics": ["test-brightness", "test-redness"]},
+        {"resize": 32},
+        {"chunk_size": 5},
+        {"data": str(tmp_path)},
+        {"metric_options": {"test-brightness": {}}},
+    ]:
         arguments = {"data": data, "metrics": ["test-brightness"], "out_dir": out, **RUN, **changed}
         with pytest.raises(JobMismatchError, match=f"{next(iter(changed))}: .*choose a new output folder"):
             annotate(**arguments)
@@ -366,8 +400,7 @@ def test_arguments_and_empty_datasets_are_checked(tmp_path):
 
 def test_score_columns_can_be_renamed(tmp_path):
     data = str(make_folder(tmp_path / "data", corrupt=False))
-    annotate(data, ["light=test-brightness", "test-redness"], tmp_path / "out", **RUN,
-             metric_options={"light": {}})
+    annotate(data, ["light=test-brightness", "test-redness"], tmp_path / "out", **RUN, metric_options={"light": {}})
     scores = pd.read_parquet(tmp_path / "out" / "scores.parquet")
     assert list(scores.columns) == ["key", "caption", "width", "height", "light", "test-redness"]
     expected = [expected_score(index, Brightness()) for index in range(len(LEVELS))]
@@ -404,10 +437,22 @@ def write_script(tmp_path: Path) -> Path:
 
 def test_resume_after_kill_loses_and_repeats_nothing(tmp_path):
     data, out = str(make_folder(tmp_path / "data", corrupt=False)), tmp_path / "out"
-    arguments = {"data": data, "metrics": ["test-slow"], "out_dir": str(out), **RUN, "chunk_size": 2,
-                 "batch_size": 2, "num_workers": 1, "metric_options": {"test-slow": {"delay": 0.5}}}
-    process = subprocess.Popen([sys.executable, str(write_script(tmp_path)), json.dumps(arguments)],
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    arguments = {
+        "data": data,
+        "metrics": ["test-slow"],
+        "out_dir": str(out),
+        **RUN,
+        "chunk_size": 2,
+        "batch_size": 2,
+        "num_workers": 1,
+        "metric_options": {"test-slow": {"delay": 0.5}},
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(write_script(tmp_path)), json.dumps(arguments)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not chunk_mtimes(out) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -436,9 +481,25 @@ def free_port() -> int:
 
 def launch_two_cpu_processes(arguments: list[str], **options) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``arguments`` (a script and its arguments, or ``-m module ...``) on 2 CPU processes."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()), *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        *arguments,
+    ]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(command, env=environment, capture_output=True, text=True, check=False, **options)
 
@@ -448,8 +509,9 @@ def test_two_processes_give_the_result_of_one(tmp_path):
     arguments = {"data": data, "metrics": ["test-brightness", "test-nonfinite"], **RUN, "chunk_size": 2}
     annotate(out_dir=tmp_path / "single", **arguments)
 
-    finished = launch_two_cpu_processes([str(write_script(tmp_path)),
-                                         json.dumps({**arguments, "out_dir": str(tmp_path / "multi")})], timeout=300)
+    finished = launch_two_cpu_processes(
+        [str(write_script(tmp_path)), json.dumps({**arguments, "out_dir": str(tmp_path / "multi")})], timeout=300
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
 
     single, multi = tmp_path / "single", tmp_path / "multi"

@@ -39,7 +39,7 @@ def texture(seed: int, height: int = 64, width: int = 64, finest: int = 16, deca
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = math.ceil(3 * sigma)
-    kernel = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma**2))
+    kernel = torch.exp(-(torch.arange(-radius, radius + 1.0) ** 2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).to(images.dtype)
     padded = F.pad(images, (radius,) * 4, mode="reflect")
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
@@ -65,8 +65,9 @@ def test_registered_with_flags():
 
 @pytest.mark.parametrize("name", CLASSICAL)
 def test_batch_equals_single_images_on_non_square_images(name):
-    images = torch.cat([texture(1, 48, 80), add_noise(texture(2, 48, 80), 0.05),
-                        gaussian_blur(texture(3, 48, 80), 1.5)])
+    images = torch.cat(
+        [texture(1, 48, 80), add_noise(texture(2, 48, 80), 0.05), gaussian_blur(texture(3, 48, 80), 1.5)]
+    )
     batch = score(name, images)
     single = torch.cat([score(name, image[None]) for image in images])
     assert batch.shape == (3,) and batch.dtype == torch.float32
@@ -107,8 +108,15 @@ def test_piqe_is_not_differentiable():
         create_metric("piqe").score_with_grad(texture(0, 32, 32))
 
 
-@pytest.mark.parametrize("name, size, message", [("piqe", (15, 40), "16x16"), ("sharpness", (2, 9), "3x3"),
-                                                 ("noise", (9, 2), "3x3"), ("blockiness", (8, 20), "9x9")])
+@pytest.mark.parametrize(
+    "name, size, message",
+    [
+        ("piqe", (15, 40), "16x16"),
+        ("sharpness", (2, 9), "3x3"),
+        ("noise", (9, 2), "3x3"),
+        ("blockiness", (8, 20), "9x9"),
+    ],
+)
 def test_too_small_images_are_refused(name, size, message):
     with pytest.raises(ValueError, match=message):
         score(name, torch.rand(1, 3, *size))
@@ -181,8 +189,9 @@ def test_immerkaer_noise_by_hand():
     values = np.random.default_rng(0).random((height, width))
     y = 255 * values
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]])
-    total = sum(abs((kernel * y[i - 1 : i + 2, j - 1 : j + 2]).sum())
-                for i in range(1, height - 1) for j in range(1, width - 1))
+    total = sum(
+        abs((kernel * y[i - 1 : i + 2, j - 1 : j + 2]).sum()) for i in range(1, height - 1) for j in range(1, width - 1)
+    )
     expected = math.sqrt(math.pi / 2) / (6 * (width - 2) * (height - 2)) * total
     assert score("noise", grey(values)).item() == pytest.approx(expected, rel=1e-6)
 
@@ -259,7 +268,7 @@ def piqe_by_hand(rgb: np.ndarray, surround: str = "matlab") -> tuple[float, dict
     y = np.pad(y, ((0, -y.shape[0] % 16), (0, -y.shape[1] % 16)), mode="symmetric")
     height, width = y.shape
     y = np.round(255 * y / y.max())
-    profile = np.exp(-np.arange(-3, 4) ** 2 / (2 * (7 / 6) ** 2))
+    profile = np.exp(-(np.arange(-3, 4) ** 2) / (2 * (7 / 6) ** 2))
     window = np.outer(profile, profile) / np.outer(profile, profile).sum()
 
     def local_mean(values):
@@ -356,9 +365,11 @@ def step_sizes(images: torch.Tensor) -> list[int]:
     return [1, 7 * width, 5 * height * width // 2]
 
 
-AWKWARD_SHAPES = [(3, 37, 24),  # odd height, not a multiple of 8 or 16 rows: several strips per image
-                  (2, 16, 37),  # exactly one PIQE block row
-                  (1, 9, 21)]   # the smallest Blockiness image
+AWKWARD_SHAPES = [
+    (3, 37, 24),  # odd height, not a multiple of 8 or 16 rows: several strips per image
+    (2, 16, 37),  # exactly one PIQE block row
+    (1, 9, 21),
+]  # the smallest Blockiness image
 
 
 @pytest.mark.parametrize("name", CLASSICAL)
@@ -409,8 +420,10 @@ def test_gradients_in_steps_equal_the_whole_image_gradients(name, monkeypatch):
         torch.testing.assert_close(gradient, gradients[0], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("height, halo, multiple, rows", [(53, (0, 0), 1, None), (53, (0, 2), 1, 51),
-                                                          (64, (3, 3), 16, None), (40, (10, 10), 8, None)])
+@pytest.mark.parametrize(
+    "height, halo, multiple, rows",
+    [(53, (0, 0), 1, None), (53, (0, 2), 1, 51), (64, (3, 3), 16, None), (40, (10, 10), 8, None)],
+)
 def test_strips_cover_every_row_once_within_the_budget(height, halo, multiple, rows, monkeypatch):
     images = torch.zeros(3, 3, height, 20)
     owned = rows or height

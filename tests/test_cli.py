@@ -24,9 +24,30 @@ def model_dirs(tmp_path_factory):
 def test_generate_sweep_writes_images_sidecars_and_grid(tmp_path, model_dirs):
     base, adapter = model_dirs
     out = tmp_path / "out"
-    code = main(["generate", "--base", str(base), "--adapter", str(adapter), "--prompt", "a red circle",
-                 "--quality", "aes=p50", "--sweep", "sharp=p1,p50,p99", "--negative-quality", "--steps", "2",
-                 "--num-images", "2", "--seed", "5", "--out", str(out)])
+    code = main(
+        [
+            "generate",
+            "--base",
+            str(base),
+            "--adapter",
+            str(adapter),
+            "--prompt",
+            "a red circle",
+            "--quality",
+            "aes=p50",
+            "--sweep",
+            "sharp=p1,p50,p99",
+            "--negative-quality",
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     sidecars = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     assert len(sidecars) == 6 and len(list(out.glob("0*.png"))) == 6
@@ -62,8 +83,17 @@ def test_convert_official_cli_and_info(tmp_path, model_dirs, capsys):
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     image_proj, ip_adapter = official_checkpoint(unet, feature_dim=3)
     write(tmp_path / "ip_adapter.bin", image_proj, ip_adapter, "torch")
-    args = ["convert-official", "--checkpoint", str(tmp_path / "ip_adapter.bin"), "--base", str(base),
-            "--metrics", "topiq_nr,laion_aes", "--out", str(tmp_path / "converted")]
+    args = [
+        "convert-official",
+        "--checkpoint",
+        str(tmp_path / "ip_adapter.bin"),
+        "--base",
+        str(base),
+        "--metrics",
+        "topiq_nr,laion_aes",
+        "--out",
+        str(tmp_path / "converted"),
+    ]
     assert main(args) == 2
     assert "--trust-pickle" in capsys.readouterr().err
     assert main(args + ["--trust-pickle"]) == 0
@@ -78,8 +108,22 @@ def test_convert_official_cli_and_info(tmp_path, model_dirs, capsys):
 
 
 def test_convert_official_rejects_unknown_metric(tmp_path, capsys):
-    assert main(["convert-official", "--checkpoint", "x.safetensors", "--base", "sd15", "--metrics", "topiq",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                "x.safetensors",
+                "--base",
+                "sd15",
+                "--metrics",
+                "topiq",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "no statistics for ['topiq']" in capsys.readouterr().err
 
 
@@ -112,9 +156,29 @@ def test_niqe_fit_then_annotate_with_metric_options(tmp_path, capsys):
     assert f"niqe.params={params}" in capsys.readouterr().out
 
     out = tmp_path / "scores"
-    assert main(["annotate", "--data", str(data), "--metrics", "niqe,sharpness", "--out", str(out), "--resize", "none",
-                 "--workers", "0", "--batch-size", "2", "--metric-option", f"niqe.params={params}",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "annotate",
+                "--data",
+                str(data),
+                "--metrics",
+                "niqe,sharpness",
+                "--out",
+                str(out),
+                "--resize",
+                "none",
+                "--workers",
+                "0",
+                "--batch-size",
+                "2",
+                "--metric-option",
+                f"niqe.params={params}",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     scores = pd.read_parquet(out / "scores.parquet")
     assert scores["key"].tolist() == ["0", "1", "2", "3"] and scores["caption"].tolist()[0] == "texture 0"
     assert scores["niqe"].notna().all() and (scores["sharpness"] > 0).all()
@@ -122,18 +186,44 @@ def test_niqe_fit_then_annotate_with_metric_options(tmp_path, capsys):
 
 
 def test_annotate_errors_name_the_problem(tmp_path, capsys):
-    assert main(["annotate", "--data", str(tmp_path / "missing"), "--metrics", "piqe", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["annotate", "--data", str(tmp_path / "missing"), "--metrics", "piqe", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "do not exist" in capsys.readouterr().err
-    assert main(["annotate", "--data", str(tmp_path), "--metrics", "piqe", "--out", str(tmp_path / "o"),
-                 "--metric-option", "params=x"]) == 2
+    assert (
+        main(
+            [
+                "annotate",
+                "--data",
+                str(tmp_path),
+                "--metrics",
+                "piqe",
+                "--out",
+                str(tmp_path / "o"),
+                "--metric-option",
+                "params=x",
+            ]
+        )
+        == 2
+    )
     assert "METRIC.OPTION=VALUE" in capsys.readouterr().err
 
 
 def test_a_failed_start_leaves_no_job_that_refuses_the_corrected_command(tmp_path, capsys):
     data = tmp_path / "data"
     write_textures(data, 3)
-    command = ["annotate", "--data", str(data), "--metrics", "niqe,sharpness", "--out", str(tmp_path / "o"),
-               "--workers", "0", "--no-progress"]
+    command = [
+        "annotate",
+        "--data",
+        str(data),
+        "--metrics",
+        "niqe,sharpness",
+        "--out",
+        str(tmp_path / "o"),
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(command) == 2 and "niqe.params=FILE" in capsys.readouterr().err
     params = tmp_path / "niqe.safetensors"
     assert main(["niqe-fit", "--images", str(data), "--out", str(params), "--patch-size", "32"]) == 0
@@ -143,8 +233,30 @@ def test_a_failed_start_leaves_no_job_that_refuses_the_corrected_command(tmp_pat
 def test_evaluate_writes_the_report(tmp_path, model_dirs, capsys):
     base, adapter = model_dirs
     out = tmp_path / "eval"
-    assert main(["evaluate", "--base", str(base), "--adapter", str(adapter), "--metrics", "sharpness,contrast",
-                 "--prompt", "a red circle", "--seeds", "1", "--steps", "2", "--scale", "0.75", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--base",
+                str(base),
+                "--adapter",
+                str(adapter),
+                "--metrics",
+                "sharpness,contrast",
+                "--prompt",
+                "a red circle",
+                "--seeds",
+                "1",
+                "--steps",
+                "2",
+                "--scale",
+                "0.75",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["default_scale"] == 0.75 and set(report["relgain"]["p99"]) == {"sharpness", "contrast"}
     assert report["settings"]["scale"] == 0.75 and report["versions"]["iqa_adapter"]
@@ -178,7 +290,13 @@ def test_an_output_folder_never_mixes_two_runs(tmp_path, capsys):
     assert "already holds 6 files of an earlier run" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert main(toy_generate(out, "--num-images", "2", "--overwrite")) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["0000.json", "0000.png", "0001.json", "0001.png", "notes.txt"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "0000.json",
+        "0000.png",
+        "0001.json",
+        "0001.png",
+        "notes.txt",
+    ]
 
 
 def test_init_image_is_generated_at_the_requested_size(tmp_path, capsys):
@@ -186,8 +304,12 @@ def test_init_image_is_generated_at_the_requested_size(tmp_path, capsys):
     assert main(toy_generate(tmp_path / "a", "--init-image", str(tmp_path / "large.png"))) == 0
     assert "--init-image resized from 600x400 to 32x32" in capsys.readouterr().out
     assert Image.open(tmp_path / "a" / "0000.png").size == (32, 32)  # the toy base model's size
-    assert main(toy_generate(tmp_path / "b", "--init-image", str(tmp_path / "large.png"), "--width", "48",
-                             "--height", "24")) == 0
+    assert (
+        main(
+            toy_generate(tmp_path / "b", "--init-image", str(tmp_path / "large.png"), "--width", "48", "--height", "24")
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "b" / "0000.png").size == (48, 24)
 
 
@@ -214,8 +336,11 @@ def test_info_shows_targets_in_quality_order(capsys):
     out = capsys.readouterr().out
     niqe = IQAAdapter.from_pretrained(world.adapter).config.metrics[1]
     assert niqe.name == "niqe" and not niqe.higher_is_better
-    line = next(line for line in out.splitlines() if line.strip().startswith("p1 =") and
-                f"p99 = {niqe.raw_from_percentile(99):.4g}" in line)
+    line = next(
+        line
+        for line in out.splitlines()
+        if line.strip().startswith("p1 =") and f"p99 = {niqe.raw_from_percentile(99):.4g}" in line
+    )
     assert f"p1 = {niqe.raw_from_percentile(1):.4g}" in line
     assert niqe.raw_from_percentile(99) < niqe.raw_from_percentile(1)  # lower NIQE is better: p99 is the low end
     assert "niqe (lower is better)" in out
@@ -225,7 +350,10 @@ def test_info_shows_targets_in_quality_order(capsys):
 def test_targets_outside_the_training_scores_warn(tmp_path, capsys, target):
     assert main(toy_generate(tmp_path / "out", "--quality", f"niqe={target}", "--no-progress")) == 0
     err = capsys.readouterr().err
-    assert f"warning: quality target '{target}' for 'niqe'" in err and "outside the scores the adapter was trained on" in err
+    assert (
+        f"warning: quality target '{target}' for 'niqe'" in err
+        and "outside the scores the adapter was trained on" in err
+    )
 
 
 def test_no_progress_is_quiet_and_counts_are_plural_aware(tmp_path, capsys):
@@ -251,8 +379,25 @@ def test_toy_world_runs_on_one_thread_unless_told(tmp_path):
 
 
 def test_evaluate_defaults_to_the_toy_world(tmp_path, capsys):
-    assert main(["evaluate", "--metrics", "sharpness", "--prompt", "a red circle", "--seeds", "1", "--steps", "2",
-                 "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--metrics",
+                "sharpness",
+                "--prompt",
+                "a red circle",
+                "--seeds",
+                "1",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "eval"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["target_metrics"] == ["loda", "niqe"] and "embedded toy world" in capsys.readouterr().out
 
@@ -267,8 +412,21 @@ def test_an_unreachable_hub_fails_at_once_with_the_fix(monkeypatch, tmp_path, ca
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     hub.hub_reachable.cache_clear()
     try:
-        assert main(["generate", "--base", "someone/some-model", "--no-adapter", "--prompt", "x",
-                     "--out", str(tmp_path / "out")]) == 2
+        assert (
+            main(
+                [
+                    "generate",
+                    "--base",
+                    "someone/some-model",
+                    "--no-adapter",
+                    "--prompt",
+                    "x",
+                    "--out",
+                    str(tmp_path / "out"),
+                ]
+            )
+            == 2
+        )
     finally:
         hub.hub_reachable.cache_clear()
     err = capsys.readouterr().err

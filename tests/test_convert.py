@@ -33,7 +33,7 @@ class OfficialStyleProcessor(nn.Module):
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        text, quality = encoder_hidden_states[:, :-self.num_tokens], encoder_hidden_states[:, -self.num_tokens:]
+        text, quality = encoder_hidden_states[:, : -self.num_tokens], encoder_hidden_states[:, -self.num_tokens :]
         batch = hidden_states.shape[0]
         heads = attn.heads
 
@@ -67,8 +67,12 @@ def official_checkpoint(unet, feature_dim, num_tokens=2, mlp=False, seed=0):
         return 0.2 * torch.randn(*shape, generator=generator)
 
     if mlp:
-        image_proj = {"proj.0.weight": rand(16, feature_dim), "proj.0.bias": rand(16),
-                      "proj.2.weight": rand(num_tokens * width, 16), "proj.2.bias": rand(num_tokens * width)}
+        image_proj = {
+            "proj.0.weight": rand(16, feature_dim),
+            "proj.0.bias": rand(16),
+            "proj.2.weight": rand(num_tokens * width, 16),
+            "proj.2.bias": rand(num_tokens * width),
+        }
     else:
         image_proj = {"proj.weight": rand(num_tokens * width, feature_dim), "proj.bias": rand(num_tokens * width)}
     image_proj.update({"norm.weight": 1 + rand(width), "norm.bias": rand(width)})
@@ -88,19 +92,21 @@ def official_unet_output(unet, image_proj, ip_adapter, features, num_tokens, mlp
         attention = unet.get_submodule(name.removesuffix(".processor"))
         processors[name] = (
             OfficialStyleProcessor(attention.to_k.out_features, unet.config.cross_attention_dim, num_tokens, scale)
-            if attention.is_cross_attention else SelfAttentionPlaceholder(processor)
+            if attention.is_cross_attention
+            else SelfAttentionPlaceholder(processor)
         )
     unet.set_attn_processor(dict(processors))
     nn.ModuleList(unet.attn_processors.values()).load_state_dict(ip_adapter, strict=True)
     width = unet.config.cross_attention_dim
     if mlp:
         proj = nn.Sequential(nn.Linear(features.shape[-1], 16), nn.GELU(), nn.Linear(16, num_tokens * width))
-        proj.load_state_dict({k[len("proj."):]: v for k, v in image_proj.items() if k.startswith("proj.")})
+        proj.load_state_dict({k[len("proj.") :]: v for k, v in image_proj.items() if k.startswith("proj.")})
     else:
         proj = nn.Linear(features.shape[-1], num_tokens * width)
         proj.load_state_dict({"weight": image_proj["proj.weight"], "bias": image_proj["proj.bias"]})
-    tokens = F.layer_norm(proj(features).reshape(-1, num_tokens, width), (width,),
-                          image_proj["norm.weight"], image_proj["norm.bias"])
+    tokens = F.layer_norm(
+        proj(features).reshape(-1, num_tokens, width), (width,), image_proj["norm.weight"], image_proj["norm.bias"]
+    )
     hidden = torch.cat([inputs["encoder_hidden_states"], tokens], dim=1)
     return unet(inputs["sample"], inputs["timestep"], hidden, added_cond_kwargs=inputs["added_cond_kwargs"]).sample
 
@@ -114,8 +120,10 @@ def unet_inputs(unet):
         "added_cond_kwargs": {},
     }
     if unet.config.addition_embed_type == "text_time":
-        inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 32, generator=generator),
-                                       "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)}
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, 32, generator=generator),
+            "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2),
+        }
     return inputs
 
 
@@ -123,8 +131,13 @@ def write(path, image_proj, ip_adapter, layout):
     if layout == "torch":
         torch.save({"image_proj": image_proj, "ip_adapter": ip_adapter}, path)
     elif layout == "safetensors":
-        save_file({**{f"image_proj.{k}": v for k, v in image_proj.items()},
-                   **{f"ip_adapter.{k}": v for k, v in ip_adapter.items()}}, path)
+        save_file(
+            {
+                **{f"image_proj.{k}": v for k, v in image_proj.items()},
+                **{f"ip_adapter.{k}": v for k, v in ip_adapter.items()},
+            },
+            path,
+        )
     else:  # the training wrapper's state: unet, qual_proj_model and adapter_modules prefixes
         state = {f"qual_proj_model.{k}": v for k, v in image_proj.items()}
         state.update({f"adapter_modules.{k}": v for k, v in ip_adapter.items()})
@@ -135,13 +148,18 @@ def write(path, image_proj, ip_adapter, layout):
             torch.save(state, path)
 
 
-@pytest.mark.parametrize("layout, suffix, mlp, flag, frequencies", [
-    ("torch", ".bin", False, True, 0),
-    ("safetensors", ".safetensors", True, False, 0),
-    ("wrapper", ".bin", False, True, 2),
-    ("wrapper", ".safetensors", True, True, 1),
-])
-def test_imported_official_checkpoint_reproduces_official_outputs(tmp_path, pipe, layout, suffix, mlp, flag, frequencies):
+@pytest.mark.parametrize(
+    "layout, suffix, mlp, flag, frequencies",
+    [
+        ("torch", ".bin", False, True, 0),
+        ("safetensors", ".safetensors", True, False, 0),
+        ("wrapper", ".bin", False, True, 2),
+        ("wrapper", ".safetensors", True, True, 1),
+    ],
+)
+def test_imported_official_checkpoint_reproduces_official_outputs(
+    tmp_path, pipe, layout, suffix, mlp, flag, frequencies
+):
     unet = pipe.unet
     metrics = two_metrics()
     feature_dim = (len(metrics) + flag) * (1 + 2 * frequencies)
@@ -162,7 +180,9 @@ def test_imported_official_checkpoint_reproduces_official_outputs(tmp_path, pipe
         adapter.attach(unet, scale=0.6)
         try:
             embeds = adapter.embeds(z, do_classifier_free_guidance=False)
-            ours = unet(**{**inputs, "added_cond_kwargs": {**inputs["added_cond_kwargs"], "image_embeds": embeds}}).sample
+            ours = unet(
+                **{**inputs, "added_cond_kwargs": {**inputs["added_cond_kwargs"], "image_embeds": embeds}}
+            ).sample
         finally:
             adapter.detach()
     assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
@@ -191,7 +211,9 @@ def test_one_metric_for_a_two_metric_checkpoint_is_refused_not_reinterpreted(tmp
     """3 input features are 2 metrics + flag, or 1 metric with sinusoidal encoding L = 1: never guessed."""
     image_proj, ip_adapter = official_checkpoint(sd_pipe.unet, 3)
     write(tmp_path / "ckpt.safetensors", image_proj, ip_adapter, "safetensors")
-    with pytest.raises(ValueError, match=r"2 metrics with the flag feature.*1 metric\(s\) with sinusoidal encoding L=1"):
+    with pytest.raises(
+        ValueError, match=r"2 metrics with the flag feature.*1 metric\(s\) with sinusoidal encoding L=1"
+    ):
         convert_official(tmp_path / "ckpt.safetensors", sd_pipe.unet, two_metrics()[:1])
     confirmed = convert_official(tmp_path / "ckpt.safetensors", sd_pipe.unet, two_metrics()[:1], encoding_frequencies=1)
     assert (confirmed.config.flag_feature, confirmed.config.encoding_frequencies) == (False, 1)
@@ -218,8 +240,13 @@ def test_full_sdxl_layout_matches_the_official_numbering():
     assert len(names) == 140
     cross = [i for i, n in enumerate(names) if unet.get_submodule(n.removesuffix(".processor")).is_cross_attention]
     assert cross == list(range(1, 140, 2))
-    blocks = {"down_blocks.1": (1, 7), "down_blocks.2": (9, 47), "up_blocks.0": (49, 107),
-              "up_blocks.1": (109, 119), "mid_block": (121, 139)}
+    blocks = {
+        "down_blocks.1": (1, 7),
+        "down_blocks.2": (9, 47),
+        "up_blocks.0": (49, 107),
+        "up_blocks.1": (109, 119),
+        "mid_block": (121, 139),
+    }
     for prefix, (first, last) in blocks.items():
         ids = [i for i in cross if names[i].startswith(prefix)]
         assert (ids[0], ids[-1]) == (first, last), prefix
@@ -229,12 +256,15 @@ def test_full_sdxl_layout_matches_the_official_numbering():
     assert kv_parameters == pytest.approx(341e6, rel=0.005)
 
 
-@pytest.mark.parametrize("name, metrics", [
-    ("iqa_adapter_topiq_nr_laion_aes.safetensors", ["topiq_nr", "laion_aes"]),
-    ("sdxl/topiq_nr-flive+clipiqa+laion_aes.safetensors", ["topiq_nr-flive", "clipiqa+", "laion_aes"]),
-    ("liqe_mix/ip_adapter.safetensors", ["liqe_mix"]),
-    ("dbcnniqa.safetensors", []),  # a name inside a longer word is not a metric
-])
+@pytest.mark.parametrize(
+    "name, metrics",
+    [
+        ("iqa_adapter_topiq_nr_laion_aes.safetensors", ["topiq_nr", "laion_aes"]),
+        ("sdxl/topiq_nr-flive+clipiqa+laion_aes.safetensors", ["topiq_nr-flive", "clipiqa+", "laion_aes"]),
+        ("liqe_mix/ip_adapter.safetensors", ["liqe_mix"]),
+        ("dbcnniqa.safetensors", []),  # a name inside a longer word is not a metric
+    ],
+)
 def test_metrics_are_read_from_official_file_names(name, metrics):
     assert metrics_from_file_name(name, list(cc3m_stats())) == metrics
 
@@ -247,8 +277,9 @@ def test_official_checkpoints_load_by_file_name_from_the_hub_cache_offline(tmp_p
     write(tmp_path / "local.safetensors", image_proj, ip_adapter, "safetensors")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    put_in_hub_cache(tmp_path / "hub", "lab/iqa-adapters", {name: (tmp_path / "local.safetensors").read_bytes()},
-                     "d" * 40)
+    put_in_hub_cache(
+        tmp_path / "hub", "lab/iqa-adapters", {name: (tmp_path / "local.safetensors").read_bytes()}, "d" * 40
+    )
 
     from_hub = IQAAdapter.from_official("lab/iqa-adapters", sd_pipe, weight_name=name)
     assert from_hub.metric_names == ["topiq_nr", "laion_aes"] and from_hub.config.flag_feature

@@ -68,7 +68,11 @@ def test_folder_with_sidecar_captions(tmp_path):
     assert isinstance(reader, FolderReader)
     samples = {sample.key: sample for sample in reader}
     assert [(key, sample.caption) for key, sample in samples.items()] == [
-        ("a", "a red cat"), ("c", ""), ("orphan", "a caption without image"), ("sub/b", "a dog")]
+        ("a", "a red cat"),
+        ("c", ""),
+        ("orphan", "a caption without image"),
+        ("sub/b", "a dog"),
+    ]
     assert samples["a"].read() == (tmp_path / "a.png").read_bytes()
     assert samples["sub/b"].source == str(tmp_path / "sub" / "b.jpg")
     with pytest.raises(MissingImageError, match="without an image"):
@@ -97,8 +101,12 @@ def test_listing_files(tmp_path, listing):
 
 def test_listing_with_keys_and_missing_files(tmp_path):
     (tmp_path / "x.png").write_bytes(encoded_image(3))
-    (tmp_path / "list.jsonl").write_text(json.dumps({"key": 7, "image_path": "x.png", "text": "t"}) + "\n"
-                                         + json.dumps({"key": 8, "image_path": "gone.png", "text": "u"}) + "\n")
+    (tmp_path / "list.jsonl").write_text(
+        json.dumps({"key": 7, "image_path": "x.png", "text": "t"})
+        + "\n"
+        + json.dumps({"key": 8, "image_path": "gone.png", "text": "u"})
+        + "\n"
+    )
     samples = list(open_dataset(str(tmp_path / "list.jsonl")))
     assert listed(samples) == [("7", "t"), ("8", "u")]
     with pytest.raises(FileNotFoundError):
@@ -127,8 +135,9 @@ def test_expand_braces_keeps_zero_padding():
 def test_webdataset_shards(tmp_path):
     keys = ["000000000", "000000001", "000000002"]
     images = {key: encoded_image(seed, format="JPEG") for seed, key in enumerate(keys)}
-    write_shard(tmp_path / "00000.tar", {"000000000": (images["000000000"], "zero"),
-                                         "000000001": (images["000000001"], "one")})
+    write_shard(
+        tmp_path / "00000.tar", {"000000000": (images["000000000"], "zero"), "000000001": (images["000000001"], "one")}
+    )
     write_shard(tmp_path / "00001.tar", {"000000002": (images["000000002"], "two"), "000000003": (None, "no image")})
     expected = [("000000000", "zero"), ("000000001", "one"), ("000000002", "two"), ("000000003", "no image")]
 
@@ -163,8 +172,9 @@ def test_parquet_with_bytes(tmp_path):
     images = [encoded_image(seed) for seed in range(3)]
     pq.write_table(pa.table({"jpg": images[:2], "caption": ["a", None]}), tmp_path / "0.parquet")
     # Hugging Face datasets store images as a struct {bytes, path}; small row groups are read one by one
-    hf = pa.table({"image": [{"bytes": images[2], "path": "c.png"}, {"bytes": None, "path": "d.png"}],
-                   "text": ["c", "d"]})
+    hf = pa.table(
+        {"image": [{"bytes": images[2], "path": "c.png"}, {"bytes": None, "path": "d.png"}], "text": ["c", "d"]}
+    )
     pq.write_table(hf, tmp_path / "1.parquet", row_group_size=1)
 
     reader = open_dataset(f"{tmp_path}/*.parquet")

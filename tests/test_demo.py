@@ -9,8 +9,17 @@ from iqa_adapter.distortions import FAMILIES, distort
 from iqa_adapter.toy.scenes import render_scene, scene_for
 from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
 
-REPORT_KEYS = ("target_metrics", "percentile_sweep", "relgain", "scale_sweep", "negative_guidance", "n_images",
-               "seconds", "gradient_guidance", "reference_transfer")
+REPORT_KEYS = (
+    "target_metrics",
+    "percentile_sweep",
+    "relgain",
+    "scale_sweep",
+    "negative_guidance",
+    "n_images",
+    "seconds",
+    "gradient_guidance",
+    "reference_transfer",
+)
 METRICS = {"loda", "niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast"}
 
 
@@ -56,8 +65,9 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert "claims:" in capsys.readouterr().out
     # demo --pairs: the adapter's p99 / p1 pairs (the miniature keeps every pair) and the restoration arms
     assert report["pairs"]["made"] == report["pairs"]["kept"] == 4
-    assert sorted(path.name for path in (out / "pairs" / "hq").iterdir()) == \
-        sorted(path.name for path in (out / "pairs" / "lq").iterdir())
+    assert sorted(path.name for path in (out / "pairs" / "hq").iterdir()) == sorted(
+        path.name for path in (out / "pairs" / "lq").iterdir()
+    )
     for arm in ("generated", "identity", "real"):
         assert {"psnr", "ssim"} <= set(report["restoration"][arm])
         assert set(report["restoration"][arm]["families"]) == set(FAMILIES)
@@ -77,11 +87,46 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
 
     moved = tmp_path / "moved"  # a world folder works wherever it goes
     world.root.rename(moved)
-    assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "reference_adapter"),
-                 "--prompt", "a red circle", "--reference", str(next((out / "images" / "base").glob("*.png"))), "--steps", "2",
-                 "--out", str(tmp_path / "gen")]) == 0
-    assert main(["generate", "--base", str(moved / "base"), "--adapter", str(moved / "adapter"), "--prompt", "a red circle",
-                 "--quality", "loda=p99", "--steps", "2", "--out", str(tmp_path / "gen2")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(moved / "base"),
+                "--adapter",
+                str(moved / "reference_adapter"),
+                "--prompt",
+                "a red circle",
+                "--reference",
+                str(next((out / "images" / "base").glob("*.png"))),
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(moved / "base"),
+                "--adapter",
+                str(moved / "adapter"),
+                "--prompt",
+                "a red circle",
+                "--quality",
+                "loda=p99",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "gen2"),
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads((tmp_path / "gen2" / "0000.json").read_text())
     assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"}  # the adapter's default target fills niqe
 

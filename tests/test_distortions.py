@@ -61,8 +61,17 @@ MEASURES = {
 
 
 def test_required_families_are_present():
-    required = {"gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "contrast", "saturation", "brightness",
-                "downsample", "pixelate"}
+    required = {
+        "gaussian_blur",
+        "motion_blur",
+        "gaussian_noise",
+        "jpeg",
+        "contrast",
+        "saturation",
+        "brightness",
+        "downsample",
+        "pixelate",
+    }
     assert required <= set(FAMILIES)
     assert set(MEASURES) == set(FAMILIES), "every family needs a monotonicity measure here"
 
@@ -82,8 +91,9 @@ def test_level_zero_is_identity_and_output_is_valid(family):
 def test_effect_grows_with_level(family):
     images = scene()
     measure = MEASURES[family]
-    values = [float(measure(distort(images, family, level, torch.Generator().manual_seed(3)), images))
-              for level in LEVELS]
+    values = [
+        float(measure(distort(images, family, level, torch.Generator().manual_seed(3)), images)) for level in LEVELS
+    ]
     assert all(b >= a - 1e-6 for a, b in zip(values, values[1:])), values
     assert values[-1] > values[1] > values[0], values
 
@@ -108,8 +118,8 @@ def test_per_image_levels(family):
     assert not torch.equal(out[1], images[1]) and not torch.equal(out[2], images[2])
     if family not in RANDOM_FAMILIES:  # no random draws: the batch is the same as one image at a time
         for index in (1, 2):
-            alone = distort(images[index:index + 1], family, float(levels[index]))
-            torch.testing.assert_close(out[index:index + 1], alone, atol=1e-5, rtol=0)
+            alone = distort(images[index : index + 1], family, float(levels[index]))
+            torch.testing.assert_close(out[index : index + 1], alone, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])

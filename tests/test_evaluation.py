@@ -42,8 +42,21 @@ def test_spearman_orientation():
 def test_plan_generates_the_base_once_and_never_twice_the_same_condition():
     conditions = plan_conditions({"a": 0.5, "b": 1.0}, percentiles=(1, 50, 99), scales=(0.0, 0.5, 1.0))
     names = [condition.name for condition in conditions]
-    assert names == ["base", "a/p1", "a/p50", "a/p99", "a/scale_1_p99", "a/scale_1_p1", "a/negative_p99",
-                     "b/p1", "b/p50", "b/p99", "b/scale_0.5_p99", "b/scale_0.5_p1", "b/negative_p99"]
+    assert names == [
+        "base",
+        "a/p1",
+        "a/p50",
+        "a/p99",
+        "a/scale_1_p99",
+        "a/scale_1_p1",
+        "a/negative_p99",
+        "b/p1",
+        "b/p50",
+        "b/p99",
+        "b/scale_0.5_p99",
+        "b/scale_0.5_p1",
+        "b/negative_p99",
+    ]
     plan = EvaluationPlan(conditions, ["x", "y"], [3, 4])
     assert len(plan) == 13 * 4 and plan.item(5).condition == 1 and (plan.item(5).prompt, plan.item(5).seed) == (0, 4)
     assert list(plan.items_of("a/p50")) == [8, 9, 10, 11]
@@ -67,9 +80,17 @@ SMALL = dict(seeds=2, steps=2, percentiles=(1, 50, 99), scales=(0.0, 0.5, 1.0), 
 
 def test_one_adapter_runs_every_experiment_and_writes_every_output(tmp_path, sd_pipe):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
-    report = evaluate(tmp_path, load_pipeline=lambda: sd_pipe, base_name="tiny", adapters={"a": adapter},
-                      metrics=score_columns(), prompts=["a red circle", "a blue square"],
-                      settings=EvaluationSettings(**SMALL), measures=Measures(distances=("ssim",)), progress=False)
+    report = evaluate(
+        tmp_path,
+        load_pipeline=lambda: sd_pipe,
+        base_name="tiny",
+        adapters={"a": adapter},
+        metrics=score_columns(),
+        prompts=["a red circle", "a blue square"],
+        settings=EvaluationSettings(**SMALL),
+        measures=Measures(distances=("ssim",)),
+        progress=False,
+    )
     images = 4  # 2 prompts x 2 seeds per condition: base, 3 percentiles, lambda = 1 at p99 and p1, negative
     assert report["n_images"] == images * 7 and len(list((tmp_path / "images").rglob("*.png"))) == images * 7
     assert report["target_metrics"] == ["sharp", "aes"] and set(report["relgain_matrix"]) == {"a"}
@@ -84,7 +105,10 @@ def test_one_adapter_runs_every_experiment_and_writes_every_output(tmp_path, sd_
     distances = report["distances"]["ssim"]
     assert distances["p1"]["p1"] == 0 and distances["p1"]["p99"] == distances["p99"]["p1"] > 0
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["relgain"] == report["relgain"] and "RelGain against the base model" in (tmp_path / "report.md").read_text()
+    assert (
+        saved["relgain"] == report["relgain"]
+        and "RelGain against the base model" in (tmp_path / "report.md").read_text()
+    )
     table = pd.read_csv(tmp_path / "images" / "images.csv")
     assert len(table) == report["n_images"] and "score_sharpness" in table
     for figure in report["figures"].values():
@@ -93,12 +117,21 @@ def test_one_adapter_runs_every_experiment_and_writes_every_output(tmp_path, sd_
 
 
 def test_several_adapters_share_the_base_images_and_a_relgain_matrix(tmp_path, sd_pipe):
-    adapters = {"first": IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0),
-                "second": IQAAdapter.for_unet(sd_pipe, two_metrics()[:1], seed=1)}
-    report = evaluate(tmp_path, load_pipeline=lambda: sd_pipe, base_name="tiny", adapters=adapters,
-                      metrics=score_columns(("sharpness", "contrast")), prompts=["a red circle"],
-                      settings=EvaluationSettings(**{**SMALL, "scales": (0.0, 0.5), "relgain_only": ("second",)}),
-                      measures=Measures(distances=(), metric_groups={"texture": ["sharpness"]}), progress=False)
+    adapters = {
+        "first": IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0),
+        "second": IQAAdapter.for_unet(sd_pipe, two_metrics()[:1], seed=1),
+    }
+    report = evaluate(
+        tmp_path,
+        load_pipeline=lambda: sd_pipe,
+        base_name="tiny",
+        adapters=adapters,
+        metrics=score_columns(("sharpness", "contrast")),
+        prompts=["a red circle"],
+        settings=EvaluationSettings(**{**SMALL, "scales": (0.0, 0.5), "relgain_only": ("second",)}),
+        measures=Measures(distances=(), metric_groups={"texture": ["sharpness"]}),
+        progress=False,
+    )
     assert len(list((tmp_path / "images" / "base").glob("*.png"))) == 2  # generated once for both
     assert sorted(path.name for path in (tmp_path / "images" / "second").iterdir()) == ["p1", "p99"]  # a matrix row
     assert set(report["adapters"]) == {"first", "second"} and "relgain" not in report  # no single adapter on top
@@ -106,20 +139,36 @@ def test_several_adapters_share_the_base_images_and_a_relgain_matrix(tmp_path, s
     matrix = report["relgain_matrix"]
     assert set(matrix) == {"first", "second"}
     assert set(matrix["first"]) == {"sharpness", "contrast", "mean", "mean_texture"}
-    assert matrix["second"]["mean"] == pytest.approx(np.mean([matrix["second"]["sharpness"],
-                                                              matrix["second"]["contrast"]]))
+    assert matrix["second"]["mean"] == pytest.approx(
+        np.mean([matrix["second"]["sharpness"], matrix["second"]["contrast"]])
+    )
     assert matrix["second"]["mean_texture"] == matrix["second"]["sharpness"]
     with pytest.raises(ValueError, match="metric group 'texture' must name scored metric columns"):
-        evaluate(tmp_path / "other", load_pipeline=lambda: sd_pipe, base_name="tiny", adapters=adapters,
-                 metrics=score_columns(("contrast",)), prompts=["x"], settings=EvaluationSettings(**SMALL),
-                 measures=Measures(metric_groups={"texture": ["sharpness"]}), progress=False)
+        evaluate(
+            tmp_path / "other",
+            load_pipeline=lambda: sd_pipe,
+            base_name="tiny",
+            adapters=adapters,
+            metrics=score_columns(("contrast",)),
+            prompts=["x"],
+            settings=EvaluationSettings(**SMALL),
+            measures=Measures(metric_groups={"texture": ["sharpness"]}),
+            progress=False,
+        )
     assert {"first_percentile_grid", "second_relgain", "relgain_matrix"} <= set(report["figures"])
 
 
 def test_new_metrics_are_scored_without_generating_again(tmp_path, sd_pipe):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
-    common = dict(load_pipeline=lambda: sd_pipe, base_name="tiny", adapters={"a": adapter}, prompts=["a red circle"],
-                  settings=EvaluationSettings(**SMALL), measures=Measures(distances=()), progress=False)
+    common = dict(
+        load_pipeline=lambda: sd_pipe,
+        base_name="tiny",
+        adapters={"a": adapter},
+        prompts=["a red circle"],
+        settings=EvaluationSettings(**SMALL),
+        measures=Measures(distances=()),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="not generated yet.*without --skip-generation"):
         evaluate(tmp_path, metrics=score_columns(("sharpness",)), skip_generation=True, **common)
     evaluate(tmp_path, metrics=score_columns(("sharpness",)), **common)
@@ -129,8 +178,11 @@ def test_new_metrics_are_scored_without_generating_again(tmp_path, sd_pipe):
     def unloadable():
         raise AssertionError("the pipeline must not be loaded when every image exists")
 
-    report = evaluate(tmp_path, metrics=score_columns(("sharpness", "contrast")),
-                      **{**common, "load_pipeline": unloadable, "skip_generation": True})
+    report = evaluate(
+        tmp_path,
+        metrics=score_columns(("sharpness", "contrast")),
+        **{**common, "load_pipeline": unloadable, "skip_generation": True},
+    )
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "images").rglob("*.png")} == images
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "scores" / "sharpness").glob("chunk_*")} == sharpness
     assert set(report["percentile_sweep"]) == {"sharpness", "contrast"}
@@ -139,23 +191,53 @@ def test_new_metrics_are_scored_without_generating_again(tmp_path, sd_pipe):
     with_ssim = {**common, "load_pipeline": unloadable, "measures": Measures(distances=("ssim",))}
     ssim = evaluate(tmp_path, metrics=score_columns(("sharpness",)), **with_ssim)["distances"]["ssim"]
     ssim_files = {path: path.stat().st_mtime_ns for path in (tmp_path / "distances" / "ssim").glob("chunk_*")}
-    both = evaluate(tmp_path, metrics=score_columns(("sharpness",)),
-                    **{**with_ssim, "measures": Measures(distances=("ssim", "ms_ssim"))})["distances"]
+    both = evaluate(
+        tmp_path,
+        metrics=score_columns(("sharpness",)),
+        **{**with_ssim, "measures": Measures(distances=("ssim", "ms_ssim"))},
+    )["distances"]
     assert both["ssim"] == ssim and set(both) == {"ssim", "ms_ssim", "ms_ssim_scales"}
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "distances" / "ssim").glob("chunk_*")} == ssim_files
-    only = evaluate(tmp_path, metrics=score_columns(("sharpness",)),
-                    **{**with_ssim, "measures": Measures(distances=("ms_ssim",))})["distances"]
+    only = evaluate(
+        tmp_path, metrics=score_columns(("sharpness",)), **{**with_ssim, "measures": Measures(distances=("ms_ssim",))}
+    )["distances"]
     assert only["ms_ssim"] == both["ms_ssim"] and "ssim" not in only
     with pytest.raises(ValueError, match="other parameters.*seeds"):
-        evaluate(tmp_path, metrics=score_columns(("sharpness",)),
-                 **{**common, "settings": EvaluationSettings(**{**SMALL, "seeds": 3})})
+        evaluate(
+            tmp_path,
+            metrics=score_columns(("sharpness",)),
+            **{**common, "settings": EvaluationSettings(**{**SMALL, "seeds": 3})},
+        )
 
 
 def toy_command(out, *extra) -> list[str]:
-    return ["evaluate", "--metrics", "sharpness,colorfulness", "--prompt", "a red circle on the left",
-            "--prompt", "a blue square", "--seeds", "2", "--steps", "2", "--percentiles", "1,50,99", "--scales",
-            "0,0.5", "--chunk-size", "3", "--batch-size", "3", "--distances", "ssim", "--no-progress", "--out",
-            str(out), *extra]
+    return [
+        "evaluate",
+        "--metrics",
+        "sharpness,colorfulness",
+        "--prompt",
+        "a red circle on the left",
+        "--prompt",
+        "a blue square",
+        "--seeds",
+        "2",
+        "--steps",
+        "2",
+        "--percentiles",
+        "1,50,99",
+        "--scales",
+        "0,0.5",
+        "--chunk-size",
+        "3",
+        "--batch-size",
+        "3",
+        "--distances",
+        "ssim",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def comparable(report: dict) -> dict:
@@ -166,19 +248,26 @@ def comparable(report: dict) -> dict:
 def test_a_killed_evaluation_resumes_losing_only_unfinished_chunks(tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "iqa_adapter", *toy_command(out)]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               cwd=tmp_path)
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path
+    )
     deadline = time.monotonic() + 240
-    while len(list((out / "generation").glob("chunk_*.json"))) < 2 and process.poll() is None \
-            and time.monotonic() < deadline:
+    while (
+        len(list((out / "generation").glob("chunk_*.json"))) < 2
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     done = {path.name: path.stat().st_mtime_ns for path in (out / "generation").glob("chunk_*.json")}
     assert done and not (out / "report.json").exists(), process.stderr.read().decode()[-2000:]
     assert main(toy_command(out)) == 0
-    assert {name: mtime for name, mtime in ((path.name, path.stat().st_mtime_ns)
-                                            for path in (out / "generation").glob("chunk_*.json")) if name in done} == done
+    assert {
+        name: mtime
+        for name, mtime in ((path.name, path.stat().st_mtime_ns) for path in (out / "generation").glob("chunk_*.json"))
+        if name in done
+    } == done
     assert main(toy_command(tmp_path / "straight")) == 0
     resumed = json.loads((out / "report.json").read_text())
     straight = json.loads((tmp_path / "straight" / "report.json").read_text())
@@ -190,10 +279,27 @@ def test_a_killed_evaluation_resumes_losing_only_unfinished_chunks(tmp_path):
 
 def test_two_processes_give_the_report_of_one(tmp_path):
     assert main(toy_command(tmp_path / "single")) == 0
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
-               "-m", "iqa_adapter", *toy_command(tmp_path / "multi")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "iqa_adapter",
+        *toy_command(tmp_path / "multi"),
+    ]
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -206,8 +312,9 @@ def test_two_processes_give_the_report_of_one(tmp_path):
     assert makers == {0, 1}  # both processes generated their share
 
 
-def test_fidelity_prompt_following_and_distances_in_one_report(tmp_path, sd_pipe, dinov2_folder, clip_folder,
-                                                                tiny_models):
+def test_fidelity_prompt_following_and_distances_in_one_report(
+    tmp_path, sd_pipe, dinov2_folder, clip_folder, tiny_models
+):
     """Every measure at once with tiny random DINOv2, CLIP and OWLv2 models: the report's keys, shapes and
     properties (numbers from random models mean nothing)."""
     from iqa_adapter.evaluation.prompt_following import GenEvalRules, GenEvalScorer
@@ -220,21 +327,47 @@ def test_fidelity_prompt_following_and_distances_in_one_report(tmp_path, sd_pipe
         pixels = np.clip(rng.normal(0.5, 0.2, (32, 32, 3)) * 255, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(reference / f"{index}.png")
         (reference / f"{index}.txt").write_text(f"reference {index}")
-    prompts = [Prompt("a photo of a dog", 0, "single_object",
-                      {"tag": "single_object", "include": [{"class": "dog", "count": 1}]}, str(reference / "0.png")),
-               Prompt("a photo of two cats", 1, "counting",
-                      {"tag": "counting", "include": [{"class": "cat", "count": 2}],
-                       "exclude": [{"class": "cat", "count": 3}]}, str(reference / "1.png"))]
-    scorer = GenEvalScorer(str(tiny_models / "owlv2"), str(tiny_models / "clip"),
-                           rules=GenEvalRules(threshold=0.0, counting_threshold=0.0))
+    prompts = [
+        Prompt(
+            "a photo of a dog",
+            0,
+            "single_object",
+            {"tag": "single_object", "include": [{"class": "dog", "count": 1}]},
+            str(reference / "0.png"),
+        ),
+        Prompt(
+            "a photo of two cats",
+            1,
+            "counting",
+            {"tag": "counting", "include": [{"class": "cat", "count": 2}], "exclude": [{"class": "cat", "count": 3}]},
+            str(reference / "1.png"),
+        ),
+    ]
+    scorer = GenEvalScorer(
+        str(tiny_models / "owlv2"), str(tiny_models / "clip"), rules=GenEvalRules(threshold=0.0, counting_threshold=0.0)
+    )
     features = f"dinov2:{dinov2_folder}"
-    measures = Measures(extractors=[features, f"dino={features}"], reference=str(reference), reference_subsets=[50],
-                        subset_metrics=["sharpness", "contrast"], clip_model=str(clip_folder), following_scorer=scorer,
-                        distances=("ssim", "ms_ssim", f"features:{features}", f"dino_cosine=features:{features}"))
+    measures = Measures(
+        extractors=[features, f"dino={features}"],
+        reference=str(reference),
+        reference_subsets=[50],
+        subset_metrics=["sharpness", "contrast"],
+        clip_model=str(clip_folder),
+        following_scorer=scorer,
+        distances=("ssim", "ms_ssim", f"features:{features}", f"dino_cosine=features:{features}"),
+    )
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
-    report = evaluate(tmp_path / "out", load_pipeline=lambda: sd_pipe, base_name="tiny", adapters={"a": adapter},
-                      metrics=score_columns(("sharpness",)), prompts=prompts, measures=measures,
-                      settings=EvaluationSettings(**SMALL), progress=False)
+    report = evaluate(
+        tmp_path / "out",
+        load_pipeline=lambda: sd_pipe,
+        base_name="tiny",
+        adapters={"a": adapter},
+        metrics=score_columns(("sharpness",)),
+        prompts=prompts,
+        measures=measures,
+        settings=EvaluationSettings(**SMALL),
+        progress=False,
+    )
     frechet = report["frechet"][features]  # frechet.<extractor>.<condition>.<to what>
     measured = {"a/p1", "a/p50", "a/p99", "a/negative_p99"}
     assert set(frechet) == measured | {"base"} and set(frechet["base"]) == {"reference_all", "reference_top50"}
@@ -252,7 +385,9 @@ def test_fidelity_prompt_following_and_distances_in_one_report(tmp_path, sd_pipe
     # NAME=SPEC: the same measure, reported, stored and drawn under the name
     assert report["frechet"]["dino"] == frechet and report["frechet_sets"]["dino"]["extractor"] == features
     assert report["distances"]["dino_cosine"] == report["distances"][f"features:{features}"]
-    assert (tmp_path / "out" / "features" / "dino").is_dir() and (tmp_path / "out" / "distances" / "dino_cosine").is_dir()
+    assert (tmp_path / "out" / "features" / "dino").is_dir() and (
+        tmp_path / "out" / "distances" / "dino_cosine"
+    ).is_dir()
     assert {"frechet_dino", "distances_dino_cosine"} <= set(report["figures"])
     assert report["distances"]["ms_ssim_scales"] == 2  # 32 px images: two scales fit an 11-pixel window
     for figure in ("frechet_" + features.replace(":", "_").replace("/", "_"), "clip", "prompt_following"):

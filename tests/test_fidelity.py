@@ -74,7 +74,7 @@ def textures(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = int(3 * sigma) + 1
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
     padded = F.pad(images, (radius, radius, 0, 0), mode="reflect")
     rows = F.conv2d(padded, kernel, groups=3)
@@ -146,8 +146,11 @@ def test_clip_preprocessing_geometry_matches_the_clip_image_processor():
     pixels = Image.fromarray((image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     processor = Processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     expected = torch.as_tensor(np.asarray(processor(images=pixels, return_tensors="np")["pixel_values"]))
-    ours = normalise(resize_shorter_and_crop(torch.from_numpy(np.asarray(pixels) / 255).permute(2, 0, 1)[None].float(),
-                                             32), CLIP_MEAN, CLIP_STD)
+    ours = normalise(
+        resize_shorter_and_crop(torch.from_numpy(np.asarray(pixels) / 255).permute(2, 0, 1)[None].float(), 32),
+        CLIP_MEAN,
+        CLIP_STD,
+    )
     assert ours.shape == expected.shape == (1, 3, 32, 32)
     # PIL rounds the resized image to 8 bits; torch keeps floats: within about one grey level
     assert (ours - expected).abs().max() < 1.5 / 255 / min(CLIP_STD)
@@ -180,9 +183,11 @@ def test_inception_without_torch_fidelity_says_what_to_install():
         create_extractor("inception")
 
 
-needs_torch_fidelity = pytest.mark.skipif(not inception_available(),
-                                          reason="torch-fidelity (with a working torchvision) is not installed; "
-                                                 "`make test-pyiqa` builds an environment where it is")
+needs_torch_fidelity = pytest.mark.skipif(
+    not inception_available(),
+    reason="torch-fidelity (with a working torchvision) is not installed; "
+    "`make test-pyiqa` builds an environment where it is",
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +201,9 @@ def random_inception_weights(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None)
-        network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                              feature_extractor_weights_path=str(folder / "empty.pth"))
+        network = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(folder / "empty.pth")
+        )
     torch.save(network.state_dict(), folder / "random.pth")
     return folder / "random.pth"
 
@@ -216,8 +222,9 @@ def test_inception_follows_torch_fidelitys_conventions(random_inception_weights,
     assert features.shape == (3, 2048) and logits.shape == (3, 1008)
     torch.testing.assert_close(extractor(images), features)
     # torch-fidelity's own network on the 8-bit images it expects (it resizes them to 299 itself)
-    direct = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                         feature_extractor_weights_path=str(random_inception_weights)).eval()
+    direct = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(random_inception_weights)
+    ).eval()
     quantised = (images * 255).round().to(torch.uint8)
     with torch.no_grad():
         expected_features, expected_logits = direct(quantised)
@@ -286,10 +293,13 @@ def test_frechet_distance_matches_scipy_is_symmetric_and_zero_for_the_same_set()
 def test_frechet_distance_of_dinov2_features_grows_with_blur(dinov2):
     images = textures(48, size=48)
     reference = FrechetStatistics.from_features(dinov2(images))
-    assert frechet_distance(reference, FrechetStatistics.from_features(dinov2(images))) <= \
-        1e-6 * np.trace(reference.covariance)
-    distances = [frechet_distance(reference, FrechetStatistics.from_features(dinov2(gaussian_blur(images, sigma))))
-                 for sigma in (0.5, 1.0, 2.0, 4.0)]
+    assert frechet_distance(reference, FrechetStatistics.from_features(dinov2(images))) <= 1e-6 * np.trace(
+        reference.covariance
+    )
+    distances = [
+        frechet_distance(reference, FrechetStatistics.from_features(dinov2(gaussian_blur(images, sigma))))
+        for sigma in (0.5, 1.0, 2.0, 4.0)
+    ]
     assert all(near < far for near, far in itertools.pairwise(distances)), distances
 
 
@@ -361,14 +371,17 @@ def reference_folder(tmp_path) -> Path:
 def count_decodes(monkeypatch) -> list[bytes]:
     decoded: list[bytes] = []
     original = iqa_adapter.datasets.decode_image
-    monkeypatch.setattr(iqa_adapter.datasets, "decode_image",
-                        lambda data, *rest: decoded.append(data) or original(data, *rest))
+    monkeypatch.setattr(
+        iqa_adapter.datasets, "decode_image", lambda data, *rest: decoded.append(data) or original(data, *rest)
+    )
     return decoded
 
 
 def direct_features(extractor, indices, resize: int = 16) -> np.ndarray:
-    images = [Image.open(io.BytesIO(png_bytes(index))).convert("RGB").resize((resize, resize), Image.Resampling.BICUBIC)
-              for index in indices]
+    images = [
+        Image.open(io.BytesIO(png_bytes(index))).convert("RGB").resize((resize, resize), Image.Resampling.BICUBIC)
+        for index in indices
+    ]
     pixels = torch.stack([torch.from_numpy(np.asarray(image) / 255).permute(2, 0, 1).float() for image in images])
     return extractor(pixels).numpy()
 
@@ -397,14 +410,16 @@ def test_reference_statistics_of_the_set_and_subsets_are_cached(dinov2, referenc
     for name in first:
         np.testing.assert_array_equal(again[name].covariance, first[name].covariance)
 
-    more = reference_statistics(str(reference_folder), dinov2, tmp_path / "cache",
-                                subsets={**subsets, "pair": {"img00", "img02"}}, **run)
+    more = reference_statistics(
+        str(reference_folder), dinov2, tmp_path / "cache", subsets={**subsets, "pair": {"img00", "img02"}}, **run
+    )
     assert len(decoded) == 2 and more["pair"].count == 2  # only the new subset's images were read
     with pytest.raises(ValueError, match="at least 2"):
         reference_statistics(str(reference_folder), dinov2, tmp_path / "cache", subsets={"one": {"img00"}}, **run)
     with pytest.raises(ValueError, match="at least 2"):  # two keys, but one image cannot be read
-        reference_statistics(str(reference_folder), dinov2, tmp_path / "cache",
-                             subsets={"half": {"img00", "broken"}}, **run)
+        reference_statistics(
+            str(reference_folder), dinov2, tmp_path / "cache", subsets={"half": {"img00", "broken"}}, **run
+        )
 
 
 # ---------------------------------------------------------------- CLIP-T and CLIP-I
@@ -421,8 +436,9 @@ def test_clip_scores_are_100_times_the_cosine(clip_folder):
     with torch.no_grad():
         image_embeddings = model.get_image_features(pixel_values=normalise(images, CLIP_MEAN, CLIP_STD))
         text_embeddings = model.get_text_features(**tokens)
-    image_embeddings, text_embeddings = (output if torch.is_tensor(output) else output.pooler_output
-                                         for output in (image_embeddings, text_embeddings))
+    image_embeddings, text_embeddings = (
+        output if torch.is_tensor(output) else output.pooler_output for output in (image_embeddings, text_embeddings)
+    )
     expected = 100 * F.cosine_similarity(image_embeddings, text_embeddings, dim=-1)
     torch.testing.assert_close(scorer.text_image(images, captions), expected, rtol=1e-4, atol=1e-4)
 

@@ -21,7 +21,7 @@ def test_one_window_by_hand():
     x = rng.random((11, 11))
     y = np.clip(x + 0.2 * rng.standard_normal((11, 11)), 0, 1)
     offsets = np.arange(11) - 5
-    g = np.exp(-offsets**2 / (2 * 1.5**2))
+    g = np.exp(-(offsets**2) / (2 * 1.5**2))
     w = np.outer(g, g) / np.outer(g, g).sum()
     mx, my = (w * x).sum(), (w * y).sum()
     vx, vy = (w * x * x).sum() - mx**2, (w * y * y).sum() - my**2

@@ -92,10 +92,15 @@ def test_errors():
 def test_generate_with_guidance_and_an_adapter_records_it(sd_pipe, tmp_path):
     adapter = IQAAdapter.for_unet(sd_pipe, two_metrics(), seed=0)
     guidance = IQAGuidance(create_metric("sharpness"), alpha=3.0)
-    results = generate(sd_pipe, adapter, "a red circle", {"sharp": "p99", "aes": "p50"}, steps=2, progress=False,
-                       iqa_guidance=guidance)
-    assert results[0].settings["iqa_guidance"] == {"metric": "sharpness", "alpha": 3.0, "window": [0.0, 1.0],
-                                                   "decode_scale": 1.0}
+    results = generate(
+        sd_pipe, adapter, "a red circle", {"sharp": "p99", "aes": "p50"}, steps=2, progress=False, iqa_guidance=guidance
+    )
+    assert results[0].settings["iqa_guidance"] == {
+        "metric": "sharpness",
+        "alpha": 3.0,
+        "window": [0.0, 1.0],
+        "decode_scale": 1.0,
+    }
     base_only = generate(sd_pipe, None, "a red circle", steps=2, progress=False)
     assert base_only[0].settings["quality"] == {} and base_only[0].settings["scale"] is None
     with pytest.raises(ValueError, match="need an adapter"):
@@ -106,8 +111,28 @@ def test_cli_gradient_guidance_without_adapter(tmp_path):
     base = tmp_path / "base"
     tiny_sd_pipeline(seed=0).save_pretrained(base)
     out = tmp_path / "out"
-    assert main(["generate", "--base", str(base), "--no-adapter", "--prompt", "a red circle", "--steps", "2",
-                 "--guidance-metric", "sharpness", "--guidance-alpha", "10", "--guidance-window", "0.5,1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(base),
+                "--no-adapter",
+                "--prompt",
+                "a red circle",
+                "--steps",
+                "2",
+                "--guidance-metric",
+                "sharpness",
+                "--guidance-alpha",
+                "10",
+                "--guidance-window",
+                "0.5,1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads((out / "0000.json").read_text())
     assert sidecar["iqa_guidance"]["window"] == [0.5, 1.0] and sidecar["adapter"] is None

@@ -52,11 +52,15 @@ def test_a_hub_id_loads_from_the_cache_offline_by_revision_and_subfolder(two_ver
 
     assert same_weights(IQAAdapter.from_pretrained("org/quality"), new)
     assert same_weights(IQAAdapter.from_pretrained("org/quality", revision="a" * 40, subfolder="adapters/v1"), old)
-    with pytest.raises(HubDownloadError, match="'org/quality': HF_HUB_OFFLINE is set, and its local cache has no "
-                                               "adapters/v1/config.json at revision 'main'"):
+    with pytest.raises(
+        HubDownloadError,
+        match="'org/quality': HF_HUB_OFFLINE is set, and its local cache has no "
+        "adapters/v1/config.json at revision 'main'",
+    ):
         IQAAdapter.from_pretrained("org/quality", revision="main", subfolder="adapters/v1")
-    with pytest.raises(HubDownloadError, match="cannot load the adapter 'org/absent': it is not a local folder, "
-                                               "HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        HubDownloadError, match="cannot load the adapter 'org/absent': it is not a local folder, HF_HUB_OFFLINE is set"
+    ):
         IQAAdapter.from_pretrained("org/absent")
     with pytest.raises(ValueError, match="a revision applies to hub ids only"):
         IQAAdapter.from_pretrained(tmp_path, revision="main")
@@ -77,9 +81,12 @@ def test_the_model_card_is_valid_and_tells_how_to_use_the_adapter(two_versions):
     _, new, _, _, _ = two_versions
     config = new.config
     config.extra = {"training": {"data": "cc3m-shards", "steps": 1200, "batch_size": 640, "train_scale": 1.0}}
-    evaluation = {"target_metrics": ["sharp"], "n_images": 48, "relgain": {"p99": {"sharp": 12.34, "aes": -1.5},
-                                                                         "p1": {"sharp": -40.0, "aes": 2.25}},
-                  "claims": {"p99_improves_every_target_metric": True, "p1_degrades_every_target_metric": True}}
+    evaluation = {
+        "target_metrics": ["sharp"],
+        "n_images": 48,
+        "relgain": {"p99": {"sharp": 12.34, "aes": -1.5}, "p1": {"sharp": -40.0, "aes": 2.25}},
+        "claims": {"p99_improves_every_target_metric": True, "p1_degrades_every_target_metric": True},
+    }
     card = adapter_model_card(config, "me/sharp-adapter", evaluation=evaluation, license="apache-2.0")
     data = ModelCard(card).data.to_dict()  # huggingface_hub's own parser of the front matter
     assert data["base_model"] == "org/base" and data["library_name"] == "iqa-adapter"
@@ -93,8 +100,9 @@ def test_the_model_card_is_valid_and_tells_how_to_use_the_adapter(two_versions):
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "iqa_adapter", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "iqa_adapter", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_push_then_generate_from_the_hub_round_trip(tmp_path):
@@ -104,10 +112,27 @@ def test_push_then_generate_from_the_hub_round_trip(tmp_path):
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"target_metrics": ["loda"], "relgain": {"p99": {"loda": 3.0}, "p1": {"loda": -9.0}}}))
     with FakeHub() as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_TOKEN": "hf_x",
-               "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
-        pushed = cli("push", "--adapter", str(world.adapter), "--repo-id", "me/toy-quality", "--private",
-                     "--evaluation", str(report), "--license", "apache-2.0", env=env)
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HUB_CACHE": str(tmp_path / "cache"),
+            "HF_TOKEN": "hf_x",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+        pushed = cli(
+            "push",
+            "--adapter",
+            str(world.adapter),
+            "--repo-id",
+            "me/toy-quality",
+            "--private",
+            "--evaluation",
+            str(report),
+            "--license",
+            "apache-2.0",
+            env=env,
+        )
         assert pushed.returncode == 0, pushed.stderr
         assert f"uploaded {world.adapter} to me/toy-quality: {hub.endpoint}/me/toy-quality/commit/" in pushed.stdout
         files = hub.repos["me/toy-quality"]["main"]
@@ -120,8 +145,18 @@ def test_push_then_generate_from_the_hub_round_trip(tmp_path):
         assert "| p99 | +3.0 |" in card and ModelCard(card).data.license == "apache-2.0"
         assert [metadata["library_name"] for metadata in hub.validated_cards] == ["iqa-adapter"]
 
-        common = ["generate", "--prompt", "a red circle", "--quality", "loda=p99", "--quality", "niqe=p99",
-                  "--steps", "3", "--no-progress"]
+        common = [
+            "generate",
+            "--prompt",
+            "a red circle",
+            "--quality",
+            "loda=p99",
+            "--quality",
+            "niqe=p99",
+            "--steps",
+            "3",
+            "--no-progress",
+        ]
         from_hub = cli(*common, "--adapter", "me/toy-quality", "--out", str(tmp_path / "hub"), env=env)
         assert from_hub.returncode == 0, from_hub.stderr
         assert (tmp_path / "cache" / "models--me--toy-quality" / "refs" / "main").is_file()
@@ -130,8 +165,9 @@ def test_push_then_generate_from_the_hub_round_trip(tmp_path):
         other_revision = cli("info", "--adapter", "me/toy-quality", "--revision", "v9", env=env)
         assert other_revision.returncode == 2 and "it has no revision 'v9'" in other_revision.stderr
         assert not hub.unknown_requests
-    offline = cli(*common, "--adapter", "me/toy-quality", "--out", str(tmp_path / "offline"),
-                  env={**env, "HF_HUB_OFFLINE": "1"})  # the Hub is gone: the cache serves the same files
+    offline = cli(
+        *common, "--adapter", "me/toy-quality", "--out", str(tmp_path / "offline"), env={**env, "HF_HUB_OFFLINE": "1"}
+    )  # the Hub is gone: the cache serves the same files
     assert offline.returncode == 0, offline.stderr
     assert main(common + ["--adapter", str(world.adapter), "--out", str(tmp_path / "folder")]) == 0
     images = [(tmp_path / name / "0000.png").read_bytes() for name in ("hub", "offline", "folder")]
@@ -142,8 +178,9 @@ def test_push_refuses_offline_and_bad_repository_ids_in_one_line(tmp_path, monke
     folder = str(shipped_world().adapter)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert main(["push", "--adapter", folder, "--repo-id", "me/toy"]) == 2
-    assert capsys.readouterr().err == ("error: cannot upload the adapter to 'me/toy': HF_HUB_OFFLINE is set; unset it "
-                                       "to upload\n")
+    assert capsys.readouterr().err == (
+        "error: cannot upload the adapter to 'me/toy': HF_HUB_OFFLINE is set; unset it to upload\n"
+    )
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert main(["push", "--adapter", folder, "--repo-id", "me/bad name!"]) == 2
     assert "cannot upload the adapter: 'me/bad name!' is not a valid repository id" in capsys.readouterr().err

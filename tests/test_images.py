@@ -48,14 +48,21 @@ def test_high_depth_images_resize_at_full_precision():
     assert np.allclose(rgb_array(small)[..., 0], np.clip(np.asarray(expected), 0, 1), atol=1e-6)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda path: None, "does not exist"),
-    (lambda path: path.mkdir(), "is a folder, not an image file"),
-    (lambda path: path.write_bytes(b""), "is an empty file"),
-    (lambda path: path.write_text("hello"), "is not an image"),
-    (lambda path: Image.new("RGB", (64, 64), 5).save(path, format="PNG") or path.write_bytes(path.read_bytes()[:70]),
-     "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda path: None, "does not exist"),
+        (lambda path: path.mkdir(), "is a folder, not an image file"),
+        (lambda path: path.write_bytes(b""), "is an empty file"),
+        (lambda path: path.write_text("hello"), "is not an image"),
+        (
+            lambda path: (
+                Image.new("RGB", (64, 64), 5).save(path, format="PNG") or path.write_bytes(path.read_bytes()[:70])
+            ),
+            "truncated or corrupt",
+        ),
+    ],
+)
 def test_unreadable_files_are_named(tmp_path, make, message):
     path = tmp_path / "x.png"
     make(path)

@@ -26,8 +26,11 @@ def brightness_data(count=384, seed=0):
 @pytest.mark.parametrize("architecture", ["cnniqa", "global_cnn"])
 def test_a_saved_model_loads_through_the_registry_with_the_same_scores(architecture, tmp_path):
     torch.manual_seed(0)
-    model = LearnedModel(LearnedModelConfig(architecture, score_mean=40.0, score_std=10.0, score_range=(0, 100),
-                                            description="test model")).eval()
+    model = LearnedModel(
+        LearnedModelConfig(
+            architecture, score_mean=40.0, score_std=10.0, score_range=(0, 100), description="test model"
+        )
+    ).eval()
     model.save_pretrained(tmp_path / "model")
     images = torch.rand(3, 3, 40, 56)
     metric = create_metric(f"learned:{tmp_path / 'model'}")
@@ -51,7 +54,7 @@ def test_cnniqa_averages_its_patches(tmp_path):
     covered = torch.zeros(40, 24)
     for top in (0, 16, 24):
         for left in (0, 8):
-            covered[top:top + 16, left:left + 16] = 1
+            covered[top : top + 16, left : left + 16] = 1
     assert covered.all()
     with torch.no_grad():
         one_by_one = torch.stack([model(patches[:, k]) for k in range(6)], dim=1).mean(dim=1)
@@ -71,8 +74,9 @@ def test_local_contrast_normalisation_removes_flat_regions():
 def test_fit_learns_a_simple_score(architecture):
     images, targets = brightness_data()
     torch.manual_seed(0)
-    model = LearnedModel(LearnedModelConfig(architecture, score_mean=float(targets.mean()),
-                                            score_std=float(targets.std())))
+    model = LearnedModel(
+        LearnedModelConfig(architecture, score_mean=float(targets.mean()), score_std=float(targets.std()))
+    )
     losses = fit(model, images[:320], targets[:320], epochs=8, batch_size=32, seed=0)
     assert losses[-1] < losses[0]
     with torch.no_grad():

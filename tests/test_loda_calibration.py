@@ -26,8 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """48 images of 32 px (one crop each) and 40 px (several crop positions): 4 references x 3 families x 4."""
-    meta = make_dataset(tmp_path_factory.mktemp("calibration_data"), num_references=4, size=40, families=FAMILIES,
-                        levels=4)
+    meta = make_dataset(
+        tmp_path_factory.mktemp("calibration_data"), num_references=4, size=40, families=FAMILIES, levels=4
+    )
     return read_meta(meta)
 
 
@@ -35,8 +36,9 @@ def dataset(tmp_path_factory):
 def trained(dataset, tmp_path_factory):
     """A tiny LoDa trained on 3 of the 4 references; (checkpoint dir, model, train rows)."""
     split = random_splits(len(dataset), dataset.refs, num_splits=1, train_fraction=0.75, seed=0)[0]
-    settings = TrainSettings(epochs=10, batch_size=12, lr=2e-3, crops_per_image=1, seed=0, log_every=0,
-                             calibration_crops=4)
+    settings = TrainSettings(
+        epochs=10, batch_size=12, lr=2e-3, crops_per_image=1, seed=0, log_every=0, calibration_crops=4
+    )
     out = tmp_path_factory.mktemp("calibrated")
     model = train(loda_preset("tiny"), dataset, split["train"], settings, out)
     return out, model, split["train"]
@@ -52,8 +54,10 @@ def test_fit_calibration_is_the_least_squares_line(caplog):
     assert calibration.samples == 5 and calibration.crops == 3
     assert calibration.rmse == pytest.approx(np.sqrt(np.mean((slope * raw + intercept - mos) ** 2)))
     assert calibration.raw_bounds == pytest.approx((intercept - slope, intercept + slope))
-    torch.testing.assert_close(calibration.apply(torch.tensor([0.0, 1.0], dtype=torch.float64)),
-                               torch.tensor([intercept, intercept + slope], dtype=torch.float64))
+    torch.testing.assert_close(
+        calibration.apply(torch.tensor([0.0, 1.0], dtype=torch.float64)),
+        torch.tensor([intercept, intercept + slope], dtype=torch.float64),
+    )
     assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
     with caplog.at_level(logging.WARNING, logger="iqa_adapter.loda"):
         flat = fit_calibration(np.full(4, 0.3), np.array([1.0, 2.0, 3.0, 4.0]))
@@ -135,8 +139,9 @@ def test_checkpoints_without_calibration_give_raw_scores(dataset, tmp_path):
 
 def test_paused_runs_are_calibrated_when_they_finish(dataset, tmp_path):
     rows = list(range(24))
-    paused = TrainSettings(epochs=2, batch_size=12, crops_per_image=1, seed=0, log_every=0, max_iterations=2,
-                           calibration_crops=2)
+    paused = TrainSettings(
+        epochs=2, batch_size=12, crops_per_image=1, seed=0, log_every=0, max_iterations=2, calibration_crops=2
+    )
     train(loda_preset("tiny"), dataset, rows, paused, tmp_path)
     assert "calibration" not in json.loads((tmp_path / "config.json").read_text())
     finish = TrainSettings(**{**paused.__dict__, "max_iterations": None})
@@ -148,8 +153,24 @@ def test_paused_runs_are_calibrated_when_they_finish(dataset, tmp_path):
 
 
 def test_command_line_reports_the_calibration(dataset, tmp_path, capsys):
-    common = ["--meta", str(dataset.source), "--preset", "tiny", "--epochs", "1", "--batch-size", "8",
-              "--crops-per-image", "1", "--test-crops", "2", "--log-every", "0", "--calibration-crops", "2"]
+    common = [
+        "--meta",
+        str(dataset.source),
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--crops-per-image",
+        "1",
+        "--test-crops",
+        "2",
+        "--log-every",
+        "0",
+        "--calibration-crops",
+        "2",
+    ]
     assert main(["loda", "train", *common, "--random-split", "0", "--out", str(tmp_path / "run")]) == 0
     assert "scores: calibrated" in capsys.readouterr().out
     assert main(["loda", "info", "--checkpoint", str(tmp_path / "run")]) == 0

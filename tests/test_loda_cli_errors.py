@@ -17,8 +17,24 @@ from iqa_adapter.loda.train import STATE_FILE, TrainSettings, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = ["--preset", "tiny", "--backbone-init", "random", "--epochs", "1", "--batch-size", "8", "--crops-per-image", "1",
-        "--test-crops", "2", "--log-every", "0", "--calibration-crops", "2"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--backbone-init",
+    "random",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--crops-per-image",
+    "1",
+    "--test-crops",
+    "2",
+    "--log-every",
+    "0",
+    "--calibration-crops",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +65,12 @@ def files(tmp_path_factory):
     shutil.copytree(meta.parent, unreadable)
     for image in unreadable.rglob("*.png"):
         image.write_bytes(image.read_bytes()[:100])
-    paths.update({name.replace(".", "_"): root / name for name in ("binary.csv", "empty.csv", "header_only.csv",
-                                                                   "broken.json", "outside.json", "split.json")})
+    paths.update(
+        {
+            name.replace(".", "_"): root / name
+            for name in ("binary.csv", "empty.csv", "header_only.csv", "broken.json", "outside.json", "split.json")
+        }
+    )
     paths["unreadable_meta"] = unreadable / "meta.csv"
     return {name: str(path) for name, path in paths.items()}
 
@@ -75,41 +95,70 @@ BAD_INPUTS = [
     ("checkpoint without weights", _eval("no_weights"), False, "loda.safetensors is missing"),
     ("truncated weights", _eval("truncated_weights"), False, "loda.safetensors is not a readable safetensors file"),
     ("broken checkpoint config", _eval("broken_config"), False, "config.json is not valid JSON"),
-    ("broken JSON split file", _eval("checkpoint", "--split-file", "{broken_json}"), False,
-     "broken.json is not valid JSON"),
+    (
+        "broken JSON split file",
+        _eval("checkpoint", "--split-file", "{broken_json}"),
+        False,
+        "broken.json is not valid JSON",
+    ),
     ("split file outside the CSV", _eval("checkpoint", "--split-file", "{outside_json}"), False, "row index 99"),
-    ("split index out of range", _eval("checkpoint", "--split-file", "{split_json}", "--split-index", "1"), False,
-     "--split-index 1 is out of range"),
+    (
+        "split index out of range",
+        _eval("checkpoint", "--split-file", "{split_json}", "--split-index", "1"),
+        False,
+        "--split-index 1 is out of range",
+    ),
     ("split without test rows", _eval("checkpoint", "--split-column", "family"), False, "no test rows"),
     ("unknown device", _eval("checkpoint", "--device", "abacus"), False, "--device 'abacus' is not a device"),
     ("no readable image", _train(meta="{unreadable_meta}"), False, "none of the 12 training images can be read"),
-    ("damaged training state", ["loda", "train", "--meta", "{meta}", *TINY, "--out", "{broken_state}", "--resume"],
-     False, "training_state.safetensors cannot be read"),
+    (
+        "damaged training state",
+        ["loda", "train", "--meta", "{meta}", *TINY, "--out", "{broken_state}", "--resume"],
+        False,
+        "training_state.safetensors cannot be read",
+    ),
     ("negative random split", _train("--random-split", "-1"), USAGE, "argument --random-split: must be an integer"),
     ("negative split index", _eval("checkpoint", "--split-index", "-2"), USAGE, "argument --split-index: must be"),
     ("negative learning rate", _train("--lr", "-0.1"), USAGE, "argument --lr: must be a number > 0"),
     ("negative weight decay", _train("--weight-decay", "-1"), USAGE, "argument --weight-decay: must be a number >= 0"),
     ("no crops per image", _train("--crops-per-image", "0"), USAGE, "argument --crops-per-image: must be an integer"),
     ("no test crops", _eval("checkpoint", "--test-crops", "0"), USAGE, "argument --test-crops: must be an integer"),
-    ("train fraction 0", _train("--random-split", "0", "--train-fraction", "0"), USAGE,
-     "argument --train-fraction: must be a number > 0 and < 1"),
+    (
+        "train fraction 0",
+        _train("--random-split", "0", "--train-fraction", "0"),
+        USAGE,
+        "argument --train-fraction: must be a number > 0 and < 1",
+    ),
     ("train fraction 1", _train("--random-split", "0", "--train-fraction", "1"), USAGE, "> 0 and < 1, got 1.0"),
     ("output folder is a file", _train(meta="{meta}")[:-2] + ["--out", "{meta}"], USAGE, "meta.csv is a file"),
     ("eval --protocol is gone", _eval("checkpoint", "--protocol"), USAGE, "unrecognized arguments: --protocol"),
-    ("interpolation without a resize", _train("--interpolation", "bilinear"), False,
-     "--interpolation is the resize's; give --resize-short N or --resize WxH too"),
-    ("resize below the crop size", _train("--resize-short", "16"), False,
-     "the resize (shorter side to 16 px (bicubic)) makes images smaller than the 32 px crops"),
+    (
+        "interpolation without a resize",
+        _train("--interpolation", "bilinear"),
+        False,
+        "--interpolation is the resize's; give --resize-short N or --resize WxH too",
+    ),
+    (
+        "resize below the crop size",
+        _train("--resize-short", "16"),
+        False,
+        "the resize (shorter side to 16 px (bicubic)) makes images smaller than the 32 px crops",
+    ),
     ("resize not WxH", _train("--resize", "512x0"), USAGE, "argument --resize: must be WIDTHxHEIGHT in pixels"),
     ("two resizes", _train("--resize", "64x48", "--resize-short", "40"), USAGE, "not allowed with argument"),
     ("dataset without official settings", _train("--dataset", "csiq"), USAGE, "argument --dataset: invalid choice"),
-    ("timm backbone not in the cache", ["loda", "info", "--vit", "timm/absent.x"], False,
-     "cannot load the timm backbone 'timm/absent.x': it is not a local folder, HF_HUB_OFFLINE is set"),
+    (
+        "timm backbone not in the cache",
+        ["loda", "info", "--vit", "timm/absent.x"],
+        False,
+        "cannot load the timm backbone 'timm/absent.x': it is not a local folder, HF_HUB_OFFLINE is set",
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, usage_error, message", [case[1:] for case in BAD_INPUTS],
-                         ids=[case[0] for case in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "argv, usage_error, message", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS]
+)
 def test_bad_input_gives_one_error_line(files, tmp_path, capsys, argv, usage_error, message):
     argv = [arg.format(out=tmp_path / "out", **files) for arg in argv]
     code = main(argv)
@@ -141,8 +190,10 @@ def test_train_skips_an_unreadable_image_and_resumes_exactly(one_truncated, tmp_
     # paused after one of its two iterations, then resumed: the same rows, the same weights
     paused = ["loda", "train", "--meta", meta, *TINY, "--out", str(tmp_path / "paused")]
     assert main([*paused, "--max-iterations", "1"]) == 0 and main([*paused, "--resume"]) == 0
-    straight, resumed = load_file(tmp_path / "straight" / "loda.safetensors"), load_file(
-        tmp_path / "paused" / "loda.safetensors")
+    straight, resumed = (
+        load_file(tmp_path / "straight" / "loda.safetensors"),
+        load_file(tmp_path / "paused" / "loda.safetensors"),
+    )
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
 
 

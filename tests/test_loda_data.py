@@ -125,8 +125,13 @@ def test_random_splits_by_reference_never_leak():
 
 
 def test_split_files_and_columns(tmp_path):
-    frame = pd.DataFrame({"image_name": ["a.png", "b.png", "c.png", "d.png"], "MOS": [1, 2, 3, 4],
-                          "split": ["train", "test", "val", "train"]})
+    frame = pd.DataFrame(
+        {
+            "image_name": ["a.png", "b.png", "c.png", "d.png"],
+            "MOS": [1, 2, 3, 4],
+            "split": ["train", "test", "val", "train"],
+        }
+    )
     frame.to_csv(tmp_path / "meta.csv", index=False)
     table = read_meta(tmp_path / "meta.csv")
     assert split_from_column(table, "split") == {"train": [0, 3], "val": [2], "test": [1]}
@@ -222,8 +227,10 @@ def test_test_crops_and_training_crops_follow_the_resize(image_table):
     whole = Resize(size=(32, 32))  # the training crop is the whole resized image, perhaps flipped
     image, _ = TrainCrops(image_table, [2], crop=32, crops_per_image=1, seed=0, resize=whole)[0]
     resized = whole(load_image(image_table.paths[2]))
-    assert any(torch.equal(image, candidate) for candidate in
-               (resized, resized.flip(-1), resized.flip(-2), resized.flip(-1).flip(-2)))
+    assert any(
+        torch.equal(image, candidate)
+        for candidate in (resized, resized.flip(-1), resized.flip(-2), resized.flip(-1).flip(-2))
+    )
 
 
 # ---------------------------------------------------------------- pre-processing
@@ -260,22 +267,36 @@ def test_resize_is_differentiable():
 
 
 def test_dataset_presets_are_the_official_settings():
-    official = {name: (preset.resize and (preset.resize.short_side, preset.resize.interpolation),
-                       preset.crops_per_image) for name, preset in DATASET_PRESETS.items()}
-    assert official == {"live": ((384, "bicubic"), 5), "tid2013": (None, 10), "kadid10k": ((384, "bicubic"), 3),
-                        "livec": (None, 5), "koniq10k": ((384, "bilinear"), 3), "spaq": ((384, "bilinear"), 3),
-                        "flive": ((384, "bicubic"), 1)}
+    official = {
+        name: (preset.resize and (preset.resize.short_side, preset.resize.interpolation), preset.crops_per_image)
+        for name, preset in DATASET_PRESETS.items()
+    }
+    assert official == {
+        "live": ((384, "bicubic"), 5),
+        "tid2013": (None, 10),
+        "kadid10k": ((384, "bicubic"), 3),
+        "livec": (None, 5),
+        "koniq10k": ((384, "bilinear"), 3),
+        "spaq": ((384, "bilinear"), 3),
+        "flive": ((384, "bicubic"), 1),
+    }
     kadid = DATASET_PRESETS["kadid10k"]
     assert describe_preprocessing(kadid.resize, 224, 3, "kadid10k") == (
         "shorter side to 384 px (bicubic), then 3 random 224 px training crops per image (the official kadid10k "
-        "pre-processing)")
+        "pre-processing)"
+    )
     assert describe_preprocessing(None, 224, 3, "kadid10k").startswith(
         "native size, then 3 random 224 px training crops per image (changed from the official kadid10k "
-        "pre-processing: shorter side to 384 px (bicubic)")
+        "pre-processing: shorter side to 384 px (bicubic)"
+    )
     assert Resize.from_dict(Resize(size=[512, 384]).to_dict()) == Resize(size=(512, 384))
-    for bad, message in (({}, "either a shorter side"), ({"short_side": 384, "size": (1, 2)}, "either a shorter side"),
-                         ({"short_side": 0}, "integers >= 1"), ({"size": (512,)}, "integers >= 1"),
-                         ({"short_side": 384, "interpolation": "nearest"}, "choose bicubic or bilinear")):
+    for bad, message in (
+        ({}, "either a shorter side"),
+        ({"short_side": 384, "size": (1, 2)}, "either a shorter side"),
+        ({"short_side": 0}, "integers >= 1"),
+        ({"size": (512,)}, "integers >= 1"),
+        ({"short_side": 384, "interpolation": "nearest"}, "choose bicubic or bilinear"),
+    ):
         with pytest.raises(PreprocessError, match=message):
             Resize(**bad)
 

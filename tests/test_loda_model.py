@@ -200,16 +200,30 @@ def timm_vit_state(seed: int = 0, classes: int = 5) -> dict[str, torch.Tensor]:
     """A timm VisionTransformer state dict (class token, global_pool="token": final ``norm``, no ``fc_norm``)."""
     rand, v = _random(torch.Generator().manual_seed(seed)), TIMM_VIT
     width, mlp = v["width"], v["mlp"]
-    state = {"cls_token": rand(1, 1, width), "pos_embed": rand(1, (v["image"] // v["patch"]) ** 2 + 1, width),
-             "patch_embed.proj.weight": rand(width, 3, v["patch"], v["patch"]), "patch_embed.proj.bias": rand(width)}
+    state = {
+        "cls_token": rand(1, 1, width),
+        "pos_embed": rand(1, (v["image"] // v["patch"]) ** 2 + 1, width),
+        "patch_embed.proj.weight": rand(width, 3, v["patch"], v["patch"]),
+        "patch_embed.proj.bias": rand(width),
+    }
     for i in range(v["depth"]):
         for norm in ("norm1", "norm2"):
             state.update({f"blocks.{i}.{norm}.weight": rand(width, mean=1.0), f"blocks.{i}.{norm}.bias": rand(width)})
-        for name, (rows, cols) in {"attn.qkv": (3 * width, width), "attn.proj": (width, width),
-                                   "mlp.fc1": (mlp, width), "mlp.fc2": (width, mlp)}.items():
+        for name, (rows, cols) in {
+            "attn.qkv": (3 * width, width),
+            "attn.proj": (width, width),
+            "mlp.fc1": (mlp, width),
+            "mlp.fc2": (width, mlp),
+        }.items():
             state.update({f"blocks.{i}.{name}.weight": rand(rows, cols), f"blocks.{i}.{name}.bias": rand(rows)})
-    state.update({"norm.weight": rand(width, mean=1.0), "norm.bias": rand(width),
-                  "head.weight": rand(classes, width), "head.bias": rand(classes)})
+    state.update(
+        {
+            "norm.weight": rand(width, mean=1.0),
+            "norm.bias": rand(width),
+            "head.weight": rand(classes, width),
+            "head.bias": rand(classes),
+        }
+    )
     return state
 
 
@@ -220,17 +234,24 @@ def timm_resnet_state(seed: int = 1, classes: int = 5) -> dict[str, torch.Tensor
 
     def conv_bn(conv: str, bn: str, out: int, into: int, size: int) -> None:
         state[f"{conv}.weight"] = rand(out, into, size, size, std=(2 / (into * size * size)) ** 0.5)
-        state.update({f"{bn}.weight": rand(out, mean=1.0, std=0.1), f"{bn}.bias": rand(out, std=0.1),
-                      f"{bn}.running_mean": rand(out, std=0.1), f"{bn}.running_var": rand(out, std=0.1).abs() + 0.5,
-                      f"{bn}.num_batches_tracked": torch.tensor(7)})
+        state.update(
+            {
+                f"{bn}.weight": rand(out, mean=1.0, std=0.1),
+                f"{bn}.bias": rand(out, std=0.1),
+                f"{bn}.running_mean": rand(out, std=0.1),
+                f"{bn}.running_var": rand(out, std=0.1).abs() + 0.5,
+                f"{bn}.num_batches_tracked": torch.tensor(7),
+            }
+        )
 
     conv_bn("conv1", "bn1", r["stem"], 3, 7)
     channels = r["stem"]
     for stage, (width, depth) in enumerate(zip(r["widths"], r["depths"]), start=1):
         for block in range(depth):
             prefix = f"layer{stage}.{block}"
-            for j, (out, into, size) in enumerate(((width // 4, channels, 1), (width // 4, width // 4, 3),
-                                                   (width, width // 4, 1)), start=1):
+            for j, (out, into, size) in enumerate(
+                ((width // 4, channels, 1), (width // 4, width // 4, 3), (width, width // 4, 1)), start=1
+            ):
                 conv_bn(f"{prefix}.conv{j}", f"{prefix}.bn{j}", out, into, size)
             if block == 0:
                 conv_bn(f"{prefix}.downsample.0", f"{prefix}.downsample.1", width, channels, 1)
@@ -264,9 +285,17 @@ def reference_timm_vit(state: dict[str, torch.Tensor], images: torch.Tensor) -> 
 
 def reference_timm_resnet(state: dict[str, torch.Tensor], images: torch.Tensor) -> list[torch.Tensor]:
     """timm's ResNet forward (v1.5 bottlenecks), written from its architecture: each stage's output."""
+
     def bn(x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.batch_norm(x, state[f"{name}.running_mean"], state[f"{name}.running_var"], state[f"{name}.weight"],
-                            state[f"{name}.bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            x,
+            state[f"{name}.running_mean"],
+            state[f"{name}.running_var"],
+            state[f"{name}.weight"],
+            state[f"{name}.bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     x = F.relu(bn(F.conv2d(images, state["conv1.weight"], stride=2, padding=3), "bn1"))
     x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
@@ -275,8 +304,11 @@ def reference_timm_resnet(state: dict[str, torch.Tensor], images: torch.Tensor) 
         for block in range(depth):
             p = f"layer{stage}.{block}"
             stride = 2 if stage > 1 and block == 0 else 1
-            shortcut = (bn(F.conv2d(x, state[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
-                        if f"{p}.downsample.0.weight" in state else x)
+            shortcut = (
+                bn(F.conv2d(x, state[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+                if f"{p}.downsample.0.weight" in state
+                else x
+            )
             h = F.relu(bn(F.conv2d(x, state[f"{p}.conv1.weight"]), f"{p}.bn1"))
             h = F.relu(bn(F.conv2d(h, state[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn2"))
             x = F.relu(bn(F.conv2d(h, state[f"{p}.conv3.weight"]), f"{p}.bn3") + shortcut)
@@ -287,13 +319,29 @@ def reference_timm_resnet(state: dict[str, torch.Tensor], images: torch.Tensor) 
 def timm_loda_config(vit_source: str | None = None, cnn_source: str | None = None) -> LoDaConfig:
     """A LoDa config whose backbones have the tiny timm architectures above."""
     v, r = TIMM_VIT, TIMM_RESNET
-    vit = {"hidden_size": v["width"], "num_hidden_layers": v["depth"], "num_attention_heads": v["heads"],
-           "intermediate_size": v["mlp"], "image_size": v["image"], "patch_size": v["patch"], "layer_norm_eps": 1e-6,
-           "qkv_bias": True, "hidden_act": "gelu"}
-    cnn = {"embedding_size": r["stem"], "hidden_sizes": r["widths"], "depths": r["depths"], "layer_type": "bottleneck",
-           "hidden_act": "relu", "downsample_in_first_stage": False, "downsample_in_bottleneck": False}
-    return LoDaConfig(vit=vit, cnn=cnn, vit_source=vit_source, cnn_source=cnn_source, latent_dim=16, grid_size=2,
-                      cross_attn_heads=2)
+    vit = {
+        "hidden_size": v["width"],
+        "num_hidden_layers": v["depth"],
+        "num_attention_heads": v["heads"],
+        "intermediate_size": v["mlp"],
+        "image_size": v["image"],
+        "patch_size": v["patch"],
+        "layer_norm_eps": 1e-6,
+        "qkv_bias": True,
+        "hidden_act": "gelu",
+    }
+    cnn = {
+        "embedding_size": r["stem"],
+        "hidden_sizes": r["widths"],
+        "depths": r["depths"],
+        "layer_type": "bottleneck",
+        "hidden_act": "relu",
+        "downsample_in_first_stage": False,
+        "downsample_in_bottleneck": False,
+    }
+    return LoDaConfig(
+        vit=vit, cnn=cnn, vit_source=vit_source, cnn_source=cnn_source, latent_dim=16, grid_size=2, cross_attn_heads=2
+    )
 
 
 def test_timm_checkpoints_map_into_transformers_backbones_exactly():
@@ -303,8 +351,9 @@ def test_timm_checkpoints_map_into_transformers_backbones_exactly():
     load_timm_state(model.cnn, "cnn", resnet_state, "timm/tiny")
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model.vit(images).last_hidden_state, reference_timm_vit(vit_state, images),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model.vit(images).last_hidden_state, reference_timm_vit(vit_state, images), atol=1e-5, rtol=1e-5
+        )
         stages = model.cnn(images, output_hidden_states=True).hidden_states[1:]  # after the stem: the stages
         for got, want in zip(stages, reference_timm_resnet(resnet_state, images), strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -317,8 +366,10 @@ def test_timm_checkpoints_map_into_transformers_backbones_exactly():
 
 def test_base_preset_uses_the_official_timm_backbones():
     config = loda_preset("base")
-    assert (config.vit_source, config.cnn_source) == ("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
-                                                      "timm/resnet50.a1_in1k")
+    assert (config.vit_source, config.cnn_source) == (
+        "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        "timm/resnet50.a1_in1k",
+    )
     assert config.vit["layer_norm_eps"] == 1e-6 and config.mean == (0.485, 0.456, 0.406)
     model = build_model(config, device="meta")
     assert model.vit.config.layer_norm_eps == 1e-6
@@ -343,16 +394,25 @@ def test_timm_checkpoints_that_do_not_fit_fail_in_one_line():
     pooled = {key.replace("norm.", "fc_norm.") if key.startswith("norm.") else key: t for key, t in state.items()}
     deeper = {**state, **{key.replace("blocks.1.", "blocks.2."): t for key, t in state.items() if "blocks.1." in key}}
     narrow = {**state, "blocks.0.attn.qkv.weight": state["blocks.0.attn.qkv.weight"][:90]}
-    cases = [(pooled, (r"'timm/tiny' does not fit the LoDa config's ViTModel \(missing norm.bias, norm.weight; "
-                       r"unexpected fc_norm.bias, fc_norm.weight\); use a config with that backbone's architecture")),
-             (deeper, r"\(unexpected blocks.2.attn.proj.bias, .* and 8 more\)"),
-             (narrow, r"blocks.0.attn.qkv.weight has shape \(90, 32\), the LoDa config's ViTModel needs \(96, 32\)")]
+    cases = [
+        (
+            pooled,
+            (
+                r"'timm/tiny' does not fit the LoDa config's ViTModel \(missing norm.bias, norm.weight; "
+                r"unexpected fc_norm.bias, fc_norm.weight\); use a config with that backbone's architecture"
+            ),
+        ),
+        (deeper, r"\(unexpected blocks.2.attn.proj.bias, .* and 8 more\)"),
+        (narrow, r"blocks.0.attn.qkv.weight has shape \(90, 32\), the LoDa config's ViTModel needs \(96, 32\)"),
+    ]
     for bad, message in cases:
         with pytest.raises(TimmCheckpointError, match=message) as error:
             load_timm_state(model.vit, "vit", bad, "timm/tiny")
         assert "\n" not in str(error.value)
-    deep_stem = {key.replace("conv1.", "conv1.0.") if key.startswith("conv1.") else key: t
-                 for key, t in timm_resnet_state().items()}
+    deep_stem = {
+        key.replace("conv1.", "conv1.0.") if key.startswith("conv1.") else key: t
+        for key, t in timm_resnet_state().items()
+    }
     with pytest.raises(TimmCheckpointError, match="not a timm ResNet with a 7x7 stem: it has no tensor 'conv1.weight'"):
         timm_backbone_fields("cnn", deep_stem, "timm/tiny")
 
@@ -375,10 +435,12 @@ def test_timm_backbones_load_from_the_hub_cache_offline(tmp_path, monkeypatch):
     model = build_model(config)
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(model.vit(images).last_hidden_state, reference_timm_vit(vit_state, images),
-                                   atol=1e-5, rtol=1e-5)
-        assert torch.equal(model.cnn.encoder.stages[1].layers[0].shortcut.normalization.num_batches_tracked,
-                           torch.tensor(0))
+        torch.testing.assert_close(
+            model.vit(images).last_hidden_state, reference_timm_vit(vit_state, images), atol=1e-5, rtol=1e-5
+        )
+        assert torch.equal(
+            model.cnn.encoder.stages[1].layers[0].shortcut.normalization.num_batches_tracked, torch.tensor(0)
+        )
     model.save_pretrained(tmp_path / "checkpoint")
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())["config"]
     assert (saved["vit_source"], saved["cnn_source"]) == ("timm/tiny_vit.test", "timm/tiny_resnet.test")
@@ -389,10 +451,15 @@ def test_timm_backbones_load_from_the_hub_cache_offline(tmp_path, monkeypatch):
     put_in_hub_cache(tmp_path / "hub", "timm/tiny_vit.test", timm_vit_state(seed=5), "c" * 40)
     with pytest.raises(CheckpointError, match="fingerprint mismatch"):
         LoDa.from_pretrained(tmp_path / "checkpoint")
-    with pytest.raises(CheckpointError, match=r"'timm/tiny_vit.test' does not match the LoDa config "
-                                              r"\(intermediate_size: 64 there, 48 in the config\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'timm/tiny_vit.test' does not match the LoDa config "
+        r"\(intermediate_size: 64 there, 48 in the config\)",
+    ):
         build_model(config.replace(vit={**config.vit, "intermediate_size": 48}))
-    with pytest.raises(TimmCheckpointError, match="cannot load the timm backbone 'timm/absent.x'.*HF_HUB_OFFLINE is "
-                                                  "set.*not in the local cache") as error:
+    with pytest.raises(
+        TimmCheckpointError,
+        match="cannot load the timm backbone 'timm/absent.x'.*HF_HUB_OFFLINE is set.*not in the local cache",
+    ) as error:
         build_model(config.replace(vit_source="timm/absent.x"))
     assert "\n" not in str(error.value)

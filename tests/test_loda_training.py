@@ -125,11 +125,14 @@ def test_protocol_trains_every_variant_on_every_split(dataset, tmp_path):
     assert summary["splits"] == 2 and set(summary["results"]) == set(configs)
     # finished runs are not trained again
     (tmp_path / "loda" / "split_0" / STATE_FILE).unlink()
-    assert run_protocol(dataset, splits, {"loda": configs["loda"]}, settings, tmp_path, test_crops=2)["loda"]["runs"] \
+    assert (
+        run_protocol(dataset, splits, {"loda": configs["loda"]}, settings, tmp_path, test_crops=2)["loda"]["runs"]
         == results["loda"]["runs"]
+    )
     # cross-dataset: test on all rows of another table
-    cross = run_protocol(dataset, splits[:1], {"loda": configs["loda"]}, settings, tmp_path / "cross",
-                         test_table=dataset, test_crops=2)
+    cross = run_protocol(
+        dataset, splits[:1], {"loda": configs["loda"]}, settings, tmp_path / "cross", test_table=dataset, test_crops=2
+    )
     tested = json.loads((tmp_path / "cross" / "loda" / "split_0" / "test_predictions.json").read_text())
     assert len(tested["rows"]) == 80
     assert cross["loda"]["summary"]["srcc"]["runs"] == 1
@@ -167,20 +170,36 @@ def test_registry_metric_scores_any_size_with_gradients_and_features(trained):
 
 def test_the_resize_is_part_of_the_run_and_of_the_checkpoint(dataset, tmp_path):
     rows = list(range(0, 80, 4))
-    settings = TrainSettings(epochs=1, batch_size=8, crops_per_image=2, seed=1, log_every=0, max_iterations=1,
-                             calibration_crops=0, dataset_preset="kadid10k")
+    settings = TrainSettings(
+        epochs=1,
+        batch_size=8,
+        crops_per_image=2,
+        seed=1,
+        log_every=0,
+        max_iterations=1,
+        calibration_crops=0,
+        dataset_preset="kadid10k",
+    )
     resized = loda_preset("tiny", resize=Resize(short_side=36))
     train(resized, dataset, rows, settings, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["resize"] == {"short_side": 36, "size": None, "interpolation": "bicubic"}
     assert saved["training"]["dataset_preset"] == "kadid10k"
-    assert saved["training"]["preprocessing"].startswith("shorter side to 36 px (bicubic), then 2 random 32 px "
-                                                         "training crops per image (changed from the official kadid10k")
+    assert saved["training"]["preprocessing"].startswith(
+        "shorter side to 36 px (bicubic), then 2 random 32 px "
+        "training crops per image (changed from the official kadid10k"
+    )
     for other in (loda_preset("tiny"), loda_preset("tiny", resize=Resize(short_side=36, interpolation="bilinear"))):
         with pytest.raises(RunDirectoryError, match="holds a run with other config"):
             train(other, dataset, rows, settings, tmp_path / "run", resume=True)
-    train(resized, dataset, rows, TrainSettings(**{**settings.__dict__, "max_iterations": None}), tmp_path / "run",
-          resume=True)
+    train(
+        resized,
+        dataset,
+        rows,
+        TrainSettings(**{**settings.__dict__, "max_iterations": None}),
+        tmp_path / "run",
+        resume=True,
+    )
     assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["iteration"] == 5
 
 
@@ -204,12 +223,43 @@ def test_command_line(tmp_path, capsys):
     assert main(["loda", "info", "--preset", "base"]) == 0
     assert "trainable parameters: 8,927,488" in capsys.readouterr().out
     data = tmp_path / "data"
-    assert main(["loda", "make-dataset", "--out", str(data), "--references", "3", "--size", "32", "--levels", "2",
-                 "--families", "gaussian_noise,contrast"]) == 0
+    assert (
+        main(
+            [
+                "loda",
+                "make-dataset",
+                "--out",
+                str(data),
+                "--references",
+                "3",
+                "--size",
+                "32",
+                "--levels",
+                "2",
+                "--families",
+                "gaussian_noise,contrast",
+            ]
+        )
+        == 0
+    )
     meta = str(data / "meta.csv")
     assert "12 distorted images" in capsys.readouterr().out
-    common = ["--meta", meta, "--preset", "tiny", "--epochs", "1", "--batch-size", "4", "--crops-per-image", "1",
-              "--test-crops", "2", "--log-every", "0"]
+    common = [
+        "--meta",
+        meta,
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--crops-per-image",
+        "1",
+        "--test-crops",
+        "2",
+        "--log-every",
+        "0",
+    ]
     assert main(["loda", "train", *common, "--random-split", "0", "--out", str(tmp_path / "run")]) == 0
     assert "test: SRCC" in capsys.readouterr().out
     assert (tmp_path / "run" / "test_metrics.json").is_file()
@@ -217,28 +267,92 @@ def test_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trainable parameters: 20,096" in out and "images: native size before the 32 px crops" in out
     # a dataset preset sets the official resize and crops, unless given explicitly; the output says which
-    preset = ["--meta", meta, "--preset", "tiny", "--epochs", "1", "--batch-size", "4", "--log-every", "0",
-              "--calibration-crops", "0", "--no-test"]
+    preset = [
+        "--meta",
+        meta,
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--log-every",
+        "0",
+        "--calibration-crops",
+        "0",
+        "--no-test",
+    ]
     assert main(["loda", "train", *preset, "--dataset", "tid2013", "--out", str(tmp_path / "tid")]) == 0
-    assert ("pre-processing: native size, then 10 random 32 px training crops per image (the official tid2013 "
-            "pre-processing)") in capsys.readouterr().out
-    assert main(["loda", "train", *preset, "--dataset", "koniq10k", "--resize-short", "40", "--crops-per-image", "1",
-                 "--out", str(tmp_path / "koniq")]) == 0
-    assert ("pre-processing: shorter side to 40 px (bilinear), then 1 random 32 px training crops per image "
-            "(changed from the official koniq10k pre-processing: shorter side to 384 px (bilinear), then 3 random "
-            "32 px training crops per image)") in capsys.readouterr().out
+    assert (
+        "pre-processing: native size, then 10 random 32 px training crops per image (the official tid2013 "
+        "pre-processing)"
+    ) in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "loda",
+                "train",
+                *preset,
+                "--dataset",
+                "koniq10k",
+                "--resize-short",
+                "40",
+                "--crops-per-image",
+                "1",
+                "--out",
+                str(tmp_path / "koniq"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        "pre-processing: shorter side to 40 px (bilinear), then 1 random 32 px training crops per image "
+        "(changed from the official koniq10k pre-processing: shorter side to 384 px (bilinear), then 3 random "
+        "32 px training crops per image)"
+    ) in capsys.readouterr().out
     saved = json.loads((tmp_path / "koniq" / "config.json").read_text())
     assert saved["config"]["resize"] == {"short_side": 40, "size": None, "interpolation": "bilinear"}
     assert saved["training"]["recipe"]["crops_per_image"] == 1 and saved["training"]["dataset_preset"] == "koniq10k"
     assert main(["loda", "info", "--checkpoint", str(tmp_path / "koniq")]) == 0
     assert "images: shorter side to 40 px (bilinear) before the 32 px crops" in capsys.readouterr().out
-    assert main(["loda", "eval", "--checkpoint", str(tmp_path / "run"), "--meta", meta, "--test-crops", "2",
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "loda",
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "run"),
+                "--meta",
+                meta,
+                "--test-crops",
+                "2",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "(12 images)" in out and "images: native size before the 32 px crops (the checkpoint's" in out
     assert len(json.loads((tmp_path / "eval" / "eval.json").read_text())["predictions"]) == 12
-    assert main(["loda", "protocol", *common, "--splits", "2", "--variants", "loda,linear_probe", "--resize", "40x36",
-                 "--out", str(tmp_path / "protocol")]) == 0
+    assert (
+        main(
+            [
+                "loda",
+                "protocol",
+                *common,
+                "--splits",
+                "2",
+                "--variants",
+                "loda,linear_probe",
+                "--resize",
+                "40x36",
+                "--out",
+                str(tmp_path / "protocol"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2 random 80% train splits (by reference image)" in out and "linear_probe" in out
     assert "pre-processing: 40x36 px (bicubic), then 1 random 32 px training crops per image" in out

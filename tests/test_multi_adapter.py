@@ -15,9 +15,10 @@ from iqa_adapter.generation import generate, image_prompt_embeds
 from iqa_adapter.slots import ScaleCutoffCallback
 from test_convert import official_checkpoint
 
-NOISE_AND_COLOUR = [MetricStats("noise", mean=10.0, std=2.0, percentiles={1.0: 4.0, 50.0: 10.0, 99.0: 16.0},
-                                higher_is_better=False),
-                    MetricStats("colour", mean=0.3, std=0.1, percentiles={1.0: 0.05, 50.0: 0.3, 99.0: 0.6})]
+NOISE_AND_COLOUR = [
+    MetricStats("noise", mean=10.0, std=2.0, percentiles={1.0: 4.0, 50.0: 10.0, 99.0: 16.0}, higher_is_better=False),
+    MetricStats("colour", mean=0.3, std=0.1, percentiles={1.0: 0.05, 50.0: 0.3, 99.0: 0.6}),
+]
 
 
 def perturbed(pipe, metrics, seed: int) -> IQAAdapter:
@@ -62,7 +63,8 @@ def test_two_adapters_at_scale_zero_equal_the_base_and_detaching_one_leaves_the_
     second.attach(pipe, scale=0.0)
     assert (first.slot, second.slot) == (0, 1)
     embeds = first.embeds(first.z_scores({"sharp": "p99", "aes": "p1"})) + second.embeds(
-        second.z_scores({"noise": "p99", "colour": "p50"}))
+        second.z_scores({"noise": "p99", "colour": "p50"})
+    )
     assert torch.equal(run(pipe, embeds), base)
     second.set_scale(0.6)  # one slot's scale, the other's stays 0
     scales = {tuple(p.scale) for p in pipe.unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)}
@@ -102,14 +104,21 @@ def test_each_adapters_contribution_is_its_single_adapter_contribution(pipe, pai
 def test_per_image_vectors_of_two_adapters_never_mix(sd_pipe):
     """A batched sweep over both adapters' metrics equals generating every image alone (diffusers issue 9813)."""
     first, second = perturbed(sd_pipe, two_metrics(), seed=1), perturbed(sd_pipe, NOISE_AND_COLOUR, seed=2)
-    qualities = [{"sharp": sharp, "aes": "p50", "noise": noise, "colour": "p50"}
-                 for sharp, noise in (("p1", "p99"), ("p99", "p1"), ("p50", "p50"))]
+    qualities = [
+        {"sharp": sharp, "aes": "p50", "noise": noise, "colour": "p50"}
+        for sharp, noise in (("p1", "p99"), ("p99", "p1"), ("p50", "p50"))
+    ]
     kwargs = dict(seed=3, steps=2, num_images=2, progress=False, output_type="np", scale=[0.7, 0.5])
     batched = generate(sd_pipe, [first, second], ["a red circle", "a blue square"], qualities, batch_size=12, **kwargs)
     assert len(batched) == 12 and not first.is_attached and not second.is_attached
     for result in batched:
-        single = generate(sd_pipe, [first, second], result.settings["prompt"], [dict(result.settings["quality"])],
-                          **{**kwargs, "seed": result.settings["seed"], "num_images": 1})[0]
+        single = generate(
+            sd_pipe,
+            [first, second],
+            result.settings["prompt"],
+            [dict(result.settings["quality"])],
+            **{**kwargs, "seed": result.settings["seed"], "num_images": 1},
+        )[0]
         assert result.settings == single.settings
         assert np.abs(result.image - single.image).max() < 1e-4
     settings = batched[0].settings
@@ -122,15 +131,20 @@ def test_per_image_vectors_of_two_adapters_never_mix(sd_pipe):
 def test_generate_names_what_is_wrong_with_several_adapters(sd_pipe):
     first, second = perturbed(sd_pipe, two_metrics(), seed=1), perturbed(sd_pipe, NOISE_AND_COLOUR, seed=2)
     targets = {"sharp": "p99", "aes": "p99", "noise": "p50", "colour": "p50"}
-    with pytest.raises(QualityTargetError, match="no adapter is conditioned on blur; the adapters are conditioned on: "
-                                                 "aes, colour, noise, sharp"):
+    with pytest.raises(
+        QualityTargetError,
+        match="no adapter is conditioned on blur; the adapters are conditioned on: aes, colour, noise, sharp",
+    ):
         generate(sd_pipe, [first, second], "x", {**targets, "blur": "p1"}, steps=1, progress=False)
     with pytest.raises(ValueError, match="scale gives 3 values for 2 adapters"):
         generate(sd_pipe, [first, second], "x", targets, scale=[0.1, 0.2, 0.3], steps=1, progress=False)
     second.attach(sd_pipe)
     try:
-        with pytest.raises(ValueError, match=r"1 more IQA-Adapter\(s\) are attached to this pipeline \(on noise, "
-                                             r"colour\): pass them too"):
+        with pytest.raises(
+            ValueError,
+            match=r"1 more IQA-Adapter\(s\) are attached to this pipeline \(on noise, "
+            r"colour\): pass them too",
+        ):
             generate(sd_pipe, first, "x", {"sharp": "p99", "aes": "p99"}, steps=1, progress=False)
         assert not first.is_attached and second.slot == 0  # the failed call left the pipeline as it was
     finally:
@@ -145,13 +159,15 @@ def test_step_cutoff_callback_switches_every_slot_off(sd_pipe):
     second.attach(sd_pipe, scale=0.8)
     try:
         embeds = first.embeds(first.z_scores({"sharp": "p99", "aes": "p99"})) + second.embeds(
-            second.z_scores({"noise": "p99", "colour": "p99"}))
+            second.z_scores({"noise": "p99", "colour": "p99"})
+        )
         with pytest.raises(ValueError, match="Cannot assign 1 scale_configs to 2 IP-Adapter"):
             run(sd_pipe, embeds, steps=4, callback_on_step_end=IPAdapterScaleCutoffCallback(cutoff_step_ratio=0.5))
         first.set_scale(0.5)
         run(sd_pipe, embeds, steps=4, callback_on_step_end=ScaleCutoffCallback(cutoff_step_ratio=0.5))
-        assert {tuple(p.scale) for p in sd_pipe.unet.attn_processors.values()
-                if isinstance(p, IPAdapterAttnProcessor2_0)} == {(0.0, 0.0)}
+        assert {
+            tuple(p.scale) for p in sd_pipe.unet.attn_processors.values() if isinstance(p, IPAdapterAttnProcessor2_0)
+        } == {(0.0, 0.0)}
     finally:
         second.detach()
         first.detach()
@@ -164,14 +180,26 @@ def image_prompt_pipe():
     pipe = tiny_sd_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(0)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-        patch_size=8, projection_dim=16))
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        )
+    )
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipe.register_modules(image_encoder=encoder, feature_extractor=processor)
     image_proj, ip_adapter = official_checkpoint(pipe.unet, feature_dim=16, num_tokens=4, seed=5)
-    pipe.load_ip_adapter({"image_proj": image_proj, "ip_adapter": ip_adapter}, subfolder=None, weight_name=None,
-                         image_encoder_folder=None)
+    pipe.load_ip_adapter(
+        {"image_proj": image_proj, "ip_adapter": ip_adapter},
+        subfolder=None,
+        weight_name=None,
+        image_encoder_folder=None,
+    )
     return pipe
 
 
@@ -189,10 +217,20 @@ def test_an_iqa_adapter_beside_a_diffusers_ip_adapter(image_prompt_pipe):
     ours = image_prompt_embeds(pipe, [picture])  # what diffusers' prepare_ip_adapter_image_embeds now refuses
     assert len(ours) == 1 and torch.equal(ours[0], image_embeds[0])
     adapter.set_scale(0.5)
-    results = generate(pipe, adapter, "a red circle", {"sharp": "p99", "aes": "p99"}, image_prompts=[picture],
-                       steps=2, progress=False, output_type="latent")
+    results = generate(
+        pipe,
+        adapter,
+        "a red circle",
+        {"sharp": "p99", "aes": "p99"},
+        image_prompts=[picture],
+        steps=2,
+        progress=False,
+        output_type="latent",
+    )
     assert (results[0].image - base[0]).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="has 1 IP-Adapter\\(s\\) loaded with pipe.load_ip_adapter: pass image_prompts"):
+    with pytest.raises(
+        ValueError, match="has 1 IP-Adapter\\(s\\) loaded with pipe.load_ip_adapter: pass image_prompts"
+    ):
         generate(pipe, adapter, "x", {"sharp": "p99", "aes": "p99"}, steps=1, progress=False)
     adapter.detach()
     after = pipe.unet.attn_processors

@@ -97,6 +97,7 @@ def test_half_scale_is_matlab_imresize():
     values = rng.random((20, 24)) * 255
     ours = _half_scale(torch.from_numpy(values)[None, None])[0, 0].numpy()
     assert ours.shape == (10, 12)
+
     # output pixel i is centred on input coordinate 2 i + 0.5; the antialiased kernel is cubic(x / 2) / 2
     def shrink_rows(array):
         padded = np.concatenate([array[2::-1], array, array[:-4:-1]])  # symmetric borders, 3 each side
@@ -149,7 +150,7 @@ def test_scores_in_strips_equal_the_whole_image_scores(params_file, monkeypatch)
 def test_missing_parameters_say_how_to_get_them():
     with pytest.raises(MetricUnavailableError, match="niqe-fit --images DIR --out FILE") as error:
         create_metric("niqe")
-    assert "modelparameters.mat" in str(error.value) and 'params=FILE' in str(error.value)
+    assert "modelparameters.mat" in str(error.value) and "params=FILE" in str(error.value)
     with pytest.raises(FileNotFoundError, match="niqe-fit"):
         create_metric("niqe", params="/nonexistent/niqe.safetensors")
 
@@ -203,16 +204,25 @@ def test_the_published_copies_of_the_matlab_model_load(params_file, tmp_path, cl
         assert torch.allclose(loaded.score(clean), expected), name
 
 
-@pytest.mark.parametrize("name, write, message", [
-    ("other.mat", lambda path: __import__("scipy.io").io.savemat(path, {"something": np.zeros(3)}),
-     "holds no NIQE model \\(keys: something\\)"),
-    ("other.npz", lambda path: np.savez(path, something=np.zeros(3)), "holds no NIQE model"),
-    ("text.npz", lambda path: path.write_text("not numpy"), "cannot be read as a .npz file"),
-    ("text.mat", lambda path: path.write_text("not matlab"), "cannot be read as a .mat file"),
-    ("pickled.npz", lambda path: np.save(path, np.array([{"a": 1}], dtype=object)),  # never unpickled
-     "cannot be read as a .npz"),
-    ("image.png", lambda path: path.write_bytes(b"\x89PNG not really"), "is not a NIQE parameter file"),
-])
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        (
+            "other.mat",
+            lambda path: __import__("scipy.io").io.savemat(path, {"something": np.zeros(3)}),
+            "holds no NIQE model \\(keys: something\\)",
+        ),
+        ("other.npz", lambda path: np.savez(path, something=np.zeros(3)), "holds no NIQE model"),
+        ("text.npz", lambda path: path.write_text("not numpy"), "cannot be read as a .npz file"),
+        ("text.mat", lambda path: path.write_text("not matlab"), "cannot be read as a .mat file"),
+        (
+            "pickled.npz",
+            lambda path: np.save(path, np.array([{"a": 1}], dtype=object)),  # never unpickled
+            "cannot be read as a .npz",
+        ),
+        ("image.png", lambda path: path.write_bytes(b"\x89PNG not really"), "is not a NIQE parameter file"),
+    ],
+)
 def test_other_files_name_the_accepted_formats(tmp_path, name, write, message):
     path = tmp_path / name
     write(path)

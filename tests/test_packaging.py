@@ -13,26 +13,58 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_in_a_fresh_venv_and_generates_on_its_toy_world(tmp_path):
-    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
-                            str(ROOT)], capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("iqa_adapter-*.whl"))
     fresh = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True, timeout=120)
     python = fresh / "bin" / "python"
-    site_packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        capture_output=True, text=True, check=True).stdout.strip())
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # The dependencies (torch, diffusers, ...) come from the test environment's site-packages, added as a path; its
     # editable install of this package is not (.pth files of a path added that way are not run).
     (site_packages / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                                "--no-index", str(wheel)], capture_output=True, text=True, timeout=600)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
 
     out = tmp_path / "images"
-    generated = subprocess.run([str(fresh / "bin" / "iqa-adapter"), "generate", "--prompt", "a red circle on a plain blue",
-                                "--quality", "loda=p99", "--quality", "niqe=p99", "--steps", "3", "--no-progress",
-                                "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    generated = subprocess.run(
+        [
+            str(fresh / "bin" / "iqa-adapter"),
+            "generate",
+            "--prompt",
+            "a red circle on a plain blue",
+            "--quality",
+            "loda=p99",
+            "--quality",
+            "niqe=p99",
+            "--steps",
+            "3",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert generated.returncode == 0, generated.stderr[-2000:]
     sidecar = json.loads((out / "0000.json").read_text())
     assert Path(sidecar["adapter"]).is_relative_to(site_packages)  # the toy world inside the installed wheel

@@ -65,18 +65,39 @@ class Toy:
         self.reference_adapter = IQAAdapter.from_pretrained(WORLD.reference_adapter)
         self.metric_names = self.adapter.metric_names
         specs = demo_metric_specs(WORLD)
-        self.metrics = [ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(),
-                                    {"name": specs[name][0], "options": specs[name][1]}) for name in self.metric_names]
+        self.metrics = [
+            ScoreColumn(
+                name,
+                create_metric(specs[name][0], **specs[name][1]).eval(),
+                {"name": specs[name][0], "options": specs[name][1]},
+            )
+            for name in self.metric_names
+        ]
         self.high = dict.fromkeys(self.metric_names, "p99")
         self.low = {name: ["p1"] for name in self.metric_names}
 
     def pairs(self, out, prompts, *, content_filter=None, levels=None, **settings) -> dict:
-        options = {"seeds": 2, "steps": STEPS, "guidance": GUIDANCE_SCALE, "chunk_size": 4, "batch_size": 16,
-                   **settings}
-        return make_pairs(self.pipe, self.adapter, prompts, out, high=self.high,
-                          levels=levels or quality_levels(self.low), metrics=self.metrics,
-                          reference_adapter=self.reference_adapter, settings=PairSettings(**options),
-                          content_filter=content_filter or ContentFilter(NO_FILTER), progress=False)
+        options = {
+            "seeds": 2,
+            "steps": STEPS,
+            "guidance": GUIDANCE_SCALE,
+            "chunk_size": 4,
+            "batch_size": 16,
+            **settings,
+        }
+        return make_pairs(
+            self.pipe,
+            self.adapter,
+            prompts,
+            out,
+            high=self.high,
+            levels=levels or quality_levels(self.low),
+            metrics=self.metrics,
+            reference_adapter=self.reference_adapter,
+            settings=PairSettings(**options),
+            content_filter=content_filter or ContentFilter(NO_FILTER),
+            progress=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +107,14 @@ def toy():
 
 def toy_prompts(count: int) -> list[Prompt]:
     """Single-object toy scenes with their full captions, each naming its scene for the toy readers."""
-    return [Prompt(scene_for(PROMPT_SEED, index, kind="single", full_caption=True).caption, index,
-                   metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}}) for index in range(count)]
+    return [
+        Prompt(
+            scene_for(PROMPT_SEED, index, kind="single", full_caption=True).caption,
+            index,
+            metadata={"toy_scene": {"seed": PROMPT_SEED, "index": index}},
+        )
+        for index in range(count)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +152,21 @@ def test_toy_pairs_share_content_and_differ_in_the_target_metric(toy, toy_pairs)
     out, summary = toy_pairs
     index = pd.read_csv(out / "index.csv")
     assert summary["made"] == summary["kept"] == len(index) == 12 * 2
-    readings = {part: [read_object(np.asarray(Image.open(out / part / f"{name}.png")),
-                                   scene_for(PROMPT_SEED, prompt, kind="single", full_caption=True).background)
-                       for name, prompt in zip(index["name"], index["prompt_index"])] for part in ("hq", "lq")}
+    readings = {
+        part: [
+            read_object(
+                np.asarray(Image.open(out / part / f"{name}.png")),
+                scene_for(PROMPT_SEED, prompt, kind="single", full_caption=True).background,
+            )
+            for name, prompt in zip(index["name"], index["prompt_index"])
+        ]
+        for part in ("hq", "lq")
+    }
     for attribute in ("colour", "position"):
-        read = {part: np.array([getattr(reading, attribute) for reading in readings[part]], dtype=object)
-                for part in readings}
+        read = {
+            part: np.array([getattr(reading, attribute) for reading in readings[part]], dtype=object)
+            for part in readings
+        }
         paired = np.mean(read["hq"] == read["lq"])
         other_prompt = index["prompt_index"].to_numpy()[:, None] != index["prompt_index"].to_numpy()[None, :]
         unpaired = np.mean((read["hq"][:, None] == read["lq"][None, :])[other_prompt])
@@ -155,8 +191,12 @@ def test_filter_drops_pairs_whose_low_image_has_another_seed(toy):
     dropped = {}
     for name, lq in (("same", same), ("other", other)):
         values = content_filter.measure(high, lq, prompts, [{}] * len(prompts))
-        dropped[name] = np.mean(["ssim" in content_filter.reasons({key: float(array[i]) for key, array in values.items()})
-                                 for i in range(len(prompts))])
+        dropped[name] = np.mean(
+            [
+                "ssim" in content_filter.reasons({key: float(array[i]) for key, array in values.items()})
+                for i in range(len(prompts))
+            ]
+        )
     assert dropped["other"] >= 0.75 and dropped["same"] <= 0.25, dropped
 
 
@@ -172,8 +212,10 @@ def test_blurred_ssim_tolerates_degradation_and_sees_other_content():
 
 
 def test_reasons_and_degradation_by_hand():
-    stats = [MetricStats("up", mean=0.0, std=2.0, higher_is_better=True),
-             MetricStats("down", mean=0.0, std=0.5, higher_is_better=False)]
+    stats = [
+        MetricStats("up", mean=0.0, std=2.0, higher_is_better=True),
+        MetricStats("down", mean=0.0, std=0.5, higher_is_better=False),
+    ]
     hq = {"up": np.array([4.0, 4.0]), "down": np.array([1.0, 1.0])}
     lq = {"up": np.array([2.0, 2.0]), "down": np.array([2.0, 0.5])}
     assert degradation(hq, lq, stats) == pytest.approx([1.0, -1.0])  # (4-2)/2 and min((4-2)/2, -(1-0.5)/0.5)
@@ -184,16 +226,20 @@ def test_reasons_and_degradation_by_hand():
     assert content_filter.reasons({"ssim": 0.6, "degradation": float("nan")}) == []  # a reference level lowers nothing
     assert content_filter.reasons({"ssim": float("nan")}) == ["ssim"]
     assert content_filter.reasons({"ssim": 0.9, "prompt_hq": 1.0, "prompt_lq": 2 / 3}) == ["prompt_lq"]
-    assert ContentFilter(FilterSettings(max_clip_t_drop=3)).reasons({"ssim": 1, "clip_t_hq": 30, "clip_t_lq": 26}) \
-        == ["clip_t"]
+    assert ContentFilter(FilterSettings(max_clip_t_drop=3)).reasons({"ssim": 1, "clip_t_hq": 30, "clip_t_lq": 26}) == [
+        "clip_t"
+    ]
     assert ContentFilter(NO_FILTER).reasons({"ssim": -1.0, "degradation": -5.0}) == []
 
 
 def test_feature_and_clip_checks_with_tiny_models(dinov2_folder, clip_folder):
     scenes = [scene_for(PROMPT_SEED, index, kind="single", full_caption=True) for index in range(3)]
     images = torch.stack([torch.from_numpy(render_scene(scene, 32)).permute(2, 0, 1).float() / 255 for scene in scenes])
-    content_filter = ContentFilter(FilterSettings(features=f"dinov2:{dinov2_folder}", min_feature_similarity=0.999,
-                                                  clip=str(clip_folder), max_clip_t_drop=0.5))
+    content_filter = ContentFilter(
+        FilterSettings(
+            features=f"dinov2:{dinov2_folder}", min_feature_similarity=0.999, clip=str(clip_folder), max_clip_t_drop=0.5
+        )
+    )
     prompts = [scene.caption for scene in scenes]
     same = content_filter.measure(images, images, prompts, [{}] * 3)
     assert same["feature_similarity"] == pytest.approx(np.ones(3), abs=1e-5)
@@ -207,18 +253,33 @@ def test_feature_and_clip_checks_with_tiny_models(dinov2_folder, clip_folder):
 
 
 def test_toy_readers_check_that_both_images_show_the_prompt(toy, tmp_path):
-    summary = toy.pairs(tmp_path, toy_prompts(6), seeds=1, save_dropped=True,
-                        content_filter=ContentFilter(NO_FILTER, following_scorer=ToyCaptionScorer()))
+    summary = toy.pairs(
+        tmp_path,
+        toy_prompts(6),
+        seeds=1,
+        save_dropped=True,
+        content_filter=ContentFilter(NO_FILTER, following_scorer=ToyCaptionScorer()),
+    )
     index = pd.read_csv(tmp_path / "index.csv")
     scorer = ToyCaptionScorer()
     for part in ("hq", "lq"):
-        images = [rgb_tensor(Image.open(tmp_path / "dropped" / part / f"{name}.png")) if not kept else
-                  rgb_tensor(Image.open(tmp_path / part / f"{name}.png")) for name, kept in zip(index["name"], index["kept"])]
-        shares = [np.mean([task["correct"] for task in tasks]) for tasks in
-                  scorer.score(images, [{"toy_scene": {"seed": PROMPT_SEED, "index": i}} for i in index["prompt_index"]])]
+        images = [
+            rgb_tensor(Image.open(tmp_path / "dropped" / part / f"{name}.png"))
+            if not kept
+            else rgb_tensor(Image.open(tmp_path / part / f"{name}.png"))
+            for name, kept in zip(index["name"], index["kept"])
+        ]
+        shares = [
+            np.mean([task["correct"] for task in tasks])
+            for tasks in scorer.score(
+                images, [{"toy_scene": {"seed": PROMPT_SEED, "index": i}} for i in index["prompt_index"]]
+            )
+        ]
         assert index[f"prompt_{part}"].to_numpy() == pytest.approx(shares)
-        assert all((f"prompt_{part}" in str(reasons).split(";")) == (share < 1)
-                   for reasons, share in zip(index["reasons"], shares))
+        assert all(
+            (f"prompt_{part}" in str(reasons).split(";")) == (share < 1)
+            for reasons, share in zip(index["reasons"], shares)
+        )
     assert summary["kept"] == int(((index["prompt_hq"] == 1) & (index["prompt_lq"] == 1)).sum())
 
 
@@ -229,8 +290,9 @@ def test_the_folder_loads_in_a_basicsr_style_paired_dataset(toy_pairs):
     out, summary = toy_pairs
     dataset = PairedFolder(out)
     index = pd.read_csv(out / "index.csv")
-    assert len(dataset) == summary["kept"] and [name.removesuffix(".png") for name in dataset.names] == \
-        sorted(index.loc[index["kept"], "name"])
+    assert len(dataset) == summary["kept"] and [name.removesuffix(".png") for name in dataset.names] == sorted(
+        index.loc[index["kept"], "name"]
+    )
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
     assert batch["gt"].shape == batch["lq"].shape == (4, 3, 32, 32)
     assert not torch.equal(batch["gt"], batch["lq"])
@@ -249,8 +311,13 @@ def read_shards(folder: Path) -> dict[str, dict]:
 
 def test_webdataset_shards_hold_the_pairs_of_the_folder_layout(toy, toy_pairs, tmp_path):
     out, _ = toy_pairs
-    summary = toy.pairs(tmp_path, toy_prompts(12), layout="webdataset", save_dropped=True,
-                        content_filter=ContentFilter(FilterSettings()))
+    summary = toy.pairs(
+        tmp_path,
+        toy_prompts(12),
+        layout="webdataset",
+        save_dropped=True,
+        content_filter=ContentFilter(FilterSettings()),
+    )
     samples = read_shards(tmp_path / "shards")
     dropped = read_shards(tmp_path / "dropped" / "shards")
     assert len(samples) == summary["kept"] and len(samples) + len(dropped) == summary["made"] == 24
@@ -288,17 +355,46 @@ def test_bad_requests_fail_before_any_generation(toy, tmp_path):
         quality_levels({"a": ["p1", "p5"], "b": ["p1", "p5", "p9"]})
     name = toy.metric_names[0]
     with pytest.raises(ValueError, match=f"--low {name}=p99 is not below --high {name}=p50"):
-        make_pairs(toy.pipe, toy.adapter, ["x"], tmp_path, high={name: "p50"}, levels=quality_levels({name: ["p99"]}),
-                   metrics=toy.metrics)
+        make_pairs(
+            toy.pipe,
+            toy.adapter,
+            ["x"],
+            tmp_path,
+            high={name: "p50"},
+            levels=quality_levels({name: ["p99"]}),
+            metrics=toy.metrics,
+        )
     with pytest.raises(ValueError, match="no score column for"):
-        make_pairs(toy.pipe, toy.adapter, ["x"], tmp_path, high=toy.high, levels=quality_levels(toy.low),
-                   metrics=toy.metrics[1:])
+        make_pairs(
+            toy.pipe,
+            toy.adapter,
+            ["x"],
+            tmp_path,
+            high=toy.high,
+            levels=quality_levels(toy.low),
+            metrics=toy.metrics[1:],
+        )
     with pytest.raises(ValueError, match="needs a reference-based adapter"):
-        make_pairs(toy.pipe, toy.adapter, ["x"], tmp_path, high=toy.high, metrics=toy.metrics,
-                   levels=reference_levels({"r": Image.new("RGB", (32, 32))}))
+        make_pairs(
+            toy.pipe,
+            toy.adapter,
+            ["x"],
+            tmp_path,
+            high=toy.high,
+            metrics=toy.metrics,
+            levels=reference_levels({"r": Image.new("RGB", (32, 32))}),
+        )
     with pytest.raises(ValueError, match="reads each prompt's metadata"):
-        make_pairs(toy.pipe, toy.adapter, ["x"], tmp_path, high=toy.high, levels=quality_levels(toy.low),
-                   metrics=toy.metrics, content_filter=ContentFilter(following_scorer=ToyCaptionScorer()))
+        make_pairs(
+            toy.pipe,
+            toy.adapter,
+            ["x"],
+            tmp_path,
+            high=toy.high,
+            levels=quality_levels(toy.low),
+            metrics=toy.metrics,
+            content_filter=ContentFilter(following_scorer=ToyCaptionScorer()),
+        )
     assert not any(tmp_path.iterdir())
 
 
@@ -309,22 +405,50 @@ WORLD_METRIC = IQAAdapter.from_pretrained(WORLD.adapter).metric_names[0]
 
 
 def pairs_command(out: Path) -> list[str]:
-    return ["pairs", "--prompt", "a large red circle on the left on a plain blue background", "--prompt",
-            "a small white star at the top on a striped green background", "--prompt",
-            "a yellow sun on the right above green hills under a blue sky", "--seeds", "3", "--steps", "4",
-            "--high", f"{WORLD_METRIC}=p99", "--low", f"{WORLD_METRIC}=p1,p10", "--chunk-size", "1",
-            "--batch-size", "2", "--save-dropped", "--no-progress", "--out", str(out)]
+    return [
+        "pairs",
+        "--prompt",
+        "a large red circle on the left on a plain blue background",
+        "--prompt",
+        "a small white star at the top on a striped green background",
+        "--prompt",
+        "a yellow sun on the right above green hills under a blue sky",
+        "--seeds",
+        "3",
+        "--steps",
+        "4",
+        "--high",
+        f"{WORLD_METRIC}=p99",
+        "--low",
+        f"{WORLD_METRIC}=p1,p10",
+        "--chunk-size",
+        "1",
+        "--batch-size",
+        "2",
+        "--save-dropped",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 def folder_contents(out: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*"))
-            if path.is_file() and path.parent.name != "index"}
+    return {
+        str(path.relative_to(out)): path.read_bytes()
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and path.parent.name != "index"
+    }
 
 
 def test_a_killed_run_resumes_to_the_output_of_an_uninterrupted_one(tmp_path):
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "iqa_adapter", *pairs_command(out)], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "iqa_adapter", *pairs_command(out)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list((out / "index").glob("chunk_*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -333,8 +457,9 @@ def test_a_killed_run_resumes_to_the_output_of_an_uninterrupted_one(tmp_path):
     done = {path.name: path.stat().st_mtime_ns for path in (out / "index").glob("chunk_*.parquet")}
     assert done and len(done) < 9 and not (out / "pairs.json").exists(), process.stderr.read().decode()[-2000:]
     assert main(pairs_command(out)) == 0
-    assert {path.name: path.stat().st_mtime_ns for path in (out / "index").glob("chunk_*.parquet")
-            if path.name in done} == done  # finished chunks are not made again
+    assert {
+        path.name: path.stat().st_mtime_ns for path in (out / "index").glob("chunk_*.parquet") if path.name in done
+    } == done  # finished chunks are not made again
     assert main(pairs_command(tmp_path / "straight")) == 0
     resumed, straight = folder_contents(out), folder_contents(tmp_path / "straight")
     assert resumed.keys() == straight.keys() and resumed == straight
@@ -344,8 +469,9 @@ def test_a_killed_run_resumes_to_the_output_of_an_uninterrupted_one(tmp_path):
 
 def test_two_processes_make_the_pairs_of_one(tmp_path):
     assert main(pairs_command(tmp_path / "single")) == 0
-    finished = launch_two_cpu_processes(["-m", "iqa_adapter", *pairs_command(tmp_path / "multi")], timeout=600,
-                                        cwd=tmp_path)
+    finished = launch_two_cpu_processes(
+        ["-m", "iqa_adapter", *pairs_command(tmp_path / "multi")], timeout=600, cwd=tmp_path
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert folder_contents(tmp_path / "multi") == folder_contents(tmp_path / "single")
     assert finished.stdout.count("kept ") == 1  # one summary, from the main process

@@ -15,8 +15,14 @@ def test_winner_needs_more_votes_than_each_other_option():
 
 
 def test_win_rates_by_hand():
-    pairs = [PairVotes("p99", "base", 8, 2, 0), PairVotes("p99", "base", 3, 6, 1), PairVotes("base", "p99", 5, 5, 0),
-             PairVotes("p99", "p1", 9, 0, 1), PairVotes("p1", "base", 0, 10, 0), PairVotes("p1", "p99", 0, 0, 0)]
+    pairs = [
+        PairVotes("p99", "base", 8, 2, 0),
+        PairVotes("p99", "base", 3, 6, 1),
+        PairVotes("base", "p99", 5, 5, 0),
+        PairVotes("p99", "p1", 9, 0, 1),
+        PairVotes("p1", "base", 0, 10, 0),
+        PairVotes("p1", "p99", 0, 0, 0),
+    ]
     result = win_rates(pairs)
     assert result["pairs"] == {"p99": 4, "base": 4, "p1": 2} and result["unvoted"] == 1
     assert result["win_rate"]["p99"] == pytest.approx(2 / 4)  # won 1 of 3 against base, and against p1

@@ -26,17 +26,35 @@ from iqa_adapter.evaluation.prompt_following import (
 )
 
 SINGLE = {"tag": "single_object", "prompt": "a photo of a bench", "include": [{"class": "bench", "count": 1}]}
-TWO = {"tag": "two_object", "prompt": "a photo of a bench and a sports ball",
-       "include": [{"class": "bench", "count": 1}, {"class": "sports ball", "count": 1}]}
-COUNTING = {"tag": "counting", "prompt": "a photo of two clocks", "include": [{"class": "clock", "count": 2}],
-            "exclude": [{"class": "clock", "count": 3}]}
-COLOR = {"tag": "colors", "prompt": "a photo of a blue fire hydrant",
-         "include": [{"class": "fire hydrant", "count": 1, "color": "blue"}]}
-POSITION = {"tag": "position", "prompt": "a photo of a dog right of a teddy bear",
-            "include": [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}]}
-COLOR_ATTR = {"tag": "color_attr", "prompt": "a photo of a purple wine glass and a black apple",
-              "include": [{"class": "wine glass", "count": 1, "color": "purple"},
-                          {"class": "apple", "count": 1, "color": "black"}]}
+TWO = {
+    "tag": "two_object",
+    "prompt": "a photo of a bench and a sports ball",
+    "include": [{"class": "bench", "count": 1}, {"class": "sports ball", "count": 1}],
+}
+COUNTING = {
+    "tag": "counting",
+    "prompt": "a photo of two clocks",
+    "include": [{"class": "clock", "count": 2}],
+    "exclude": [{"class": "clock", "count": 3}],
+}
+COLOR = {
+    "tag": "colors",
+    "prompt": "a photo of a blue fire hydrant",
+    "include": [{"class": "fire hydrant", "count": 1, "color": "blue"}],
+}
+POSITION = {
+    "tag": "position",
+    "prompt": "a photo of a dog right of a teddy bear",
+    "include": [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}],
+}
+COLOR_ATTR = {
+    "tag": "color_attr",
+    "prompt": "a photo of a purple wine glass and a black apple",
+    "include": [
+        {"class": "wine glass", "count": 1, "color": "purple"},
+        {"class": "apple", "count": 1, "color": "black"},
+    ],
+}
 
 
 def det(label, box, score=0.95, color=None):
@@ -60,8 +78,11 @@ def test_box_iou_counts_whole_pixels():
 
 
 def test_threshold_is_strict_and_tag_dependent():
-    detections = [det("clock", (0, 0, 10, 10), 0.3), det("clock", (50, 0, 60, 10), 0.31),
-                  det("clock", (100, 0, 110, 10), 0.91)]
+    detections = [
+        det("clock", (0, 0, 10, 10), 0.3),
+        det("clock", (50, 0, 60, 10), 0.31),
+        det("clock", (100, 0, 110, 10), 0.91),
+    ]
     assert [d.score for d in select_objects(detections, "single_object")["clock"]] == [0.91, 0.31]
     assert [d.score for d in select_objects(detections, "counting")["clock"]] == [0.91]
     assert select_objects([det("clock", (0, 0, 1, 1), 0.2)], "single_object") == {}
@@ -75,8 +96,11 @@ def test_most_confident_first_and_at_most_max_objects():
 
 
 def test_nms_merges_duplicates_unless_turned_off():
-    duplicates = [det("dog", (0, 0, 100, 100), 0.9), det("dog", (2, 2, 101, 99), 0.8),
-                  det("dog", (200, 0, 300, 100), 0.7)]
+    duplicates = [
+        det("dog", (0, 0, 100, 100), 0.9),
+        det("dog", (2, 2, 101, 99), 0.8),
+        det("dog", (200, 0, 300, 100), 0.7),
+    ]
     assert [d.score for d in select_objects(duplicates, "single_object")["dog"]] == [0.9, 0.7]
     geneval_default = GenEvalRules(max_overlap=1.0)  # GenEval's own setting: no NMS
     assert len(select_objects(duplicates, "single_object", geneval_default)["dog"]) == 3
@@ -151,8 +175,11 @@ def test_position_task():
 
 
 def test_position_only_the_most_confident_objects_are_compared():
-    detections = [det("teddy bear", (0, 0, 50, 50)), det("dog", (200, 0, 250, 50), 0.9),
-                  det("dog", (-300, 0, -250, 50), 0.5)]
+    detections = [
+        det("teddy bear", (0, 0, 50, 50)),
+        det("dog", (200, 0, 250, 50), 0.9),
+        det("dog", (-300, 0, -250, 50), 0.5),
+    ]
     assert verdict(detections, POSITION)[0] is True
     detections[2] = det("dog", (-300, 0, -250, 50), 0.95)
     assert verdict(detections, POSITION)[0] is False
@@ -172,8 +199,11 @@ def test_colors():
 
 def test_colors_with_counts_look_at_the_most_confident_only():
     metadata = {"tag": "colors", "include": [{"class": "car", "count": 2, "color": "red"}]}
-    cars = [det("car", (0, 0, 10, 10), 0.9, "red"), det("car", (20, 0, 30, 10), 0.8, "red"),
-            det("car", (40, 0, 50, 10), 0.7, "green")]
+    cars = [
+        det("car", (0, 0, 10, 10), 0.9, "red"),
+        det("car", (20, 0, 30, 10), 0.8, "red"),
+        det("car", (40, 0, 50, 10), 0.7, "green"),
+    ]
     objects = select_objects(cars, "colors")
     assert color_requests(objects, metadata) == {"car": 2}
     assert judge(objects, metadata) == (True, "")
@@ -187,25 +217,34 @@ def test_color_attribution_pairs_colours_with_objects():
     assert verdict(right, COLOR_ATTR) == (True, "")
     correct, reason = verdict(swapped, COLOR_ATTR)
     assert not correct
-    assert reason.splitlines() == ["expected purple wine glass>=1, found 1 black",
-                                   "expected black apple>=1, found 1 purple"]
+    assert reason.splitlines() == [
+        "expected purple wine glass>=1, found 1 black",
+        "expected black apple>=1, found 1 purple",
+    ]
 
 
 def test_exclude_fails_on_any_clause():
-    metadata = {"tag": "single_object", "include": [{"class": "cat", "count": 1}],
-                "exclude": [{"class": "dog", "count": 1}]}
+    metadata = {
+        "tag": "single_object",
+        "include": [{"class": "cat", "count": 1}],
+        "exclude": [{"class": "dog", "count": 1}],
+    }
     assert verdict([det("cat", (0, 0, 10, 10))], metadata)[0] is True
-    assert verdict([det("cat", (0, 0, 10, 10)), det("dog", (50, 0, 60, 10))], metadata) == \
-        (False, "expected dog<1, found 1")
+    assert verdict([det("cat", (0, 0, 10, 10)), det("dog", (50, 0, 60, 10))], metadata) == (
+        False,
+        "expected dog<1, found 1",
+    )
 
 
 def test_summary_is_the_mean_over_tasks():
-    results = [{"tag": "single_object", "prompt": "a", "correct": True},
-               {"tag": "single_object", "prompt": "a", "correct": False},
-               {"tag": "single_object", "prompt": "b", "correct": True},
-               {"tag": "single_object", "prompt": "b", "correct": True},
-               {"tag": "counting", "prompt": "c", "correct": False},
-               {"tag": "counting", "prompt": "c", "correct": False}]
+    results = [
+        {"tag": "single_object", "prompt": "a", "correct": True},
+        {"tag": "single_object", "prompt": "a", "correct": False},
+        {"tag": "single_object", "prompt": "b", "correct": True},
+        {"tag": "single_object", "prompt": "b", "correct": True},
+        {"tag": "counting", "prompt": "c", "correct": False},
+        {"tag": "counting", "prompt": "c", "correct": False},
+    ]
     summary = summarize(results)
     assert summary["tasks"]["single_object"] == {"accuracy": 0.75, "correct": 3, "images": 4}
     assert summary["tasks"]["counting"] == {"accuracy": 0.0, "correct": 0, "images": 2}
@@ -227,8 +266,14 @@ def test_metadata_checks():
     with pytest.raises(ValueError, match="colour 'teal'"):
         check_metadata([{"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "teal"}]}])
     with pytest.raises(ValueError, match="position \\['beside', 0\\]"):
-        check_metadata([{"tag": "position", "include": [{"class": "cat", "count": 1},
-                                                         {"class": "dog", "count": 1, "position": ["beside", 0]}]}])
+        check_metadata(
+            [
+                {
+                    "tag": "position",
+                    "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["beside", 0]}],
+                }
+            ]
+        )
     with pytest.raises(ValueError, match="needs a tag and an include list"):
         check_metadata([{"prompt": "a cat"}])
 
@@ -254,14 +299,22 @@ def test_image_inputs():
 def test_scorer_end_to_end(tiny_models):
     # every box is a dog or a cat and every box counts: the colour and position paths run on random models
     rules = GenEvalRules(threshold=0.0, counting_threshold=0.0)
-    scorer = GenEvalScorer(str(tiny_models / "owlv2"), str(tiny_models / "clip"), rules=rules,
-                           classnames=("dog", "cat"), batch_size=2)
+    scorer = GenEvalScorer(
+        str(tiny_models / "owlv2"), str(tiny_models / "clip"), rules=rules, classnames=("dog", "cat"), batch_size=2
+    )
     metadata = [
         {"tag": "colors", "prompt": "a red dog", "include": [{"class": "dog", "count": 1, "color": "red"}]},
-        {"tag": "counting", "prompt": "two cats", "include": [{"class": "cat", "count": 2}],
-         "exclude": [{"class": "cat", "count": 3}]},
-        {"tag": "position", "prompt": "a dog left of a cat",
-         "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["left of", 0]}]},
+        {
+            "tag": "counting",
+            "prompt": "two cats",
+            "include": [{"class": "cat", "count": 2}],
+            "exclude": [{"class": "cat", "count": 3}],
+        },
+        {
+            "tag": "position",
+            "prompt": "a dog left of a cat",
+            "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["left of", 0]}],
+        },
     ]
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)) for _ in range(3)]

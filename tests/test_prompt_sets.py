@@ -17,28 +17,53 @@ from iqa_adapter.evaluation.prompts import (
 PARTI_ROWS = [
     ("bond", "Abstract", "Basic", "Biology-inspired concepts with multiple meanings"),
     ("a shiba inu", "Animals", "Basic", ""),
-    ('"G I G G L E" painted in thick colorful lettering as graffiti on a faded red brick wall.', "Illustrations",
-     "Writing & Symbols", ""),
-    ("A robot painted as graffiti on a brick wall. The words \"Fly an airplane\" are written on the wall.",
-     "Outdoor Scenes", "Complex", ""),
+    (
+        '"G I G G L E" painted in thick colorful lettering as graffiti on a faded red brick wall.',
+        "Illustrations",
+        "Writing & Symbols",
+        "",
+    ),
+    (
+        'A robot painted as graffiti on a brick wall. The words "Fly an airplane" are written on the wall.',
+        "Outdoor Scenes",
+        "Complex",
+        "",
+    ),
     ("a capybara", "Animals", "Basic", ""),
     ("A bowl of Pho", "Food & Beverage", "Basic", ""),
 ]
 
 GENEVAL_RECORDS = [
     {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"},
-    {"tag": "two_object", "include": [{"class": "bench", "count": 1}, {"class": "sports ball", "count": 1}],
-     "prompt": "a photo of a bench and a sports ball"},
-    {"tag": "counting", "include": [{"class": "clock", "count": 2}], "exclude": [{"class": "clock", "count": 3}],
-     "prompt": "a photo of two clocks"},
-    {"tag": "colors", "include": [{"class": "fire hydrant", "count": 1, "color": "blue"}],
-     "prompt": "a photo of a blue fire hydrant"},
-    {"tag": "position", "include": [{"class": "teddy bear", "count": 1},
-                                    {"class": "dog", "count": 1, "position": ["right of", 0]}],
-     "prompt": "a photo of a dog right of a teddy bear"},
-    {"tag": "color_attr", "include": [{"class": "wine glass", "count": 1, "color": "purple"},
-                                      {"class": "apple", "count": 1, "color": "black"}],
-     "prompt": "a photo of a purple wine glass and a black apple"},
+    {
+        "tag": "two_object",
+        "include": [{"class": "bench", "count": 1}, {"class": "sports ball", "count": 1}],
+        "prompt": "a photo of a bench and a sports ball",
+    },
+    {
+        "tag": "counting",
+        "include": [{"class": "clock", "count": 2}],
+        "exclude": [{"class": "clock", "count": 3}],
+        "prompt": "a photo of two clocks",
+    },
+    {
+        "tag": "colors",
+        "include": [{"class": "fire hydrant", "count": 1, "color": "blue"}],
+        "prompt": "a photo of a blue fire hydrant",
+    },
+    {
+        "tag": "position",
+        "include": [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}],
+        "prompt": "a photo of a dog right of a teddy bear",
+    },
+    {
+        "tag": "color_attr",
+        "include": [
+            {"class": "wine glass", "count": 1, "color": "purple"},
+            {"class": "apple", "count": 1, "color": "black"},
+        ],
+        "prompt": "a photo of a purple wine glass and a black apple",
+    },
 ]
 
 
@@ -57,13 +82,17 @@ def write_coco(folder: Path, image_folder: str = "val2014") -> Path:
     """The usual layout: annotations/captions_val2014.json beside val2014/ with the images."""
     (folder / "annotations").mkdir(parents=True)
     (folder / image_folder).mkdir()
-    images = [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": 8, "width": 8},
-              {"id": 73, "file_name": "COCO_val2014_000000000073.jpg", "height": 8, "width": 8}]
+    images = [
+        {"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": 8, "width": 8},
+        {"id": 73, "file_name": "COCO_val2014_000000000073.jpg", "height": 8, "width": 8},
+    ]
     for image in images:
         Image.new("RGB", (8, 8), "red").save(folder / image_folder / image["file_name"])
-    annotations = [{"id": 1001, "image_id": 42, "caption": "A dog on a bench. "},
-                   {"id": 1002, "image_id": 73, "caption": "Two clocks on a wall."},
-                   {"id": 1003, "image_id": 42, "caption": "A brown dog sitting outside."}]
+    annotations = [
+        {"id": 1001, "image_id": 42, "caption": "A dog on a bench. "},
+        {"id": 1002, "image_id": 73, "caption": "Two clocks on a wall."},
+        {"id": 1003, "image_id": 42, "caption": "A brown dog sitting outside."},
+    ]
     path = folder / "annotations" / "captions_val2014.json"
     path.write_text(json.dumps({"info": {}, "images": images, "annotations": annotations}))
     return path
@@ -94,8 +123,11 @@ def test_parti_tsv_keeps_quotes_and_challenge(tmp_path):
 
 def test_drawbench_csv_with_quoted_commas(tmp_path):
     path = tmp_path / "drawbench.csv"
-    path.write_text('Prompts,Category\nA red colored car.,Colors\n"A storefront with ""Text to Image"" written on it, '
-                    'in neon.",Text\nA black colored dog.,Colors\n', encoding="utf-8")
+    path.write_text(
+        'Prompts,Category\nA red colored car.,Colors\n"A storefront with ""Text to Image"" written on it, '
+        'in neon.",Text\nA black colored dog.,Colors\n',
+        encoding="utf-8",
+    )
     prompts = load_prompts(path)
     assert prompts.format == "drawbench"
     assert [prompt.category for prompt in prompts] == ["Colors", "Text", "Colors"]
@@ -143,8 +175,11 @@ def test_coco_explicit_image_root_and_missing_images(tmp_path):
 
 def test_coco_malformed_entries(tmp_path):
     path = tmp_path / "captions.json"
-    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
-                                "annotations": [{"id": 5, "image_id": 2, "caption": "x"}]}))
+    path.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 5, "image_id": 2, "caption": "x"}]}
+        )
+    )
     with pytest.raises(PromptFileError, match="annotation 5 names image 2"):
         load_prompts(path)
     path.write_text(json.dumps({"images": [], "captions": []}))
@@ -199,8 +234,16 @@ def test_seeded_sample_is_reproducible_and_keeps_order(tmp_path):
     expected = np.sort(np.random.default_rng(3).choice(50, size=10, replace=False)).tolist()
     assert indices == expected
     assert [prompt.index for prompt in other] != indices
-    assert first.describe() == {"format": "text", "source": str(path), "count": 10, "available": 50, "categories": {},
-                                "with_images": 0, "category_filter": None, "sample": {"max_prompts": 10, "seed": 3}}
+    assert first.describe() == {
+        "format": "text",
+        "source": str(path),
+        "count": 10,
+        "available": 50,
+        "categories": {},
+        "with_images": 0,
+        "category_filter": None,
+        "sample": {"max_prompts": 10, "seed": 3},
+    }
 
 
 def test_sample_larger_than_the_set_keeps_everything(tmp_path):
@@ -212,8 +255,9 @@ def test_sample_larger_than_the_set_keeps_everything(tmp_path):
 
 
 def test_sampling_after_category_filter(tmp_path):
-    rows = [(f"animal {i}", "Animals", "Basic", "") for i in range(20)] + [(f"car {i}", "Vehicles", "Basic", "")
-                                                                            for i in range(20)]
+    rows = [(f"animal {i}", "Animals", "Basic", "") for i in range(20)] + [
+        (f"car {i}", "Vehicles", "Basic", "") for i in range(20)
+    ]
     prompts = load_prompts(write_parti(tmp_path / "p.tsv", rows), categories="Vehicles", max_prompts=5, seed=0)
     assert len(prompts) == 5 and all(prompt.category == "Vehicles" for prompt in prompts)
 

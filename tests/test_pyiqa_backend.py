@@ -58,8 +58,9 @@ def fake_pyiqa(monkeypatch):
         return FakeNet(name, as_loss, options).to(device)
 
     module.create_metric = create
-    module.list_models = lambda metric_mode=None: sorted(n for n, c in CONFIGS.items()
-                                                       if metric_mode in (None, c["metric_mode"]))
+    module.list_models = lambda metric_mode=None: sorted(
+        n for n, c in CONFIGS.items() if metric_mode in (None, c["metric_mode"])
+    )
     configs = types.ModuleType("pyiqa.default_model_configs")
     configs.DEFAULT_CONFIGS = CONFIGS
     monkeypatch.setitem(sys.modules, "pyiqa", module)

@@ -31,8 +31,11 @@ try:
     import pyiqa
     from pyiqa.default_model_configs import DEFAULT_CONFIGS
 except Exception as error:  # noqa: BLE001  (ImportError, or RuntimeError from a torchvision that does not fit torch)
-    pytest.skip(f"pyiqa does not import here ({type(error).__name__}: {error}); `make test-pyiqa` builds an "
-                "environment where it does", allow_module_level=True)
+    pytest.skip(
+        f"pyiqa does not import here ({type(error).__name__}: {error}); `make test-pyiqa` builds an "
+        "environment where it does",
+        allow_module_level=True,
+    )
 
 OFFLINE = ["piqe", "entropy"]
 """pyiqa no-reference metrics that need no downloaded file (checked offline with pyiqa 0.1.16)."""
@@ -104,14 +107,16 @@ def batches(tmp_path_factory) -> dict[str, torch.Tensor]:
     found = {}
     for height, width in [(300, 300), (256, 256), (97, 131)]:
         base = landscape(1, height, width)
-        found[f"{height}x{width}"] = torch.stack([
-            texture(0, height, width),  # smooth: few or no active PIQE blocks
-            texture(1, height, width, finest=128, decay=0.3),
-            texture(2, height, width, finest=256, decay=0.2),
-            base,
-            blocky(base),
-            noisy(base, 0.08, seed=2),
-        ])
+        found[f"{height}x{width}"] = torch.stack(
+            [
+                texture(0, height, width),  # smooth: few or no active PIQE blocks
+                texture(1, height, width, finest=128, decay=0.3),
+                texture(2, height, width, finest=256, decay=0.2),
+                base,
+                blocky(base),
+                noisy(base, 0.08, seed=2),
+            ]
+        )
     found["16-bit grey 120x200"] = sixteen_bit_grey(tmp_path_factory.mktemp("grey") / "grey16.png")
     return found
 
@@ -216,8 +221,9 @@ def test_device_off_the_cpu_is_tracked_and_moves(name, batches):
     assert metric.device == torch.device("meta")
     metric.to_empty(device="cpu")
     assert metric.device == torch.device("cpu")
-    torch.testing.assert_close(metric.score(batches["256x256"]), direct_scores(direct(name), batches["256x256"]),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        metric.score(batches["256x256"]), direct_scores(direct(name), batches["256x256"]), rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -270,8 +276,9 @@ def test_gradients_flow_through_the_backend_as_through_pyiqa(batches):
     """A CNN metric built without its weights (``pretrained=None``, random init) needs no download."""
     images = batches["300x300"][:3]
     torch.manual_seed(0)
-    reference = pyiqa.create_metric("cnniqa", as_loss=True, loss_reduction="none", device=torch.device("cpu"),
-                                    pretrained=None)
+    reference = pyiqa.create_metric(
+        "cnniqa", as_loss=True, loss_reduction="none", device=torch.device("cpu"), pretrained=None
+    )
     metric = create_metric("pyiqa:cnniqa", pretrained=None)
     assert metric.differentiable and metric_info("pyiqa:cnniqa").differentiable
     metric.score_with_grad(images[:1])  # builds the loss-mode model
@@ -313,8 +320,10 @@ def test_metrics_needing_a_download_fail_clearly_offline(name, monkeypatch, tmp_
     assert weights_dir() in str(error.value)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pkg_resources") is not None,
-                    reason="pkg_resources is installed here (setuptools < 81), so CLIP metrics would go on to download")
+@pytest.mark.skipif(
+    importlib.util.find_spec("pkg_resources") is not None,
+    reason="pkg_resources is installed here (setuptools < 81), so CLIP metrics would go on to download",
+)
 def test_metric_missing_a_package_fails_clearly():
     """pyiqa's CLIP metrics import openai-clip, which needs pkg_resources (gone from setuptools 81 on)."""
     with pytest.raises(MetricUnavailableError, match="needs a package.*pkg_resources"):
@@ -359,8 +368,10 @@ def piqe_differences(batches, pyiqa_input) -> tuple[float, list[str]]:
             theirs = model(pyiqa_input(images)).reshape(-1).to(ours.dtype)
         differences = (ours - theirs).abs()
         worst = max(worst, differences.max().item())
-        report.append(f"  {label}: built-in {[round(v, 4) for v in ours.tolist()]}, pyiqa "
-                      f"{[round(v, 4) for v in theirs.tolist()]}, |diff| {[round(v, 4) for v in differences.tolist()]}")
+        report.append(
+            f"  {label}: built-in {[round(v, 4) for v in ours.tolist()]}, pyiqa "
+            f"{[round(v, 4) for v in theirs.tolist()]}, |diff| {[round(v, 4) for v in differences.tolist()]}"
+        )
     return worst, report
 
 
@@ -371,8 +382,11 @@ def show(capsys, title: str, report: list[str]) -> None:
 
 def test_builtin_piqe_equals_pyiqa_piqe_where_pyiqa_preprocesses_as_matlab(batches, capsys):
     """8-bit grey images whose sides leave 0 or 8 over 16 (pyiqa's padding by ``size % 16`` then is MATLAB's)."""
-    chosen = {label: eight_bit(images.mean(dim=1, keepdim=True)).expand(-1, 3, -1, -1).contiguous()
-              for label, images in batches.items() if label in ("256x256", "16-bit grey 120x200")}
+    chosen = {
+        label: eight_bit(images.mean(dim=1, keepdim=True)).expand(-1, 3, -1, -1).contiguous()
+        for label, images in batches.items()
+        if label in ("256x256", "16-bit grey 120x200")
+    }
     worst, report = piqe_differences(chosen, lambda images: images)
     show(capsys, "built-in piqe vs pyiqa piqe, 8-bit grey images, sides = 0 or 8 mod 16:", report)
     assert worst <= BUILTIN_PIQE_TOLERANCE, "\n" + "\n".join(report)
@@ -390,10 +404,13 @@ def test_builtin_piqe_equals_pyiqa_piqe_core_on_matlab_preprocessed_images(batch
     assert worst <= BUILTIN_PIQE_TOLERANCE, "\n" + "\n".join(report)
 
 
-@pytest.mark.xfail(strict=False, reason="pyiqa's piqe preprocesses unlike MATLAB's: it takes the luma of the float "
-                   "image unrounded (YIQ weights), where MATLAB's rgb2gray of a uint8 image rounds (the built-in "
-                   "rounds every image so, 16-bit grey included), and it pads by size % 16 (97x131: 1 row, 3 "
-                   "columns, then only whole blocks) instead of up to the next multiple of 16")
+@pytest.mark.xfail(
+    strict=False,
+    reason="pyiqa's piqe preprocesses unlike MATLAB's: it takes the luma of the float "
+    "image unrounded (YIQ weights), where MATLAB's rgb2gray of a uint8 image rounds (the built-in "
+    "rounds every image so, 16-bit grey included), and it pads by size % 16 (97x131: 1 row, 3 "
+    "columns, then only whole blocks) instead of up to the next multiple of 16",
+)
 def test_builtin_piqe_equals_pyiqa_piqe_as_called(batches, capsys):
     """The project's PIQE and pyiqa's, both called on the same images as they are."""
     worst, report = piqe_differences(batches, lambda images: images)

@@ -40,7 +40,9 @@ class TinyConvIQA(QualityMetric):
 
 def image(seed: int, noise: float, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(seed)
-    pixels = np.clip(128 + 60 * np.sin(np.arange(size) / 3)[None, :, None] + rng.normal(0, noise, (size, size, 3)), 0, 255)
+    pixels = np.clip(
+        128 + 60 * np.sin(np.arange(size) / 3)[None, :, None] + rng.normal(0, noise, (size, size, 3)), 0, 255
+    )
     return Image.fromarray(pixels.astype(np.uint8))
 
 
@@ -73,10 +75,22 @@ def test_sixteen_bit_references_are_read_at_full_precision():
 
 
 def test_reference_adapter_trains_round_trips_and_generates(world, tmp_path):  # noqa: F811
-    config = TrainConfig(base=str(world / "sd"), data=str(world / "data"), scores=None, metrics=[],
-                         reference_features="test-conv-iqa:body.2", out=str(tmp_path / "run"), resolution=32,
-                         batch_size=4, max_steps=2, num_workers=0, progress=False, validation_every=2,
-                         validation_prompts=["a picture number 1"], validation_steps=2)
+    config = TrainConfig(
+        base=str(world / "sd"),
+        data=str(world / "data"),
+        scores=None,
+        metrics=[],
+        reference_features="test-conv-iqa:body.2",
+        out=str(tmp_path / "run"),
+        resolution=32,
+        batch_size=4,
+        max_steps=2,
+        num_workers=0,
+        progress=False,
+        validation_every=2,
+        validation_prompts=["a picture number 1"],
+        validation_steps=2,
+    )
     result = train(config)
     assert (tmp_path / "run" / "validation" / "step_00000002.png").is_file()
     adapter = IQAAdapter.from_pretrained(result.adapter_dir)
@@ -111,21 +125,69 @@ def test_reference_adapter_trains_round_trips_and_generates(world, tmp_path):  #
 
 
 def test_cli_reference_generation_and_img2img(world, tmp_path):  # noqa: F811
-    config = TrainConfig(base=str(world / "sd"), data=str(world / "data"), scores=None, metrics=[],
-                         reference_features="test-conv-iqa:pooled", out=str(tmp_path / "run"), resolution=32,
-                         batch_size=4, max_steps=1, num_workers=0, progress=False)
+    config = TrainConfig(
+        base=str(world / "sd"),
+        data=str(world / "data"),
+        scores=None,
+        metrics=[],
+        reference_features="test-conv-iqa:pooled",
+        out=str(tmp_path / "run"),
+        resolution=32,
+        batch_size=4,
+        max_steps=1,
+        num_workers=0,
+        progress=False,
+    )
     adapter_dir = train(config).adapter_dir
     image(1, 40.0).save(tmp_path / "ref.png")
     image(2, 1.0).save(tmp_path / "clean.png")
     out = tmp_path / "out"
-    assert main(["generate", "--base", str(world / "sd"), "--adapter", str(adapter_dir), "--prompt", "a picture",
-                 "--reference", str(tmp_path / "ref.png"), "--negative-reference", str(tmp_path / "clean.png"),
-                 "--init-image", str(tmp_path / "clean.png"), "--strength", "0.5", "--steps", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(world / "sd"),
+                "--adapter",
+                str(adapter_dir),
+                "--prompt",
+                "a picture",
+                "--reference",
+                str(tmp_path / "ref.png"),
+                "--negative-reference",
+                str(tmp_path / "clean.png"),
+                "--init-image",
+                str(tmp_path / "clean.png"),
+                "--strength",
+                "0.5",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads((out / "0000.json").read_text())
     assert sidecar["reference_files"] == [str(tmp_path / "ref.png")] and sidecar["strength"] == 0.5
-    assert main(["generate", "--base", str(world / "sd"), "--adapter", str(adapter_dir), "--prompt", "x",
-                 "--quality", "noise=p50", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                str(world / "sd"),
+                "--adapter",
+                str(adapter_dir),
+                "--prompt",
+                "x",
+                "--quality",
+                "noise=p50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
 
 
 def test_relative_metric_paths_resolve_against_the_adapter_folder(tmp_path):

@@ -22,8 +22,11 @@ def test_the_shipped_world_is_complete_small_and_holds_no_pickles():
 
 def test_the_shipped_records_hold_no_path_of_the_building_machine(capsys):
     world = shipped_world()
-    texts = {path.relative_to(world.root): path.read_text() for path in world.root.rglob("*.json")
-             if path.name != "tokenizer.json"}  # the vocabulary holds "/" as a token
+    texts = {
+        path.relative_to(world.root): path.read_text()
+        for path in world.root.rglob("*.json")
+        if path.name != "tokenizer.json"
+    }  # the vocabulary holds "/" as a token
     assert not [name for name, text in texts.items() if '"/' in text or ":/" in text or "/work/" in text]
     assert main(["info", "--adapter", str(world.adapter)]) == 0
     assert f"base model: ../base (= {world.base.resolve()})" in capsys.readouterr().out
@@ -39,8 +42,22 @@ def test_the_shipped_adapter_carries_its_metrics_statistics_and_default_targets(
 
 def test_generate_needs_only_a_prompt_and_one_target(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["generate", "--prompt", "a large red circle on the left on a plain blue background",
-                 "--quality", "loda=p99", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--prompt",
+                "a large red circle on the left on a plain blue background",
+                "--quality",
+                "loda=p99",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "embedded toy world" in capsys.readouterr().out
     sidecar = json.loads((out / "0000.json").read_text())
     assert sidecar["quality"] == {"loda": "p99", "niqe": "p50"} and sidecar["steps"] == 20  # niqe: default target

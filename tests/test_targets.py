@@ -20,8 +20,9 @@ def test_percentile_z_and_raw_targets_by_hand():
 
 
 def test_lower_is_better_percentiles_are_in_quality_order():
-    piqe = MetricStats("piqe", mean=40.0, std=10.0, percentiles={1.0: 10.0, 50.0: 40.0, 99.0: 80.0},
-                       higher_is_better=False)
+    piqe = MetricStats(
+        "piqe", mean=40.0, std=10.0, percentiles={1.0: 10.0, 50.0: 40.0, 99.0: 80.0}, higher_is_better=False
+    )
     # p99 quality = better than 99 % of images = the raw 1st percentile of a lower-is-better metric
     assert target_to_z("p99", piqe) == pytest.approx((10.0 - 40.0) / 10.0)
     assert target_to_z("p1", piqe) == pytest.approx((80.0 - 40.0) / 10.0)
@@ -47,13 +48,16 @@ def test_stats_from_scores_and_table_round_trip(tmp_path):
         load_stats_table(bad)
 
 
-@pytest.mark.parametrize("target, message", [
-    ("p100", "valid percentiles are p1 to p99"),
-    ("p0.5", "outside the adapter's table"),
-    ("best", "write p<percentile>"),
-    ("pxx", "write p<percentile>"),
-    ("nan", "not a finite number"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("p100", "valid percentiles are p1 to p99"),
+        ("p0.5", "outside the adapter's table"),
+        ("best", "write p<percentile>"),
+        ("pxx", "write p<percentile>"),
+        ("nan", "not a finite number"),
+    ],
+)
 def test_bad_targets_explain_what_is_valid(target, message):
     with pytest.raises(QualityTargetError, match=message):
         target_to_z(target, two_metrics()[0])
@@ -77,8 +81,10 @@ def test_cli_assignment_parsing():
 def test_default_targets_fill_the_metrics_a_call_leaves_out():
     from iqa_adapter.targets import targets_to_z
 
-    metrics = [MetricStats("a", mean=0.0, std=1.0, percentiles={50.0: 0.5}),
-               MetricStats("b", mean=0.0, std=2.0, percentiles={50.0: 1.0})]
+    metrics = [
+        MetricStats("a", mean=0.0, std=1.0, percentiles={50.0: 0.5}),
+        MetricStats("b", mean=0.0, std=2.0, percentiles={50.0: 1.0}),
+    ]
     assert targets_to_z({"a": "z1.0"}, metrics, {"b": "p50"}) == [1.0, 0.5]
     assert targets_to_z({"a": "z1.0", "b": "z3.0"}, metrics, {"b": "p50"}) == [1.0, 3.0]
     with pytest.raises(QualityTargetError, match="missing quality target for 'b'"):

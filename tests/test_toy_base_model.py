@@ -10,9 +10,18 @@ from iqa_adapter.toy.base_model import PIPELINE_DIR, Stage, ToyBaseConfig, run_s
 from iqa_adapter.toy.scenes import render_scene, scene_for
 from iqa_adapter.toy.tokenizer import toy_tokenizer
 
-MINIATURE = ToyBaseConfig(vae_channels=(8, 8), unet_channels=(8, 16), attention_head_dim=2, text_width=16,
-                          text_layers=1, vae_steps=2, vae_batch_size=4, unet_steps=3, unet_batch_size=4,
-                          warmup_steps=1)
+MINIATURE = ToyBaseConfig(
+    vae_channels=(8, 8),
+    unet_channels=(8, 16),
+    attention_head_dim=2,
+    text_width=16,
+    text_layers=1,
+    vae_steps=2,
+    vae_batch_size=4,
+    unet_steps=3,
+    unet_batch_size=4,
+    warmup_steps=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,12 @@ def test_the_saved_pipeline_loads_with_plain_diffusers_and_generates(trained):
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.beta_schedule == "linear"
     assert any(name.endswith("attn2.processor") for name in pipe.unet.attn_processors), "cross-attention layers"
     pipe.set_progress_bar_config(disable=True)
-    image = pipe("a red circle on a blue background", num_inference_steps=2, guidance_scale=4.0,
-                 generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipe(
+        "a red circle on a blue background",
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert image.size == (32, 32)
     index = json.loads((out / PIPELINE_DIR / "model_index.json").read_text())
     assert index["requires_safety_checker"] is False
@@ -43,8 +56,12 @@ def test_the_saved_pipeline_loads_with_plain_diffusers_and_generates(trained):
 def test_storage_dtypes(trained):
     out, _, _, _ = trained
     for component, dtype in (("unet", "F16"), ("vae", "F16"), ("text_encoder", "F32")):
-        path = out / PIPELINE_DIR / component / ("model.safetensors" if component == "text_encoder"
-                                                 else "diffusion_pytorch_model.safetensors")
+        path = (
+            out
+            / PIPELINE_DIR
+            / component
+            / ("model.safetensors" if component == "text_encoder" else "diffusion_pytorch_model.safetensors")
+        )
         with safe_open(path, "np") as handle:
             assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {dtype}, component  # noqa: SIM118
 
@@ -64,8 +81,9 @@ def test_a_finished_run_is_resumed_not_retrained(trained):
     for first, second in zip(pipe.unet.parameters(), again.unet.parameters()):
         assert torch.equal(first, second)
     with pytest.raises(ValueError, match="other settings"):
-        train_base_model(images, captions, out, ToyBaseConfig(**{**MINIATURE.to_dict(), "caption_dropout": 0.5}),
-                         progress=False)
+        train_base_model(
+            images, captions, out, ToyBaseConfig(**{**MINIATURE.to_dict(), "caption_dropout": 0.5}), progress=False
+        )
 
 
 def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path):
@@ -83,8 +101,7 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path):
             batch = data[torch.randint(len(data), (8,), generator=generator)]
             return (model(batch) - batch.sum(dim=1, keepdim=True)).pow(2).mean()
 
-        return Stage("test", {"model": model}, loss, steps=10, lr=0.1, warmup_steps=2, weight_decay=0.0,
-                     ema_decay=0.9)
+        return Stage("test", {"model": model}, loss, steps=10, lr=0.1, warmup_steps=2, weight_decay=0.0, ema_decay=0.9)
 
     straight = stage()
     run_stage(straight, tmp_path / "straight.pt", seed=1, checkpoint_every=3, progress=False)
@@ -111,8 +128,14 @@ def test_an_iqa_adapter_attaches_to_the_toy_base(trained):
     pipe.set_progress_bar_config(disable=True)
 
     def latents(**kwargs):
-        return pipe("a red circle", num_inference_steps=2, guidance_scale=4.0, output_type="latent",
-                    generator=torch.Generator().manual_seed(0), **kwargs).images
+        return pipe(
+            "a red circle",
+            num_inference_steps=2,
+            guidance_scale=4.0,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        ).images
 
     base = latents()
     adapter = IQAAdapter.for_unet(pipe, two_metrics(), seed=1).attach(pipe)
@@ -129,8 +152,9 @@ def test_an_iqa_adapter_attaches_to_the_toy_base(trained):
 def test_both_prediction_types_train_and_others_are_refused(tmp_path):
     scenes = [scene_for(1, index) for index in range(4)]
     images = torch.from_numpy(np.stack([render_scene(scene) for scene in scenes])).permute(0, 3, 1, 2).contiguous()
-    config = ToyBaseConfig(**{**MINIATURE.to_dict(), "prediction_type": "epsilon", "pooled_text": False,
-                              "unet_steps": 1, "vae_steps": 1})
+    config = ToyBaseConfig(
+        **{**MINIATURE.to_dict(), "prediction_type": "epsilon", "pooled_text": False, "unet_steps": 1, "vae_steps": 1}
+    )
     pipe = train_base_model(images, [scene.caption for scene in scenes], tmp_path, config, progress=False)
     assert pipe.scheduler.config.prediction_type == "epsilon" and pipe.unet.config.addition_embed_type is None
     with pytest.raises(ValueError, match="prediction_type must be one of"):
@@ -150,6 +174,7 @@ def test_without_top_attention_the_full_resolution_level_only_convolves():
     cross = [name for name in cheaper.unet.attn_processors if "attn2" in name]
     assert 0 < len(cross) < len([name for name in full.unet.attn_processors if "attn2" in name])
     adapter = IQAAdapter.for_unet(cheaper, two_metrics(), seed=0)
-    image = generate(cheaper, adapter, ["a red circle"], dict.fromkeys(adapter.metric_names, "p99"), steps=2,
-                     progress=False)[0].image
+    image = generate(
+        cheaper, adapter, ["a red circle"], dict.fromkeys(adapter.metric_names, "p99"), steps=2, progress=False
+    )[0].image
     assert image.size == (32, 32)

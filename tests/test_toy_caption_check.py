@@ -23,7 +23,9 @@ def test_rendered_scenes_read_back_as_their_captions():
 def test_a_wrong_object_is_read_as_wrong():
     scene = single_scenes(1)[0]
     item = scene.objects[0]
-    other_colour = next(name for name in ("red", "blue", "yellow") if name not in (item.colour, scene.background.colour))
+    other_colour = next(
+        name for name in ("red", "blue", "yellow") if name not in (item.colour, scene.background.colour)
+    )
     other_shape = "ring" if item.shape != "ring" else "square"
     moved = dataclasses.replace(item, colour=other_colour, shape=other_shape, x=1 - item.x, y=1 - item.y)
     image = render_scene(dataclasses.replace(scene, objects=(moved,)))
@@ -36,8 +38,9 @@ def test_a_wrong_object_is_read_as_wrong():
 
 def test_the_background_colour_is_read_from_the_image():
     scene = single_scenes(1)[0]
-    other = next(name for name in ("red", "blue", "green") if name not in (scene.background.colour,
-                                                                       scene.objects[0].colour))
+    other = next(
+        name for name in ("red", "blue", "green") if name not in (scene.background.colour, scene.objects[0].colour)
+    )
     recoloured = dataclasses.replace(scene, background=dataclasses.replace(scene.background, colour=other))
     assert read_object(render_scene(scene), scene.background).background == scene.background.colour
     assert read_object(render_scene(recoloured), scene.background).background == other

@@ -8,17 +8,54 @@ from test_toy_base_model import MINIATURE
 
 def test_make_data_train_base_evaluate_base(tmp_path, capsys):
     data, run, report = tmp_path / "data", tmp_path / "run", tmp_path / "report"
-    assert main(["toy", "make-data", "--out", str(data), "--num-images", "8", "--format", "shards",
-                 "--shard-size", "4"]) == 0
+    assert (
+        main(["toy", "make-data", "--out", str(data), "--num-images", "8", "--format", "shards", "--shard-size", "4"])
+        == 0
+    )
     assert sorted(path.name for path in data.glob("*.tar")) == ["00000.tar", "00001.tar"]
     config = tmp_path / "config.json"
     config.write_text(json.dumps(MINIATURE.to_dict()))
-    assert main(["toy", "train-base", "--data", str(data), "--out", str(run), "--config", str(config),
-                 "--unet-steps", "2", "--frozen-text-encoder"]) == 0
+    assert (
+        main(
+            [
+                "toy",
+                "train-base",
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--config",
+                str(config),
+                "--unet-steps",
+                "2",
+                "--frozen-text-encoder",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((run / "toy_base_config.json").read_text())
     assert saved["unet_steps"] == 2 and saved["train_text_encoder"] is False
-    assert main(["toy", "evaluate-base", "--pipeline", str(run / "pipeline"), "--out", str(report), "--count", "3",
-                 "--steps", "2", "--vae-images", "4", "--seeds", "2"]) == 0
+    assert (
+        main(
+            [
+                "toy",
+                "evaluate-base",
+                "--pipeline",
+                str(run / "pipeline"),
+                "--out",
+                str(report),
+                "--count",
+                "3",
+                "--steps",
+                "2",
+                "--vae-images",
+                "4",
+                "--seeds",
+                "2",
+            ]
+        )
+        == 0
+    )
     result = json.loads((report / "report.json").read_text())
     assert set(result["vae_psnr"]["per_family"]) >= {"gaussian_noise", "jpeg", "gaussian_blur"}
     assert result["caption_following"]["generated"]["images"] == 3

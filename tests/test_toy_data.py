@@ -21,8 +21,11 @@ def test_folder_and_shards_hold_the_same_samples(folder, tmp_path):
     assert sorted(path.name for path in shards.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     from_folder, from_shards = list(open_dataset(str(folder))), list(open_dataset(str(shards)))
     assert [s.key for s in from_folder] == [s.key for s in from_shards] == [f"{i:09d}" for i in range(24)]
-    assert [s.caption for s in from_folder] == [s.caption for s in from_shards] == \
-        [scene_for(7, i).caption for i in range(24)]
+    assert (
+        [s.caption for s in from_folder]
+        == [s.caption for s in from_shards]
+        == [scene_for(7, i).caption for i in range(24)]
+    )
     for a, b in zip(from_folder, from_shards):
         assert torch.equal(load_image(a, None).image, load_image(b, None).image)
 

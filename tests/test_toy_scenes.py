@@ -65,8 +65,11 @@ def test_scene_dict_round_trip():
 
 @pytest.mark.parametrize("size", [32, 48, 64])
 def test_render_size_and_light_antialiasing(size):
-    scene = Scene((ToyObject("circle", "red", "large", "centre", 0.5, 0.5, 0.3),),
-                  scene_for(0, 2, kind="single").background.__class__("plain", "blue"), "a red circle")
+    scene = Scene(
+        (ToyObject("circle", "red", "large", "centre", 0.5, 0.5, 0.3),),
+        scene_for(0, 2, kind="single").background.__class__("plain", "blue"),
+        "a red circle",
+    )
     image = render_scene(scene, size)
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
     assert tuple(image[size // 2, size // 2]) == COLOURS["red"]

@@ -71,9 +71,21 @@ def world(tmp_path_factory):
 
 
 def config(world: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(base=str(world / "sd"), data=str(world / "data"), scores=str(world / "scores"),
-                    metrics=["noise", "colorfulness"], out=str(out), resolution=32, batch_size=4, max_steps=3,
-                    checkpoint_every=100, num_workers=0, learning_rate=1e-3, progress=False, log_every=1)
+    settings = dict(
+        base=str(world / "sd"),
+        data=str(world / "data"),
+        scores=str(world / "scores"),
+        metrics=["noise", "colorfulness"],
+        out=str(out),
+        resolution=32,
+        batch_size=4,
+        max_steps=3,
+        checkpoint_every=100,
+        num_workers=0,
+        learning_rate=1e-3,
+        progress=False,
+        log_every=1,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -120,8 +132,9 @@ def test_transform_crops_and_records_micro_conditioning():
     pixels, crop = ImageTransform(20, "center")(image)
     assert pixels.shape == (3, 20, 20) and pixels.min() >= -1 and pixels.max() <= 1
     assert crop.original_size == (40, 60) and crop.crop_top_left == (0, 5)
-    crops = {ImageTransform(20, "random")(image, torch.Generator().manual_seed(seed))[1].crop_top_left
-             for seed in range(20)}
+    crops = {
+        ImageTransform(20, "random")(image, torch.Generator().manual_seed(seed))[1].crop_top_left for seed in range(20)
+    }
     assert len(crops) > 3 and all(top == 0 and 0 <= left <= 10 for top, left in crops)
 
 
@@ -138,12 +151,22 @@ def test_defaults_follow_the_official_training_recipe(world, tmp_path):
     """Adapter scale 1.0 while training (0.5 only for validation images), no clipping, latents from a float32 VAE."""
     from iqa_adapter.training.trainer import Trainer
 
-    settings = config(world, tmp_path / "run", max_steps=2, mixed_precision="bf16", validation_every=1,
-                      validation_prompts=["a picture number 1"], validation_steps=1)
+    settings = config(
+        world,
+        tmp_path / "run",
+        max_steps=2,
+        mixed_precision="bf16",
+        validation_every=1,
+        validation_prompts=["a picture number 1"],
+        validation_steps=1,
+    )
     assert settings.max_grad_norm is None and settings.train_scale == 1.0
     trainer = Trainer(settings)
-    scales = {tuple(processor.scale) for processor in trainer.pipe.unet.attn_processors.values()
-              if hasattr(processor, "to_k_ip")}
+    scales = {
+        tuple(processor.scale)
+        for processor in trainer.pipe.unet.attn_processors.values()
+        if hasattr(processor, "to_k_ip")
+    }
     assert scales == {(1.0,)} and trainer.pipe.vae.dtype == torch.float32 and trainer.pipe.unet.dtype == torch.bfloat16
     result = trainer.run()  # validates (at the inference scale) after each step
     assert {tuple(p.scale) for p in trainer.pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")} <= {(1.0,)}
@@ -161,14 +184,20 @@ def test_condition_drops_follow_the_official_rates(world, tmp_path):
     settings = config(world, tmp_path, drop_quality=0.1, drop_text=0.2, drop_both=0.05)
     draws = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
     quality, text = condition_drops(draws, settings)
-    only_quality, only_text, both = (quality & ~text).float().mean(), (text & ~quality).float().mean(), (quality & text).float().mean()
+    only_quality, only_text, both = (
+        (quality & ~text).float().mean(),
+        (text & ~quality).float().mean(),
+        (quality & text).float().mean(),
+    )
     assert abs(only_quality - 0.1) < 0.005 and abs(only_text - 0.2) < 0.005 and abs(both - 0.05) < 0.005
 
 
 def test_learning_rate_schedules(world, tmp_path):
     cosine = config(world, tmp_path, lr_schedule="cosine", warmup_steps=2, max_steps=12)
     assert [learning_rate_factor(cosine, step) for step in (0, 1, 2)] == [0.5, 1.0, 1.0]
-    assert learning_rate_factor(cosine, 7) == pytest.approx(0.5) and learning_rate_factor(cosine, 12) == pytest.approx(0)
+    assert learning_rate_factor(cosine, 7) == pytest.approx(0.5) and learning_rate_factor(cosine, 12) == pytest.approx(
+        0
+    )
     linear = replace(cosine, lr_schedule="linear")
     assert learning_rate_factor(linear, 7) == pytest.approx(0.5)
     assert learning_rate_factor(replace(cosine, lr_schedule="constant"), 11) == 1.0
@@ -197,8 +226,9 @@ def test_targets_and_text_conditions(world, arch):
 
 
 def test_training_changes_only_the_adapter_and_exports_it(world, tmp_path):
-    settings = config(world, tmp_path / "run", validation_every=3, validation_prompts=["a picture number 1"],
-                      validation_steps=2)
+    settings = config(
+        world, tmp_path / "run", validation_every=3, validation_prompts=["a picture number 1"], validation_steps=2
+    )
     before = {name: value.clone() for name, value in tiny_sd_pipeline(seed=0).unet.state_dict().items()}
     result = train(settings)
     assert result.steps == 3 and result.adapter_dir == tmp_path / "run" / "adapter" and np.isfinite(result.final_loss)
@@ -218,7 +248,9 @@ def test_training_changes_only_the_adapter_and_exports_it(world, tmp_path):
     scores = pd.read_parquet(world / "scores" / "scores.parquet")
     noise = adapter.config.metrics[0]
     assert noise.name == "noise" and noise.higher_is_better is False  # direction from the metric registry
-    assert noise.mean == pytest.approx(scores["noise"].mean()) and noise.std == pytest.approx(scores["noise"].std(ddof=0))
+    assert noise.mean == pytest.approx(scores["noise"].mean()) and noise.std == pytest.approx(
+        scores["noise"].std(ddof=0)
+    )
     assert noise.percentiles[50.0] == pytest.approx(scores["noise"].median())
 
     out = tmp_path / "run"
@@ -236,22 +268,34 @@ def test_ema_weights_are_exported(world, tmp_path):
     result = train(config(world, tmp_path / "ema", max_steps=1, ema_decay=0.9))
     trained = adapter_weights(tmp_path / "ema" / "checkpoints" / "step_00000001" / "adapter")
     exported = adapter_weights(result.adapter_dir)
-    initial = IQAAdapter.for_unet(tiny_sd_pipeline(seed=0), IQAAdapter.from_pretrained(result.adapter_dir).config.metrics,
-                                  seed=0).state_dict()
+    initial = IQAAdapter.for_unet(
+        tiny_sd_pipeline(seed=0), IQAAdapter.from_pretrained(result.adapter_dir).config.metrics, seed=0
+    ).state_dict()
     for name, value in exported.items():
         torch.testing.assert_close(value, 0.9 * initial[name] + 0.1 * trained[name])
 
 
 def test_sdxl_training_with_accumulation_and_bf16(world, tmp_path):
-    result = train(config(world, tmp_path / "xl", base=str(world / "sdxl"), batch_size=2, gradient_accumulation=2,
-                          mixed_precision="bf16", gradient_checkpointing=True, max_steps=2))
+    result = train(
+        config(
+            world,
+            tmp_path / "xl",
+            base=str(world / "sdxl"),
+            batch_size=2,
+            gradient_accumulation=2,
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            max_steps=2,
+        )
+    )
     assert np.isfinite(result.final_loss)
     assert all(value.dtype == torch.float32 for value in adapter_weights(result.adapter_dir).values())
 
 
 def test_v_prediction_and_mlp_projection_run(world, tmp_path):
-    result = train(config(world, tmp_path / "v", base=str(world / "sd_v"), projection="mlp", encoding_frequencies=2,
-                          max_steps=2))
+    result = train(
+        config(world, tmp_path / "v", base=str(world / "sd_v"), projection="mlp", encoding_frequencies=2, max_steps=2)
+    )
     adapter = IQAAdapter.from_pretrained(result.adapter_dir)
     assert adapter.config.projection == "mlp" and adapter.config.encoding_frequencies == 2
 
@@ -269,14 +313,18 @@ def test_cache_is_built_once_reused_and_matches_on_the_fly_training(world, tmp_p
     # two runs, and Adam's sign-like first steps would turn that float noise in near-zero gradients into lr-sized
     # differences (as in the DDP test)
     plain = train(config(world, tmp_path / "plain", scores=readable, adam_epsilon=1e-3))
-    cached = train(config(world, tmp_path / "cached", scores=readable, cache_dir=str(cache), cache_dtype="float32",
-                          adam_epsilon=1e-3))
+    cached = train(
+        config(
+            world, tmp_path / "cached", scores=readable, cache_dir=str(cache), cache_dtype="float32", adam_epsilon=1e-3
+        )
+    )
     assert_same_weights(plain.adapter_dir, cached.adapter_dir, atol=1e-5)
     shards = sorted((cache / "shards").glob("shard_*.safetensors"))
     assert shards and cached.skipped_images == 1  # the corrupt image, left out of the cache and counted
     mtimes = [path.stat().st_mtime_ns for path in shards]
-    again = train(config(world, tmp_path / "again", cache_dir=str(cache), cache_dtype="float32",
-                         metrics=["colorfulness"]))
+    again = train(
+        config(world, tmp_path / "again", cache_dir=str(cache), cache_dtype="float32", metrics=["colorfulness"])
+    )
     assert [path.stat().st_mtime_ns for path in shards] == mtimes  # reused, whatever the metrics
     assert IQAAdapter.from_pretrained(again.adapter_dir).metric_names == ["colorfulness"]
     with pytest.raises(ValueError, match="random crops"):
@@ -303,11 +351,22 @@ def test_cache_build_resumes_only_missing_shards(world, tmp_path):
 
 def test_second_stage_starts_from_an_adapter(world, tmp_path):
     first = train(config(world, tmp_path / "stage1"))
-    frozen = train(config(world, tmp_path / "stage2", init_adapter=str(first.adapter_dir), stats_from="init",
-                          learning_rate=0.0, weight_decay=0.0, resolution=40))
+    frozen = train(
+        config(
+            world,
+            tmp_path / "stage2",
+            init_adapter=str(first.adapter_dir),
+            stats_from="init",
+            learning_rate=0.0,
+            weight_decay=0.0,
+            resolution=40,
+        )
+    )
     assert_same_weights(first.adapter_dir, frozen.adapter_dir)  # lr 0: the stage-1 weights, carried over
-    assert (IQAAdapter.from_pretrained(frozen.adapter_dir).config.metrics
-            == IQAAdapter.from_pretrained(first.adapter_dir).config.metrics)
+    assert (
+        IQAAdapter.from_pretrained(frozen.adapter_dir).config.metrics
+        == IQAAdapter.from_pretrained(first.adapter_dir).config.metrics
+    )
     with pytest.raises(ValueError, match="same condition"):
         train(config(world, tmp_path / "stage2b", init_adapter=str(first.adapter_dir), metrics=["colorfulness"]))
 
@@ -329,9 +388,30 @@ def test_the_readme_resume_workflow_works_with_relative_paths(world, tmp_path, m
     from iqa_adapter.cli import main
 
     monkeypatch.chdir(tmp_path)
-    command = ["train", "--base", str(world / "sd"), "--data", str(world / "data"), "--scores", str(world / "scores"),
-               "--metrics", "noise,colorfulness", "--resolution", "32", "--batch-size", "4", "--workers", "0",
-               "--checkpoint-every", "1", "--no-progress", "--out", "runs/stage1", "--cache-dir", "runs/cache"]
+    command = [
+        "train",
+        "--base",
+        str(world / "sd"),
+        "--data",
+        str(world / "data"),
+        "--scores",
+        str(world / "scores"),
+        "--metrics",
+        "noise,colorfulness",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--out",
+        "runs/stage1",
+        "--cache-dir",
+        "runs/cache",
+    ]
     assert main(command + ["--max-steps", "2"]) == 0
     assert main(command + ["--max-steps", "4", "--resume", "latest"]) == 0
     assert [path.name for path in list_checkpoints(tmp_path / "runs" / "stage1")][-1] == "step_00000004"
@@ -353,21 +433,60 @@ def test_errors_name_the_problem(world, tmp_path):
 
 
 def cli_command(world: Path, out: Path, *extra: str) -> list[str]:
-    return ["-m", "iqa_adapter", "train", "--base", str(world / "sd"), "--data", str(world / "data"), "--scores",
-            str(world / "scores"), "--metrics", "noise,colorfulness", "--out", str(out), "--resolution", "32",
-            "--workers", "0", "--learning-rate", "1e-3", "--no-progress", *extra]
+    return [
+        "-m",
+        "iqa_adapter",
+        "train",
+        "--base",
+        str(world / "sd"),
+        "--data",
+        str(world / "data"),
+        "--scores",
+        str(world / "scores"),
+        "--metrics",
+        "noise,colorfulness",
+        "--out",
+        str(out),
+        "--resolution",
+        "32",
+        "--workers",
+        "0",
+        "--learning-rate",
+        "1e-3",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(world, tmp_path):
-    steps = ["--max-steps", "24", "--batch-size", "4", "--checkpoint-every", "4", "--checkpoints-total-limit", "0",
-             "--log-every", "1"]
+    steps = [
+        "--max-steps",
+        "24",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "4",
+        "--checkpoints-total-limit",
+        "0",
+        "--log-every",
+        "1",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *cli_command(world, tmp_path / "straight", *steps)], check=True, env=environment,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, *cli_command(world, tmp_path / "straight", *steps)],
+        check=True,
+        env=environment,
+        capture_output=True,
+    )
 
     out = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, *cli_command(world, out, *steps)], env=environment,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, *cli_command(world, out, *steps)],
+        env=environment,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 300
     while not list_checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -375,8 +494,12 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(world, tmp_pa
     process.wait()
     assert list_checkpoints(out) and not (out / "adapter").exists(), process.stderr.read().decode()[-2000:]
 
-    subprocess.run([sys.executable, *cli_command(world, out, *steps, "--resume", "latest")], check=True,
-                   env=environment, capture_output=True)
+    subprocess.run(
+        [sys.executable, *cli_command(world, out, *steps, "--resume", "latest")],
+        check=True,
+        env=environment,
+        capture_output=True,
+    )
     assert_same_weights(tmp_path / "straight" / "adapter", out / "adapter", atol=1e-6)
     assert pd.read_csv(out / "logs" / "train_log.csv")["step"].tolist() == list(range(1, 25))  # no step twice
 
@@ -394,9 +517,24 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     # gradient averaging, not that amplification.
     steps = ["--max-steps", "3", "--checkpoint-every", "100", "--adam-epsilon", "1e-3"]
     single = train(config(world, tmp_path / "single", batch_size=4, max_steps=3, adam_epsilon=1e-3))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port())]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+    ]
     command = launch + cli_command(world, tmp_path / "multi", *steps, "--batch-size", "2")
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)

@@ -77,8 +77,7 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
     return layers
 
 
-def _adapter_files(name_or_path: str | os.PathLike, revision: str | None,
-                   subfolder: str | None) -> tuple[Path, Path]:
+def _adapter_files(name_or_path: str | os.PathLike, revision: str | None, subfolder: str | None) -> tuple[Path, Path]:
     """The folder that holds an adapter's config and the path of its weights: a local folder as it is, a hub id
     downloaded (or read from the cache)."""
     if is_local(name_or_path):
@@ -185,8 +184,15 @@ class IQAAdapter(nn.Module):
         atomic_write(directory / CONFIG_NAME, lambda path: self.config.save_to_file(path))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        subfolder: str | None = None, device=None, dtype=None) -> IQAAdapter:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        device=None,
+        dtype=None,
+    ) -> IQAAdapter:
         """Load an adapter written by :meth:`save_pretrained` (safetensors only): a local folder, or a hub id
         (``org/name``, at ``revision``) whose ``subfolder`` holds the files, through huggingface_hub's download
         and cache (``HF_HUB_OFFLINE`` and an unreachable Hub read the cache alone)."""
@@ -200,8 +206,9 @@ class IQAAdapter(nn.Module):
         try:
             missing, unexpected = adapter.load_state_dict(state, strict=False)
         except RuntimeError as error:  # tensor shapes that differ from the config's
-            raise ValueError(f"{weights} does not match {directory / CONFIG_NAME}: "
-                             f"{' '.join(str(error).split())[:300]}") from None
+            raise ValueError(
+                f"{weights} does not match {directory / CONFIG_NAME}: {' '.join(str(error).split())[:300]}"
+            ) from None
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not match {directory / CONFIG_NAME}: missing {sorted(missing)[:5]}, "
@@ -210,17 +217,26 @@ class IQAAdapter(nn.Module):
         return adapter.to(device=device, dtype=dtype)
 
     @classmethod
-    def from_official(cls, checkpoint: str | os.PathLike, base, metrics: Sequence[str] | None = None,
-                      **options) -> IQAAdapter:
+    def from_official(
+        cls, checkpoint: str | os.PathLike, base, metrics: Sequence[str] | None = None, **options
+    ) -> IQAAdapter:
         """An official IQA-Adapter checkpoint (a local file, or a hub repository with ``weight_name=``), its
         metrics named or read from the file name: see :func:`iqa_adapter.convert.from_official`."""
         from .convert import from_official
 
         return from_official(checkpoint, base, metrics, **options)
 
-    def push_to_hub(self, repo_id: str, *, evaluation: Mapping | None = None, private: bool | None = None,
-                    token: str | None = None, revision: str | None = None, license: str | None = None,
-                    commit_message: str = "Upload IQA-Adapter") -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        evaluation: Mapping | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        license: str | None = None,
+        commit_message: str = "Upload IQA-Adapter",
+    ) -> str:
         """Upload ``config.json``, ``adapter.safetensors`` and a model card (``README.md``: base model, metrics
         and their statistics, training recipe, scale and target conventions, usage, and the figures of an
         ``evaluate`` report when ``evaluation`` is given) to the hub model repository ``repo_id``, created
@@ -231,8 +247,15 @@ class IQAAdapter(nn.Module):
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
             files = {name: Path(folder) / name for name in (CONFIG_NAME, WEIGHTS_NAME)}
-            return upload_files(repo_id, {**files, "README.md": card.encode()}, what="the adapter", token=token,
-                                private=private, revision=revision, commit_message=commit_message)
+            return upload_files(
+                repo_id,
+                {**files, "README.md": card.encode()},
+                what="the adapter",
+                token=token,
+                private=private,
+                revision=revision,
+                commit_message=commit_message,
+            )
 
     # ------------------------------------------------------------------ attaching to a UNet
     def _check_compatible(self, unet: nn.Module) -> None:
@@ -286,8 +309,10 @@ class IQAAdapter(nn.Module):
         except Exception:
             slots.remove(self)
             raise
-        self._attachment = {"unet": unet,
-                            "hook": unet.register_forward_pre_hook(self._route_quality_embeds, with_kwargs=True)}
+        self._attachment = {
+            "unet": unet,
+            "hook": unet.register_forward_pre_hook(self._route_quality_embeds, with_kwargs=True),
+        }
         self.set_scale(self.scale)
         return self
 
@@ -329,8 +354,10 @@ class IQAAdapter(nn.Module):
             return None
         slot, embeds = self.slot, list(added["image_embeds"])
         if len(embeds) != AdapterSlots.of(unet).count:
-            raise ValueError(f"the UNet got {len(embeds)} ip_adapter_image_embeds for its {AdapterSlots.of(unet).count} "
-                             "IP-Adapter slots: pass one per slot, in slot order (adapter.slot tells an adapter's)")
+            raise ValueError(
+                f"the UNet got {len(embeds)} ip_adapter_image_embeds for its {AdapterSlots.of(unet).count} "
+                "IP-Adapter slots: pass one per slot, in slot order (adapter.slot tells an adapter's)"
+            )
         batch = (args[0] if args else kwargs["sample"]).shape[0]
         if self._per_image_embeds is not None:
             rows = self._per_image_embeds
@@ -362,13 +389,15 @@ class IQAAdapter(nn.Module):
             self._per_image_embeds = None
 
     @staticmethod
-    def pipeline_placeholder(embeds: list[torch.Tensor], do_classifier_free_guidance: bool = True) -> list[torch.Tensor]:
+    def pipeline_placeholder(
+        embeds: list[torch.Tensor], do_classifier_free_guidance: bool = True
+    ) -> list[torch.Tensor]:
         """One row per CFG half of ``embeds``: what a pipeline must receive so that, after it repeats the
         rows per image, the batch matches the rows installed by :meth:`per_image_embeds`."""
         rows = embeds[0]
         if do_classifier_free_guidance:
             half = rows.shape[0] // 2
-            return [torch.cat([rows[:1], rows[half:half + 1]])]
+            return [torch.cat([rows[:1], rows[half : half + 1]])]
         return [rows[:1]]
 
     # ------------------------------------------------------------------ quality conditions
@@ -378,8 +407,9 @@ class IQAAdapter(nn.Module):
 
     def z_scores(self, targets: Mapping[str, QualityTarget]) -> torch.Tensor:
         """Z-scores (D,) for a mapping ``{metric: "p99" | "z2.0" | raw value}`` covering every metric."""
-        return torch.tensor(targets_to_z(targets, self.config.metrics, self.config.default_targets),
-                            dtype=torch.float32)
+        return torch.tensor(
+            targets_to_z(targets, self.config.metrics, self.config.default_targets), dtype=torch.float32
+        )
 
     def complete_targets(self, targets: Mapping[str, QualityTarget]) -> dict[str, QualityTarget]:
         """``targets`` with the config's default targets for the metrics they do not name."""
@@ -390,8 +420,11 @@ class IQAAdapter(nn.Module):
         flag and sinusoidal encoding applied."""
         values = torch.as_tensor(values, dtype=torch.float32)
         if values.shape[-1] != self.config.condition_dim:
-            what = (f"z-scores ({', '.join(self.metric_names)})" if self.config.condition == "scores"
-                    else "reference features")
+            what = (
+                f"z-scores ({', '.join(self.metric_names)})"
+                if self.config.condition == "scores"
+                else "reference features"
+            )
             raise ValueError(f"expected {self.config.condition_dim} {what}, got shape {tuple(values.shape)}")
         if self.config.condition == "reference":
             values = (values - self.feature_mean.float().to(values.device)) / self.feature_std.float().to(values.device)
@@ -401,8 +434,9 @@ class IQAAdapter(nn.Module):
         """The dropped condition used in training (all-zero projection input): the plain CFG unconditional input."""
         return torch.zeros(batch_size, self.config.feature_dim)
 
-    def stack_embeds(self, positive: torch.Tensor, negative: torch.Tensor | None = None,
-                     do_classifier_free_guidance: bool = True) -> list[torch.Tensor]:
+    def stack_embeds(
+        self, positive: torch.Tensor, negative: torch.Tensor | None = None, do_classifier_free_guidance: bool = True
+    ) -> list[torch.Tensor]:
         """``ip_adapter_image_embeds`` from projection inputs (B, F): ``[cat([unconditional, conditional])]``
         under CFG, the unconditional half being ``negative`` or, when it is None, the dropped condition."""
         tensors = [positive]
@@ -466,5 +500,7 @@ class IQAAdapter(nn.Module):
         negative = None
         if negative_features is not None:
             negative = torch.as_tensor(negative_features, dtype=torch.float32)
-            negative = self.condition_inputs(negative[None] if negative.ndim == 1 else negative).expand(len(features), -1)
+            negative = self.condition_inputs(negative[None] if negative.ndim == 1 else negative).expand(
+                len(features), -1
+            )
         return self.stack_embeds(self.condition_inputs(features), negative, do_classifier_free_guidance)

@@ -75,10 +75,15 @@ class AnnotationSummary:
     without_statistics: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        lines = [f"scored {self.scored} images into {self.out_dir / SCORES_FILE}; skipped {self.skipped} "
-                 f"(reasons in {self.out_dir / SKIPPED_FILE})"]
-        lines += [f"  {name}: {count} NaN or infinite scores, left out of the statistics (listed in {SKIPPED_FILE})"
-                  for name, count in self.invalid_scores.items() if count]
+        lines = [
+            f"scored {self.scored} images into {self.out_dir / SCORES_FILE}; skipped {self.skipped} "
+            f"(reasons in {self.out_dir / SKIPPED_FILE})"
+        ]
+        lines += [
+            f"  {name}: {count} NaN or infinite scores, left out of the statistics (listed in {SKIPPED_FILE})"
+            for name, count in self.invalid_scores.items()
+            if count
+        ]
         lines += [f"  {name}: fewer than 2 finite scores, no statistics" for name in self.without_statistics]
         return "\n".join(lines)
 
@@ -130,34 +135,63 @@ def annotate(
     metrics = list(metrics)
     metric_options = dict(metric_options or {})
     columns = metric_columns(metrics)
-    _check_arguments(columns, metric_options, batch_size=batch_size, chunk_size=chunk_size, resize=resize,
-                     max_pixels=max_pixels, resize_mode=resize_mode)
+    _check_arguments(
+        columns,
+        metric_options,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        resize=resize,
+        max_pixels=max_pixels,
+        resize_mode=resize_mode,
+    )
     out_dir = Path(out_dir)
     reader = open_dataset(data)
     state = process_state(device)
     device = torch.device(device) if device is not None else state.device
     # built before the job is recorded: a metric that cannot be built (NIQE without params) leaves no job behind
-    models = {column: create_metric(name, device=device, **metric_options.get(column, {})).eval()
-              for column, name in columns.items()}
-    parameters = {"data": str(Path(data).expanduser().absolute()), "metrics": metrics, "resize": resize,
-                  "chunk_size": chunk_size, "metric_options": metric_options}
+    models = {
+        column: create_metric(name, device=device, **metric_options.get(column, {})).eval()
+        for column, name in columns.items()
+    }
+    parameters = {
+        "data": str(Path(data).expanduser().absolute()),
+        "metrics": metrics,
+        "resize": resize,
+        "chunk_size": chunk_size,
+        "metric_options": metric_options,
+    }
     # settings added after the first version are recorded when they differ from their defaults, so that older
     # jobs resume
     if max_pixels != DEFAULT_MAX_PIXELS:
         parameters["max_pixels"] = max_pixels
     if resize_mode != "pil-bicubic":
         parameters["resize_mode"] = resize_mode
-    num_samples = start_or_resume(out_dir / JOB_FILE, json.loads(json.dumps(parameters)),
-                                  functools.partial(count_samples, reader, data), state,
-                                  partial_files=out_dir / CHUNKS_DIR)
+    num_samples = start_or_resume(
+        out_dir / JOB_FILE,
+        json.loads(json.dumps(parameters)),
+        functools.partial(count_samples, reader, data),
+        state,
+        partial_files=out_dir / CHUNKS_DIR,
+    )
     num_chunks, mine = my_unfinished_chunks(num_samples, chunk_size, functools.partial(_chunk_path, out_dir), state)
 
     show = progress and state.is_main_process
     total = sum(min(chunk_size, num_samples - index * chunk_size) for index in mine)
     with tqdm(total=total, unit="img", desc="annotate", disable=not show, dynamic_ncols=True) as bar:
-        _score_chunks(reader, mine, models, out_dir, chunk_size=chunk_size, batch_size=batch_size,
-                      num_workers=num_workers, resize=resize, max_pixels=max_pixels, resize_mode=resize_mode,
-                      device=device, on_batch=bar.update)
+        _score_chunks(
+            reader,
+            mine,
+            models,
+            out_dir,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            resize=resize,
+            max_pixels=max_pixels,
+            resize_mode=resize_mode,
+            device=device,
+            on_batch=bar.update,
+        )
     state.wait_for_everyone()  # every chunk file is written
     if not state.is_main_process:
         return None
@@ -184,8 +218,16 @@ def metric_columns(metrics: Sequence[str]) -> dict[str, str]:
     return columns
 
 
-def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_size: int, chunk_size: int,
-                     resize: int | None, max_pixels: int | None, resize_mode: str) -> None:
+def _check_arguments(
+    columns: dict[str, str],
+    metric_options: dict,
+    *,
+    batch_size: int,
+    chunk_size: int,
+    resize: int | None,
+    max_pixels: int | None,
+    resize_mode: str,
+) -> None:
     if not columns:
         raise ValueError("give at least one metric (`iqa-adapter metrics` lists them)")
     reserved = sorted(set(columns) & {*INFO_COLUMNS, *REPORT_COLUMNS})
@@ -198,8 +240,12 @@ def _check_arguments(columns: dict[str, str], metric_options: dict, *, batch_siz
     unknown = sorted(set(metric_options) - set(columns))
     if unknown:
         raise ValueError(f"metric_options name metrics that are not scored: {', '.join(unknown)}")
-    for name, value in {"batch_size": batch_size, "chunk_size": chunk_size, "resize": resize,
-                        "max_pixels": max_pixels}.items():
+    for name, value in {
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        "resize": resize,
+        "max_pixels": max_pixels,
+    }.items():
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
 
@@ -221,18 +267,37 @@ def collate_by_size(pairs: list[tuple[WorkItem, DecodedImage]]) -> list[ImageGro
     for item, decoded in pairs:
         image = decoded.image
         groups[None if image is None else (tuple(image.shape), image.dtype)].append((item, decoded))
-    return [([(item, replace(decoded, image=None)) for item, decoded in group],
-             None if size is None else torch.stack([decoded.image for _, decoded in group]))
-            for size, group in groups.items()]
+    return [
+        (
+            [(item, replace(decoded, image=None)) for item, decoded in group],
+            None if size is None else torch.stack([decoded.image for _, decoded in group]),
+        )
+        for size, group in groups.items()
+    ]
 
 
-def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[str, QualityMetric], out_dir: Path, *,
-                  chunk_size: int, batch_size: int, num_workers: int, resize: int | None, max_pixels: int | None,
-                  resize_mode: str, device: torch.device, on_batch: Callable[[int], object]) -> None:
+def _score_chunks(
+    reader: ImageTextReader,
+    chunks: Sequence[int],
+    models: dict[str, QualityMetric],
+    out_dir: Path,
+    *,
+    chunk_size: int,
+    batch_size: int,
+    num_workers: int,
+    resize: int | None,
+    max_pixels: int | None,
+    resize_mode: str,
+    device: torch.device,
+    on_batch: Callable[[int], object],
+) -> None:
     """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
-    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize, max_pixels=max_pixels, resize_mode=resize_mode)),
-                        batch_sampler=ChunkBatches(reader, chunks, chunk_size, batch_size),
-                        num_workers=num_workers, collate_fn=collate_by_size)
+    loader = DataLoader(
+        ItemLoader(functools.partial(load_image, resize=resize, max_pixels=max_pixels, resize_mode=resize_mode)),
+        batch_sampler=ChunkBatches(reader, chunks, chunk_size, batch_size),
+        num_workers=num_workers,
+        collate_fn=collate_by_size,
+    )
     metrics = list(models)
 
     def write_chunk(chunk: int, rows: list[dict]) -> None:
@@ -242,12 +307,24 @@ def _score_chunks(reader: ImageTextReader, chunks: Sequence[int], models: dict[s
     writer = ChunkCollector(write_chunk)
     for groups in loader:
         for pairs, images in groups:
-            scores, reasons = ({}, [None] * len(pairs)) if images is None else _score(
-                models, images, device, [item.sample.key for item, _ in pairs])
+            scores, reasons = (
+                ({}, [None] * len(pairs))
+                if images is None
+                else _score(models, images, device, [item.sample.key for item, _ in pairs])
+            )
             for row, (item, decoded) in enumerate(pairs):
-                writer.add(item, {"key": item.sample.key, "caption": item.sample.caption, "width": decoded.width,
-                                  "height": decoded.height, **{name: values[row] for name, values in scores.items()},
-                                  "source": item.sample.source, "reason": decoded.reason or reasons[row]})
+                writer.add(
+                    item,
+                    {
+                        "key": item.sample.key,
+                        "caption": item.sample.caption,
+                        "width": decoded.width,
+                        "height": decoded.height,
+                        **{name: values[row] for name, values in scores.items()},
+                        "source": item.sample.source,
+                        "reason": decoded.reason or reasons[row],
+                    },
+                )
             on_batch(len(pairs))
 
 
@@ -256,13 +333,16 @@ def _too_small(models: dict[str, QualityMetric], height: int, width: int) -> str
     for name, model in models.items():
         min_height, min_width = model.min_size
         if height < min_height or width < min_width:
-            return (f"image of {width}x{height} pixels (after --resize) is smaller than the {min_width}x{min_height} "
-                    f"that {name} needs")
+            return (
+                f"image of {width}x{height} pixels (after --resize) is smaller than the {min_width}x{min_height} "
+                f"that {name} needs"
+            )
     return None
 
 
-def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch.device,
-           keys: list[str]) -> tuple[dict[str, np.ndarray], list[str | None]]:
+def _score(
+    models: dict[str, QualityMetric], images: torch.Tensor, device: torch.device, keys: list[str]
+) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """Scores of images (N, 3, H, W) of one size (uint8, or float in [0, 1]) with every metric, and for each image
     the reason it was not scored (None when it was).
 
@@ -278,11 +358,11 @@ def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch
         return scores, reasons
     step = max(1, PIXELS_PER_CALL // (height * width))
     for start in range(0, count, step):
-        part = images[start:start + step].to(device)
+        part = images[start : start + step].to(device)
         batch = part.float().div_(255) if part.dtype == torch.uint8 else part.float()
         for name, model in models.items():
-            values, failures = _metric_scores(name, model, batch, keys[start:start + step])
-            scores[name][start:start + len(batch)] = values
+            values, failures = _metric_scores(name, model, batch, keys[start : start + step])
+            scores[name][start : start + len(batch)] = values
             for row, failure in enumerate(failures, start):
                 reasons[row] = reasons[row] or failure
     for row, reason in enumerate(reasons):
@@ -292,8 +372,9 @@ def _score(models: dict[str, QualityMetric], images: torch.Tensor, device: torch
     return scores, reasons
 
 
-def _metric_scores(name: str, model: QualityMetric, batch: torch.Tensor,
-                   keys: list[str]) -> tuple[np.ndarray, list[str | None]]:
+def _metric_scores(
+    name: str, model: QualityMetric, batch: torch.Tensor, keys: list[str]
+) -> tuple[np.ndarray, list[str | None]]:
     """One metric's scores of a batch, and for each image why it could not be scored (None when it was).
 
     A ValueError (data the metric cannot score) is narrowed down image by image; other errors stop the job.
@@ -303,7 +384,7 @@ def _metric_scores(name: str, model: QualityMetric, batch: torch.Tensor,
     except ValueError as error:
         if len(batch) == 1:
             return np.full(1, np.nan, dtype=np.float32), [f"{name} cannot score it: {error}"]
-        parts = [_metric_scores(name, model, batch[row:row + 1], keys[row:row + 1]) for row in range(len(batch))]
+        parts = [_metric_scores(name, model, batch[row : row + 1], keys[row : row + 1]) for row in range(len(batch))]
         return np.concatenate([values for values, _ in parts]), [reason for _, (reason,) in parts]
     except Exception as error:
         raise RuntimeError(f"metric {name!r} failed on the images {', '.join(keys[:5])}: {error}") from error
@@ -314,8 +395,15 @@ def _metric_scores(name: str, model: QualityMetric, batch: torch.Tensor,
 
 def _chunk_frame(rows: list[dict], metrics: list[str]) -> pd.DataFrame:
     """A chunk's rows: the columns of ``scores.parquet``, then ``source`` and ``reason`` (set for skipped samples)."""
-    dtypes = {"key": "string", "caption": "string", "width": "Int64", "height": "Int64",
-              **dict.fromkeys(metrics, "float32"), "source": "string", "reason": "string"}
+    dtypes = {
+        "key": "string",
+        "caption": "string",
+        "width": "Int64",
+        "height": "Int64",
+        **dict.fromkeys(metrics, "float32"),
+        "source": "string",
+        "reason": "string",
+    }
     return pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes)
 
 
@@ -330,11 +418,20 @@ def _merge(out_dir: Path, num_chunks: int, higher_is_better: dict[str, bool]) ->
     paths = [_chunk_path(out_dir, index) for index in range(num_chunks)]
     missing = [path.name for path in paths if not path.exists()]
     if missing:
-        raise RuntimeError(f"{len(missing)} of {num_chunks} chunk files are missing (first: {missing[0]}); run the "
-                           "same command again to finish them")
+        raise RuntimeError(
+            f"{len(missing)} of {num_chunks} chunk files are missing (first: {missing[0]}); run the "
+            "same command again to finish them"
+        )
     metrics = list(higher_is_better)
-    schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-                        *[(name, pa.float32()) for name in metrics]])
+    schema = pa.schema(
+        [
+            ("key", pa.string()),
+            ("caption", pa.string()),
+            ("width", pa.int64()),
+            ("height", pa.int64()),
+            *[(name, pa.float32()) for name in metrics],
+        ]
+    )
     scores: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
     problems: list[pd.DataFrame] = []
     seen_keys: set[str] = set()
@@ -354,31 +451,40 @@ def _merge(out_dir: Path, num_chunks: int, higher_is_better: dict[str, bool]) ->
 
     values = {name: np.concatenate(scores[name]) for name in metrics}
     finite = {name: int(np.isfinite(values[name]).sum()) for name in metrics}
-    stats = [MetricStats.from_scores(name, values[name], higher_is_better[name])
-             for name in metrics if finite[name] >= 2]
+    stats = [
+        MetricStats.from_scores(name, values[name], higher_is_better[name]) for name in metrics if finite[name] >= 2
+    ]
     atomic_write(out_dir / STATS_FILE, lambda temporary: write_stats_table(stats, temporary))
 
     invalid = {name: len(values[name]) - finite[name] for name in metrics}
     scored_count = len(values[metrics[0]])
-    return AnnotationSummary(out_dir, scored=scored_count, skipped=len(skipped) - sum(invalid.values()),
-                             invalid_scores=invalid,
-                             without_statistics=tuple(name for name in metrics if finite[name] < 2))
+    return AnnotationSummary(
+        out_dir,
+        scored=scored_count,
+        skipped=len(skipped) - sum(invalid.values()),
+        invalid_scores=invalid,
+        without_statistics=tuple(name for name in metrics if finite[name] < 2),
+    )
 
 
-def _split_chunk(frame: pd.DataFrame, metrics: list[str],
-                 seen_keys: set[str]) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+def _split_chunk(
+    frame: pd.DataFrame, metrics: list[str], seen_keys: set[str]
+) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """The scored rows of a chunk (first occurrence of each key), and the rows to report in ``skipped.csv``."""
     unreadable = frame["reason"].notna()
     scored = frame[~unreadable]
     duplicate = scored["key"].duplicated() | scored["key"].isin(seen_keys)
-    problems = [frame.loc[unreadable, list(REPORT_COLUMNS)],
-                scored.loc[duplicate, ["key", "source"]].assign(reason="duplicate key: an earlier sample has this key")]
+    problems = [
+        frame.loc[unreadable, list(REPORT_COLUMNS)],
+        scored.loc[duplicate, ["key", "source"]].assign(reason="duplicate key: an earlier sample has this key"),
+    ]
     scored = scored[~duplicate]
     seen_keys.update(scored["key"])
     for name in metrics:
         invalid = scored.loc[~np.isfinite(scored[name].to_numpy(np.float32)), ["key", "source", name]]
-        reasons = [f"{name} score is {value}: kept in {SCORES_FILE}, left out of the statistics"
-                   for value in invalid[name]]
+        reasons = [
+            f"{name} score is {value}: kept in {SCORES_FILE}, left out of the statistics" for value in invalid[name]
+        ]
         problems.append(invalid[["key", "source"]].assign(reason=reasons))
     return scored, problems
 
@@ -396,8 +502,10 @@ class ScoreTable:
     def __init__(self, keys: Sequence[str], metrics: Sequence[str], values: np.ndarray):
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (len(keys), len(metrics)):
-            raise ValueError(f"values must have shape ({len(keys)}, {len(metrics)}) for {len(keys)} keys and "
-                             f"{len(metrics)} metrics, got {values.shape}")
+            raise ValueError(
+                f"values must have shape ({len(keys)}, {len(metrics)}) for {len(keys)} keys and "
+                f"{len(metrics)} metrics, got {values.shape}"
+            )
         self.metrics = tuple(metrics)
         self._values = values
         self._rows = {key: row for row, key in enumerate(keys)}

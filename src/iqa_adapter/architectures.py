@@ -46,12 +46,21 @@ SDXL_UNET_CONFIG = dict(
     projection_class_embeddings_input_dim=2816,
 )
 UNET_CONFIGS = {"sd15": SD15_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG}
-BASE_MODEL_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+BASE_MODEL_IDS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
 """The hub ids of the models whose architectures the short names stand for."""
 
 _TINY_TEXT_WIDTH = 32
-_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1)
+_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
 
 
 def unet_from_config(name: str, device: str | torch.device | None = None) -> UNet2DConditionModel:
@@ -161,13 +170,31 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 
 
 # Text encoders and VAEs of the full-size models (CLIP ViT-L/14, OpenCLIP ViT-bigG/14, the SD / SDXL VAE).
-CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                   projection_dim=768, hidden_act="quick_gelu")
-CLIP_BIGG_TEXT = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-                      projection_dim=1280, hidden_act="gelu")
-FULL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+CLIP_L_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+CLIP_BIGG_TEXT = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=20,
+    num_hidden_layers=32,
+    projection_dim=1280,
+    hidden_act="gelu",
+)
+FULL_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
 
 
 def full_size_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
@@ -180,8 +207,14 @@ def full_size_pipeline(name: str, device: str | torch.device | None = None, dtyp
     tokenizer = char_tokenizer()
 
     def text_config(sizes: dict) -> CLIPTextConfig:
-        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes)
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **sizes,
+        )
 
     with torch.device(device or "cpu"):
         unet = UNet2DConditionModel(**UNET_CONFIGS[name])
@@ -189,12 +222,22 @@ def full_size_pipeline(name: str, device: str | torch.device | None = None, dtyp
         if name == "sd15":
             pipe = StableDiffusionPipeline(
                 vae=AutoencoderKL(**FULL_VAE, sample_size=512, scaling_factor=0.18215),
-                text_encoder=CLIPTextModel(text_config(CLIP_L_TEXT)), tokenizer=tokenizer, unet=unet,
-                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                text_encoder=CLIPTextModel(text_config(CLIP_L_TEXT)),
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
         else:
             pipe = StableDiffusionXLPipeline(
                 vae=AutoencoderKL(**FULL_VAE, sample_size=1024, scaling_factor=0.13025),
                 text_encoder=CLIPTextModel(text_config(CLIP_L_TEXT)),
                 text_encoder_2=CLIPTextModelWithProjection(text_config(CLIP_BIGG_TEXT)),
-                tokenizer=tokenizer, tokenizer_2=char_tokenizer(), unet=unet, scheduler=scheduler)
+                tokenizer=tokenizer,
+                tokenizer_2=char_tokenizer(),
+                unet=unet,
+                scheduler=scheduler,
+            )
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

@@ -37,13 +37,17 @@ class JobMismatchError(ValueError):
 
 def process_state(device: str | torch.device | None = None) -> PartialState:
     """accelerate's view of this process; CPU runs (``--cpu``, a CPU device, or no GPU) use the gloo backend."""
-    cpu = (parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-           or (device is not None and torch.device(device).type == "cpu"))
+    cpu = (
+        parse_flag_from_env("ACCELERATE_USE_CPU")
+        or not torch.cuda.is_available()
+        or (device is not None and torch.device(device).type == "cpu")
+    )
     return PartialState(cpu=cpu)
 
 
-def start_or_resume(job_file: Path, parameters: dict, count: Callable[[], int], state: PartialState,
-                    partial_files: Path) -> int:
+def start_or_resume(
+    job_file: Path, parameters: dict, count: Callable[[], int], state: PartialState, partial_files: Path
+) -> int:
     """Record the job on a first run, or check that a restart has the same ``parameters``.
 
     Also removes the temporary files a killed run left in ``partial_files``. Returns the number of items,
@@ -57,11 +61,16 @@ def start_or_resume(job_file: Path, parameters: dict, count: Callable[[], int], 
     state.wait_for_everyone()
     job = json.loads(job_file.read_text())
     names = [*parameters, *(name for name in job if name not in parameters and name != "num_samples")]
-    changed = [f"{name}: {job.get(name)!r} -> {parameters.get(name)!r}" for name in names
-               if job.get(name) != parameters.get(name)]
+    changed = [
+        f"{name}: {job.get(name)!r} -> {parameters.get(name)!r}"
+        for name in names
+        if job.get(name) != parameters.get(name)
+    ]
     if changed:
-        raise JobMismatchError(f"{job_file.parent} holds a job started with other parameters ({'; '.join(changed)}); "
-                               "rerun with the original parameters to resume it, or choose a new output folder")
+        raise JobMismatchError(
+            f"{job_file.parent} holds a job started with other parameters ({'; '.join(changed)}); "
+            "rerun with the original parameters to resume it, or choose a new output folder"
+        )
     return int(job["num_samples"])
 
 
@@ -72,8 +81,9 @@ def count_samples(reader: ImageTextReader, data: str) -> int:
     return count
 
 
-def my_unfinished_chunks(num_samples: int, chunk_size: int, chunk_path: Callable[[int], Path],
-                         state: PartialState) -> tuple[int, list[int]]:
+def my_unfinished_chunks(
+    num_samples: int, chunk_size: int, chunk_path: Callable[[int], Path], state: PartialState
+) -> tuple[int, list[int]]:
     """(number of chunks, the unfinished chunks this process does)."""
     num_chunks = math.ceil(num_samples / chunk_size)
     unfinished = [index for index in range(num_chunks) if not chunk_path(index).exists()]

@@ -21,8 +21,14 @@ def torch_dtype(name: str | None, device: str):
 
     if name is None:
         return torch.float16 if device.startswith("cuda") else torch.float32
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    dtypes = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if name not in dtypes:
         raise ValueError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
     return dtypes[name]
@@ -55,10 +61,12 @@ def resolve_model_and_sampling(args, reference: bool = False) -> bool:
 
 def add_adapter_location_options(parser: argparse.ArgumentParser) -> None:
     """``--revision`` and ``--subfolder``: where in a hub repository the ``--adapter`` files lie."""
-    parser.add_argument("--revision", default=None,
-                        help="branch, tag or commit of an --adapter given as a hub id (default: main)")
-    parser.add_argument("--subfolder", default=None,
-                        help="folder of the adapter's files inside the --adapter folder or hub repository")
+    parser.add_argument(
+        "--revision", default=None, help="branch, tag or commit of an --adapter given as a hub id (default: main)"
+    )
+    parser.add_argument(
+        "--subfolder", default=None, help="folder of the adapter's files inside the --adapter folder or hub repository"
+    )
 
 
 def load_adapter(location: str, args: argparse.Namespace):
@@ -78,7 +86,9 @@ def metric_options(items: list[str]) -> dict[str, dict]:
         target, separator, value = item.partition("=")
         metric, dot, option = target.rpartition(".")
         if not separator or not dot or not metric or not option:
-            raise ValueError(f"--metric-option takes METRIC.OPTION=VALUE (e.g. niqe.params=niqe.safetensors), got {item!r}")
+            raise ValueError(
+                f"--metric-option takes METRIC.OPTION=VALUE (e.g. niqe.params=niqe.safetensors), got {item!r}"
+            )
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
@@ -94,22 +104,42 @@ def comma_list(text: str) -> list[str]:
 def add_generation_options(parser: argparse.ArgumentParser, several_adapters: bool = False) -> None:
     """Options that generate and evaluate share: the model, sampling and where it runs (``several_adapters``:
     ``--adapter`` is repeatable, each ``FOLDER`` or ``NAME=FOLDER``)."""
-    parser.add_argument("--base", default=None,
-                        help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world",
+    )
     if several_adapters:
-        parser.add_argument("--adapter", action="append", default=[], metavar="[NAME=]FOLDER_OR_HUB_ID",
-                            help="an adapter to evaluate, repeatable (several share the base model's images); "
-                                 "default without --base: the toy world's")
+        parser.add_argument(
+            "--adapter",
+            action="append",
+            default=[],
+            metavar="[NAME=]FOLDER_OR_HUB_ID",
+            help="an adapter to evaluate, repeatable (several share the base model's images); "
+            "default without --base: the toy world's",
+        )
     else:
-        parser.add_argument("--adapter", default=None, metavar="FOLDER_OR_HUB_ID",
-                            help="adapter folder (config.json + adapter.safetensors) or hub id (org/name); "
-                                 "default without --base: the toy world's")
+        parser.add_argument(
+            "--adapter",
+            default=None,
+            metavar="FOLDER_OR_HUB_ID",
+            help="adapter folder (config.json + adapter.safetensors) or hub id (org/name); "
+            "default without --base: the toy world's",
+        )
     add_adapter_location_options(parser)
     parser.add_argument("--seed", type=seed, default=0, help="seed of the first image (0 to 2**63 - 1)")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help=f"sampling steps (default: {DEFAULT_STEPS}; the toy world's {TOY_STEPS} without --base)")
-    parser.add_argument("--guidance", type=non_negative_number, default=None,
-                        help=f"CFG scale >= 0 (default: {DEFAULT_GUIDANCE}; the toy world's {TOY_GUIDANCE} without --base)")
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help=f"sampling steps (default: {DEFAULT_STEPS}; the toy world's {TOY_STEPS} without --base)",
+    )
+    parser.add_argument(
+        "--guidance",
+        type=non_negative_number,
+        default=None,
+        help=f"CFG scale >= 0 (default: {DEFAULT_GUIDANCE}; the toy world's {TOY_GUIDANCE} without --base)",
+    )
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU)")
     add_threads_option(parser)

@@ -72,7 +72,9 @@ class IQAAdapterConfig:
             raise ValueError(f"condition must be one of {CONDITIONS}, got {self.condition!r}")
         if self.condition == "scores" and not self.metrics:
             raise ValueError("a score-conditioned adapter needs at least one metric")
-        if self.condition == "reference" and not (self.reference and {"metric", "layers", "feature_dim"} <= set(self.reference)):
+        if self.condition == "reference" and not (
+            self.reference and {"metric", "layers", "feature_dim"} <= set(self.reference)
+        ):
             raise ValueError("a reference-conditioned adapter needs reference = {metric, layers, feature_dim}")
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
@@ -120,8 +122,10 @@ class IQAAdapterConfig:
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
-            raise ValueError(f"adapter format version {version} is newer than this library supports "
-                             f"({FORMAT_VERSION}); upgrade iqa-adapter")
+            raise ValueError(
+                f"adapter format version {version} is newer than this library supports "
+                f"({FORMAT_VERSION}); upgrade iqa-adapter"
+            )
         reject_unknown_fields(cls, data, source)
         data.setdefault("train_scale", LEGACY_TRAIN_SCALE)
         missing = sorted({"cross_attention_dim", "layers", "metrics"} - set(data))
@@ -131,7 +135,9 @@ class IQAAdapterConfig:
             data["layers"] = [CrossAttentionLayer(**layer) for layer in data["layers"]]
             data["metrics"] = [MetricStats.from_dict(m) for m in data["metrics"]]
         except (TypeError, KeyError, AttributeError) as error:
-            raise ValueError(f"{source} has a malformed layer or metric entry ({error}); save the adapter again") from None
+            raise ValueError(
+                f"{source} has a malformed layer or metric entry ({error}); save the adapter again"
+            ) from None
         return cls(**data)
 
     def save_to_file(self, path: str | Path) -> None:

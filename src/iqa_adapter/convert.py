@@ -33,13 +33,27 @@ OFFICIAL_ADAPTERS: dict[str, tuple[str, ...]] = {
     "3xARNIQA (KonIQ, FLIVE, KADID), LIQE-MIX": ("arniqa", "arniqa-flive", "arniqa-kadid", "liqe_mix"),
     "2xMUSIQ (KonIQ, AVA)": ("musiq", "musiq-ava"),
     "CLIP-IQA+, LIQE-MIX": ("clipiqa+", "liqe_mix"),
-    "TOPIQ (KonIQ)": ("topiq_nr",), "TOPIQ (FLIVE)": ("topiq_nr-flive",), "TOPIQ (SPAQ)": ("topiq_nr-spaq",),
-    "TOPIQ (AVA)": ("topiq_iaa",), "LAION-AES": ("laion_aes",), "NIMA (AVA)": ("nima-vgg16-ava",),
-    "MUSIQ (KonIQ)": ("musiq",), "MUSIQ (AVA)": ("musiq-ava",), "MUSIQ (FLIVE)": ("musiq-paq2piq",),
-    "MANIQA (KonIQ)": ("maniqa",), "MANIQA (PIPAL)": ("maniqa-pipal",), "ARNIQA (KonIQ)": ("arniqa",),
-    "ARNIQA (FLIVE)": ("arniqa-flive",), "ARNIQA (KADID)": ("arniqa-kadid",), "LIQE": ("liqe",),
-    "LIQE-MIX": ("liqe_mix",), "CLIP-IQA+": ("clipiqa+",), "HYPER-IQA": ("hyperiqa",), "DBCNN": ("dbcnn",),
-    "CNNIQA": ("cnniqa",), "TReS (FLIVE)": ("tres-flive",),
+    "TOPIQ (KonIQ)": ("topiq_nr",),
+    "TOPIQ (FLIVE)": ("topiq_nr-flive",),
+    "TOPIQ (SPAQ)": ("topiq_nr-spaq",),
+    "TOPIQ (AVA)": ("topiq_iaa",),
+    "LAION-AES": ("laion_aes",),
+    "NIMA (AVA)": ("nima-vgg16-ava",),
+    "MUSIQ (KonIQ)": ("musiq",),
+    "MUSIQ (AVA)": ("musiq-ava",),
+    "MUSIQ (FLIVE)": ("musiq-paq2piq",),
+    "MANIQA (KonIQ)": ("maniqa",),
+    "MANIQA (PIPAL)": ("maniqa-pipal",),
+    "ARNIQA (KonIQ)": ("arniqa",),
+    "ARNIQA (FLIVE)": ("arniqa-flive",),
+    "ARNIQA (KADID)": ("arniqa-kadid",),
+    "LIQE": ("liqe",),
+    "LIQE-MIX": ("liqe_mix",),
+    "CLIP-IQA+": ("clipiqa+",),
+    "HYPER-IQA": ("hyperiqa",),
+    "DBCNN": ("dbcnn",),
+    "CNNIQA": ("cnniqa",),
+    "TReS (FLIVE)": ("tres-flive",),
 }
 """The adapters of the paper (supplement Table 4, Figure 3a) by their pyiqa metrics, in the order this library
 assumes they were trained (the official ``--features`` order; for the combinations the paper does not state it)."""
@@ -61,12 +75,16 @@ def _read_flat(path: Path, trust_pickle: bool) -> dict:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        raise ValueError(f"{path} holds more than tensors, and torch refused to load it with weights_only=True "
-                         f"({' '.join(first_line.split())[:200]}); this tool never unpickles arbitrary objects: "
-                         "save its state dict alone, or as safetensors, where it was made") from None
+        raise ValueError(
+            f"{path} holds more than tensors, and torch refused to load it with weights_only=True "
+            f"({' '.join(first_line.split())[:200]}); this tool never unpickles arbitrary objects: "
+            "save its state dict alone, or as safetensors, where it was made"
+        ) from None
     except (RuntimeError, EOFError, OSError) as error:  # a truncated zip or a file that is no torch pickle at all
-        raise ValueError(f"{path} is not a readable torch checkpoint ({' '.join(str(error).split())[:200]}): "
-                         "the file is truncated or corrupt") from None
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint ({' '.join(str(error).split())[:200]}): "
+            "the file is truncated or corrupt"
+        ) from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not a dict of tensors")
     if "image_proj" in loaded and "ip_adapter" in loaded:
@@ -89,11 +107,11 @@ def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tu
             f"'qual_proj_model.' (first keys: {sorted(flat)[:5]})"
         )
     projection_prefix, layers_prefix = prefixes
-    projection = {k[len(projection_prefix):]: v for k, v in flat.items() if k.startswith(projection_prefix)}
+    projection = {k[len(projection_prefix) :]: v for k, v in flat.items() if k.startswith(projection_prefix)}
     kv: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
         if key.startswith(layers_prefix):
-            match = _KV_KEY.match(key[len(layers_prefix):])
+            match = _KV_KEY.match(key[len(layers_prefix) :])
             if match is None:
                 raise ValueError(f"{path}: unexpected adapter key {key!r}")
             kv.setdefault(int(match.group(1)), {})[match.group(2)] = value
@@ -112,14 +130,17 @@ def _infer_features(in_features: int, num_metrics: int, encoding_frequencies: in
             if in_features == num_metrics + int(flag):
                 return flag, 0
         readings = [f"{in_features - 1} metrics with the flag feature", f"{in_features} metrics without it"]
-        readings += [f"{num_metrics} metric(s) with sinusoidal encoding L={(in_features // (num_metrics + flag) - 1) // 2}"
-                     f"{' and the flag' if flag else ''}"
-                     for flag in (0, 1) if in_features % (num_metrics + flag) == 0
-                     and (in_features // (num_metrics + flag) - 1) % 2 == 0]
+        readings += [
+            f"{num_metrics} metric(s) with sinusoidal encoding L={(in_features // (num_metrics + flag) - 1) // 2}"
+            f"{' and the flag' if flag else ''}"
+            for flag in (0, 1)
+            if in_features % (num_metrics + flag) == 0 and (in_features // (num_metrics + flag) - 1) % 2 == 0
+        ]
         raise ValueError(
             f"the checkpoint's projection takes {in_features} features, not {num_metrics} (+1 with the flag feature) "
             f"as {num_metrics} metric(s) would give: it may be {', or '.join(readings)}; list the checkpoint's metrics "
-            "in --metrics, or confirm a sinusoidal encoding with --encoding-frequencies L")
+            "in --metrics, or confirm a sinusoidal encoding with --encoding-frequencies L"
+        )
     width = 2 * encoding_frequencies + 1
     for flag in (False, True):
         if in_features == (num_metrics + int(flag)) * width:
@@ -201,9 +222,19 @@ def metrics_from_file_name(path: str | Path, known: Sequence[str]) -> list[str]:
         found, position = [], 0
         while position < len(text):
             if position == 0 or not text[position - 1].isalnum():
-                match = next((name for name in by_length if text.startswith(name, position)
-                              and (position + len(name) == len(text) or not text[position + len(name)].isalnum()
-                                   or name[-1] == "+")), None)
+                match = next(
+                    (
+                        name
+                        for name in by_length
+                        if text.startswith(name, position)
+                        and (
+                            position + len(name) == len(text)
+                            or not text[position + len(name)].isalnum()
+                            or name[-1] == "+"
+                        )
+                    ),
+                    None,
+                )
                 if match is not None:
                     found.append(match)
                     position += len(match)
@@ -259,27 +290,38 @@ def from_official(
     file_name = Path(weight_name or checkpoint)
     names = list(metrics) if metrics else metrics_from_file_name(file_name, list(table))
     if not names:
-        raise ValueError(f"cannot tell the metrics from the file name {file_name.name!r}: give them in training "
-                         f"order with --metrics (metrics=); known: {', '.join(sorted(table))}")
+        raise ValueError(
+            f"cannot tell the metrics from the file name {file_name.name!r}: give them in training "
+            f"order with --metrics (metrics=); known: {', '.join(sorted(table))}"
+        )
     unknown = [name for name in names if name not in table]
     if unknown:
-        raise ValueError(f"no statistics for {unknown} in {stats or 'the shipped CC3M table'}; it has: "
-                         f"{', '.join(sorted(table))}")
+        raise ValueError(
+            f"no statistics for {unknown} in {stats or 'the shipped CC3M table'}; it has: {', '.join(sorted(table))}"
+        )
     from_hub = weight_name is not None and not is_local(checkpoint)
     if from_hub:
         path = download_file(str(checkpoint), weight_name, what="the official checkpoint", revision=revision)
     else:
         path = Path(checkpoint) / (weight_name or "")
         if not path.is_file():
-            raise FileNotFoundError(f"official checkpoint {path} does not exist; for a file on the Hub give the "
-                                    "repository and --weight-name (weight_name=) of the file in it")
+            raise FileNotFoundError(
+                f"official checkpoint {path} does not exist; for a file on the Hub give the "
+                "repository and --weight-name (weight_name=) of the file in it"
+            )
     from .architectures import BASE_MODEL_IDS
 
     base_model = BASE_MODEL_IDS.get(base, base) if isinstance(base, str) else None
     unet = load_unet_structure(base) if isinstance(base, str) else getattr(base, "unet", base)
-    adapter = convert_official(path, unet, [table[name] for name in names], trust_pickle=trust_pickle,
-                               base_model=base_model, default_scale=default_scale,
-                               encoding_frequencies=encoding_frequencies)
+    adapter = convert_official(
+        path,
+        unet,
+        [table[name] for name in names],
+        trust_pickle=trust_pickle,
+        base_model=base_model,
+        default_scale=default_scale,
+        encoding_frequencies=encoding_frequencies,
+    )
     if from_hub:
         adapter.config.extra["converted_from"] = f"{checkpoint}/{weight_name}" + (f"@{revision}" if revision else "")
     return adapter

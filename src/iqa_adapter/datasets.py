@@ -49,9 +49,11 @@ CAPTION_COLUMNS = ("caption", "txt", "text")
 KEY_COLUMNS = ("key", "__key__")
 PARQUET_BYTES_COLUMNS = ("jpg", "png", "webp", "image", "image_bytes")
 PARQUET_PATH_COLUMNS = ("path", "file", "image_path", "file_name")
-SUPPORTED_INPUTS = ("a folder of images with .txt captions, a folder with captions.jsonl or captions.csv, "
-                    "a .jsonl/.csv listing, webdataset .tar shards (a path, a glob or a brace range such as "
-                    "'shards/{00000..00009}.tar') or .parquet files")
+SUPPORTED_INPUTS = (
+    "a folder of images with .txt captions, a folder with captions.jsonl or captions.csv, "
+    "a .jsonl/.csv listing, webdataset .tar shards (a path, a glob or a brace range such as "
+    "'shards/{00000..00009}.tar') or .parquet files"
+)
 
 
 class DatasetError(ValueError):
@@ -153,8 +155,9 @@ class DecodedImage:
     reason: str | None = None
 
 
-def load_image(sample: Sample, resize: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               resize_mode: str = "pil-bicubic") -> DecodedImage:
+def load_image(
+    sample: Sample, resize: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS, resize_mode: str = "pil-bicubic"
+) -> DecodedImage:
     """Read, decode and resize (:data:`RESIZE_MODES`) a sample's image; failures come back as a reason, never as
     an exception."""
     try:
@@ -186,7 +189,7 @@ def expand_braces(pattern: str) -> list[str]:
     match = re.search(r"\{([^{}]*)\}", pattern)
     if match is None:
         return [pattern]
-    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end():]
+    head, body, tail = pattern[: match.start()], match.group(1), pattern[match.end() :]
     numeric_range = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if numeric_range:
         first, last = numeric_range.groups()
@@ -212,8 +215,9 @@ def expand_paths(data: str) -> list[Path]:
         if not found:
             missing.append(pattern)
     if missing:
-        raise DatasetError(f"{data!r}: {len(missing)} path(s) do not exist (first: {missing[0]}); check the path, "
-                           "glob or brace range")
+        raise DatasetError(
+            f"{data!r}: {len(missing)} path(s) do not exist (first: {missing[0]}); check the path, glob or brace range"
+        )
     return paths
 
 
@@ -247,8 +251,12 @@ class FolderReader:
                     caption = caption_file.read_text(errors="replace").strip() if caption_file.exists() else ""
                     yield Sample(key, caption, str(path), functools.partial(read_file, str(path)))
                 elif suffix == ".txt" and path.stem not in stems_with_images:
-                    yield Sample(key, path.read_text(errors="replace").strip(), str(path),
-                                 functools.partial(missing_image, "caption file without an image"))
+                    yield Sample(
+                        key,
+                        path.read_text(errors="replace").strip(),
+                        str(path),
+                        functools.partial(missing_image, "caption file without an image"),
+                    )
 
 
 @dataclass(frozen=True)
@@ -265,8 +273,10 @@ class ListingReader:
         columns = list(first)
         file_column = _pick_column(columns, FILE_COLUMNS)
         if file_column is None:
-            raise DatasetError(f"{self.listing}: no image file column; expected one of {', '.join(FILE_COLUMNS)}, "
-                               f"found {', '.join(columns)}")
+            raise DatasetError(
+                f"{self.listing}: no image file column; expected one of {', '.join(FILE_COLUMNS)}, "
+                f"found {', '.join(columns)}"
+            )
         caption_column = _pick_column(columns, CAPTION_COLUMNS)
         key_column = _pick_column(columns, KEY_COLUMNS)
         for number, row in enumerate(itertools.chain([first], rows), start=1):
@@ -288,11 +298,14 @@ class ListingReader:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise DatasetError(f"{self.listing} line {number} is not valid JSON ({error}); fix or remove "
-                                       "the line") from None
+                    raise DatasetError(
+                        f"{self.listing} line {number} is not valid JSON ({error}); fix or remove the line"
+                    ) from None
                 if not isinstance(row, dict):
-                    raise DatasetError(f"{self.listing} line {number}: expected a JSON object with the file and "
-                                       f"caption, got {type(row).__name__}")
+                    raise DatasetError(
+                        f"{self.listing} line {number}: expected a JSON object with the file and "
+                        f"caption, got {type(row).__name__}"
+                    )
                 yield row
 
 
@@ -322,22 +335,32 @@ class ShardReader:
                     for key, group in itertools.groupby(members, key=lambda member: _member_key(member.name)[0]):
                         yield self._sample(shard, tar, key, list(group))
             except (tarfile.TarError, OSError) as error:
-                yield Sample(shard.name, "", str(shard),
-                             functools.partial(missing_image, f"unreadable tar shard: {error}"))
+                yield Sample(
+                    shard.name, "", str(shard), functools.partial(missing_image, f"unreadable tar shard: {error}")
+                )
 
     @staticmethod
     def _sample(shard: Path, tar: tarfile.TarFile, key: str, members: list[tarfile.TarInfo]) -> Sample:
         by_extension = {_member_key(member.name)[1]: member for member in members}
         caption_member = by_extension.get("txt")
         caption = tar.extractfile(caption_member).read().decode("utf-8", "replace").strip() if caption_member else ""
-        image = next((member for extension, member in by_extension.items()
-                      if f".{extension}" in IMAGE_EXTENSIONS), None)
+        image = next(
+            (member for extension, member in by_extension.items() if f".{extension}" in IMAGE_EXTENSIONS), None
+        )
         if image is None:
             names = ", ".join(member.name for member in members)
-            return Sample(key, caption, f"{shard}:{members[0].name}",
-                          functools.partial(missing_image, f"no image in this sample (members: {names})"))
-        return Sample(key, caption, f"{shard}:{image.name}",
-                      functools.partial(read_tar_member, str(shard), image.offset_data, image.size))
+            return Sample(
+                key,
+                caption,
+                f"{shard}:{members[0].name}",
+                functools.partial(missing_image, f"no image in this sample (members: {names})"),
+            )
+        return Sample(
+            key,
+            caption,
+            f"{shard}:{image.name}",
+            functools.partial(read_tar_member, str(shard), image.offset_data, image.size),
+        )
 
 
 class ParquetColumns(NamedTuple):
@@ -419,8 +442,12 @@ class ParquetReader:
                 "(binary, or a struct with 'bytes' as Hugging Face datasets write) or image paths in one of "
                 f"{', '.join(PARQUET_PATH_COLUMNS)}; found columns: {', '.join(names)}"
             )
-        return ParquetColumns(image=bytes_column or path_column, holds_bytes=bytes_column is not None,
-                              key=_pick_column(names, KEY_COLUMNS), caption=_pick_column(names, CAPTION_COLUMNS))
+        return ParquetColumns(
+            image=bytes_column or path_column,
+            holds_bytes=bytes_column is not None,
+            key=_pick_column(names, KEY_COLUMNS),
+            caption=_pick_column(names, CAPTION_COLUMNS),
+        )
 
 
 ImageTextReader = FolderReader | ListingReader | ShardReader | ParquetReader
@@ -440,8 +467,9 @@ def open_dataset(data: str) -> ImageTextReader:
     if len(paths) == 1 and suffixes <= {".jsonl", ".csv"}:
         return ListingReader(paths[0])
     found = ", ".join(sorted(suffix or "(none)" for suffix in suffixes))
-    raise DatasetError(f"{data!r}: cannot tell the dataset format from the file types ({found}); "
-                       f"give {SUPPORTED_INPUTS}")
+    raise DatasetError(
+        f"{data!r}: cannot tell the dataset format from the file types ({found}); give {SUPPORTED_INPUTS}"
+    )
 
 
 def _open_folder(folder: Path) -> ImageTextReader:

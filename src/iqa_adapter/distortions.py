@@ -70,14 +70,16 @@ def _grouped_conv(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Correlate every image with its own 2-D kernel (N, kh, kw), same for the 3 channels, replicated borders."""
     count, channels, height, width = images.shape
     kh, kw = kernels.shape[-2:]
-    padded = F.pad(images.reshape(1, count * channels, height, width),
-                   (kw // 2, kw // 2, kh // 2, kh // 2), mode="replicate")
+    padded = F.pad(
+        images.reshape(1, count * channels, height, width), (kw // 2, kw // 2, kh // 2, kh // 2), mode="replicate"
+    )
     weight = kernels.repeat_interleave(channels, dim=0)[:, None]
     return F.conv2d(padded, weight, groups=count * channels).reshape(count, channels, height, width)
 
 
-def _apply_by_group(images: torch.Tensor, keys: list,
-                    transform: Callable[[torch.Tensor, object], torch.Tensor]) -> torch.Tensor:
+def _apply_by_group(
+    images: torch.Tensor, keys: list, transform: Callable[[torch.Tensor, object], torch.Tensor]
+) -> torch.Tensor:
     """``transform(images_with_that_key, key)`` once per distinct key; images come back in their order."""
     out = torch.empty_like(images)
     for key in dict.fromkeys(keys):
@@ -95,7 +97,7 @@ def _gaussian_blur(images: torch.Tensor, level: torch.Tensor, generator: torch.G
     sigma = (level * MAX_BLUR_SIGMA).clamp_min(1e-6)
     radius = max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    profile = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
+    profile = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
     profile = profile * (offsets[None].abs() <= torch.ceil(3 * sigma[:, None]))
     profile = profile / profile.sum(dim=1, keepdim=True)
     return _grouped_conv(_grouped_conv(images, profile[:, None, :]), profile[:, :, None])
@@ -237,8 +239,9 @@ def _check_images(images: torch.Tensor) -> None:
     if not images.is_floating_point():
         raise ValueError(f"distort: expected float images in [0, 1], got {images.dtype}; divide uint8 images by 255")
     if min(images.shape[-2:]) < MIN_SIZE:
-        raise ValueError(f"distort: images must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got "
-                         f"{tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"distort: images must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got {tuple(images.shape[-2:])}"
+        )
 
 
 def _check_levels(level: float | torch.Tensor, count: int, device: torch.device) -> torch.Tensor:
@@ -247,16 +250,20 @@ def _check_levels(level: float | torch.Tensor, count: int, device: torch.device)
     if levels.ndim == 0:
         levels = levels.expand(count)
     elif levels.shape != (count,):
-        raise ValueError(f"distort: level must be a number or a tensor of shape ({count},), one per image; "
-                         f"got shape {tuple(levels.shape)}")
+        raise ValueError(
+            f"distort: level must be a number or a tensor of shape ({count},), one per image; "
+            f"got shape {tuple(levels.shape)}"
+        )
     if count and not bool(((levels >= 0) & (levels <= 1)).all()):
-        raise ValueError(f"distort: levels must lie in [0, 1], got [{float(levels.min()):.3g}, "
-                         f"{float(levels.max()):.3g}]")
+        raise ValueError(
+            f"distort: levels must lie in [0, 1], got [{float(levels.min()):.3g}, {float(levels.max()):.3g}]"
+        )
     return levels
 
 
-def distort(images: torch.Tensor, family: str, level: float | torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def distort(
+    images: torch.Tensor, family: str, level: float | torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Degrade ``images`` (N, 3, H, W) in [0, 1] with one distortion ``family`` at ``level`` in [0, 1].
 
     ``level`` is a number or one level per image (N,). Images at level 0 come back unchanged; the output is
@@ -274,8 +281,9 @@ def distort(images: torch.Tensor, family: str, level: float | torch.Tensor,
     return out.to(images.dtype)
 
 
-def random_distortions(images: torch.Tensor, generator: torch.Generator, families: Sequence[str] = FAMILIES,
-                       clean_fraction: float = 0.0) -> tuple[torch.Tensor, list[str | None], torch.Tensor]:
+def random_distortions(
+    images: torch.Tensor, generator: torch.Generator, families: Sequence[str] = FAMILIES, clean_fraction: float = 0.0
+) -> tuple[torch.Tensor, list[str | None], torch.Tensor]:
     """A random degradation per image: clean with probability ``clean_fraction``, otherwise a family drawn
     uniformly from ``families`` at a level ~ U(0, 1).
 

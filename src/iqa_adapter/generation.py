@@ -117,16 +117,28 @@ def generate(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     adapters = [] if adapter is None else [adapter] if isinstance(adapter, IQAAdapter) else list(adapter)
     scales = _per_adapter_scales(scale, len(adapters))
-    check_settings(pipe, steps=steps, guidance=guidance, num_images=num_images, batch_size=batch_size, seed=seed,
-                   height=height, width=width, scale=None, negative_quality=negative_quality)
+    check_settings(
+        pipe,
+        steps=steps,
+        guidance=guidance,
+        num_images=num_images,
+        batch_size=batch_size,
+        seed=seed,
+        height=height,
+        width=width,
+        scale=None,
+        negative_quality=negative_quality,
+    )
     for value in scales:
         if value is not None:
             check_scale("scale", value)
     if seeds is not None:
         seeds = [check_seed("seeds[i]", value) for value in seeds]
         if len(seeds) != len(prompts) or num_images != 1:
-            raise ValueError(f"seeds gives one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts "
-                             f"(and num_images must stay 1, got {num_images})")
+            raise ValueError(
+                f"seeds gives one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts "
+                f"(and num_images must stay 1, got {num_images})"
+            )
     if "image" in pipeline_kwargs:  # img2img: the init image is generated at the requested size
         pipeline_kwargs["image"] = fit_init_image(pipeline_kwargs["image"], pipe, width, height)
         height = width = None
@@ -159,11 +171,15 @@ def generate(
         for index, a in enumerate(adapters):
             _check_finite_features(a, pipe, [parts[index] for parts in own_targets], [r[index] for r in rows])
     if seeds is None:
-        jobs = [(prompt, quality_index, seed + image_index)
-                for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))]
+        jobs = [
+            (prompt, quality_index, seed + image_index)
+            for prompt, quality_index, image_index in product(prompts, range(len(qualities)), range(num_images))
+        ]
     else:
-        jobs = [(prompt, quality_index, job_seed)
-                for (prompt, job_seed), quality_index in product(zip(prompts, seeds), range(len(qualities)))]
+        jobs = [
+            (prompt, quality_index, job_seed)
+            for (prompt, job_seed), quality_index in product(zip(prompts, seeds), range(len(qualities)))
+        ]
     for a in adapters:
         if a.is_attached and a.attached_unet is not pipe.unet:
             raise RuntimeError("the adapter is attached to another UNet than this pipeline's; detach it first")
@@ -180,7 +196,7 @@ def generate(
         results: list[GeneratedImage] = []
         bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress, leave=False)
         for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
+            chunk = jobs[start : start + batch_size]
             with ExitStack() as stack:
                 call = dict(pipeline_kwargs)
                 if adapters:
@@ -191,8 +207,9 @@ def generate(
                             negative = None if negative_row is None else negative_row.expand(len(chunk), -1)
                             embeds = a.reference_embeds(values, negative, do_classifier_free_guidance=do_cfg)
                         else:
-                            embeds = a.embeds(values, negative_quality=negative_quality,
-                                              do_classifier_free_guidance=do_cfg)
+                            embeds = a.embeds(
+                                values, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg
+                            )
                         stack.enter_context(a.per_image_embeds(embeds))
                         slot_embeds += a.pipeline_placeholder(embeds, do_cfg)
                     call["ip_adapter_image_embeds"] = slot_embeds
@@ -211,31 +228,46 @@ def generate(
                 )
             for (prompt, quality_index, job_seed), image in zip(chunk, output.images):
                 image_width, image_height = _size(image)
-                z_scores = [dict(zip(a.metric_names, row.tolist())) if not by_reference else {}
-                            for a, row in zip(adapters, rows[quality_index])]
-                results.append(GeneratedImage(image=image, settings={
-                    "prompt": prompt,
-                    "negative_prompt": negative_prompt,
-                    "seed": job_seed,
-                    "quality": {name: str(target) for a, targets in zip(adapters, own_targets[quality_index])
-                                for name, target in a.complete_targets(targets).items()},
-                    "quality_z": z_scores[0] if len(adapters) == 1 else z_scores or {},
-                    "reference_index": quality_index if by_reference else None,
-                    "negative_reference": by_reference and negative_reference is not None,
-                    "negative_quality": negative_quality,
-                    "scale": (adapters[0].scale if len(adapters) == 1
-                              else [a.scale for a in adapters] if adapters else None),
-                    "iqa_guidance": iqa_guidance.describe() if iqa_guidance else None,
-                    "steps": steps,
-                    "guidance": guidance,
-                    "height": image_height,
-                    "width": image_width,
-                    "base_model": getattr(pipe.config, "_name_or_path", None),
-                    "adapter_base_model": adapters[0].config.base_model if adapters else None,
-                    "pipeline": type(pipe).__name__,
-                    "scheduler": type(pipe.scheduler).__name__,
-                    "versions": _versions(),
-                }))
+                z_scores = [
+                    dict(zip(a.metric_names, row.tolist())) if not by_reference else {}
+                    for a, row in zip(adapters, rows[quality_index])
+                ]
+                results.append(
+                    GeneratedImage(
+                        image=image,
+                        settings={
+                            "prompt": prompt,
+                            "negative_prompt": negative_prompt,
+                            "seed": job_seed,
+                            "quality": {
+                                name: str(target)
+                                for a, targets in zip(adapters, own_targets[quality_index])
+                                for name, target in a.complete_targets(targets).items()
+                            },
+                            "quality_z": z_scores[0] if len(adapters) == 1 else z_scores or {},
+                            "reference_index": quality_index if by_reference else None,
+                            "negative_reference": by_reference and negative_reference is not None,
+                            "negative_quality": negative_quality,
+                            "scale": (
+                                adapters[0].scale
+                                if len(adapters) == 1
+                                else [a.scale for a in adapters]
+                                if adapters
+                                else None
+                            ),
+                            "iqa_guidance": iqa_guidance.describe() if iqa_guidance else None,
+                            "steps": steps,
+                            "guidance": guidance,
+                            "height": image_height,
+                            "width": image_width,
+                            "base_model": getattr(pipe.config, "_name_or_path", None),
+                            "adapter_base_model": adapters[0].config.base_model if adapters else None,
+                            "pipeline": type(pipe).__name__,
+                            "scheduler": type(pipe.scheduler).__name__,
+                            "versions": _versions(),
+                        },
+                    )
+                )
             bar.update(len(chunk))
         bar.close()
     finally:
@@ -252,8 +284,9 @@ def _per_adapter_scales(scale, count: int) -> list:
     """One scale (or None: keep) per adapter from a float, a per-block dict, or a sequence of those."""
     if isinstance(scale, Sequence) and not isinstance(scale, str):
         if len(scale) != count:
-            raise ValueError(f"scale gives {len(scale)} values for {count} adapters; give one per adapter, or one "
-                             "float for all")
+            raise ValueError(
+                f"scale gives {len(scale)} values for {count} adapters; give one per adapter, or one float for all"
+            )
         return list(scale)
     return [scale] * count
 
@@ -265,8 +298,10 @@ def _targets_by_adapter(adapters: Sequence[IQAAdapter], quality: Quality) -> lis
     known = {name for a in adapters for name in a.metric_names}
     unknown = sorted(set(quality) - known)
     if unknown:
-        raise QualityTargetError(f"no adapter is conditioned on {', '.join(unknown)}; the adapters are conditioned "
-                                 f"on: {', '.join(sorted(known))}")
+        raise QualityTargetError(
+            f"no adapter is conditioned on {', '.join(unknown)}; the adapters are conditioned "
+            f"on: {', '.join(sorted(known))}"
+        )
     return [{name: target for name, target in quality.items() if name in a.metric_names} for a in adapters]
 
 
@@ -276,13 +311,17 @@ def _image_prompt_slots(pipe, adapters: Sequence[IQAAdapter], images: Sequence |
     slots = AdapterSlots.of(pipe.unet)
     if slots is None:
         if images:
-            raise ValueError("image_prompts are for IP-Adapters loaded with pipe.load_ip_adapter; this pipeline has none")
+            raise ValueError(
+                "image_prompts are for IP-Adapters loaded with pipe.load_ip_adapter; this pipeline has none"
+            )
         return []
     missing = [a for a in slots.adapters if not any(a is given for given in adapters)]
     if missing:
         names = "; ".join(", ".join(m.metric_names) for m in missing)
-        raise ValueError(f"{len(missing)} more IQA-Adapter(s) are attached to this pipeline (on {names}): pass them "
-                         "too, or detach them")
+        raise ValueError(
+            f"{len(missing)} more IQA-Adapter(s) are attached to this pipeline (on {names}): pass them "
+            "too, or detach them"
+        )
     return image_prompt_embeds(pipe, list(images or []), do_cfg)
 
 
@@ -296,8 +335,10 @@ def image_prompt_embeds(pipe, images: Sequence, do_classifier_free_guidance: boo
     slots = AdapterSlots.of(pipe.unet)
     count = len(layers) if slots is None else slots.external
     if len(images) != count:
-        raise ValueError(f"this pipeline has {count} IP-Adapter(s) loaded with pipe.load_ip_adapter: pass "
-                         f"image_prompts with one image each, got {len(images)}")
+        raise ValueError(
+            f"this pipeline has {count} IP-Adapter(s) loaded with pipe.load_ip_adapter: pass "
+            f"image_prompts with one image each, got {len(images)}"
+        )
     embeds = []
     for image, layer in zip(images, layers):
         positive, negative = pipe.encode_image(image, pipe._execution_device, 1, not isinstance(layer, ImageProjection))
@@ -321,14 +362,17 @@ def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> 
         raise ValueError(f"output folder {out_dir} is a file; choose another --out")
     earlier = generated_files(out_dir)
     if earlier and not overwrite:
-        raise ValueError(f"output folder {out_dir} already holds {len(earlier)} files of an earlier run "
-                         f"({earlier[0].name}, ...); choose another --out, or pass --overwrite (overwrite=True) "
-                         "to replace them")
+        raise ValueError(
+            f"output folder {out_dir} already holds {len(earlier)} files of an earlier run "
+            f"({earlier[0].name}, ...); choose another --out, or pass --overwrite (overwrite=True) "
+            "to replace them"
+        )
     return out_dir
 
 
-def save_images(results: Sequence[GeneratedImage], out_dir: str | os.PathLike, extra: Mapping | None = None,
-                overwrite: bool = False) -> list[Path]:
+def save_images(
+    results: Sequence[GeneratedImage], out_dir: str | os.PathLike, extra: Mapping | None = None, overwrite: bool = False
+) -> list[Path]:
     """Write ``NNNN.png`` and a ``NNNN.json`` sidecar of its settings (plus ``extra``) per image.
 
     A folder holding the images of an earlier run is refused, or with ``overwrite`` emptied of them first, so
@@ -364,8 +408,19 @@ def fit_init_image(image, pipe, width: int | None = None, height: int | None = N
     return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
 
 
-def check_settings(pipe, *, steps: int, guidance: float, num_images: int, batch_size: int, seed: int,
-                   height: int | None, width: int | None, scale, negative_quality: float | None) -> None:
+def check_settings(
+    pipe,
+    *,
+    steps: int,
+    guidance: float,
+    num_images: int,
+    batch_size: int,
+    seed: int,
+    height: int | None,
+    width: int | None,
+    scale,
+    negative_quality: float | None,
+) -> None:
     """Validate the numeric settings of :func:`generate`; each error names the setting and its valid range."""
     check_int("steps", steps, 1)
     check_number("guidance", guidance, 0.0)
@@ -390,9 +445,11 @@ def _check_finite_features(adapter: IQAAdapter, pipe, qualities: Sequence[Qualit
         features = projection(adapter.condition_inputs(torch.stack(rows)).to(projection.norm.weight))
     for quality, finite in zip(qualities, torch.isfinite(features).flatten(1).all(dim=1).tolist()):
         if not finite:
-            raise ValueError(f"quality targets {dict(quality)} are so far outside the training scores that the "
-                             f"adapter's features overflow in {str(dtype).removeprefix('torch.')}; choose targets "
-                             "within the adapter's range (`iqa-adapter info --adapter DIR` shows it)")
+            raise ValueError(
+                f"quality targets {dict(quality)} are so far outside the training scores that the "
+                f"adapter's features overflow in {str(dtype).removeprefix('torch.')}; choose targets "
+                "within the adapter's range (`iqa-adapter info --adapter DIR` shows it)"
+            )
 
 
 def sweep_grid(results: Sequence[GeneratedImage], metric: str) -> Image.Image:

@@ -75,8 +75,10 @@ class IQAGuidance:
 
     def __post_init__(self) -> None:
         if not self.metric.differentiable:
-            raise NotDifferentiableError(f"gradient guidance needs a differentiable metric; {self.metric.name!r} is "
-                                         "not (`iqa-adapter metrics` lists the differentiable ones)")
+            raise NotDifferentiableError(
+                f"gradient guidance needs a differentiable metric; {self.metric.name!r} is "
+                "not (`iqa-adapter metrics` lists the differentiable ones)"
+            )
         check_number("alpha", self.alpha)
         start, end = self.window
         if not 0.0 <= start < end <= 1.0:
@@ -87,8 +89,12 @@ class IQAGuidance:
 
     def describe(self) -> dict:
         """The settings, for image sidecars."""
-        return {"metric": self.metric.name, "alpha": self.alpha, "window": list(self.window),
-                "decode_scale": self.decode_scale}
+        return {
+            "metric": self.metric.name,
+            "alpha": self.alpha,
+            "window": list(self.window),
+            "decode_scale": self.decode_scale,
+        }
 
     def omega(self, timestep: float, num_train_timesteps: int) -> float:
         """Weight of the correction at ``timestep``: 0 at the start of sampling, 1 at the end."""
@@ -120,8 +126,10 @@ class IQAGuidance:
             if scheduler_config.prediction_type == "v_prediction":
                 correction = correction / alphas_cumprod[int(t)].sqrt()  # v = eps / sqrt(a_t) - (terms in z_t)
             elif scheduler_config.prediction_type != "epsilon":
-                raise ValueError(f"gradient guidance supports epsilon and v-prediction models, not "
-                                 f"{scheduler_config.prediction_type!r}")
+                raise ValueError(
+                    f"gradient guidance supports epsilon and v-prediction models, not "
+                    f"{scheduler_config.prediction_type!r}"
+                )
             corrected = output[0] if isinstance(output, tuple) else output.sample
             corrected = corrected - correction.to(corrected.dtype)
             if isinstance(output, tuple):
@@ -160,6 +168,8 @@ class IQAGuidance:
 def _alphas_cumprod(scheduler) -> torch.Tensor:
     values = getattr(scheduler, "alphas_cumprod", None)
     if values is None:
-        raise ValueError(f"{type(scheduler).__name__} exposes no alphas_cumprod; gradient guidance needs a DDPM-family "
-                         "noise schedule")
+        raise ValueError(
+            f"{type(scheduler).__name__} exposes no alphas_cumprod; gradient guidance needs a DDPM-family "
+            "noise schedule"
+        )
     return values

@@ -57,16 +57,21 @@ def loading_options(name: str | os.PathLike) -> dict:
 def _offline_reason() -> str:
     from huggingface_hub import constants
 
-    return ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
-            else f"the Hugging Face Hub ({_endpoint()}) cannot be reached")
+    return (
+        "HF_HUB_OFFLINE is set"
+        if constants.HF_HUB_OFFLINE
+        else f"the Hugging Face Hub ({_endpoint()}) cannot be reached"
+    )
 
 
 def not_found_message(name: str, what: str) -> str:
     """Why a hub id could not be loaded while offline, and the fix."""
     from huggingface_hub import constants
 
-    return (f"cannot load {what} {name!r}: it is not a local folder, {_offline_reason()}, and it is not in the local "
-            f"cache ({constants.HF_HUB_CACHE}); give a local folder, or download it once while online")
+    return (
+        f"cannot load {what} {name!r}: it is not a local folder, {_offline_reason()}, and it is not in the local "
+        f"cache ({constants.HF_HUB_CACHE}); give a local folder, or download it once while online"
+    )
 
 
 class HubDownloadError(ValueError):
@@ -74,8 +79,9 @@ class HubDownloadError(ValueError):
     file); the message names it and the fix."""
 
 
-def download_file(repo_id: str, filename: str, *, what: str, revision: str | None = None,
-                  subfolder: str | None = None) -> Path:
+def download_file(
+    repo_id: str, filename: str, *, what: str, revision: str | None = None, subfolder: str | None = None
+) -> Path:
     """The local path of ``filename`` (under ``subfolder``) of the model repository ``repo_id`` at ``revision``,
     through huggingface_hub's download and cache: from the cache alone when :func:`offline`. ``what`` names the
     thing in errors (``"the adapter"``)."""
@@ -93,8 +99,10 @@ def download_file(repo_id: str, filename: str, *, what: str, revision: str | Non
     try:
         return Path(hf_hub_download(repo_id, filename, subfolder=subfolder or None, revision=revision, **options))
     except RepositoryNotFoundError:
-        raise HubDownloadError(f"cannot load {what} {repo_id!r}: it is not a local folder, and the Hub has no such "
-                               "repository or it is private (log in with `hf auth login` or set HF_TOKEN)") from None
+        raise HubDownloadError(
+            f"cannot load {what} {repo_id!r}: it is not a local folder, and the Hub has no such "
+            "repository or it is private (log in with `hf auth login` or set HF_TOKEN)"
+        ) from None
     except RevisionNotFoundError:
         raise HubDownloadError(f"cannot load {what} {repo_id!r}: it has no revision {revision!r}") from None
     except EntryNotFoundError:  # also a file missing from the local cache while offline
@@ -103,14 +111,20 @@ def download_file(repo_id: str, filename: str, *, what: str, revision: str | Non
 
             if not any(Path(constants.HF_HUB_CACHE).glob(f"models--{repo_id.replace('/', '--')}/snapshots/*")):
                 raise HubDownloadError(not_found_message(repo_id, what)) from None
-            raise HubDownloadError(f"cannot load {what} {repo_id!r}: {_offline_reason()}, and its local cache has no "
-                                   f"{shown}{at}; check --revision and --subfolder, or download it once while "
-                                   "online") from None
-        raise HubDownloadError(f"cannot load {what} {repo_id!r}: it has no file {shown}{at}; give --subfolder "
-                               "if the files lie in a folder of the repository") from None
+            raise HubDownloadError(
+                f"cannot load {what} {repo_id!r}: {_offline_reason()}, and its local cache has no "
+                f"{shown}{at}; check --revision and --subfolder, or download it once while "
+                "online"
+            ) from None
+        raise HubDownloadError(
+            f"cannot load {what} {repo_id!r}: it has no file {shown}{at}; give --subfolder "
+            "if the files lie in a folder of the repository"
+        ) from None
     except HFValidationError as error:
-        raise HubDownloadError(f"cannot load {what} {repo_id!r}: it is neither a local folder nor a valid hub id "
-                               f"({str(error).splitlines()[0]})") from None
+        raise HubDownloadError(
+            f"cannot load {what} {repo_id!r}: it is neither a local folder nor a valid hub id "
+            f"({str(error).splitlines()[0]})"
+        ) from None
     except (OSError, ValueError) as error:
         if options.get("local_files_only"):
             raise HubDownloadError(not_found_message(repo_id, what)) from None
@@ -118,8 +132,16 @@ def download_file(repo_id: str, filename: str, *, what: str, revision: str | Non
         raise HubDownloadError(f"cannot download {shown} of {what} {repo_id!r}{at} ({first_line})") from None
 
 
-def upload_files(repo_id: str, files: dict[str, str | os.PathLike | bytes], *, what: str, token: str | None = None,
-                 private: bool | None = None, revision: str | None = None, commit_message: str) -> str:
+def upload_files(
+    repo_id: str,
+    files: dict[str, str | os.PathLike | bytes],
+    *,
+    what: str,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str,
+) -> str:
     """Create the model repository ``repo_id`` when it is missing and commit ``files`` (path in the repository ->
     local path or bytes) to it in one commit; returns the commit's URL. Errors name ``what`` and the fix."""
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -130,13 +152,21 @@ def upload_files(repo_id: str, files: dict[str, str | os.PathLike | bytes], *, w
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
-                                         else str(content)) for name, content in files.items()]
+        operations = [
+            CommitOperationAdd(
+                path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes) else str(content)
+            )
+            for name, content in files.items()
+        ]
         return str(api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision).commit_url)
     except HFValidationError as error:
-        raise ValueError(f"cannot upload {what}: {repo_id!r} is not a valid repository id "
-                         f"({str(error).splitlines()[0]}); use org/name") from None
+        raise ValueError(
+            f"cannot upload {what}: {repo_id!r} is not a valid repository id "
+            f"({str(error).splitlines()[0]}); use org/name"
+        ) from None
     except (HfHubHTTPError, OSError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"cannot upload {what} to {repo_id!r} on {_endpoint()} ({first_line}); check the "
-                         "connection and that your token (`hf auth login` or HF_TOKEN) may write there") from None
+        raise ValueError(
+            f"cannot upload {what} to {repo_id!r} on {_endpoint()} ({first_line}); check the "
+            "connection and that your token (`hf auth login` or HF_TOKEN) may write there"
+        ) from None

@@ -36,8 +36,9 @@ class ImageReadError(ValueError):
     """An image that cannot be read; the message names the file and the problem."""
 
 
-def open_image(source: str | os.PathLike | bytes, *, name: str | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """A fully decoded PIL image, in its own mode, from a path or encoded bytes.
 
     ``name`` is how messages call the image (default: the path). ``max_pixels`` refuses larger images
@@ -64,7 +65,8 @@ def open_image(source: str | os.PathLike | bytes, *, name: str | None = None,
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageReadError(
                         f"{label} has {width}x{height} = {width * height:,} pixels, more than the limit of "
-                        f"{max_pixels:,}; raise the limit (--max-pixels) to read it")
+                        f"{max_pixels:,}; raise the limit (--max-pixels) to read it"
+                    )
                 image.load()
                 return image
         except ImageReadError:
@@ -133,7 +135,8 @@ def rgb_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(rgb_array(image)).permute(2, 0, 1).contiguous()
 
 
-def read_rgb(source: str | os.PathLike | bytes, *, name: str | None = None,
-             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def read_rgb(
+    source: str | os.PathLike | bytes, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """An image file as 8-bit RGB (:func:`open_image`, then :func:`to_rgb`)."""
     return to_rgb(open_image(source, name=name, max_pixels=max_pixels))

@@ -51,8 +51,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not a text file") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{what} {path} is not valid JSON ({error.msg} at line {error.lineno}, column "
-                         f"{error.colno}); repair it or write it again") from None
+        raise ValueError(
+            f"{what} {path} is not valid JSON ({error.msg} at line {error.lineno}, column "
+            f"{error.colno}); repair it or write it again"
+        ) from None
 
 
 PICKLE_HINT = "it looks like a torch pickle file, not safetensors"

@@ -43,19 +43,24 @@ def _statistics_table(config: IQAAdapterConfig) -> list[str]:
                 values.append(_number(stats.raw_from_percentile(percentile)))
             except ValueError:
                 values.append("")
-        rows.append(f"| {stats.name} | {'yes' if stats.higher_is_better else 'no'} | {_number(stats.mean)} | "
-                    f"{_number(stats.std)} | " + " | ".join(values) + " |")
+        rows.append(
+            f"| {stats.name} | {'yes' if stats.higher_is_better else 'no'} | {_number(stats.mean)} | "
+            f"{_number(stats.std)} | " + " | ".join(values) + " |"
+        )
     return rows
 
 
 def _training_section(config: IQAAdapterConfig) -> list[str]:
     training = config.extra.get("training")
     if not training:
-        return ["The config records no training recipe (an adapter converted from the official code, or saved "
-                "before recipes were recorded)."]
+        return [
+            "The config records no training recipe (an adapter converted from the official code, or saved "
+            "before recipes were recorded)."
+        ]
     rows = ["| setting | value |", "|---|---|"]
-    rows += [f"| {key} | {json.dumps(value) if not isinstance(value, str) else value} |"
-             for key, value in training.items()]
+    rows += [
+        f"| {key} | {json.dumps(value) if not isinstance(value, str) else value} |" for key, value in training.items()
+    ]
     return rows
 
 
@@ -67,14 +72,24 @@ def _usage(config: IQAAdapterConfig, repo_id: str) -> list[str]:
     else:
         condition = "{" + ", ".join(f'"{name}": "p99"' for name in config.metric_names) + "}"
         options = " ".join(f"--quality {name}=p99" for name in config.metric_names)
-    return ["```python", "import torch", "from diffusers import DiffusionPipeline",
-            *(["from PIL import Image"] if config.condition == "reference" else []),
-            "from iqa_adapter import IQAAdapter", "from iqa_adapter.generation import generate", "",
-            f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
-            f'adapter = IQAAdapter.from_pretrained("{repo_id}")',
-            f'results = generate(pipe, adapter, "a photo of a cat", {condition})',
-            "results[0].image.save(\"cat.png\")", "```", "", "```bash",
-            f'iqa-adapter generate --base {base} --adapter {repo_id} --prompt "a photo of a cat" {options}', "```"]
+    return [
+        "```python",
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        *(["from PIL import Image"] if config.condition == "reference" else []),
+        "from iqa_adapter import IQAAdapter",
+        "from iqa_adapter.generation import generate",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+        f'adapter = IQAAdapter.from_pretrained("{repo_id}")',
+        f'results = generate(pipe, adapter, "a photo of a cat", {condition})',
+        'results[0].image.save("cat.png")',
+        "```",
+        "",
+        "```bash",
+        f'iqa-adapter generate --base {base} --adapter {repo_id} --prompt "a photo of a cat" {options}',
+        "```",
+    ]
 
 
 def _evaluation_section(evaluation: Mapping) -> list[str]:
@@ -83,40 +98,66 @@ def _evaluation_section(evaluation: Mapping) -> list[str]:
         return ["(The evaluation report given has no RelGain table.)"]
     targets = set(evaluation.get("target_metrics", []))
     metrics = list(next(iter(relgain.values())))
-    rows = [f"Relative gain over the base model, % (paper section 4.2; targets marked *), "
-            f"{evaluation.get('n_images', '?')} images:", "",
-            "| condition | " + " | ".join(f"{m}*" if m in targets else m for m in metrics) + " |",
-            "|---|" + "---|" * len(metrics)]
-    rows += [f"| {condition} | " + " | ".join(f"{values[m]:+.1f}" for m in metrics) + " |"
-             for condition, values in relgain.items()]
+    rows = [
+        f"Relative gain over the base model, % (paper section 4.2; targets marked *), "
+        f"{evaluation.get('n_images', '?')} images:",
+        "",
+        "| condition | " + " | ".join(f"{m}*" if m in targets else m for m in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    rows += [
+        f"| {condition} | " + " | ".join(f"{values[m]:+.1f}" for m in metrics) + " |"
+        for condition, values in relgain.items()
+    ]
     claims = evaluation.get("claims")
     if claims:
-        rows += ["", "Claims of the paper checked on these numbers: "
-                 + "; ".join(f"{name.replace('_', ' ')}: {'yes' if value else 'no'}"
-                             for name, value in claims.items() if value is not None) + "."]
+        rows += [
+            "",
+            "Claims of the paper checked on these numbers: "
+            + "; ".join(
+                f"{name.replace('_', ' ')}: {'yes' if value else 'no'}"
+                for name, value in claims.items()
+                if value is not None
+            )
+            + ".",
+        ]
     return rows
 
 
-def adapter_model_card(config: IQAAdapterConfig, repo_id: str, *, evaluation: Mapping | None = None,
-                       license: str | None = None) -> str:
+def adapter_model_card(
+    config: IQAAdapterConfig, repo_id: str, *, evaluation: Mapping | None = None, license: str | None = None
+) -> str:
     """The README.md of the hub repository ``repo_id`` holding an adapter with ``config``; ``evaluation`` is an
     ``iqa-adapter evaluate`` report (its ``report.json``) to summarise."""
     if config.condition == "reference":
-        summary = (f"conditioned on the features of a reference image ({config.reference['metric']}, layers "
-                   f"{', '.join(map(str, config.reference['layers']))}): it transfers the reference's quality")
+        summary = (
+            f"conditioned on the features of a reference image ({config.reference['metric']}, layers "
+            f"{', '.join(map(str, config.reference['layers']))}): it transfers the reference's quality"
+        )
     else:
         summary = f"conditioned on the quality scores {', '.join(config.metric_names)}"
-    lines = [_front_matter(config, license), "", f"# {repo_id.split('/')[-1]}", "",
-             f"An [IQA-Adapter](https://arxiv.org/abs/2412.01794) for `{config.base_model or 'an unknown base model'}`, "
-             f"{summary}. It adds decoupled cross-attention K/V on {len(config.layers)} cross-attention layers and a "
-             f"{config.projection} projection to {config.num_tokens} tokens; load it with the `iqa-adapter` library.",
-             "", "## Targets and scale", "",
-             f"Trained at adapter scale {config.train_scale:g}; generation uses {config.default_scale:g} unless told "
-             "(the paper's). A target per metric is a percentile of the training data (`p99`: better than 99 % of "
-             "it, whatever the metric's direction), a z-score (`z2.0`) or a raw metric value."]
+    lines = [
+        _front_matter(config, license),
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"An [IQA-Adapter](https://arxiv.org/abs/2412.01794) for `{config.base_model or 'an unknown base model'}`, "
+        f"{summary}. It adds decoupled cross-attention K/V on {len(config.layers)} cross-attention layers and a "
+        f"{config.projection} projection to {config.num_tokens} tokens; load it with the `iqa-adapter` library.",
+        "",
+        "## Targets and scale",
+        "",
+        f"Trained at adapter scale {config.train_scale:g}; generation uses {config.default_scale:g} unless told "
+        "(the paper's). A target per metric is a percentile of the training data (`p99`: better than 99 % of "
+        "it, whatever the metric's direction), a z-score (`z2.0`) or a raw metric value.",
+    ]
     if config.default_targets:
-        lines += ["", "Targets a call leaves out: "
-                  + ", ".join(f"{name} = {value}" for name, value in config.default_targets.items()) + "."]
+        lines += [
+            "",
+            "Targets a call leaves out: "
+            + ", ".join(f"{name} = {value}" for name, value in config.default_targets.items())
+            + ".",
+        ]
     if config.condition == "scores":
         lines += ["", "Statistics of the training data (they turn a target into the z-score the adapter reads):", ""]
         lines += _statistics_table(config)

@@ -14,8 +14,14 @@ from .hub import loading_options, not_found_message
 SKIPPED_COMPONENTS = ("safety_checker", "feature_extractor")
 
 
-def load_pipeline(base: str, device: str | torch.device, dtype: torch.dtype, *, frozen: bool = False,
-                  vae_dtype: torch.dtype | None = None) -> DiffusionPipeline:
+def load_pipeline(
+    base: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    *,
+    frozen: bool = False,
+    vae_dtype: torch.dtype | None = None,
+) -> DiffusionPipeline:
     """The SD 1.x/2.x or SDXL pipeline ``base`` on ``device`` in ``dtype`` (its VAE in ``vae_dtype`` when given),
     progress bars off.
 
@@ -33,11 +39,14 @@ def load_pipeline(base: str, device: str | torch.device, dtype: torch.dtype, *, 
     except (OSError, ValueError) as error:
         if options.get("local_files_only"):
             raise ValueError(not_found_message(base, "the base model")) from None
-        raise ValueError(f"cannot load the base model {base!r}: {' '.join(str(error).split())} Give a diffusers "
-                         "model folder or a hub id (hub ids need the internet or a filled Hugging Face cache)") from None
+        raise ValueError(
+            f"cannot load the base model {base!r}: {' '.join(str(error).split())} Give a diffusers "
+            "model folder or a hub id (hub ids need the internet or a filled Hugging Face cache)"
+        ) from None
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
-        raise ValueError(f"{base!r} is a {type(pipe).__name__}, which has no UNet; IQA-Adapter needs an SD 1.x/2.x "
-                         "or SDXL pipeline")
+        raise ValueError(
+            f"{base!r} is a {type(pipe).__name__}, which has no UNet; IQA-Adapter needs an SD 1.x/2.x or SDXL pipeline"
+        )
     if frozen:
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):

@@ -47,8 +47,10 @@ class ReferenceSpec:
         metric, separator, layers = text.rpartition(":")
         names = tuple(name.strip() for name in layers.split(",") if name.strip())
         if not separator or not metric or not names:
-            raise ValueError(f"reference features are written <metric>:<layer>[,<layer>...], e.g. "
-                             f"loda:checkpoints/loda:distortion_tokens,cls; got {text!r}")
+            raise ValueError(
+                f"reference features are written <metric>:<layer>[,<layer>...], e.g. "
+                f"loda:checkpoints/loda:distortion_tokens,cls; got {text!r}"
+            )
         return cls(metric, names)
 
     def __str__(self) -> str:
@@ -78,8 +80,10 @@ class ReferenceEncoder(nn.Module):
         missing = [layer for layer in self.layers if layer not in named and not self._is_module(layer)]
         if missing:
             known = ", ".join(sorted(named)) or "(none)"
-            raise ValueError(f"metric {metric.name!r} has no layer {missing[0]!r}: its features are {known}, or give "
-                             "the path of a submodule (e.g. backbone.layer4)")
+            raise ValueError(
+                f"metric {metric.name!r} has no layer {missing[0]!r}: its features are {known}, or give "
+                "the path of a submodule (e.g. backbone.layer4)"
+            )
         self.feature_dim = int(self(probe).shape[1])
 
     @classmethod
@@ -103,10 +107,15 @@ class ReferenceEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         named = self._named_features(images) if any(not self._is_module(layer) for layer in self.layers) else {}
         hooked: dict[str, torch.Tensor] = {}
-        hooks = [self.metric.get_submodule(layer).register_forward_hook(
-                     lambda module, args, output, layer=layer: hooked.__setitem__(
-                         layer, output[0] if isinstance(output, (tuple, list)) else output))
-                 for layer in self.layers if layer not in named]
+        hooks = [
+            self.metric.get_submodule(layer).register_forward_hook(
+                lambda module, args, output, layer=layer: hooked.__setitem__(
+                    layer, output[0] if isinstance(output, (tuple, list)) else output
+                )
+            )
+            for layer in self.layers
+            if layer not in named
+        ]
         try:
             if hooks:
                 self.metric(images)

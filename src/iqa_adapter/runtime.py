@@ -14,9 +14,11 @@ import argparse
 
 AUTO = "auto"
 _DEFAULT_THREADS: int | None = None  # torch's own thread count, read before the first change
-THREADS_HELP = ("CPU threads for torch: a number, or 'auto' (default): 1 on the embedded toy world (its tiny models "
-                "run fastest on one thread and stall when cores are shared), otherwise torch's default (one per "
-                "core) less the data-loader workers")
+THREADS_HELP = (
+    "CPU threads for torch: a number, or 'auto' (default): 1 on the embedded toy world (its tiny models "
+    "run fastest on one thread and stall when cores are shared), otherwise torch's default (one per "
+    "core) less the data-loader workers"
+)
 
 
 def threads_setting(text: str) -> int | str:
@@ -63,8 +65,10 @@ def resolve_device(name: str | None) -> str:
             build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU is visible"
             raise ValueError(f"--device {name}: CUDA is not available here ({build}); use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
-                             f"cuda:{torch.cuda.device_count() - 1})")
+            raise ValueError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: Apple's MPS backend is not available here; use --device cpu")
     return name

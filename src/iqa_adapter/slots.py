@@ -77,7 +77,8 @@ class AdapterSlots:
         if position is None:
             raise RuntimeError("this adapter is not attached to this UNet")
         if self.unet.encoder_hid_proj is None or not any(
-                layer is adapter.projection for layer in self.unet.encoder_hid_proj.image_projection_layers):
+            layer is adapter.projection for layer in self.unet.encoder_hid_proj.image_projection_layers
+        ):
             raise RuntimeError(
                 "the UNet's IP-Adapter layers were replaced since the IQA-Adapter was attached (pipe.load_ip_adapter "
                 "or pipe.unload_ip_adapter after attach?): load diffusers' IP-Adapters first, then attach IQA-Adapters"
@@ -109,26 +110,33 @@ class AdapterSlots:
         each IQA-Adapter at its own scale per layer."""
         first = self.adapters[0].config
         names = [layer.name for layer in first.layers]
-        scales = [layer_scales(self.unet, adapter.scale if adapter.scale is not None else 1.0, names)
-                  for adapter in self.adapters]
+        scales = [
+            layer_scales(self.unet, adapter.scale if adapter.scale is not None else 1.0, names)
+            for adapter in self.adapters
+        ]
         processors = dict(self.processors)
         for position, layer in enumerate(first.layers):
             own = self.processors[f"{layer.name}.processor"]
             own_slots = isinstance(own, IP_PROCESSORS)
             with torch.device("meta"):  # diffusers makes K/V modules of its own; ours replace them below
                 processor = IPAdapterAttnProcessor2_0(
-                    hidden_size=layer.hidden_size, cross_attention_dim=first.cross_attention_dim,
+                    hidden_size=layer.hidden_size,
+                    cross_attention_dim=first.cross_attention_dim,
                     num_tokens=(*(own.num_tokens if own_slots else ()), *(a.config.num_tokens for a in self.adapters)),
-                    scale=[*(own.scale if own_slots else []), *(values[layer.name] for values in scales)])
-            processor.to_k_ip = nn.ModuleList([*(own.to_k_ip if own_slots else []),
-                                               *(adapter.kv[position].to_k for adapter in self.adapters)])
-            processor.to_v_ip = nn.ModuleList([*(own.to_v_ip if own_slots else []),
-                                               *(adapter.kv[position].to_v for adapter in self.adapters)])
+                    scale=[*(own.scale if own_slots else []), *(values[layer.name] for values in scales)],
+                )
+            processor.to_k_ip = nn.ModuleList(
+                [*(own.to_k_ip if own_slots else []), *(adapter.kv[position].to_k for adapter in self.adapters)]
+            )
+            processor.to_v_ip = nn.ModuleList(
+                [*(own.to_v_ip if own_slots else []), *(adapter.kv[position].to_v for adapter in self.adapters)]
+            )
             processors[f"{layer.name}.processor"] = processor
         self.unet.set_attn_processor(processors)
         own_projections = [] if self.encoder_hid_proj is None else list(self.encoder_hid_proj.image_projection_layers)
         self.unet.encoder_hid_proj = MultiIPAdapterImageProjection(
-            own_projections + [adapter.projection for adapter in self.adapters])
+            own_projections + [adapter.projection for adapter in self.adapters]
+        )
         self.unet.config.encoder_hid_dim_type = ENCODER_HID_DIM_TYPE
 
     def set_scale(self, adapter: IQAAdapter, scale: float | Mapping) -> None:
@@ -137,7 +145,6 @@ class AdapterSlots:
         values = layer_scales(self.unet, scale, [layer.name for layer in adapter.config.layers])
         for name, value in values.items():
             self.unet.get_submodule(name).processor.scale[slot] = value
-
 
 
 class ScaleCutoffCallback(IPAdapterScaleCutoffCallback):

@@ -57,7 +57,9 @@ class MetricStats:
     def raw_from_percentile(self, percentile: float) -> float:
         """Raw metric value at a quality percentile, linearly interpolated in the table."""
         if not self.percentiles:
-            raise QualityTargetError(f"metric {self.name!r} has no percentile table; give a z-score (z1.5) or a raw value")
+            raise QualityTargetError(
+                f"metric {self.name!r} has no percentile table; give a z-score (z1.5) or a raw value"
+            )
         table = sorted(self.percentiles)
         low, high = table[0], table[-1]
         if not low <= percentile <= high:
@@ -110,8 +112,9 @@ class MetricStats:
         )
 
     @classmethod
-    def from_scores(cls, name: str, scores, higher_is_better: bool = True,
-                    percentiles=tuple(range(1, 100))) -> MetricStats:
+    def from_scores(
+        cls, name: str, scores, higher_is_better: bool = True, percentiles=tuple(range(1, 100))
+    ) -> MetricStats:
         """Statistics of an array of raw scores (NaN and infinite values are ignored)."""
         values = np.asarray(scores, dtype=np.float64)
         values = values[np.isfinite(values)]
@@ -140,15 +143,17 @@ def load_stats_table(path: str | Path) -> dict[str, MetricStats]:
         required = {"metric", "mean_val", "std_val"}
         missing = required - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: not a statistics table, missing columns {sorted(missing)}; "
-                             "expected the layout of CC3M_stats.csv (metric, min_val, max_val, mean_val, "
-                             "std_val, quantile_1 ... quantile_99)")
+            raise ValueError(
+                f"{path}: not a statistics table, missing columns {sorted(missing)}; "
+                "expected the layout of CC3M_stats.csv (metric, min_val, max_val, mean_val, "
+                "std_val, quantile_1 ... quantile_99)"
+            )
         for row in reader:
             name = row["metric"]
             if name.endswith("_normalized"):
                 continue
             percentiles = {
-                float(column[len("quantile_"):]): float(value)
+                float(column[len("quantile_") :]): float(value)
                 for column, value in row.items()
                 if column and column.startswith("quantile_") and value not in ("", None)
             }
@@ -183,5 +188,15 @@ def write_stats_table(stats: list[MetricStats], path: str | Path) -> None:
         writer.writerow(columns)
         for index, metric in enumerate(stats):
             quantiles = [metric.percentiles.get(float(q), "") for q in TABLE_QUANTILES]
-            writer.writerow([index, metric.name, metric.min, metric.max, metric.mean, metric.std, *quantiles,
-                             str(metric.higher_is_better).lower()])
+            writer.writerow(
+                [
+                    index,
+                    metric.name,
+                    metric.min,
+                    metric.max,
+                    metric.mean,
+                    metric.std,
+                    *quantiles,
+                    str(metric.higher_is_better).lower(),
+                ]
+            )

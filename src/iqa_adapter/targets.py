@@ -42,12 +42,17 @@ def target_to_z(target: QualityTarget, stats: MetricStats) -> float:
         warnings.warn(
             f"quality target {target!r} for {stats.name!r} (z = {z:.4g}) lies outside the scores the adapter was "
             f"trained on (z {low:.3g} to {high:.3g}); the adapter never saw it, so expect unpredictable images",
-            QualityTargetWarning, stacklevel=3)
+            QualityTargetWarning,
+            stacklevel=3,
+        )
     return z
 
 
-def targets_to_z(targets: Mapping[str, QualityTarget], metrics: Sequence[MetricStats],
-                 defaults: Mapping[str, QualityTarget] | None = None) -> list[float]:
+def targets_to_z(
+    targets: Mapping[str, QualityTarget],
+    metrics: Sequence[MetricStats],
+    defaults: Mapping[str, QualityTarget] | None = None,
+) -> list[float]:
     """Z-scores for every metric of an adapter, in the adapter's metric order.
 
     Every metric of the adapter needs a target (given, or a default of the adapter's config), and no other

@@ -34,8 +34,9 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     return int(value)
 
 
-def check_number(name: str, value, minimum: float | None = None, maximum: float | None = None, *,
-                 open_minimum: bool = False) -> float:
+def check_number(
+    name: str, value, minimum: float | None = None, maximum: float | None = None, *, open_minimum: bool = False
+) -> float:
     """``value`` as a finite float within the bounds (``open_minimum``: strictly above ``minimum``)."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -56,8 +57,10 @@ def check_scale(name: str, scale) -> float | dict:
     if isinstance(scale, Mapping):
         unknown = sorted(set(map(str, scale)) - {"down", "mid", "up"})
         if unknown:
-            raise ValueError(f"{name}: unknown UNet part(s) {unknown}; a per-block scale names 'down', 'mid' and 'up', "
-                             "e.g. {\"up\": {\"block_0\": [0.0, 1.0, 0.0]}}")
+            raise ValueError(
+                f"{name}: unknown UNet part(s) {unknown}; a per-block scale names 'down', 'mid' and 'up', "
+                'e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}'
+            )
         for part, value in scale.items():
             _check_scale_leaves(f"{name}[{part!r}]", value)
         return dict(scale)
@@ -82,6 +85,7 @@ def cli_type(check: Callable, *bounds, parse: Callable = float, **options) -> Ca
 
     The error message is the check's, without the setting's name (argparse puts ``argument --name:`` first).
     """
+
     def convert(text: str):
         try:
             value = parse(text)

@@ -13,5 +13,12 @@
 from .quality import oriented_spearman, quality_report, relgain, relgain_matrix
 from .run import EvaluationSettings, Measures, evaluate
 
-__all__ = ["EvaluationSettings", "Measures", "evaluate", "oriented_spearman", "quality_report", "relgain",
-           "relgain_matrix"]
+__all__ = [
+    "EvaluationSettings",
+    "Measures",
+    "evaluate",
+    "oriented_spearman",
+    "quality_report",
+    "relgain",
+    "relgain_matrix",
+]

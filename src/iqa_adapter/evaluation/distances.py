@@ -38,8 +38,9 @@ def check_distance_spec(name: str) -> None:
 
         parse_extractor_spec(name.removeprefix("features:"))
     elif name not in BUILT_IN + PYIQA:
-        raise ValueError(f"unknown distance {name!r}; choose from {', '.join(BUILT_IN + PYIQA)} or "
-                         "features:<extractor>")
+        raise ValueError(
+            f"unknown distance {name!r}; choose from {', '.join(BUILT_IN + PYIQA)} or features:<extractor>"
+        )
 
 
 class PairDistance:
@@ -62,7 +63,7 @@ class PairDistance:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.name.startswith("features:"):
             features = self.model(torch.cat([x, y]).to(self.device)).double().cpu()
-            return 1 - torch.nn.functional.cosine_similarity(features[: len(x)], features[len(x):], dim=1)
+            return 1 - torch.nn.functional.cosine_similarity(features[: len(x)], features[len(x) :], dim=1)
         if self.name == "ssim":
             return 1 - ssim(x, y)
         if self.name == "ms_ssim":

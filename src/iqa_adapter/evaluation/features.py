@@ -43,11 +43,25 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_BATCH = 64
 FID_EXTRA_HINT = "pip install 'iqa-adapter[fid]' (torch-fidelity, which needs a torchvision that loads with this torch)"
-SPECS = ("dinov2", "dinov2:<hub id or folder>", "clip", "clip:<hub id or folder>", "inception",
-         "inception:<weights file>", "features:<metric>:<layers>")
+SPECS = (
+    "dinov2",
+    "dinov2:<hub id or folder>",
+    "clip",
+    "clip:<hub id or folder>",
+    "inception",
+    "inception:<weights file>",
+    "features:<metric>:<layers>",
+)
 
-__all__ = ["ClipExtractor", "Dinov2Extractor", "FeatureExtractor", "InceptionExtractor", "MetricFeatureExtractor",
-           "create_extractor", "load_pretrained"]
+__all__ = [
+    "ClipExtractor",
+    "Dinov2Extractor",
+    "FeatureExtractor",
+    "InceptionExtractor",
+    "MetricFeatureExtractor",
+    "create_extractor",
+    "load_pretrained",
+]
 
 
 # ---------------------------------------------------------------- helpers
@@ -98,7 +112,7 @@ def resize_shorter_and_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     new_size = (size, resized_long) if height <= width else (resized_long, size)
     images = resize_bicubic(images, new_size)
     top, left = (new_size[0] - size) // 2, (new_size[1] - size) // 2
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -158,8 +172,12 @@ class FeatureExtractor(nn.Module):
 
     def describe(self) -> dict:
         """What produces the features (model, weights fingerprint, preprocessing): a cache key, and for reports."""
-        return {"extractor": self.name, "feature_dim": self.feature_dim, **self.preprocessing(),
-                "weights": self.fingerprint}
+        return {
+            "extractor": self.name,
+            "feature_dim": self.feature_dim,
+            **self.preprocessing(),
+            "weights": self.fingerprint,
+        }
 
 
 class Dinov2Extractor(FeatureExtractor):
@@ -191,9 +209,13 @@ class Dinov2Extractor(FeatureExtractor):
         return self.model(pixel_values=pixels).pooler_output
 
     def preprocessing(self) -> dict:
-        return {"model": self.source, "input_size": DINOV2_INPUT_SIZE,
-                "resize": "antialiased bicubic to 224x224, aspect ratio not kept (dgm-eval)",
-                "normalisation": "ImageNet mean and std", "output": "CLS token after the final layer norm"}
+        return {
+            "model": self.source,
+            "input_size": DINOV2_INPUT_SIZE,
+            "resize": "antialiased bicubic to 224x224, aspect ratio not kept (dgm-eval)",
+            "normalisation": "ImageNet mean and std",
+            "output": "CLS token after the final layer norm",
+        }
 
 
 class ClipExtractor(FeatureExtractor):
@@ -226,9 +248,13 @@ class ClipExtractor(FeatureExtractor):
         return pooled(self.model.get_image_features(pixel_values=pixels))
 
     def preprocessing(self) -> dict:
-        return {"model": self.source, "input_size": self.input_size,
-                "resize": "shorter side to the input size (antialiased bicubic), centre crop (CLIPImageProcessor)",
-                "normalisation": "CLIP mean and std", "output": "projected image embedding (get_image_features)"}
+        return {
+            "model": self.source,
+            "input_size": self.input_size,
+            "resize": "shorter side to the input size (antialiased bicubic), centre crop (CLIPImageProcessor)",
+            "normalisation": "CLIP mean and std",
+            "output": "projected image embedding (get_image_features)",
+        }
 
 
 def pooled(output) -> torch.Tensor:
@@ -259,8 +285,9 @@ class InceptionExtractor(FeatureExtractor):
         super().__init__()
         network_class = _torch_fidelity_inception()
         path = _checked_inception_weights(weights)
-        self.network = network_class("inception-v3-compat", ["2048", "logits_unbiased"],
-                                     feature_extractor_weights_path=str(path))
+        self.network = network_class(
+            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
+        )
         self.weights = str(path.absolute())
         if device is not None:
             self.network.to(device)
@@ -276,17 +303,23 @@ class InceptionExtractor(FeatureExtractor):
         return self._both(images)[0]
 
     def preprocessing(self) -> dict:
-        return {"model": f"torch-fidelity inception-v3-compat ({self.weights})", "input_size": 299,
-                "resize": "8-bit quantisation, TensorFlow 1.x bilinear to 299x299 (torch-fidelity)",
-                "normalisation": "(x - 128) / 128", "output": "pool3 (2048)"}
+        return {
+            "model": f"torch-fidelity inception-v3-compat ({self.weights})",
+            "input_size": 299,
+            "resize": "8-bit quantisation, TensorFlow 1.x bilinear to 299x299 (torch-fidelity)",
+            "normalisation": "(x - 128) / 128",
+            "output": "pool3 (2048)",
+        }
 
 
 def _torch_fidelity_inception():
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except Exception as error:  # noqa: BLE001 - ImportError, or a broken torchvision raising at import time
-        raise MetricUnavailableError(f"the inception feature extractor needs torch-fidelity, which is not importable "
-                                     f"here ({' '.join(str(error).split())}); {FID_EXTRA_HINT}") from None
+        raise MetricUnavailableError(
+            f"the inception feature extractor needs torch-fidelity, which is not importable "
+            f"here ({' '.join(str(error).split())}); {FID_EXTRA_HINT}"
+        ) from None
     return FeatureExtractorInceptionV3
 
 
@@ -297,8 +330,10 @@ def _checked_inception_weights(weights: str | None) -> Path:
 
     path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[1]
     if weights and not path.is_file():
-        raise MetricUnavailableError(f"the Inception weights file {path} does not exist; give the path of "
-                                     "torch-fidelity's weights-inception-2015-12-05 .pth file")
+        raise MetricUnavailableError(
+            f"the Inception weights file {path} does not exist; give the path of "
+            "torch-fidelity's weights-inception-2015-12-05 .pth file"
+        )
     if not path.is_file():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -306,12 +341,15 @@ def _checked_inception_weights(weights: str | None) -> Path:
         except OSError as error:  # offline
             raise MetricUnavailableError(
                 f"cannot download the FID Inception weights ({' '.join(str(error).split())}); download them once "
-                f"while online (they are kept in {path.parent}) or give the file as inception:<weights file>") from None
+                f"while online (they are kept in {path.parent}) or give the file as inception:<weights file>"
+            ) from None
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - an unpickling error for anything but tensors, or a broken file
-        raise ValueError(f"{path} is not a plain state dict of tensors ({' '.join(str(error).split())[:200]}); "
-                         "refusing to unpickle it. Use torch-fidelity's released Inception weights") from None
+        raise ValueError(
+            f"{path} is not a plain state dict of tensors ({' '.join(str(error).split())[:200]}); "
+            "refusing to unpickle it. Use torch-fidelity's released Inception weights"
+        ) from None
     return path
 
 
@@ -341,8 +379,12 @@ class MetricFeatureExtractor(FeatureExtractor):
         return self.encoder(images)
 
     def preprocessing(self) -> dict:
-        return {"model": self.source, "resize": "the metric's own", "normalisation": "the metric's own",
-                "output": "activations averaged over tokens or positions, layers concatenated"}
+        return {
+            "model": self.source,
+            "resize": "the metric's own",
+            "normalisation": "the metric's own",
+            "output": "activations averaged over tokens or positions, layers concatenated",
+        }
 
 
 def parse_extractor_spec(spec: str) -> tuple[str, str]:

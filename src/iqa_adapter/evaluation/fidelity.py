@@ -36,8 +36,15 @@ from .features import DEFAULT_CLIP, MAX_BATCH, ClipExtractor, FeatureExtractor, 
 ALL = "all"
 """Name of the statistics of the whole reference set."""
 
-__all__ = ["ALL", "ClipScorer", "FrechetStatistics", "frechet_distance", "inception_score", "reference_statistics",
-           "top_quality_subsets"]
+__all__ = [
+    "ALL",
+    "ClipScorer",
+    "FrechetStatistics",
+    "frechet_distance",
+    "inception_score",
+    "reference_statistics",
+    "top_quality_subsets",
+]
 
 
 # ---------------------------------------------------------------- statistics and distance
@@ -123,8 +130,12 @@ class FrechetStatistics:
 
     def save(self, path: str | Path) -> None:
         """Write ``mu``, ``sigma``, ``count`` and ``description`` (a JSON string) to a ``.npz`` file, atomically."""
-        arrays = {"mu": self.mean, "sigma": self.covariance, "count": np.int64(self.count),
-                  "description": np.array(json.dumps(self.description, sort_keys=True))}
+        arrays = {
+            "mu": self.mean,
+            "sigma": self.covariance,
+            "count": np.int64(self.count),
+            "description": np.array(json.dumps(self.description, sort_keys=True)),
+        }
 
         def write(temporary: str) -> None:
             with open(temporary, "wb") as handle:  # a handle: np.savez would append .npz to a name
@@ -140,12 +151,19 @@ class FrechetStatistics:
                 mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
                 count, description = int(data["count"]), json.loads(str(data["description"]))
         except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"{path} is not a Frechet statistics file with mu, sigma, count and description "
-                             f"({' '.join(str(error).split())}); delete it to compute it again") from None
+            raise ValueError(
+                f"{path} is not a Frechet statistics file with mu, sigma, count and description "
+                f"({' '.join(str(error).split())}); delete it to compute it again"
+            ) from None
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise ValueError(f"{path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} do not fit together")
         statistics = cls(description=description)
-        statistics.dim, statistics.count, statistics._mean, statistics._scatter = len(mu), count, mu, sigma * (count - 1)
+        statistics.dim, statistics.count, statistics._mean, statistics._scatter = (
+            len(mu),
+            count,
+            mu,
+            sigma * (count - 1),
+        )
         return statistics
 
 
@@ -162,8 +180,9 @@ def frechet_distance(a: FrechetStatistics, b: FrechetStatistics) -> float:
         raise ValueError(f"cannot compare statistics of {a.dim}-d and {b.dim}-d features (other feature extractors)")
     sigma_a, sigma_b = a.covariance, b.covariance
     difference = a.mean - b.mean
-    distance = difference @ difference + np.trace(sigma_a) + np.trace(sigma_b) - 2 * _trace_sqrt_product(sigma_a,
-                                                                                                        sigma_b)
+    distance = (
+        difference @ difference + np.trace(sigma_a) + np.trace(sigma_b) - 2 * _trace_sqrt_product(sigma_a, sigma_b)
+    )
     return max(float(distance), 0.0)
 
 
@@ -183,8 +202,9 @@ def inception_score(logits: torch.Tensor | np.ndarray, splits: int = 10, seed: i
     :meth:`iqa_adapter.evaluation.features.InceptionExtractor.features_and_logits` (torch-fidelity's
     ``logits_unbiased``); class probabilities are passed as their logarithm.
     """
-    values = torch.as_tensor(np.asarray(logits.detach().cpu() if torch.is_tensor(logits) else logits),
-                             dtype=torch.float64)
+    values = torch.as_tensor(
+        np.asarray(logits.detach().cpu() if torch.is_tensor(logits) else logits), dtype=torch.float64
+    )
     if values.ndim != 2:
         raise ValueError(f"expected logits of shape (N, classes), got {tuple(values.shape)}")
     count = len(values)
@@ -204,8 +224,9 @@ def inception_score(logits: torch.Tensor | np.ndarray, splits: int = 10, seed: i
 # ---------------------------------------------------------------- quality subsets
 
 
-def top_quality_subsets(table: ScoreTable, metrics: Sequence[str], percents: Sequence[float],
-                        higher_is_better: Mapping[str, bool]) -> dict[str, set[str]]:
+def top_quality_subsets(
+    table: ScoreTable, metrics: Sequence[str], percents: Sequence[float], higher_is_better: Mapping[str, bool]
+) -> dict[str, set[str]]:
     """The keys of the best ``p`` % of a reference set by mean quality, for each ``p`` in ``percents``, named
     ``top<p>`` (``top25``, ``top10``).
 
@@ -241,17 +262,26 @@ def top_quality_subsets(table: ScoreTable, metrics: Sequence[str], percents: Seq
     signs = np.array([1.0 if higher_is_better[name] else -1.0 for name in metrics])
     quality = (((scores - scores.mean(axis=0)) / spread) * signs).mean(axis=1)
     order = np.argsort(-quality, kind="stable")
-    return {f"top{percent:g}": {keys[row] for row in order[:max(1, math.floor(len(keys) * percent / 100 + 0.5))]}
-            for percent in percents}
+    return {
+        f"top{percent:g}": {keys[row] for row in order[: max(1, math.floor(len(keys) * percent / 100 + 0.5))]}
+        for percent in percents
+    }
 
 
 # ---------------------------------------------------------------- reference statistics
 
 
-def reference_statistics(data: str, extractor: FeatureExtractor, cache_dir: str | Path, *,
-                         subsets: Mapping[str, Collection[str]] | None = None, resize: int | None = None,
-                         batch_size: int = 32, num_workers: int = 0,
-                         progress: bool = True) -> dict[str, FrechetStatistics]:
+def reference_statistics(
+    data: str,
+    extractor: FeatureExtractor,
+    cache_dir: str | Path,
+    *,
+    subsets: Mapping[str, Collection[str]] | None = None,
+    resize: int | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, FrechetStatistics]:
     """Frechet statistics of a reference dataset (``"all"``) and of subsets of its keys, cached in ``cache_dir``.
 
     Args:
@@ -279,14 +309,17 @@ def reference_statistics(data: str, extractor: FeatureExtractor, cache_dir: str 
     wanted: dict[str, frozenset[str] | None] = {ALL: None, **subsets}
     source = str(Path(data).expanduser().absolute())
     identity = {"data": source, "extractor": extractor.describe(), "resize": resize}
-    descriptions = {name: {**identity, "subset": name, "subset_keys": _keys_digest(keys)}
-                    for name, keys in wanted.items()}
-    paths = {name: _cache_path(Path(cache_dir), extractor.name, description)
-             for name, description in descriptions.items()}
+    descriptions = {
+        name: {**identity, "subset": name, "subset_keys": _keys_digest(keys)} for name, keys in wanted.items()
+    }
+    paths = {
+        name: _cache_path(Path(cache_dir), extractor.name, description) for name, description in descriptions.items()
+    }
     missing = {name: wanted[name] for name in wanted if not paths[name].exists()}
     if missing:
-        computed = _compute_statistics(data, extractor, missing, resize=resize, batch_size=batch_size,
-                                       num_workers=num_workers, progress=progress)
+        computed = _compute_statistics(
+            data, extractor, missing, resize=resize, batch_size=batch_size, num_workers=num_workers, progress=progress
+        )
         for name, statistics in computed.items():
             statistics.description = {**descriptions[name], **statistics.description}
             statistics.save(paths[name])
@@ -303,9 +336,16 @@ def _cache_path(cache_dir: Path, extractor_name: str, description: dict) -> Path
     return cache_dir / f"{extractor_name}_{subset}_{digest}.npz"
 
 
-def _compute_statistics(data: str, extractor: FeatureExtractor, wanted: Mapping[str, frozenset[str] | None], *,
-                        resize: int | None, batch_size: int, num_workers: int,
-                        progress: bool) -> dict[str, FrechetStatistics]:
+def _compute_statistics(
+    data: str,
+    extractor: FeatureExtractor,
+    wanted: Mapping[str, frozenset[str] | None],
+    *,
+    resize: int | None,
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+) -> dict[str, FrechetStatistics]:
     """One pass over the images that the ``wanted`` statistics need (``None``: every image)."""
     if batch_size < 1 or (resize is not None and resize < 1):
         raise ValueError(f"batch_size and resize must be positive, got {batch_size} and {resize}")
@@ -324,13 +364,21 @@ def _compute_statistics(data: str, extractor: FeatureExtractor, wanted: Mapping[
     if not samples:
         raise DatasetError(f"no reference images found in {data!r} for {', '.join(wanted)}; give {SUPPORTED_INPUTS}")
 
-    loader = DataLoader(ItemLoader(functools.partial(load_image, resize=resize)),
-                        batch_sampler=ChunkBatches(samples, (0,), len(samples), batch_size),  # one chunk: all samples
-                        num_workers=num_workers, collate_fn=collate_by_size)
+    loader = DataLoader(
+        ItemLoader(functools.partial(load_image, resize=resize)),
+        batch_sampler=ChunkBatches(samples, (0,), len(samples), batch_size),  # one chunk: all samples
+        num_workers=num_workers,
+        collate_fn=collate_by_size,
+    )
     statistics = {name: FrechetStatistics(extractor.feature_dim) for name in wanted}
     skipped: list[tuple[str, str]] = []  # (key, reason)
-    with tqdm(total=len(samples), unit="img", desc=f"reference features ({extractor.name})", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(samples),
+        unit="img",
+        desc=f"reference features ({extractor.name})",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
         for groups in loader:
             for pairs, images in groups:
                 bar.update(len(pairs))
@@ -345,15 +393,21 @@ def _compute_statistics(data: str, extractor: FeatureExtractor, wanted: Mapping[
                     statistics[name].update(features[rows])
     if progress and (skipped or duplicates):
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        print(f"reference statistics of {data}: skipped {len(skipped)} unreadable images{first} and {duplicates} "
-              "samples with a repeated key")
+        print(
+            f"reference statistics of {data}: skipped {len(skipped)} unreadable images{first} and {duplicates} "
+            "samples with a repeated key"
+        )
     for name, members in wanted.items():
         if statistics[name].count < 2:
-            raise ValueError(f"reference set {name!r} has {statistics[name].count} readable images in {data!r}; "
-                             "Frechet statistics need at least 2")
+            raise ValueError(
+                f"reference set {name!r} has {statistics[name].count} readable images in {data!r}; "
+                "Frechet statistics need at least 2"
+            )
         unreadable = [f"{key}: {reason}" for key, reason in skipped if members is None or key in members]
         statistics[name].description = {
-            "images": statistics[name].count, "skipped": len(unreadable), "skipped_examples": unreadable[:5],
+            "images": statistics[name].count,
+            "skipped": len(unreadable),
+            "skipped_examples": unreadable[:5],
             "duplicate_keys": duplicates,
             "not_found": 0 if members is None else len(members) - statistics[name].count,
         }
@@ -388,18 +442,31 @@ class ClipScorer(nn.Module):
 
     def describe(self) -> dict:
         """The model and conventions, for reports."""
-        return {**self.images.describe(), "score": "100 * cosine, per image, not clamped",
-                "text": f"captions truncated to {self.max_tokens} tokens"}
+        return {
+            **self.images.describe(),
+            "score": "100 * cosine, per image, not clamped",
+            "text": f"captions truncated to {self.max_tokens} tokens",
+        }
 
     @torch.no_grad()
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """CLIP text embeddings (N, D) of captions, truncated to the text model's length."""
         parts = []
         for start in range(0, len(texts), MAX_BATCH):
-            tokens = self.tokenizer(list(texts[start:start + MAX_BATCH]), padding=True, truncation=True,
-                                    max_length=self.max_tokens, return_tensors="pt").to(self.device)
-            parts.append(pooled(self.images.model.get_text_features(input_ids=tokens["input_ids"],
-                                                                    attention_mask=tokens["attention_mask"])))
+            tokens = self.tokenizer(
+                list(texts[start : start + MAX_BATCH]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(self.device)
+            parts.append(
+                pooled(
+                    self.images.model.get_text_features(
+                        input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                    )
+                )
+            )
         return torch.cat(parts).float()
 
     def text_image(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:

@@ -34,13 +34,19 @@ def save_png(figure_or_image, path: Path, out_dir: Path) -> str:
     return path.relative_to(out_dir).as_posix()
 
 
-def condition_grid(images: Callable[[str, int], Image.Image], conditions: Sequence[str], labels: Sequence[str],
-                   prompts: Sequence[str]) -> Image.Image:
+def condition_grid(
+    images: Callable[[str, int], Image.Image], conditions: Sequence[str], labels: Sequence[str], prompts: Sequence[str]
+) -> Image.Image:
     """One row per prompt (the first :data:`GRID_PROMPTS`), one column per condition; ``images(condition, prompt)``."""
     shown = list(prompts[:GRID_PROMPTS])
     cells = [images(condition, index) for index in range(len(shown)) for condition in conditions]
-    return image_grid(cells, columns=len(conditions), row_labels=[prompt[:48] for prompt in shown],
-                      column_labels=list(labels), min_cell=96)
+    return image_grid(
+        cells,
+        columns=len(conditions),
+        row_labels=[prompt[:48] for prompt in shown],
+        column_labels=list(labels),
+        min_cell=96,
+    )
 
 
 def _panels(count: int):
@@ -77,11 +83,15 @@ def relgain_bars(report: dict, caption: str):
     series = [("p99", report["relgain"]["p99"]), ("p1", report["relgain"]["p1"])]
     if "negative_guidance" in report:
         series.append(("p99 + negative guidance", report["negative_guidance"]["relgain"]))
-    figure = grouped_bars({label: {labels[name]: values[name] for name in labels} for label, values in series},
-                          f"RelGain against the base model (* = conditioning metric)\n{caption}",
-                          "RelGain vs base (%), + = better", zero_line=True)
-    largest = max((abs(values[name]) for _, values in series for name in labels if np.isfinite(values[name])),
-                  default=0.0)
+    figure = grouped_bars(
+        {label: {labels[name]: values[name] for name in labels} for label, values in series},
+        f"RelGain against the base model (* = conditioning metric)\n{caption}",
+        "RelGain vs base (%), + = better",
+        zero_line=True,
+    )
+    largest = max(
+        (abs(values[name]) for _, values in series for name in labels if np.isfinite(values[name])), default=0.0
+    )
     if largest > 100:  # one metric's hundreds of percent would flatten the others' bars: linear within +-10 %
         axis = figure.axes[0]
         axis.set_yscale("symlog", linthresh=10)
@@ -108,8 +118,17 @@ def scale_sweep(report: dict, caption: str):
     return figure
 
 
-def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, *, centre: float | None = None,
-            fmt: str = "{:+.1f}", colour_label: str = "", marked: np.ndarray | None = None):
+def heatmap(
+    values: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    *,
+    centre: float | None = None,
+    fmt: str = "{:+.1f}",
+    colour_label: str = "",
+    marked: np.ndarray | None = None,
+):
     """A labelled heatmap with the value in every cell; ``centre`` makes a diverging map around it; cells where
     ``marked`` is true get a ``*`` after their value."""
     plt = _pyplot()
@@ -128,16 +147,29 @@ def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], tit
                 red, green, blue, _ = image.cmap(image.norm(values[row, column]))
                 dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
                 mark = "*" if marked is not None and marked[row, column] else ""
-                axis.text(column, row, fmt.format(values[row, column]) + mark, ha="center", va="center", fontsize=7,
-                          color="white" if dark else "black", fontweight="bold" if mark else "normal")
+                axis.text(
+                    column,
+                    row,
+                    fmt.format(values[row, column]) + mark,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                    fontweight="bold" if mark else "normal",
+                )
     figure.colorbar(image, ax=axis, label=colour_label)
     axis.set_title(title, fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, ylabel: str,
-                 limits: tuple[float, float] | None = None, zero_line: bool = False):
+def grouped_bars(
+    groups: Mapping[str, Mapping[str, float]],
+    title: str,
+    ylabel: str,
+    limits: tuple[float, float] | None = None,
+    zero_line: bool = False,
+):
     """Bars of ``{series: {category: value}}``, categories (of every series, in order) on the x axis."""
     plt = _pyplot()
     series = list(groups)
@@ -146,8 +178,12 @@ def grouped_bars(groups: Mapping[str, Mapping[str, float]], title: str, ylabel: 
     width = 0.8 / len(series)
     positions = np.arange(len(categories))
     for offset, name in enumerate(series):
-        axis.bar(positions + (offset - (len(series) - 1) / 2) * width,
-                 [groups[name].get(category, np.nan) for category in categories], width, label=name)
+        axis.bar(
+            positions + (offset - (len(series) - 1) / 2) * width,
+            [groups[name].get(category, np.nan) for category in categories],
+            width,
+            label=name,
+        )
     if zero_line:
         axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(positions, categories, rotation=30, ha="right", fontsize=8)

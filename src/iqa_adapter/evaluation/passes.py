@@ -64,8 +64,13 @@ class ChunkedPass:
 
     def my_chunks(self) -> list[int]:
         """Record or check the job, then the unfinished chunks this process does."""
-        start_or_resume(self.folder / JOB_FILE, json.loads(json.dumps(self.parameters)), lambda: self.num_items,
-                        self.state, partial_files=self.folder)
+        start_or_resume(
+            self.folder / JOB_FILE,
+            json.loads(json.dumps(self.parameters)),
+            lambda: self.num_items,
+            self.state,
+            partial_files=self.folder,
+        )
         return my_unfinished_chunks(self.num_items, self.chunk_size, self.chunk_path, self.state)[1]
 
     def missing(self) -> list[int]:
@@ -75,16 +80,18 @@ class ChunkedPass:
 
 def progress_bar(total: int, description: str, state: PartialState, progress: bool) -> tqdm:
     """A bar in images/s with ETA, on the main process only."""
-    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True,
-                disable=not (progress and state.is_main_process))
+    return tqdm(
+        total=total, desc=description, unit="img", dynamic_ncols=True, disable=not (progress and state.is_main_process)
+    )
 
 
 # ---------------------------------------------------------------- generation
 
 
 def generation_pass(out_dir: Path, plan: EvaluationPlan, chunk_size: int, state: PartialState) -> ChunkedPass:
-    return ChunkedPass(out_dir / GENERATION_DIR, {**plan.identity(), "chunk_size": chunk_size}, len(plan),
-                       chunk_size, ".json", state)
+    return ChunkedPass(
+        out_dir / GENERATION_DIR, {**plan.identity(), "chunk_size": chunk_size}, len(plan), chunk_size, ".json", state
+    )
 
 
 def _runs(items: Sequence[Item]) -> Iterator[list[Item]]:
@@ -118,8 +125,17 @@ class AdapterSwitch:
         self.use(None)
 
 
-def generate_images(out_dir: Path, plan: EvaluationPlan, pipe, adapters: dict[str, IQAAdapter], *, chunk_size: int,
-                    batch_size: int, state: PartialState, progress: bool = True) -> int:
+def generate_images(
+    out_dir: Path,
+    plan: EvaluationPlan,
+    pipe,
+    adapters: dict[str, IQAAdapter],
+    *,
+    chunk_size: int,
+    batch_size: int,
+    state: PartialState,
+    progress: bool = True,
+) -> int:
     """Generate the plan's missing images (this process's share); returns how many this process made."""
     job = generation_pass(out_dir, plan, chunk_size, state)
     mine = job.my_chunks()
@@ -133,21 +149,33 @@ def generate_images(out_dir: Path, plan: EvaluationPlan, pipe, adapters: dict[st
                 for run in _runs(items):
                     condition = plan.conditions[run[0].condition]
                     adapter = switch.use(condition.adapter)
-                    quality = (dict.fromkeys(adapter.metric_names, f"p{condition.percentile}")
-                               if adapter is not None else None)
+                    quality = (
+                        dict.fromkeys(adapter.metric_names, f"p{condition.percentile}") if adapter is not None else None
+                    )
                     for start in range(0, len(run), batch_size):
-                        batch = run[start:start + batch_size]
-                        results = generate(pipe, adapter, [plan.prompts[item.prompt] for item in batch], quality,
-                                           seeds=[item.seed for item in batch], scale=condition.scale if adapter else None,
-                                           negative_quality=condition.negative_quality, batch_size=batch_size,
-                                           progress=False, **sampling)
+                        batch = run[start : start + batch_size]
+                        results = generate(
+                            pipe,
+                            adapter,
+                            [plan.prompts[item.prompt] for item in batch],
+                            quality,
+                            seeds=[item.seed for item in batch],
+                            scale=condition.scale if adapter else None,
+                            negative_quality=condition.negative_quality,
+                            batch_size=batch_size,
+                            progress=False,
+                            **sampling,
+                        )
                         for item, result in zip(batch, results):
                             path = out_dir / plan.image_path(item)
-                            atomic_write(path, lambda temporary, image=result.image: image.save(temporary, format="PNG"))
+                            atomic_write(
+                                path, lambda temporary, image=result.image: image.save(temporary, format="PNG")
+                            )
                         bar.update(len(batch))
                         made += len(batch)
-                write_json(job.chunk_path(chunk), {"items": [item.index for item in items],
-                                                   "process": state.process_index})
+                write_json(
+                    job.chunk_path(chunk), {"items": [item.index for item in items], "process": state.process_index}
+                )
         finally:
             switch.close()
     state.wait_for_everyone()
@@ -160,8 +188,10 @@ def require_images(out_dir: Path, plan: EvaluationPlan, chunk_size: int, state: 
     job.my_chunks()  # checks that the folder's generation is this plan's
     missing = job.missing()
     if missing:
-        raise ValueError(f"{len(missing)} of {job.num_chunks} chunks of images are not generated yet in {out_dir}; "
-                         "run without --skip-generation to make them")
+        raise ValueError(
+            f"{len(missing)} of {job.num_chunks} chunks of images are not generated yet in {out_dir}; "
+            "run without --skip-generation to make them"
+        )
 
 
 def load_images(out_dir: Path, plan: EvaluationPlan, items: Sequence[Item]) -> list[torch.Tensor]:
@@ -190,27 +220,46 @@ class ScoreColumn:
     spec: dict
 
 
-def score_images(out_dir: Path, plan: EvaluationPlan, columns: Sequence[ScoreColumn], *, chunk_size: int,
-                 state: PartialState, progress: bool = True) -> None:
+def score_images(
+    out_dir: Path,
+    plan: EvaluationPlan,
+    columns: Sequence[ScoreColumn],
+    *,
+    chunk_size: int,
+    state: PartialState,
+    progress: bool = True,
+) -> None:
     """Score every image with every column's metric, decoding each image once for all the columns it lacks."""
     identity = generation_pass(out_dir, plan, chunk_size, state).parameters
     fingerprint = hash_of(identity)
-    passes = {column.name: ChunkedPass(out_dir / SCORES_DIR / column.name,
-                                       {"metric": column.spec, "images": fingerprint, "chunk_size": chunk_size},
-                                       len(plan), chunk_size, ".parquet", state)
-              for column in columns}
+    passes = {
+        column.name: ChunkedPass(
+            out_dir / SCORES_DIR / column.name,
+            {"metric": column.spec, "images": fingerprint, "chunk_size": chunk_size},
+            len(plan),
+            chunk_size,
+            ".parquet",
+            state,
+        )
+        for column in columns
+    }
     mine = {name: set(job.my_chunks()) for name, job in passes.items()}
     chunks = sorted(set().union(*mine.values())) if mine else []
     metrics = {column.name: column.metric for column in columns}
     any_pass = next(iter(passes.values()), None)
-    with progress_bar(sum(len(any_pass.items(chunk)) for chunk in chunks) if any_pass else 0, "score", state,
-                      progress) as bar:
+    with progress_bar(
+        sum(len(any_pass.items(chunk)) for chunk in chunks) if any_pass else 0, "score", state, progress
+    ) as bar:
         for chunk in chunks:
             items = [plan.item(index) for index in any_pass.items(chunk)]
             images = load_images(out_dir, plan, items)
             for name in [name for name in metrics if chunk in mine[name]]:
-                frame = pd.DataFrame({"item": [item.index for item in items], "score": score_tensors(metrics[name], images)})
-                atomic_write(passes[name].chunk_path(chunk), lambda path, frame=frame: frame.to_parquet(path, index=False))
+                frame = pd.DataFrame(
+                    {"item": [item.index for item in items], "score": score_tensors(metrics[name], images)}
+                )
+                atomic_write(
+                    passes[name].chunk_path(chunk), lambda path, frame=frame: frame.to_parquet(path, index=False)
+                )
             bar.update(len(items))
     state.wait_for_everyone()
 
@@ -241,17 +290,33 @@ def hash_of(data) -> str:
 # ---------------------------------------------------------------- other per-image measures
 
 
-def run_image_pass(out_dir: Path, plan: EvaluationPlan, folder: str, parameters: dict, wanted: Callable[[Item], bool],
-                   measure: Callable[[list[Item], list[torch.Tensor]], pd.DataFrame], *, chunk_size: int,
-                   state: PartialState, description: str, progress: bool = True) -> ChunkedPass:
+def run_image_pass(
+    out_dir: Path,
+    plan: EvaluationPlan,
+    folder: str,
+    parameters: dict,
+    wanted: Callable[[Item], bool],
+    measure: Callable[[list[Item], list[torch.Tensor]], pd.DataFrame],
+    *,
+    chunk_size: int,
+    state: PartialState,
+    description: str,
+    progress: bool = True,
+) -> ChunkedPass:
     """A pass computing ``measure(items, images) -> frame with an 'item' column`` on the items ``wanted`` keeps.
 
     Chunks are the generation's; a chunk without wanted items still gets its (empty) file, so that a finished
     pass is one with every chunk file.
     """
     identity = generation_pass(out_dir, plan, chunk_size, state).parameters
-    job = ChunkedPass(out_dir / folder, {**parameters, "images": hash_of(identity), "chunk_size": chunk_size},
-                      len(plan), chunk_size, ".parquet", state)
+    job = ChunkedPass(
+        out_dir / folder,
+        {**parameters, "images": hash_of(identity), "chunk_size": chunk_size},
+        len(plan),
+        chunk_size,
+        ".parquet",
+        state,
+    )
     mine = job.my_chunks()
     selected = {chunk: [plan.item(index) for index in job.items(chunk) if wanted(plan.item(index))] for chunk in mine}
     with progress_bar(sum(len(items) for items in selected.values()), description, state, progress) as bar:
@@ -265,8 +330,9 @@ def run_image_pass(out_dir: Path, plan: EvaluationPlan, folder: str, parameters:
 
 def read_pass(out_dir: Path, folder: str, key: str = "item") -> pd.DataFrame:
     """Every row a pass wrote, sorted by ``key``."""
-    frames = [frame for path in sorted((out_dir / folder).glob("chunk_*.parquet"))
-              if len(frame := pd.read_parquet(path))]
+    frames = [
+        frame for path in sorted((out_dir / folder).glob("chunk_*.parquet")) if len(frame := pd.read_parquet(path))
+    ]
     if not frames:
         return pd.DataFrame({key: []})
     return pd.concat(frames, ignore_index=True).sort_values(key, kind="stable").reset_index(drop=True)

@@ -50,9 +50,13 @@ class Condition:
         return self.name
 
 
-def plan_conditions(adapter_scales: dict[str, float], percentiles: Sequence[int] = PERCENTILES,
-                    scales: Sequence[float] = SCALES, negative_quality: float | None = 1.0,
-                    relgain_only: Collection[str] = ()) -> list[Condition]:
+def plan_conditions(
+    adapter_scales: dict[str, float],
+    percentiles: Sequence[int] = PERCENTILES,
+    scales: Sequence[float] = SCALES,
+    negative_quality: float | None = 1.0,
+    relgain_only: Collection[str] = (),
+) -> list[Condition]:
     """The conditions of the paper's experiments for adapters ``{name: default scale}`` (see the module); the
     adapters in ``relgain_only`` get p1 and p99 only (a row of the RelGain matrix at a fraction of the cost)."""
     for percentile in percentiles:
@@ -60,8 +64,10 @@ def plan_conditions(adapter_scales: dict[str, float], percentiles: Sequence[int]
     for scale in scales:
         check_number("scale", scale, 0.0)
     if not {HIGH, LOW} <= set(percentiles):
-        raise ValueError(f"the percentiles must include p{LOW} and p{HIGH} (RelGain compares them with the base "
-                         f"model), got {list(percentiles)}")
+        raise ValueError(
+            f"the percentiles must include p{LOW} and p{HIGH} (RelGain compares them with the base "
+            f"model), got {list(percentiles)}"
+        )
     unknown = sorted(set(relgain_only) - set(adapter_scales))
     if unknown:
         raise ValueError(f"relgain-only adapters {unknown} are not among the adapters {list(adapter_scales)}")
@@ -71,14 +77,21 @@ def plan_conditions(adapter_scales: dict[str, float], percentiles: Sequence[int]
             conditions += [Condition(f"{adapter}/p{p}", "percentile", adapter, p, default_scale) for p in (LOW, HIGH)]
             continue
         if "/" in adapter or adapter == BASE:
-            raise ValueError(f"adapter name {adapter!r}: names are folders of the report, without '/' and not "
-                             f"{BASE!r}; name it with --adapter NAME=FOLDER")
+            raise ValueError(
+                f"adapter name {adapter!r}: names are folders of the report, without '/' and not "
+                f"{BASE!r}; name it with --adapter NAME=FOLDER"
+            )
         conditions += [Condition(f"{adapter}/p{p}", "percentile", adapter, p, default_scale) for p in percentiles]
-        conditions += [Condition(f"{adapter}/scale_{scale:g}_p{p}", "scale", adapter, p, scale)
-                       for scale in scales for p in (HIGH, LOW) if scale not in (0.0, default_scale)]
+        conditions += [
+            Condition(f"{adapter}/scale_{scale:g}_p{p}", "scale", adapter, p, scale)
+            for scale in scales
+            for p in (HIGH, LOW)
+            if scale not in (0.0, default_scale)
+        ]
         if negative_quality is not None:
-            conditions.append(Condition(f"{adapter}/negative_p{HIGH}", "negative", adapter, HIGH, default_scale,
-                                        negative_quality))
+            conditions.append(
+                Condition(f"{adapter}/negative_p{HIGH}", "negative", adapter, HIGH, default_scale, negative_quality)
+            )
     return conditions
 
 
@@ -141,5 +154,10 @@ class EvaluationPlan:
     def identity(self) -> dict:
         """What the images depend on, recorded in ``job.json``: a restart with another plan is refused."""
         prompts = hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()
-        return {"conditions": [asdict(condition) for condition in self.conditions], "prompts_sha256": prompts,
-                "num_prompts": len(self.prompts), "seeds": list(self.seeds), **self.settings}
+        return {
+            "conditions": [asdict(condition) for condition in self.conditions],
+            "prompts_sha256": prompts,
+            "num_prompts": len(self.prompts),
+            "seeds": list(self.seeds),
+            **self.settings,
+        }

@@ -71,28 +71,46 @@ def win_rates(pairs: Sequence[PairVotes]) -> dict:
             loser = pair.b if winner == pair.a else pair.a
             pairwise[winner][loser] += 1
     conditions = sorted(count)
-    result = {"win_rate": {c: won[c] / count[c] for c in conditions},
-              "vote_share": {c: share[c] / count[c] for c in conditions},
-              "pairwise": {}, "draws": {}, "pairs": dict(count), "unvoted": unvoted}
+    result = {
+        "win_rate": {c: won[c] / count[c] for c in conditions},
+        "vote_share": {c: share[c] / count[c] for c in conditions},
+        "pairwise": {},
+        "draws": {},
+        "pairs": dict(count),
+        "unvoted": unvoted,
+    }
     for a in conditions:
         result["pairwise"][a] = {b: pairwise[a][b] / couples[a, b] for b in conditions if couples[a, b]}
-        result["draws"][a] = {b: 1 - (pairwise[a][b] + pairwise[b][a]) / couples[a, b]
-                              for b in conditions if couples[a, b]}
+        result["draws"][a] = {
+            b: 1 - (pairwise[a][b] + pairwise[b][a]) / couples[a, b] for b in conditions if couples[a, b]
+        }
     return result
 
 
-def simulate_votes(scores_a: np.ndarray, scores_b: np.ndarray, participants: int = 12, noise: float = 3.0,
-                   same_margin: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulate_votes(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    participants: int = 12,
+    noise: float = 3.0,
+    same_margin: float = 1.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Votes ``(for a, for b, same)`` per pair from judge scores (higher = better) of the two images: each
     participant adds Gaussian noise (standard deviation ``noise``) to each score and votes "same" when the
     noisy scores differ by less than ``same_margin``."""
     scores_a, scores_b = np.asarray(scores_a, float), np.asarray(scores_b, float)
     if scores_a.shape != scores_b.shape or scores_a.ndim != 1:
-        raise ValueError(f"simulate_votes: two equal-length 1-d score arrays, got {scores_a.shape} and {scores_b.shape}")
+        raise ValueError(
+            f"simulate_votes: two equal-length 1-d score arrays, got {scores_a.shape} and {scores_b.shape}"
+        )
     if participants < 1 or noise < 0 or same_margin < 0:
         raise ValueError("simulate_votes: participants >= 1, noise >= 0 and same_margin >= 0")
     rng = np.random.default_rng(seed)
-    difference = (scores_a[:, None] + rng.normal(0, noise, (len(scores_a), participants))
-                  - scores_b[:, None] - rng.normal(0, noise, (len(scores_b), participants)))
+    difference = (
+        scores_a[:, None]
+        + rng.normal(0, noise, (len(scores_a), participants))
+        - scores_b[:, None]
+        - rng.normal(0, noise, (len(scores_b), participants))
+    )
     same = np.abs(difference) < same_margin
     return (((difference > 0) & ~same).sum(axis=1), ((difference < 0) & ~same).sum(axis=1), same.sum(axis=1))

@@ -51,19 +51,93 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
-COLOR_TEMPLATES = ("a photo of a {color} {object}", "a photo of a {color}-colored {object}",
-                   "a photo of a {color} object")
+COLOR_TEMPLATES = (
+    "a photo of a {color} {object}",
+    "a photo of a {color}-colored {object}",
+    "a photo of a {color} object",
+)
 DETECTION_TEMPLATE = "a photo of a {}"
 GENEVAL_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
-    "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "computer mouse",
+    "tv remote",
+    "computer keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 """The 80 COCO classes as GenEval's ``object_names.txt`` spells them (the names its metadata uses)."""
 
@@ -111,6 +185,7 @@ class GenEvalRules:
 
 def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes, areas counted in whole pixels (+1), as GenEval."""
+
     def area(x1: float, y1: float, x2: float, y2: float) -> float:
         return max(x2 - x1 + 1, 0) * max(y2 - y1 + 1, 0)
 
@@ -119,8 +194,9 @@ def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     return inter / union if union else 0.0
 
 
-def select_objects(detections: Sequence[Detection], tag: str, rules: GenEvalRules = GenEvalRules()
-                   ) -> dict[str, list[Detection]]:
+def select_objects(
+    detections: Sequence[Detection], tag: str, rules: GenEvalRules = GenEvalRules()
+) -> dict[str, list[Detection]]:
     """The detections that count, per class, most confident first: above the task's threshold, the
     ``max_objects`` best, then greedy NMS (none when ``max_overlap`` is 1)."""
     threshold = rules.score_threshold(tag)
@@ -130,7 +206,7 @@ def select_objects(detections: Sequence[Detection], tag: str, rules: GenEvalRule
             by_class.setdefault(detection.label, []).append(detection)
     selected = {}
     for label, candidates in by_class.items():
-        remaining = sorted(candidates, key=lambda detection: -detection.score)[:rules.max_objects]
+        remaining = sorted(candidates, key=lambda detection: -detection.score)[: rules.max_objects]
         kept = []
         while remaining:
             best = remaining.pop(0)
@@ -164,8 +240,9 @@ def color_requests(objects: Mapping[str, Sequence[Detection]], metadata: Mapping
     return requests
 
 
-def judge(objects: Mapping[str, Sequence[Detection]], metadata: Mapping, position_threshold: float = 0.1
-          ) -> tuple[bool, str]:
+def judge(
+    objects: Mapping[str, Sequence[Detection]], metadata: Mapping, position_threshold: float = 0.1
+) -> tuple[bool, str]:
     """Whether the selected objects satisfy GenEval's metadata, and why not (one reason per line).
 
     Objects that a colour clause looks at must carry their colour (see :func:`color_requests`).
@@ -202,8 +279,9 @@ def judge(objects: Mapping[str, Sequence[Detection]], metadata: Mapping, positio
     return not reasons, "\n".join(reasons)
 
 
-def _position_failure(objects: Sequence[Detection], targets: Sequence[Detection], label: str, relation: str,
-                      threshold: float) -> str | None:
+def _position_failure(
+    objects: Sequence[Detection], targets: Sequence[Detection], label: str, relation: str, threshold: float
+) -> str | None:
     """Why not every object stands in ``relation`` to every target (None when all do)."""
     for obj in objects:
         for target in targets:
@@ -220,25 +298,33 @@ def check_metadata(metadata: Sequence[Mapping], classnames: Sequence[str] = GENE
     for index, record in enumerate(metadata):
         where = f"GenEval metadata {index}"
         if not isinstance(record, Mapping) or "tag" not in record or not isinstance(record.get("include"), list):
-            raise ValueError(f"{where} needs a tag and an include list, got {record!r}; pass the records of GenEval's "
-                             "evaluation_metadata.jsonl")
+            raise ValueError(
+                f"{where} needs a tag and an include list, got {record!r}; pass the records of GenEval's "
+                "evaluation_metadata.jsonl"
+            )
         clauses = [("include", position, clause) for position, clause in enumerate(record["include"])]
         clauses += [("exclude", position, clause) for position, clause in enumerate(record.get("exclude", []))]
         for kind, position, clause in clauses:
             if not isinstance(clause, Mapping) or "class" not in clause or "count" not in clause:
                 raise ValueError(f"{where} {kind}[{position}] needs class and count, got {clause!r}")
             if clause["class"] not in known:
-                raise ValueError(f"{where} {kind}[{position}] names the class {clause['class']!r}, which the detector "
-                                 "is not asked for; add it to classnames")
+                raise ValueError(
+                    f"{where} {kind}[{position}] names the class {clause['class']!r}, which the detector "
+                    "is not asked for; add it to classnames"
+                )
             check_int(f"{where} {kind}[{position}] count", clause["count"], 1)
             if "color" in clause and clause["color"] not in COLORS:
-                raise ValueError(f"{where} {kind}[{position}] asks for the colour {clause['color']!r}; GenEval's "
-                                 f"colours are {', '.join(COLORS)}")
+                raise ValueError(
+                    f"{where} {kind}[{position}] asks for the colour {clause['color']!r}; GenEval's "
+                    f"colours are {', '.join(COLORS)}"
+                )
             if "position" in clause:
                 relation, group = clause["position"]
                 if relation not in RELATIONS or not isinstance(group, int) or not 0 <= group < position:
-                    raise ValueError(f"{where} {kind}[{position}] position {clause['position']!r} must be "
-                                     f"[relation, earlier clause index] with a relation among {', '.join(RELATIONS)}")
+                    raise ValueError(
+                        f"{where} {kind}[{position}] position {clause['position']!r} must be "
+                        f"[relation, earlier clause index] with a relation among {', '.join(RELATIONS)}"
+                    )
 
 
 def summarize(results: Sequence[Mapping]) -> dict:
@@ -282,8 +368,9 @@ def _load(source: str, what: str, load: Callable[..., object]) -> object:
         if options.get("local_files_only"):
             raise ModelLoadError(not_found_message(source, what)) from None
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelLoadError(f"cannot load {what} {source!r} ({first_line}); give a local model folder or a hub id "
-                             "of that kind") from None
+        raise ModelLoadError(
+            f"cannot load {what} {source!r} ({first_line}); give a local model folder or a hub id of that kind"
+        ) from None
 
 
 def _pooled(output) -> torch.Tensor:
@@ -309,8 +396,10 @@ def _tensor_image(image: torch.Tensor) -> Image.Image:
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"an image tensor must be (3, H, W), got shape {tuple(image.shape)}")
     if image.numel() and (image.min() < 0 or image.max() > 1):
-        raise ValueError(f"image values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]; "
-                         "map [-1, 1] images with (x + 1) / 2")
+        raise ValueError(
+            f"image values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]; "
+            "map [-1, 1] images with (x + 1) / 2"
+        )
     return Image.fromarray((image.detach().float().cpu() * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
@@ -321,10 +410,17 @@ class GenEvalScorer:
     vocabulary (GenEval's 80 COCO names). ``batch_size``: images per detector batch and crops per CLIP batch.
     """
 
-    def __init__(self, detector: str = DEFAULT_DETECTOR, clip: str = DEFAULT_CLIP,
-                 device: str | torch.device = "cpu", *, rules: GenEvalRules = GenEvalRules(),
-                 classnames: Sequence[str] = GENEVAL_CLASSES, batch_size: int = 8,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        detector: str = DEFAULT_DETECTOR,
+        clip: str = DEFAULT_CLIP,
+        device: str | torch.device = "cpu",
+        *,
+        rules: GenEvalRules = GenEvalRules(),
+        classnames: Sequence[str] = GENEVAL_CLASSES,
+        batch_size: int = 8,
+        dtype: torch.dtype = torch.float32,
+    ):
         from transformers import AutoProcessor, CLIPModel, Owlv2ForObjectDetection
 
         self.sources = {"detector": str(detector), "clip": str(clip)}
@@ -340,15 +436,24 @@ class GenEvalScorer:
         self.clip.to(self.device, dtype).eval()
         self._color_classifiers: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            tokens = self.detector_processor.tokenizer([DETECTION_TEMPLATE.format(name) for name in self.classnames],
-                                                       padding=True, truncation=True, return_tensors="pt")
+            tokens = self.detector_processor.tokenizer(
+                [DETECTION_TEMPLATE.format(name) for name in self.classnames],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+            )
             self._queries = _pooled(self.detector.owlv2.get_text_features(**tokens.to(self.device)))
 
     def describe(self) -> dict:
         """What decides the verdicts (models, rules, vocabulary), as JSON-ready values, for reports and caches."""
-        return {**self.sources, "rules": asdict(self.rules), "classnames": list(self.classnames),
-                "detection_template": DETECTION_TEMPLATE, "color_templates": list(COLOR_TEMPLATES),
-                "dtype": str(self.dtype).removeprefix("torch.")}
+        return {
+            **self.sources,
+            "rules": asdict(self.rules),
+            "classnames": list(self.classnames),
+            "detection_template": DETECTION_TEMPLATE,
+            "color_templates": list(COLOR_TEMPLATES),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     @torch.no_grad()
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
@@ -356,7 +461,7 @@ class GenEvalScorer:
         floor = min(self.rules.threshold, self.rules.counting_threshold)
         detections = []
         for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
+            batch = images[start : start + self.batch_size]
             pixels = self.detector_processor.image_processor(images=batch, return_tensors="pt")["pixel_values"]
             feature_map, _ = self.detector.image_embedder(pixels.to(self.device, self.dtype))
             features = feature_map.reshape(feature_map.shape[0], -1, feature_map.shape[-1])
@@ -368,8 +473,9 @@ class GenEvalScorer:
                 detections.append(self._image_detections(image, image_scores, image_labels, image_boxes, floor))
         return detections
 
-    def _image_detections(self, image: Image.Image, scores: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
-                          floor: float) -> list[Detection]:
+    def _image_detections(
+        self, image: Image.Image, scores: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, floor: float
+    ) -> list[Detection]:
         """Boxes (centre, size) relative to the square the processor padded the image to, in pixels of the image."""
         width, height = image.size
         side = max(width, height)
@@ -377,8 +483,12 @@ class GenEvalScorer:
         detections = []
         for index in keep:
             cx, cy, w, h = (boxes[index] * side).tolist()
-            box = (min(max(cx - w / 2, 0), width), min(max(cy - h / 2, 0), height),
-                   min(max(cx + w / 2, 0), width), min(max(cy + h / 2, 0), height))
+            box = (
+                min(max(cx - w / 2, 0), width),
+                min(max(cy - h / 2, 0), height),
+                min(max(cx + w / 2, 0), width),
+                min(max(cy + h / 2, 0), height),
+            )
             detections.append(Detection(self.classnames[int(labels[index])], box, float(scores[index])))
         return detections
 
@@ -397,7 +507,7 @@ class GenEvalScorer:
         """GenEval's colour of each detection, by CLIP zero-shot classification of its box crop."""
         colors = []
         for start in range(0, len(detections), self.batch_size):
-            batch = detections[start:start + self.batch_size]
+            batch = detections[start : start + self.batch_size]
             crops = [image.crop(_crop_box(detection.box)) for detection in batch]
             pixels = self.clip_processor.image_processor(images=crops, return_tensors="pt")["pixel_values"]
             output = self.clip.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
@@ -406,14 +516,16 @@ class GenEvalScorer:
                 colors.append(COLORS[int((self._color_classifier(detection.label) @ row).argmax())])
         return colors
 
-    def score(self, images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, metadata: Sequence[Mapping]
-              ) -> list[dict]:
+    def score(
+        self, images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, metadata: Sequence[Mapping]
+    ) -> list[dict]:
         """GenEval's verdict per image: ``tag``, ``prompt``, ``correct``, ``reason`` and the counted ``detections``
         (class -> [[x1, y1, x2, y2, score], ...])."""
         images = as_pil_images(images)
         if len(images) != len(metadata):
-            raise ValueError(f"got {len(images)} images but {len(metadata)} metadata records; "
-                             "give one record per image")
+            raise ValueError(
+                f"got {len(images)} images but {len(metadata)} metadata records; give one record per image"
+            )
         check_metadata(metadata, self.classnames)
         results = []
         for image, record, detections in zip(images, metadata, self.detect(images)):
@@ -422,10 +534,15 @@ class GenEvalScorer:
                 colors = self.classify_colors(image, objects[label][:count])
                 objects[label][:count] = [replace(obj, color=color) for obj, color in zip(objects[label], colors)]
             correct, reason = judge(objects, record, self.rules.position_threshold)
-            results.append({
-                "tag": record["tag"], "prompt": record.get("prompt"), "correct": correct, "reason": reason,
-                "detections": {label: [[*obj.box, obj.score] for obj in found] for label, found in objects.items()},
-            })
+            results.append(
+                {
+                    "tag": record["tag"],
+                    "prompt": record.get("prompt"),
+                    "correct": correct,
+                    "reason": reason,
+                    "detections": {label: [[*obj.box, obj.score] for obj in found] for label, found in objects.items()},
+                }
+            )
         return results
 
 

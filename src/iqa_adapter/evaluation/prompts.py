@@ -73,8 +73,16 @@ class Prompt:
 class PromptList(list):
     """The prompts :func:`load_prompts` read (a plain list of :class:`Prompt`), with where they came from."""
 
-    def __init__(self, prompts: Iterable[Prompt], *, format: str, source: str, available: int,
-                 categories: list[str] | None = None, sample: dict | None = None):
+    def __init__(
+        self,
+        prompts: Iterable[Prompt],
+        *,
+        format: str,
+        source: str,
+        available: int,
+        categories: list[str] | None = None,
+        sample: dict | None = None,
+    ):
         super().__init__(prompts)
         self.format = format
         self.source = source
@@ -98,9 +106,14 @@ class PromptList(list):
         }
 
 
-def load_prompts(path: str | os.PathLike, format: str = "auto", categories: str | Sequence[str] | None = None,
-                 max_prompts: int | None = None, seed: int = 0,
-                 image_root: str | os.PathLike | None = None) -> PromptList:
+def load_prompts(
+    path: str | os.PathLike,
+    format: str = "auto",
+    categories: str | Sequence[str] | None = None,
+    max_prompts: int | None = None,
+    seed: int = 0,
+    image_root: str | os.PathLike | None = None,
+) -> PromptList:
     """The prompts of ``path`` in ``format`` (one of :data:`FORMATS`, or ``auto``).
 
     ``categories``: keep these categories (PartiPrompts, DrawBench; case-insensitive) or GenEval tags.
@@ -131,8 +144,9 @@ def load_prompts(path: str | os.PathLike, format: str = "auto", categories: str 
         sample = {"max_prompts": max_prompts, "seed": seed}
     if format == "coco":
         prompts = _with_image_paths(prompts, path, image_root)
-    return PromptList(prompts, format=format, source=str(path), available=available, categories=categories,
-                      sample=sample)
+    return PromptList(
+        prompts, format=format, source=str(path), available=available, categories=categories, sample=sample
+    )
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -194,21 +208,26 @@ def read_table_prompts(path: Path) -> list[Prompt]:
     lowered = [name.lower() for name in header]
     prompt_column = next((lowered.index(name) for name in PROMPT_COLUMNS if name in lowered), None)
     if prompt_column is None:
-        raise PromptFileError(f"prompt table {path} has no prompt column (found columns: {', '.join(header)}); "
-                              "name it Prompt (PartiPrompts) or Prompts (DrawBench)")
+        raise PromptFileError(
+            f"prompt table {path} has no prompt column (found columns: {', '.join(header)}); "
+            "name it Prompt (PartiPrompts) or Prompts (DrawBench)"
+        )
     category_column = lowered.index(CATEGORY_COLUMN) if CATEGORY_COLUMN in lowered else None
     prompts = []
     for index, row in enumerate(rows[1:]):
         if len(row) > len(header):
-            raise PromptFileError(f"prompt table {path} row {index + 2} has {len(row)} cells but the header has "
-                                  f"{len(header)}; quote cells that contain the delimiter")
+            raise PromptFileError(
+                f"prompt table {path} row {index + 2} has {len(row)} cells but the header has "
+                f"{len(header)}; quote cells that contain the delimiter"
+            )
         cells = dict(zip(header, (cell.strip() for cell in row)))
         text = cells.get(header[prompt_column], "")
         if not text:
             continue
         category = (cells.get(header[category_column]) or None) if category_column is not None else None
-        metadata = {name: value for i, (name, value) in enumerate(cells.items())
-                    if i not in (prompt_column, category_column)}
+        metadata = {
+            name: value for i, (name, value) in enumerate(cells.items()) if i not in (prompt_column, category_column)
+        }
         prompts.append(Prompt(text, index, category, metadata))
     return prompts
 
@@ -223,18 +242,25 @@ def read_geneval_prompts(path: Path) -> list[Prompt]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise PromptFileError(f"{where} is not valid JSON ({error.msg} at column {error.colno}); "
-                                  "repair the line (one JSON object per line)") from None
+            raise PromptFileError(
+                f"{where} is not valid JSON ({error.msg} at column {error.colno}); "
+                "repair the line (one JSON object per line)"
+            ) from None
         if not isinstance(record, dict):
-            raise PromptFileError(f"{where} is not a JSON object; each line must be one object with prompt, tag and "
-                                  "include")
+            raise PromptFileError(
+                f"{where} is not a JSON object; each line must be one object with prompt, tag and include"
+            )
         missing = [name for name in ("prompt", "tag", "include") if name not in record]
         if missing:
-            raise PromptFileError(f"{where} has no {', '.join(missing)} (found keys: {', '.join(record)}); GenEval "
-                                  "records hold prompt, tag, include and optionally exclude")
+            raise PromptFileError(
+                f"{where} has no {', '.join(missing)} (found keys: {', '.join(record)}); GenEval "
+                "records hold prompt, tag, include and optionally exclude"
+            )
         if not isinstance(record["prompt"], str) or not isinstance(record["include"], list):
-            raise PromptFileError(f"{where}: prompt must be a string and include a list, got "
-                                  f"{type(record['prompt']).__name__} and {type(record['include']).__name__}")
+            raise PromptFileError(
+                f"{where}: prompt must be a string and include a list, got "
+                f"{type(record['prompt']).__name__} and {type(record['include']).__name__}"
+            )
         prompts.append(Prompt(record["prompt"].strip(), index, str(record["tag"]), record))
     return prompts
 
@@ -247,26 +273,37 @@ def read_coco_prompts(path: Path) -> list[Prompt]:
         raise PromptFileError(str(error)) from None
     if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
         found = ", ".join(data) if isinstance(data, dict) else f"a JSON {type(data).__name__}"
-        raise PromptFileError(f"COCO captions file {path} needs the keys images and annotations (found: {found}); "
-                              "give a COCO captions file such as captions_val2014.json")
+        raise PromptFileError(
+            f"COCO captions file {path} needs the keys images and annotations (found: {found}); "
+            "give a COCO captions file such as captions_val2014.json"
+        )
     try:
         file_names = {image["id"]: image["file_name"] for image in data["images"]}
         prompts = []
         for index, annotation in enumerate(data["annotations"]):
             image_id = annotation["image_id"]
             if image_id not in file_names:
-                raise PromptFileError(f"COCO captions file {path}: annotation {annotation['id']} names image "
-                                      f"{image_id}, which is not in images; repair the file")
+                raise PromptFileError(
+                    f"COCO captions file {path}: annotation {annotation['id']} names image "
+                    f"{image_id}, which is not in images; repair the file"
+                )
             metadata = {"image_id": image_id, "file_name": file_names[image_id]}
             prompts.append(Prompt(annotation["caption"].strip(), index, None, metadata, key=str(annotation["id"])))
     except (KeyError, TypeError, AttributeError) as error:
-        raise PromptFileError(f"COCO captions file {path} has a malformed entry ({type(error).__name__}: {error}); "
-                              "images need id and file_name, annotations id, image_id and caption") from None
+        raise PromptFileError(
+            f"COCO captions file {path} has a malformed entry ({type(error).__name__}: {error}); "
+            "images need id and file_name, annotations id, image_id and caption"
+        ) from None
     return prompts
 
 
-READERS = {"text": read_text_prompts, "parti": read_table_prompts, "drawbench": read_table_prompts,
-           "geneval": read_geneval_prompts, "coco": read_coco_prompts}
+READERS = {
+    "text": read_text_prompts,
+    "parti": read_table_prompts,
+    "drawbench": read_table_prompts,
+    "geneval": read_geneval_prompts,
+    "coco": read_coco_prompts,
+}
 
 
 def _filter_categories(prompts: list[Prompt], requested: list[str], path: Path, format: str) -> list[Prompt]:
@@ -277,8 +314,10 @@ def _filter_categories(prompts: list[Prompt], requested: list[str], path: Path, 
     known = {name.casefold() for name in present}
     unknown = [name for name in requested if name.casefold() not in known]
     if unknown:
-        raise PromptFileError(f"prompt file {path} has no categor{'y' if len(unknown) == 1 else 'ies'} "
-                              f"{', '.join(map(repr, unknown))}; it has: {', '.join(present)}")
+        raise PromptFileError(
+            f"prompt file {path} has no categor{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(map(repr, unknown))}; it has: {', '.join(present)}"
+        )
     wanted = {name.casefold() for name in requested}
     return [prompt for prompt in prompts if prompt.category is not None and prompt.category.casefold() in wanted]
 
@@ -303,11 +342,15 @@ def _with_image_paths(prompts: list[Prompt], path: Path, image_root: str | os.Pa
         root = next((folder for folder in coco_image_roots(path) if (folder / first).is_file()), None)
         if root is None:
             tried = ", ".join(str(folder) for folder in coco_image_roots(path))
-            raise PromptFileError(f"cannot find the images of COCO captions file {path} (looked for {first} in "
-                                  f"{tried}); give the image folder (image_root, --image-root)")
+            raise PromptFileError(
+                f"cannot find the images of COCO captions file {path} (looked for {first} in "
+                f"{tried}); give the image folder (image_root, --image-root)"
+            )
     names = [prompt.metadata["file_name"] for prompt in prompts]
     missing = [name for name in names if not (root / name).is_file()]
     if missing:
-        raise PromptFileError(f"{len(missing)} of {len(prompts)} images of COCO captions file {path} are missing "
-                              f"from {root} (first: {missing[0]}); give the right image folder or fetch the images")
+        raise PromptFileError(
+            f"{len(missing)} of {len(prompts)} images of COCO captions file {path} are missing "
+            f"from {root} (first: {missing[0]}); give the right image folder or fetch the images"
+        )
     return [replace(prompt, image=str(root / prompt.metadata["file_name"])) for prompt in prompts]

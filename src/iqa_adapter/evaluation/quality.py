@@ -26,8 +26,9 @@ from scipy.stats import spearmanr
 
 from .plan import BASE, HIGH, LOW, EvaluationPlan
 
-ORIENTATION = ("RelGain and Spearman are signed so that positive means better quality (sign flipped for "
-               "lower-is-better metrics)")
+ORIENTATION = (
+    "RelGain and Spearman are signed so that positive means better quality (sign flipped for lower-is-better metrics)"
+)
 
 
 def relgain(base: np.ndarray, new: np.ndarray, higher_is_better: bool = True) -> float:
@@ -55,8 +56,13 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def quality_report(plan: EvaluationPlan, adapter: str, targets: Sequence[str], scores: Mapping[str, np.ndarray],
-                   directions: Mapping[str, bool]) -> dict:
+def quality_report(
+    plan: EvaluationPlan,
+    adapter: str,
+    targets: Sequence[str],
+    scores: Mapping[str, np.ndarray],
+    directions: Mapping[str, bool],
+) -> dict:
     """The quality experiments of one adapter from every metric's scores (one value per plan item)."""
     conditions = {condition.name: condition for condition in plan.conditions}
     sweep_names = [name for name, c in conditions.items() if c.adapter == adapter and c.kind == "percentile"]
@@ -73,29 +79,44 @@ def quality_report(plan: EvaluationPlan, adapter: str, targets: Sequence[str], s
             return f"{adapter}/p{percentile}"
         return f"{adapter}/scale_{scale:g}_p{percentile}"
 
-    scales = sorted({0.0, default_scale, *(c.scale for c in conditions.values()
-                                           if c.adapter == adapter and c.kind == "scale")})
+    scales = sorted(
+        {0.0, default_scale, *(c.scale for c in conditions.values() if c.adapter == adapter and c.kind == "scale")}
+    )
     negative = next((name for name, c in conditions.items() if c.adapter == adapter and c.kind == "negative"), None)
-    report: dict = {"target_metrics": list(targets), "default_scale": default_scale, "percentile_sweep": {},
-                    "scale_sweep": {}}
+    report: dict = {
+        "target_metrics": list(targets),
+        "default_scale": default_scale,
+        "percentile_sweep": {},
+        "scale_sweep": {},
+    }
     for metric, higher in directions.items():
         per_percentile = [at(name, metric) for name in sweep_names]
         inputs = np.concatenate([np.full(len(values), p) for p, values in zip(percentiles, per_percentile)])
         report["percentile_sweep"][metric] = {
-            "percentiles": percentiles, "mean_scores": [_mean(values) for values in per_percentile],
+            "percentiles": percentiles,
+            "mean_scores": [_mean(values) for values in per_percentile],
             "base_mean": _mean(at(BASE, metric)),
-            "spearman": oriented_spearman(inputs, np.concatenate(per_percentile), higher)}
+            "spearman": oriented_spearman(inputs, np.concatenate(per_percentile), higher),
+        }
         report["scale_sweep"][metric] = {
             "scales": scales,
             "mean_scores": [_mean(at(condition_at(HIGH, scale), metric)) for scale in scales],
-            "mean_scores_low": [_mean(at(condition_at(LOW, scale), metric)) for scale in scales]}
-    report["relgain"] = {f"p{p}": {metric: relgain(at(BASE, metric), at(f"{adapter}/p{p}", metric), higher)
-                                   for metric, higher in directions.items()} for p in (HIGH, LOW)}
+            "mean_scores_low": [_mean(at(condition_at(LOW, scale), metric)) for scale in scales],
+        }
+    report["relgain"] = {
+        f"p{p}": {
+            metric: relgain(at(BASE, metric), at(f"{adapter}/p{p}", metric), higher)
+            for metric, higher in directions.items()
+        }
+        for p in (HIGH, LOW)
+    }
     if negative is not None:
         report["negative_guidance"] = {
             "k": conditions[negative].negative_quality,
-            "relgain": {metric: relgain(at(BASE, metric), at(negative, metric), higher)
-                        for metric, higher in directions.items()}}
+            "relgain": {
+                metric: relgain(at(BASE, metric), at(negative, metric), higher) for metric, higher in directions.items()
+            },
+        }
     report["claims"] = claims(report)
     return report
 
@@ -115,22 +136,26 @@ def claims(report: dict) -> dict:
         return sum(values) > len(values) / 2 if values else None
 
     checked = {
-        "target_quality_follows_the_input_percentile": every(report["percentile_sweep"][n]["spearman"] > 0
-                                                             for n in targets),
+        "target_quality_follows_the_input_percentile": every(
+            report["percentile_sweep"][n]["spearman"] > 0 for n in targets
+        ),
         "p99_improves_every_target_metric": every(p99[n] > 0 for n in targets),
         "p99_improves_most_other_metrics": most(p99[n] > 0 for n in others),
         "p1_degrades_every_target_metric": every(p1[n] < 0 for n in targets),
     }
     if negative is not None:
         checked["negative_guidance_strengthens_the_p99_gain_on_every_target_metric"] = every(
-            negative[n] > p99[n] for n in targets)
+            negative[n] > p99[n] for n in targets
+        )
         checked["negative_guidance_strengthens_the_p99_gain_on_most_other_metrics"] = most(
-            negative[n] > p99[n] for n in others)
+            negative[n] > p99[n] for n in others
+        )
     return checked
 
 
-def relgain_matrix(reports: Mapping[str, dict], percentile: int = HIGH,
-                   groups: Mapping[str, Sequence[str]] | None = None) -> dict:
+def relgain_matrix(
+    reports: Mapping[str, dict], percentile: int = HIGH, groups: Mapping[str, Sequence[str]] | None = None
+) -> dict:
     """RelGain at ``percentile`` per adapter (rows) and metric (columns), with the mean over metrics (Figure 3a)
     and, for each of ``groups`` (``{name: metric columns}``), the mean over its metrics (``mean_<name>``)."""
 

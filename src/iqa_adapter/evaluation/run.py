@@ -105,8 +105,10 @@ def _check_measures(measures: Measures) -> None:
     from .distances import check_distance_spec
     from .features import parse_extractor_spec
 
-    for entries, check, what in ((measures.extractors, parse_extractor_spec, "feature extractors"),
-                                 (measures.distances, check_distance_spec, "distances")):
+    for entries, check, what in (
+        (measures.extractors, parse_extractor_spec, "feature extractors"),
+        (measures.distances, check_distance_spec, "distances"),
+    ):
         names = [named_measure(entry)[0] for entry in entries]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -126,15 +128,22 @@ def _versions() -> dict:
 
     from .. import __version__
 
-    return {"iqa_adapter": __version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "iqa_adapter": __version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def adapter_identity(adapter: IQAAdapter) -> dict:
     """What an adapter's images depend on: its config and the size of its weights (not hashed: SDXL's are 700 MB)."""
     weights = adapter.source_directory / "adapter.safetensors" if adapter.source_directory else None
-    return {"config": hash_of(adapter.config.to_dict()),
-            "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None}
+    return {
+        "config": hash_of(adapter.config.to_dict()),
+        "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
+    }
 
 
 @dataclass
@@ -155,11 +164,20 @@ class EvaluationRun:
         return [index for index in range(len(self.plan)) if keep(self.plan.item(index))]
 
 
-def evaluate(out_dir: str | Path, *, load_pipeline: Callable[[], object], base_name: str,
-             adapters: dict[str, IQAAdapter], metrics: Sequence[ScoreColumn], prompts: Sequence,
-             settings: EvaluationSettings | None = None, measures: Measures | None = None,
-             skip_generation: bool = False, device: str | torch.device | None = None,
-             progress: bool = True) -> dict | None:
+def evaluate(
+    out_dir: str | Path,
+    *,
+    load_pipeline: Callable[[], object],
+    base_name: str,
+    adapters: dict[str, IQAAdapter],
+    metrics: Sequence[ScoreColumn],
+    prompts: Sequence,
+    settings: EvaluationSettings | None = None,
+    measures: Measures | None = None,
+    skip_generation: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict | None:
     """Run the whole evaluation into ``out_dir`` (see the module); the report on the main process, else None.
 
     ``load_pipeline()`` is called only when images are missing. ``adapters`` maps a report name to a score
@@ -172,37 +190,62 @@ def evaluate(out_dir: str | Path, *, load_pipeline: Callable[[], object], base_n
     if not adapters:
         raise ValueError("give at least one adapter to evaluate")
     if any(adapter.config.condition != "scores" for adapter in adapters.values()):
-        raise ValueError("evaluate compares adapters conditioned on quality scores; reference-based adapters are "
-                         "evaluated by the demo's reference-transfer experiment")
+        raise ValueError(
+            "evaluate compares adapters conditioned on quality scores; reference-based adapters are "
+            "evaluated by the demo's reference-transfer experiment"
+        )
     _check_measures(measures)
     columns = [column.name for column in metrics]
     for group, members in measures.metric_groups.items():
         if not members or set(members) - set(columns):
-            raise ValueError(f"metric group {group!r} must name scored metric columns ({', '.join(columns)}), got "
-                             f"{list(members)}")
+            raise ValueError(
+                f"metric group {group!r} must name scored metric columns ({', '.join(columns)}), got {list(members)}"
+            )
     out_dir = Path(out_dir)
     state = process_state(device)
-    scales = {name: settings.scale if settings.scale is not None else adapter.config.default_scale
-              for name, adapter in adapters.items()}
-    sampling = {"steps": settings.steps, "guidance": settings.guidance, "height": settings.height,
-                "width": settings.width}
-    plan = EvaluationPlan(plan_conditions(scales, settings.percentiles, settings.scales, settings.negative_quality,
-                                          settings.relgain_only),
-                          [getattr(prompt, "text", prompt) for prompt in prompts],
-                          list(range(settings.seed, settings.seed + settings.seeds)),
-                          settings={"sampling": sampling, "base": base_name,
-                                    "adapters": {name: adapter_identity(adapter) for name, adapter in adapters.items()}})
+    scales = {
+        name: settings.scale if settings.scale is not None else adapter.config.default_scale
+        for name, adapter in adapters.items()
+    }
+    sampling = {
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "height": settings.height,
+        "width": settings.width,
+    }
+    plan = EvaluationPlan(
+        plan_conditions(
+            scales, settings.percentiles, settings.scales, settings.negative_quality, settings.relgain_only
+        ),
+        [getattr(prompt, "text", prompt) for prompt in prompts],
+        list(range(settings.seed, settings.seed + settings.seeds)),
+        settings={
+            "sampling": sampling,
+            "base": base_name,
+            "adapters": {name: adapter_identity(adapter) for name, adapter in adapters.items()},
+        },
+    )
     run = EvaluationRun(out_dir, plan, settings, state, progress, list(prompts))
     if state.is_main_process:
-        write_json(out_dir / "prompts.json", [asdict(prompt) if hasattr(prompt, "__dataclass_fields__") else
-                                              {"text": prompt} for prompt in prompts])
+        write_json(
+            out_dir / "prompts.json",
+            [asdict(prompt) if hasattr(prompt, "__dataclass_fields__") else {"text": prompt} for prompt in prompts],
+        )
 
     generation = generation_pass(out_dir, plan, settings.chunk_size, state)
     if skip_generation or not generation.missing():
         require_images(out_dir, plan, settings.chunk_size, state)
     else:
-        generate_images(out_dir, plan, load_pipeline(), adapters, batch_size=settings.batch_size,
-                        chunk_size=settings.chunk_size, state=state, progress=progress)
+        generate_images(
+            out_dir,
+            plan,
+            load_pipeline(),
+            adapters,
+            batch_size=settings.batch_size,
+            chunk_size=settings.chunk_size,
+            state=state,
+            progress=progress,
+        )
     score_images(out_dir, plan, metrics, **run.pass_options())
     for entry in measures.extractors:
         _feature_pass(run, *named_measure(entry), device)
@@ -242,8 +285,16 @@ def _feature_pass(run: EvaluationRun, name: str, spec: str, device) -> ChunkedPa
             features[positions] = extractor(batch).cpu().numpy()
         return pd.DataFrame({"item": [item.index for item in items], "features": list(features)})
 
-    return run_image_pass(run.out_dir, run.plan, f"features/{_folder_name(name)}", {"extractor": extractor.describe()},
-                          _fidelity_item(run), measure, description=f"features ({name})", **run.pass_options())
+    return run_image_pass(
+        run.out_dir,
+        run.plan,
+        f"features/{_folder_name(name)}",
+        {"extractor": extractor.describe()},
+        _fidelity_item(run),
+        measure,
+        description=f"features ({name})",
+        **run.pass_options(),
+    )
 
 
 def _clip_pass(run: EvaluationRun, model: str, device) -> ChunkedPass:
@@ -256,7 +307,9 @@ def _clip_pass(run: EvaluationRun, model: str, device) -> ChunkedPass:
         clip_t = np.zeros(len(items), dtype=np.float32)
         clip_i = np.full(len(items), np.nan, dtype=np.float32)
         for positions, batch in by_size(images):
-            clip_t[positions] = scorer.text_image(batch, [run.plan.prompts[items[p].prompt] for p in positions]).cpu().numpy()
+            clip_t[positions] = (
+                scorer.text_image(batch, [run.plan.prompts[items[p].prompt] for p in positions]).cpu().numpy()
+            )
         with_reference = [p for p, item in enumerate(items) if references.get(item.prompt)]
         if with_reference:
             from ..images import open_image, rgb_tensor
@@ -266,8 +319,16 @@ def _clip_pass(run: EvaluationRun, model: str, device) -> ChunkedPass:
                 clip_i[p] = float(scorer.image_image(image[None], reference[None])[0])
         return pd.DataFrame({"item": [item.index for item in items], "clip_t": clip_t, "clip_i": clip_i})
 
-    return run_image_pass(run.out_dir, run.plan, "clip", {"clip": model}, _fidelity_item(run), measure,
-                          description="CLIP-T/I", **run.pass_options())
+    return run_image_pass(
+        run.out_dir,
+        run.plan,
+        "clip",
+        {"clip": model},
+        _fidelity_item(run),
+        measure,
+        description="CLIP-T/I",
+        **run.pass_options(),
+    )
 
 
 def _prompt_metadata(run: EvaluationRun) -> list[dict]:
@@ -283,8 +344,10 @@ def _following_metadata(run: EvaluationRun) -> list[dict]:
 def _following_item(run: EvaluationRun) -> Callable[[Item], bool]:
     def keep(item: Item) -> bool:
         condition = run.plan.conditions[item.condition]
-        return condition.kind in ("base", "negative") or (condition.kind == "percentile"
-                                                          and condition.percentile in FOLLOWING_PERCENTILES)
+        return condition.kind in ("base", "negative") or (
+            condition.kind == "percentile" and condition.percentile in FOLLOWING_PERCENTILES
+        )
+
     return keep
 
 
@@ -293,8 +356,9 @@ def _following_pass(run: EvaluationRun, measures: Measures, device) -> ChunkedPa
     if scorer is None:
         from .prompt_following import GenEvalScorer
 
-        options = {key: value for key, value in (("detector", measures.detector), ("clip", measures.following_clip))
-                   if value}
+        options = {
+            key: value for key, value in (("detector", measures.detector), ("clip", measures.following_clip)) if value
+        }
         scorer = GenEvalScorer(device=device or "cpu", **options)
     metadata = _prompt_metadata(run)
 
@@ -302,12 +366,26 @@ def _following_pass(run: EvaluationRun, measures: Measures, device) -> ChunkedPa
         rows = []
         for item, results in zip(items, scorer.score(images, [metadata[item.prompt] for item in items])):
             for result in results if isinstance(results, list) else [results]:
-                rows.append({"item": item.index, "prompt": item.prompt, "tag": result["tag"],
-                             "correct": bool(result["correct"])})
+                rows.append(
+                    {
+                        "item": item.index,
+                        "prompt": item.prompt,
+                        "tag": result["tag"],
+                        "correct": bool(result["correct"]),
+                    }
+                )
         return pd.DataFrame(rows, columns=["item", "prompt", "tag", "correct"])
 
-    return run_image_pass(run.out_dir, run.plan, "prompt_following", {"scorer": scorer.describe()},
-                          _following_item(run), measure, description="prompt following", **run.pass_options())
+    return run_image_pass(
+        run.out_dir,
+        run.plan,
+        "prompt_following",
+        {"scorer": scorer.describe()},
+        _following_item(run),
+        measure,
+        description="prompt following",
+        **run.pass_options(),
+    )
 
 
 def _sweep_conditions(plan: EvaluationPlan, adapter: str) -> list[int]:
@@ -318,20 +396,25 @@ def _distance_folder(run: EvaluationRun, name: str) -> Path:
     return run.out_dir / "distances" / _folder_name(name)
 
 
-def _distance_pass(run: EvaluationRun, adapters: dict[str, IQAAdapter], name: str, spec: str,
-                   device) -> ChunkedPass:
+def _distance_pass(run: EvaluationRun, adapters: dict[str, IQAAdapter], name: str, spec: str, device) -> ChunkedPass:
     """One pair distance between the percentiles of each (adapter, prompt, seed) group, in chunks of groups, in a
     folder of its own (``distances/<measure>/``), so that adding a measure later leaves the others as they are."""
     plan, options = run.plan, run.pass_options()
     distance = PairDistance(spec, device or "cpu")
     adapter_names = list(adapters)
     identity = generation_pass(run.out_dir, plan, options["chunk_size"], run.state).parameters
-    job = ChunkedPass(_distance_folder(run, name), {"measure": spec, "images": hash_of(identity),
-                                                    "chunk_size": options["chunk_size"]},
-                      len(adapter_names) * plan.per_condition, options["chunk_size"], ".parquet", run.state)
+    job = ChunkedPass(
+        _distance_folder(run, name),
+        {"measure": spec, "images": hash_of(identity), "chunk_size": options["chunk_size"]},
+        len(adapter_names) * plan.per_condition,
+        options["chunk_size"],
+        ".parquet",
+        run.state,
+    )
     mine = job.my_chunks()
-    with progress_bar(sum(len(job.items(chunk)) for chunk in mine), f"distances ({name})", run.state,
-                      run.progress) as bar:
+    with progress_bar(
+        sum(len(job.items(chunk)) for chunk in mine), f"distances ({name})", run.state, run.progress
+    ) as bar:
         for chunk in mine:
             rows = []
             for group in job.items(chunk):
@@ -352,21 +435,29 @@ def _distance_pass(run: EvaluationRun, adapters: dict[str, IQAAdapter], name: st
 # ---------------------------------------------------------------- the report
 
 
-def build_report(run: EvaluationRun, adapters: dict[str, IQAAdapter], metrics: Sequence[ScoreColumn],
-                 measures: Measures, device) -> dict:
+def build_report(
+    run: EvaluationRun, adapters: dict[str, IQAAdapter], metrics: Sequence[ScoreColumn], measures: Measures, device
+) -> dict:
     """Every number and figure of the evaluation, from what the passes wrote."""
     plan, out_dir = run.plan, run.out_dir
     scores = {column.name: read_scores(out_dir, plan, column.name) for column in metrics}
     directions = {column.name: column.metric.higher_is_better for column in metrics}
-    reports = {name: quality_report(plan, name, adapter.metric_names, scores, directions)
-               for name, adapter in adapters.items()}
+    reports = {
+        name: quality_report(plan, name, adapter.metric_names, scores, directions) for name, adapter in adapters.items()
+    }
     report: dict = {
         "orientation": ORIENTATION,
-        "metrics": {column.name: {"higher_is_better": directions[column.name], "spec": column.spec} for column in metrics},
-        "settings": {**asdict(run.settings), "prompts": len(plan.prompts), "seeds_list": plan.seeds,
-                     "base": plan.settings["base"], "adapters": {name: str(a.source_directory or "") for name, a in
-                                                                 adapters.items()},
-                     "conditions": [asdict(condition) for condition in plan.conditions]},
+        "metrics": {
+            column.name: {"higher_is_better": directions[column.name], "spec": column.spec} for column in metrics
+        },
+        "settings": {
+            **asdict(run.settings),
+            "prompts": len(plan.prompts),
+            "seeds_list": plan.seeds,
+            "base": plan.settings["base"],
+            "adapters": {name: str(a.source_directory or "") for name, a in adapters.items()},
+            "conditions": [asdict(condition) for condition in plan.conditions],
+        },
         "versions": _versions(),
         "n_images": len(plan),
         "n_prompts": len(plan.prompts),
@@ -395,12 +486,16 @@ def _write_image_table(run: EvaluationRun, scores: dict[str, np.ndarray]) -> Non
     """``images/images.csv``: every image's file, condition, prompt, seed and scores."""
     plan = run.plan
     items = [plan.item(index) for index in range(len(plan))]
-    table = pd.DataFrame({"file": [plan.image_path(item).as_posix() for item in items],
-                          "condition": [plan.conditions[item.condition].name for item in items],
-                          "prompt_index": [item.prompt for item in items],
-                          "prompt": [plan.prompts[item.prompt] for item in items],
-                          "seed": [item.seed for item in items],
-                          **{f"score_{name}": values for name, values in scores.items()}})
+    table = pd.DataFrame(
+        {
+            "file": [plan.image_path(item).as_posix() for item in items],
+            "condition": [plan.conditions[item.condition].name for item in items],
+            "prompt_index": [item.prompt for item in items],
+            "prompt": [plan.prompts[item.prompt] for item in items],
+            "seed": [item.seed for item in items],
+            **{f"score_{name}": values for name, values in scores.items()},
+        }
+    )
     atomic_write(run.out_dir / "images" / "images.csv", lambda path: table.to_csv(path, index=False))
 
 
@@ -427,15 +522,27 @@ def _frechet(run: EvaluationRun, name: str, spec: str, measures: Measures, devic
     about: dict = {"extractor": spec, "images_per_condition": run.plan.per_condition}
     if measures.reference:
         extractor = create_extractor(spec, device=device)
-        references = reference_statistics(measures.reference, extractor, _reference_cache(run, measures),
-                                          subsets=_reference_subsets(run, measures), resize=measures.reference_resize,
-                                          progress=run.progress)
-        about["reference"] = {"data": measures.reference,
-                              "images": {subset: stats.count for subset, stats in references.items()}}
+        references = reference_statistics(
+            measures.reference,
+            extractor,
+            _reference_cache(run, measures),
+            subsets=_reference_subsets(run, measures),
+            resize=measures.reference_resize,
+            progress=run.progress,
+        )
+        about["reference"] = {
+            "data": measures.reference,
+            "images": {subset: stats.count for subset, stats in references.items()},
+        }
         targets.update((f"reference_{subset}", stats) for subset, stats in references.items())
-    distances = {condition: {target: frechet_distance(stats, reference) for target, reference in targets.items()
-                             if not (condition == BASE and target == "base")}
-                 for condition, stats in statistics.items()}
+    distances = {
+        condition: {
+            target: frechet_distance(stats, reference)
+            for target, reference in targets.items()
+            if not (condition == BASE and target == "base")
+        }
+        for condition, stats in statistics.items()
+    }
     return distances, about
 
 
@@ -448,18 +555,31 @@ def _reference_subsets(run: EvaluationRun, measures: Measures) -> dict[str, set[
     if not measures.reference_subsets:
         return None
     if not measures.subset_metrics:
-        raise ValueError("--reference-quality-subsets needs --subset-metrics (the NR metrics that rank the reference "
-                         "images)")
+        raise ValueError(
+            "--reference-quality-subsets needs --subset-metrics (the NR metrics that rank the reference images)"
+        )
     from ..annotate import ScoreTable, annotate, metric_columns
     from ..metrics import metric_info
     from .fidelity import top_quality_subsets
 
-    scores_dir = _reference_cache(run, measures) / f"scores_{hash_of([measures.reference, list(measures.subset_metrics)])}"
-    annotate(measures.reference, list(measures.subset_metrics), scores_dir, resize=measures.reference_resize,
-             num_workers=0, progress=run.progress)
+    scores_dir = (
+        _reference_cache(run, measures) / f"scores_{hash_of([measures.reference, list(measures.subset_metrics)])}"
+    )
+    annotate(
+        measures.reference,
+        list(measures.subset_metrics),
+        scores_dir,
+        resize=measures.reference_resize,
+        num_workers=0,
+        progress=run.progress,
+    )
     columns = metric_columns(list(measures.subset_metrics))
-    return top_quality_subsets(ScoreTable.load(scores_dir), list(columns), list(measures.reference_subsets),
-                               {column: metric_info(name).higher_is_better for column, name in columns.items()})
+    return top_quality_subsets(
+        ScoreTable.load(scores_dir),
+        list(columns),
+        list(measures.reference_subsets),
+        {column: metric_info(name).higher_is_better for column, name in columns.items()},
+    )
 
 
 def _clip_means(run: EvaluationRun) -> tuple[dict, dict]:
@@ -474,12 +594,23 @@ def _following_summary(run: EvaluationRun) -> dict:
     from .prompt_following import summarize
 
     frame = read_pass(run.out_dir, "prompt_following")
-    summaries = {name: summarize(rows[["tag", "prompt", "correct"]].to_dict("records"))
-                 for name, rows in _by_condition(run.plan, frame).items()}
-    return ({name: {**{task: values["accuracy"] for task, values in summary["tasks"].items()},
-                    "overall": summary["overall"]} for name, summary in summaries.items()},
-            {name: {key: value for key, value in summary.items() if key != "overall"}
-             for name, summary in summaries.items()})
+    summaries = {
+        name: summarize(rows[["tag", "prompt", "correct"]].to_dict("records"))
+        for name, rows in _by_condition(run.plan, frame).items()
+    }
+    return (
+        {
+            name: {
+                **{task: values["accuracy"] for task, values in summary["tasks"].items()},
+                "overall": summary["overall"],
+            }
+            for name, summary in summaries.items()
+        },
+        {
+            name: {key: value for key, value in summary.items() if key != "overall"}
+            for name, summary in summaries.items()
+        },
+    )
 
 
 def _distances(run: EvaluationRun, adapters: dict[str, IQAAdapter], measures: Measures) -> dict:
@@ -503,8 +634,10 @@ def _distances(run: EvaluationRun, adapters: dict[str, IQAAdapter], measures: Me
         result[adapter] = {}
         for name, mean in means[adapter_index].items():
             matrix = mean.matrix()
-            result[adapter][name] = {f"p{pa}": {f"p{pb}": float(matrix[i, j]) for j, pb in enumerate(percentiles)}
-                                     for i, pa in enumerate(percentiles)}
+            result[adapter][name] = {
+                f"p{pa}": {f"p{pb}": float(matrix[i, j]) for j, pb in enumerate(percentiles)}
+                for i, pa in enumerate(percentiles)
+            }
         if "ms_ssim" in [spec for _, spec in map(named_measure, measures.distances)]:
             side = min(load_images(run.out_dir, plan, [plan.item(0)])[0].shape[-2:])
             result[adapter]["ms_ssim_scales"] = ms_ssim_scales(side)
@@ -529,48 +662,83 @@ def _figures(run: EvaluationRun, report: dict, adapters: dict[str, IQAAdapter], 
         grid = figures.condition_grid(image, conditions, ["base"] + [f"p{p}" for p in percentiles], plan.prompts)
         paths[f"{prefix}percentile_grid"] = figures.save_png(grid, folder / f"{prefix}percentile_grid.png", out_dir)
         caption = f"adapter {name}; {count}"
-        paths[f"{prefix}percentile_sweep"] = figures.save_png(figures.percentile_sweep(quality, directions, caption),
-                                                              folder / f"{prefix}percentile_sweep.png", out_dir)
-        paths[f"{prefix}relgain"] = figures.save_png(figures.relgain_bars(quality, caption),
-                                                     folder / f"{prefix}relgain.png", out_dir)
-        paths[f"{prefix}scale_sweep"] = figures.save_png(figures.scale_sweep(quality, caption),
-                                                         folder / f"{prefix}scale_sweep.png", out_dir)
+        paths[f"{prefix}percentile_sweep"] = figures.save_png(
+            figures.percentile_sweep(quality, directions, caption), folder / f"{prefix}percentile_sweep.png", out_dir
+        )
+        paths[f"{prefix}relgain"] = figures.save_png(
+            figures.relgain_bars(quality, caption), folder / f"{prefix}relgain.png", out_dir
+        )
+        paths[f"{prefix}scale_sweep"] = figures.save_png(
+            figures.scale_sweep(quality, caption), folder / f"{prefix}scale_sweep.png", out_dir
+        )
         for measure, matrix in report["distances_by_adapter"].get(name, {}).items():
             if not isinstance(matrix, dict):
                 continue
             labels = list(matrix)
             values = np.array([[matrix[a][b] for b in labels] for a in labels])
-            figure = figures.heatmap(values, labels, labels, f"mean {measure} distance between percentiles, adapter "
-                                     f"{name}\n{count}", fmt="{:.3f}", colour_label="distance")
+            figure = figures.heatmap(
+                values,
+                labels,
+                labels,
+                f"mean {measure} distance between percentiles, adapter {name}\n{count}",
+                fmt="{:.3f}",
+                colour_label="distance",
+            )
             key = f"{prefix}distances_{_folder_name(measure)}"
             paths[key] = figures.save_png(figure, folder / f"{key}.png", out_dir)
     matrix = report["relgain_matrix"]
     columns = list(next(iter(matrix.values())))
     values = np.array([[matrix[adapter][column] for column in columns] for adapter in matrix])
-    targets = np.array([[column in report["adapters"][adapter]["target_metrics"] for column in columns]
-                        for adapter in matrix])
+    targets = np.array(
+        [[column in report["adapters"][adapter]["target_metrics"] for column in columns] for adapter in matrix]
+    )
     paths["relgain_matrix"] = figures.save_png(
-        figures.heatmap(values, list(matrix), columns, f"RelGain at p99 against the base model (%, + = better; "
-                        f"* = the adapter's conditioning metric)\n{count}", centre=0.0, colour_label="RelGain %",
-                        marked=targets), folder / "relgain_matrix.png", out_dir)
+        figures.heatmap(
+            values,
+            list(matrix),
+            columns,
+            f"RelGain at p99 against the base model (%, + = better; * = the adapter's conditioning metric)\n{count}",
+            centre=0.0,
+            colour_label="RelGain %",
+            marked=targets,
+        ),
+        folder / "relgain_matrix.png",
+        out_dir,
+    )
     for name, frechet in report["frechet"].items():
         series: dict[str, dict] = {}
         for condition, targets in frechet.items():
             for target, value in targets.items():
-                series.setdefault("to the base model" if target == "base" else "to " + target.replace("_", " "),
-                                  {})[condition] = value
+                series.setdefault("to the base model" if target == "base" else "to " + target.replace("_", " "), {})[
+                    condition
+                ] = value
         if series:
             paths[f"frechet_{_folder_name(name)}"] = figures.save_png(
-                figures.grouped_bars(series, f"Frechet distance ({name} features), lower = closer\n{count}",
-                                     "Frechet distance"), folder / f"frechet_{_folder_name(name)}.png", out_dir)
+                figures.grouped_bars(
+                    series, f"Frechet distance ({name} features), lower = closer\n{count}", "Frechet distance"
+                ),
+                folder / f"frechet_{_folder_name(name)}.png",
+                out_dir,
+            )
     if report.get("clip_t"):
-        paths["clip"] = figures.save_png(figures.grouped_bars(
-            {"CLIP-T": report["clip_t"], **({"CLIP-I": report["clip_i"]} if report.get("clip_i") else {})},
-            f"CLIP-T (image-prompt) and CLIP-I (image-real image), cosine x 100\n{count}", "score"),
-            folder / "clip.png", out_dir)
+        paths["clip"] = figures.save_png(
+            figures.grouped_bars(
+                {"CLIP-T": report["clip_t"], **({"CLIP-I": report["clip_i"]} if report.get("clip_i") else {})},
+                f"CLIP-T (image-prompt) and CLIP-I (image-real image), cosine x 100\n{count}",
+                "score",
+            ),
+            folder / "clip.png",
+            out_dir,
+        )
     if report.get("prompt_following"):
-        paths["prompt_following"] = figures.save_png(figures.grouped_bars(
-            report["prompt_following"], f"prompt following (GenEval's tasks, our detector), share correct\n{count}", "accuracy",
-            limits=(0.0, 1.0)),
-            folder / "prompt_following.png", out_dir)
+        paths["prompt_following"] = figures.save_png(
+            figures.grouped_bars(
+                report["prompt_following"],
+                f"prompt following (GenEval's tasks, our detector), share correct\n{count}",
+                "accuracy",
+                limits=(0.0, 1.0),
+            ),
+            folder / "prompt_following.png",
+            out_dir,
+        )
     return paths

@@ -83,8 +83,10 @@ class Calibration:
         return (ends[0], ends[1])
 
     def to_dict(self) -> dict:
-        return {key: (None if isinstance(value, float) and not np.isfinite(value) else value)
-                for key, value in dataclasses.asdict(self).items()}
+        return {
+            key: (None if isinstance(value, float) and not np.isfinite(value) else value)
+            for key, value in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
@@ -101,8 +103,9 @@ def fit_calibration(raw, mos, crops: int = 15, crop_mode: str = "uniform") -> Ca
     """
     x, y = np.asarray(raw, dtype=np.float64), np.asarray(mos, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"a calibration needs one raw score per MOS and at least 2 of them, got {x.shape} "
-                         f"and {y.shape}")
+        raise ValueError(
+            f"a calibration needs one raw score per MOS and at least 2 of them, got {x.shape} and {y.shape}"
+        )
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("a calibration needs finite raw scores and MOS")
     spread = x - x.mean()
@@ -113,17 +116,36 @@ def fit_calibration(raw, mos, crops: int = 15, crop_mode: str = "uniform") -> Ca
         a = float((spread * (y - y.mean())).sum() / (spread**2).sum())
         plcc = float(np.corrcoef(x, y)[0, 1]) if np.ptp(y) > 0 else float("nan")
         if a < 0:
-            logger.warning("calibration: the raw scores fall as the training MOS rises (slope %.4g); the "
-                           "calibrated scores follow the MOS, the raw ones are reversed", a)
+            logger.warning(
+                "calibration: the raw scores fall as the training MOS rises (slope %.4g); the "
+                "calibrated scores follow the MOS, the raw ones are reversed",
+                a,
+            )
     b = float(y.mean() - a * x.mean())
     rmse = float(np.sqrt(np.mean((a * x + b - y) ** 2)))
-    return Calibration(a=a, b=b, mos_min=float(y.min()), mos_max=float(y.max()), samples=len(x), crops=crops,
-                       crop_mode=crop_mode, rmse=rmse, plcc=plcc)
+    return Calibration(
+        a=a,
+        b=b,
+        mos_min=float(y.min()),
+        mos_max=float(y.max()),
+        samples=len(x),
+        crops=crops,
+        crop_mode=crop_mode,
+        rmse=rmse,
+        plcc=plcc,
+    )
 
 
 @torch.no_grad()
-def raw_table_scores(model: LoDa, table: IQATable, indices: list[int], crops: int = 15,
-                     crop_mode: str = "uniform", seed: int = 0, batch_size: int = 64) -> np.ndarray:
+def raw_table_scores(
+    model: LoDa,
+    table: IQATable,
+    indices: list[int],
+    crops: int = 15,
+    crop_mode: str = "uniform",
+    seed: int = 0,
+    batch_size: int = 64,
+) -> np.ndarray:
     """Raw scores of the images ``table.paths[i]``, ``i`` in ``indices``, exactly as the registry metric
     ``loda:<dir>`` computes them (model in eval mode; images of one size are scored together)."""
     was_training = model.training
@@ -135,19 +157,27 @@ def raw_table_scores(model: LoDa, table: IQATable, indices: list[int], crops: in
     scores = np.empty(len(indices), dtype=np.float64)
     for positions in by_shape.values():
         # every image of one shape has the same crop positions: as many images per pass as fill a batch
-        distinct = image_crops(images[positions[0]][None], model.crop_size, crops, crop_mode, seed,
-                               model.config.resize)[1].numel()
+        distinct = image_crops(
+            images[positions[0]][None], model.crop_size, crops, crop_mode, seed, model.config.resize
+        )[1].numel()
         per_pass = max(1, batch_size // distinct)
         for start in range(0, len(positions), per_pass):
-            chunk = positions[start:start + per_pass]
+            chunk = positions[start : start + per_pass]
             batch = torch.stack([images[p] for p in chunk])
             scores[chunk] = score_images(model, batch, crops, crop_mode, seed, batch_size).double().cpu().numpy()
     model.train(was_training)
     return scores
 
 
-def calibrate(model: LoDa, table: IQATable, indices: list[int], crops: int = 15,
-              crop_mode: str = "uniform", seed: int = 0, batch_size: int = 64) -> Calibration:
+def calibrate(
+    model: LoDa,
+    table: IQATable,
+    indices: list[int],
+    crops: int = 15,
+    crop_mode: str = "uniform",
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Calibration:
     """Fit the calibration of a trained model on the rows ``indices`` of ``table`` (its training split)."""
     raw = raw_table_scores(model, table, indices, crops, crop_mode, seed, batch_size)
     return fit_calibration(raw, table.mos[list(indices)], crops=crops, crop_mode=crop_mode)

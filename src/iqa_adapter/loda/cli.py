@@ -74,60 +74,105 @@ def _add_data_arguments(parser: argparse.ArgumentParser, splits: bool = True) ->
     choice = split.add_mutually_exclusive_group()
     choice.add_argument("--split-column", default=None, help="column of train/val/test values")
     choice.add_argument("--split-file", default=None, help="JSON split file, or pyiqa's .pkl with --trust-pickle")
-    choice.add_argument("--random-split", type=non_negative_int, default=None, metavar="K",
-                        help="split K of the random 80/20 splits (by reference image when references are known)")
-    split.add_argument("--split-index", type=non_negative_int, default=0,
-                       help="which split of --split-file (default 0)")
-    split.add_argument("--trust-pickle", action="store_true",
-                       help="allow reading a pickle split file (unpickling runs code from the file: "
-                            "trusted files only)")
+    choice.add_argument(
+        "--random-split",
+        type=non_negative_int,
+        default=None,
+        metavar="K",
+        help="split K of the random 80/20 splits (by reference image when references are known)",
+    )
+    split.add_argument(
+        "--split-index", type=non_negative_int, default=0, help="which split of --split-file (default 0)"
+    )
+    split.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow reading a pickle split file (unpickling runs code from the file: trusted files only)",
+    )
     _add_random_split_arguments(split)
 
 
 def _add_random_split_arguments(group) -> None:
     group.add_argument("--split-seed", type=seed, default=0, help="seed of the random splits")
-    group.add_argument("--train-fraction", type=_train_fraction, default=0.8,
-                       help="train share of the random splits, in (0, 1)")
+    group.add_argument(
+        "--train-fraction", type=_train_fraction, default=0.8, help="train share of the random splits, in (0, 1)"
+    )
 
 
 def _add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     from .preprocess import DATASET_PRESETS, INTERPOLATIONS
 
     group = parser.add_argument_group("pre-processing (default: native size; --dataset: the official one)")
-    group.add_argument("--dataset", choices=tuple(DATASET_PRESETS), default=None,
-                       help="the official resize and training crops per image of this dataset (LIVE, KADID-10k, "
-                            "FLIVE: shorter side to 384 bicubic; KonIQ-10k, SPAQ: 384 bilinear; TID2013, LIVEC: "
-                            "native size), unless given below")
+    group.add_argument(
+        "--dataset",
+        choices=tuple(DATASET_PRESETS),
+        default=None,
+        help="the official resize and training crops per image of this dataset (LIVE, KADID-10k, "
+        "FLIVE: shorter side to 384 bicubic; KonIQ-10k, SPAQ: 384 bilinear; TID2013, LIVEC: "
+        "native size), unless given below",
+    )
     size = group.add_mutually_exclusive_group()
-    size.add_argument("--resize-short", type=positive_int, default=None, metavar="N",
-                      help="resize every image so that its shorter side is N px (aspect kept) before the crops")
-    size.add_argument("--resize", type=_resize_size, default=None, metavar="WxH",
-                      help="resize every image to exactly WxH px before the crops, or 'none' (native size)")
-    group.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
-                       help="of the resize (default: the --dataset preset's, else bicubic)")
+    size.add_argument(
+        "--resize-short",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="resize every image so that its shorter side is N px (aspect kept) before the crops",
+    )
+    size.add_argument(
+        "--resize",
+        type=_resize_size,
+        default=None,
+        metavar="WxH",
+        help="resize every image to exactly WxH px before the crops, or 'none' (native size)",
+    )
+    group.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        default=None,
+        help="of the resize (default: the --dataset preset's, else bicubic)",
+    )
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, variant: bool = True) -> None:
     from .config import BN_MODES, VARIANTS
 
     group = parser.add_argument_group("model")
-    group.add_argument("--preset", choices=("base", "tiny"), default="base",
-                       help="base: ViT-B/16 + ResNet-50 (the paper); tiny: small random backbones, 32 px crops")
+    group.add_argument(
+        "--preset",
+        choices=("base", "tiny"),
+        default="base",
+        help="base: ViT-B/16 + ResNet-50 (the paper); tiny: small random backbones, 32 px crops",
+    )
     if variant:
-        group.add_argument("--variant", choices=tuple(VARIANTS), default="loda",
-                           help="LoDa or one of the ablation baselines")
-    group.add_argument("--bn-mode", choices=tuple(BN_MODES), default="frozen",
-                       help="frozen: the CNN's BatchNorm keeps its pretrained statistics; official: they drift "
-                            "in training")
-    group.add_argument("--backbone-init", choices=("pretrained", "random"), default="pretrained",
-                       help="base preset: pretrained weights (internet or HF cache) or seeded random weights")
-    group.add_argument("--vit", default=None,
-                       help="another ViT to load: timm/<model>.<tag> (timm checkpoint), transformers hub id or "
-                            "directory (default: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, the official; "
-                            "e.g. google/vit-base-patch16-224-in21k)")
-    group.add_argument("--cnn", default=None,
-                       help="another ResNet to load, as --vit (default: timm/resnet50.a1_in1k, the official; "
-                            "e.g. microsoft/resnet-50)")
+        group.add_argument(
+            "--variant", choices=tuple(VARIANTS), default="loda", help="LoDa or one of the ablation baselines"
+        )
+    group.add_argument(
+        "--bn-mode",
+        choices=tuple(BN_MODES),
+        default="frozen",
+        help="frozen: the CNN's BatchNorm keeps its pretrained statistics; official: they drift in training",
+    )
+    group.add_argument(
+        "--backbone-init",
+        choices=("pretrained", "random"),
+        default="pretrained",
+        help="base preset: pretrained weights (internet or HF cache) or seeded random weights",
+    )
+    group.add_argument(
+        "--vit",
+        default=None,
+        help="another ViT to load: timm/<model>.<tag> (timm checkpoint), transformers hub id or "
+        "directory (default: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k, the official; "
+        "e.g. google/vit-base-patch16-224-in21k)",
+    )
+    group.add_argument(
+        "--cnn",
+        default=None,
+        help="another ResNet to load, as --vit (default: timm/resnet50.a1_in1k, the official; "
+        "e.g. microsoft/resnet-50)",
+    )
     group.add_argument("--backbone-seed", type=seed, default=0, help="seed of random backbone weights")
 
 
@@ -137,21 +182,33 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, default=128)
     group.add_argument("--lr", type=positive_number, default=3e-4, help="learning rate, > 0")
     group.add_argument("--weight-decay", type=non_negative_number, default=1e-2, help="AdamW weight decay, >= 0")
-    group.add_argument("--crops-per-image", type=positive_int, default=None,
-                       help="random crops per image and epoch (default: the --dataset preset's, else 3; paper: "
-                            "FLIVE 1, KADID/KonIQ/SPAQ 3, LIVE/LIVEC 5, TID2013 10)")
+    group.add_argument(
+        "--crops-per-image",
+        type=positive_int,
+        default=None,
+        help="random crops per image and epoch (default: the --dataset preset's, else 3; paper: "
+        "FLIVE 1, KADID/KonIQ/SPAQ 3, LIVE/LIVEC 5, TID2013 10)",
+    )
     group.add_argument("--seed", type=seed, default=3407)
-    group.add_argument("--save-every", type=non_negative_int, default=0,
-                       help="also save the training state every N iterations (0: at epoch ends only)")
-    group.add_argument("--max-iterations", type=positive_int, default=None,
-                       help="pause after N iterations (resumable)")
-    group.add_argument("--workers", type=non_negative_int, default=0,
-                       help="data-loading processes (0: in the main process)")
+    group.add_argument(
+        "--save-every",
+        type=non_negative_int,
+        default=0,
+        help="also save the training state every N iterations (0: at epoch ends only)",
+    )
+    group.add_argument("--max-iterations", type=positive_int, default=None, help="pause after N iterations (resumable)")
+    group.add_argument(
+        "--workers", type=non_negative_int, default=0, help="data-loading processes (0: in the main process)"
+    )
     _add_device_argument(group)
     group.add_argument("--log-every", type=non_negative_int, default=50, help="log every N iterations (0: never)")
-    group.add_argument("--calibration-crops", type=non_negative_int, default=15,
-                       help="after training, fit calibrated = a * raw + b to the training MOS with this many uniform "
-                            "crops per image (0: no calibration; the metric then gives raw cosine scores)")
+    group.add_argument(
+        "--calibration-crops",
+        type=non_negative_int,
+        default=15,
+        help="after training, fit calibrated = a * raw + b to the training MOS with this many uniform "
+        "crops per image (0: no calibration; the metric then gives raw cosine scores)",
+    )
 
 
 def _add_device_argument(group) -> None:
@@ -162,8 +219,12 @@ def _add_test_arguments(parser: argparse.ArgumentParser):
     """The testing options; returns their argument group."""
     group = parser.add_argument_group("testing")
     group.add_argument("--test-crops", type=positive_int, default=15, help="crops averaged per test image")
-    group.add_argument("--crop-mode", choices=("random", "uniform"), default="random",
-                       help="random crops (the paper's protocol, seeded) or a deterministic uniform grid")
+    group.add_argument(
+        "--crop-mode",
+        choices=("random", "uniform"),
+        default="random",
+        help="random crops (the paper's protocol, seeded) or a deterministic uniform grid",
+    )
     group.add_argument("--eval-seed", type=seed, default=0)
     return group
 
@@ -174,9 +235,14 @@ def _add_test_arguments(parser: argparse.ArgumentParser):
 def _read_table(args, prefix: str = ""):
     from .data import read_meta
 
-    return read_meta(getattr(args, f"{prefix}meta"), root=getattr(args, f"{prefix}root"),
-                     image_column=args.image_column, mos_column=args.mos_column, ref_column=args.ref_column,
-                     lower_is_better=args.lower_is_better)
+    return read_meta(
+        getattr(args, f"{prefix}meta"),
+        root=getattr(args, f"{prefix}root"),
+        image_column=args.image_column,
+        mos_column=args.mos_column,
+        ref_column=args.ref_column,
+        lower_is_better=args.lower_is_better,
+    )
 
 
 def _selected_split(args, table):
@@ -188,12 +254,19 @@ def _selected_split(args, table):
     if args.split_file:
         splits = read_split_file(args.split_file, trust_pickle=args.trust_pickle, rows=len(table))
         if args.split_index >= len(splits):
-            raise ValueError(f"--split-index {args.split_index} is out of range: {args.split_file} holds splits 0 "
-                             f"to {len(splits) - 1}")
+            raise ValueError(
+                f"--split-index {args.split_index} is out of range: {args.split_file} holds splits 0 "
+                f"to {len(splits) - 1}"
+            )
         return splits[args.split_index]
     if args.random_split is not None:
-        return random_splits(len(table), table.refs, num_splits=args.random_split + 1,
-                             train_fraction=args.train_fraction, seed=args.split_seed)[args.random_split]
+        return random_splits(
+            len(table),
+            table.refs,
+            num_splits=args.random_split + 1,
+            train_fraction=args.train_fraction,
+            seed=args.split_seed,
+        )[args.random_split]
     return None
 
 
@@ -204,8 +277,13 @@ def _model_config(args, variant: str | None = None):
 
     if args.backbone_init == "random" and (args.vit or args.cnn):
         raise ValueError("--vit / --cnn load pretrained backbones; drop them or --backbone-init random")
-    config = loda_preset(args.preset, pretrained=args.backbone_init == "pretrained" and args.preset == "base",
-                         variant=variant or args.variant, bn_mode=args.bn_mode, backbone_seed=args.backbone_seed)
+    config = loda_preset(
+        args.preset,
+        pretrained=args.backbone_init == "pretrained" and args.preset == "base",
+        variant=variant or args.variant,
+        bn_mode=args.bn_mode,
+        backbone_seed=args.backbone_seed,
+    )
     if args.vit:
         config = config.replace(vit_source=args.vit, vit=pretrained_backbone_fields("vit", args.vit))
     if args.cnn:
@@ -231,8 +309,10 @@ def _preprocessing(args) -> tuple[Resize | None, int]:
     elif resize is not None:
         resize = dataclasses.replace(resize, interpolation=interpolation)
     if args.interpolation and resize is None:
-        raise ValueError("--interpolation is the resize's; give --resize-short N or --resize WxH too (or a --dataset "
-                         "whose preset resizes)")
+        raise ValueError(
+            "--interpolation is the resize's; give --resize-short N or --resize WxH too (or a --dataset "
+            "whose preset resizes)"
+        )
     default_crops = preset.crops_per_image if preset else TrainSettings.crops_per_image
     return resize, args.crops_per_image or default_crops
 
@@ -240,11 +320,21 @@ def _preprocessing(args) -> tuple[Resize | None, int]:
 def _settings(args, crops_per_image: int):
     from .train import TrainSettings
 
-    return TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         crops_per_image=crops_per_image, seed=args.seed, save_every=args.save_every,
-                         max_iterations=args.max_iterations, workers=args.workers, device=resolve_device(args.device),
-                         log_every=args.log_every, calibration_crops=args.calibration_crops,
-                         dataset_preset=args.dataset)
+    return TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        crops_per_image=crops_per_image,
+        seed=args.seed,
+        save_every=args.save_every,
+        max_iterations=args.max_iterations,
+        workers=args.workers,
+        device=resolve_device(args.device),
+        log_every=args.log_every,
+        calibration_crops=args.calibration_crops,
+        dataset_preset=args.dataset,
+    )
 
 
 def _print_metrics(label: str, metrics: dict, count: int) -> None:
@@ -253,8 +343,10 @@ def _print_metrics(label: str, metrics: dict, count: int) -> None:
 
 
 def _calibration_line(calibration) -> str:
-    return (f"scores: calibrated {calibration.a:.4g} * raw + {calibration.b:.4g} on {calibration.samples} training "
-            f"images (MOS range {calibration.mos_min:.4g} to {calibration.mos_max:.4g}, RMSE {calibration.rmse:.3g})")
+    return (
+        f"scores: calibrated {calibration.a:.4g} * raw + {calibration.b:.4g} on {calibration.samples} training "
+        f"images (MOS range {calibration.mos_min:.4g} to {calibration.mos_max:.4g}, RMSE {calibration.rmse:.3g})"
+    )
 
 
 def _images_line(config) -> str:
@@ -289,13 +381,19 @@ def cmd_info(args) -> None:
     vit, cnn = config.vit, config.cnn
     print(f"LoDa preset {config.preset}, variant {config.variant}: {VARIANTS[config.variant]}")
     vit_source = config.vit_source or f"random (seed {config.backbone_seed})"
-    print(f"  ViT: width {vit['hidden_size']}, {vit['num_hidden_layers']} blocks, {vit['num_attention_heads']} heads, "
-          f"patch {vit['patch_size']}, crop {config.crop_size}; source {vit_source}")
+    print(
+        f"  ViT: width {vit['hidden_size']}, {vit['num_hidden_layers']} blocks, {vit['num_attention_heads']} heads, "
+        f"patch {vit['patch_size']}, crop {config.crop_size}; source {vit_source}"
+    )
     if config.uses_cnn:
-        print(f"  CNN: ResNet {cnn['layer_type']}, stages {cnn['hidden_sizes']}, depths {cnn['depths']}; source "
-              f"{config.cnn_source or f'random (seed {config.backbone_seed + 1})'}")
-        print(f"  adapter: r = {config.latent_dim}, {config.cross_attn_heads} cross-attention heads, "
-              f"{len(cnn['hidden_sizes'])} x {config.grid_size}x{config.grid_size} distortion tokens")
+        print(
+            f"  CNN: ResNet {cnn['layer_type']}, stages {cnn['hidden_sizes']}, depths {cnn['depths']}; source "
+            f"{config.cnn_source or f'random (seed {config.backbone_seed + 1})'}"
+        )
+        print(
+            f"  adapter: r = {config.latent_dim}, {config.cross_attn_heads} cross-attention heads, "
+            f"{len(cnn['hidden_sizes'])} x {config.grid_size}x{config.grid_size} distortion tokens"
+        )
         print(f"  BatchNorm: {config.bn_mode}: {BN_MODES[config.bn_mode]}")
     print(f"  images: {_images_line(config)}")
     print(f"trainable parameters: {counts['trainable']:,}")
@@ -307,8 +405,15 @@ def cmd_make_dataset(args) -> None:
 
     families = [f.strip() for f in args.families.split(",")] if args.families else None
     options = {"families": families} if families else {}
-    meta = make_dataset(args.out, num_references=args.references, size=args.size, levels=args.levels,
-                        seed=args.seed, measure=args.measure, **options)
+    meta = make_dataset(
+        args.out,
+        num_references=args.references,
+        size=args.size,
+        levels=args.levels,
+        seed=args.seed,
+        measure=args.measure,
+        **options,
+    )
     print(f"wrote {meta} ({len(Path(meta).read_text().splitlines()) - 1} distorted images)")
 
 
@@ -325,8 +430,9 @@ def cmd_train(args) -> None:
     config, settings = _model_config(args).replace(resize=resize), _settings(args, crops_per_image)
     table = _read_table(args)
     split = _selected_split(args, table) or {"train": list(range(len(table))), "test": []}
-    split = drop_unreadable(table, [{"train": split["train"], "test": [] if args.no_test else split["test"]}],
-                            args.out)[0]
+    split = drop_unreadable(
+        table, [{"train": split["train"], "test": [] if args.no_test else split["test"]}], args.out
+    )[0]
     model = train(config, table, split["train"], settings, args.out, resume=args.resume)
     print(f"checkpoint in {args.out} (trained on {len(split['train'])} images)")
     preprocessing = describe_preprocessing(config.resize, config.crop_size, settings.crops_per_image, args.dataset)
@@ -335,8 +441,9 @@ def cmd_train(args) -> None:
     if calibration is not None:
         print(_calibration_line(calibration))
     if split["test"]:
-        predictions = predict(model, table, split["test"], crops=args.test_crops, crop_mode=args.crop_mode,
-                              seed=args.eval_seed)
+        predictions = predict(
+            model, table, split["test"], crops=args.test_crops, crop_mode=args.crop_mode, seed=args.eval_seed
+        )
         metrics = correlation_metrics(predictions, table.mos[split["test"]])
         write_json(Path(args.out) / "test_metrics.json", metrics)
         _print_metrics("test", metrics, len(split["test"]))
@@ -354,8 +461,10 @@ def cmd_eval(args) -> None:
     split = _selected_split(args, table)
     rows = split["test"] if split is not None else list(range(len(table)))
     if not rows:
-        raise IQADataError("the chosen split has no test rows; choose a split with a test part, or give no split "
-                           "to test on every row of --meta")
+        raise IQADataError(
+            "the chosen split has no test rows; choose a split with a test part, or give no split "
+            "to test on every row of --meta"
+        )
     rows = drop_unreadable(table, [{"test": rows}], args.out)[0]["test"]
     model = LoDa.from_pretrained(args.checkpoint, device=device)
     predictions = predict(model, table, rows, crops=args.test_crops, crop_mode=args.crop_mode, seed=args.eval_seed)
@@ -364,8 +473,10 @@ def cmd_eval(args) -> None:
     print(f"images: {_images_line(model.config)} (the checkpoint's pre-processing)")
     if args.out:
         scores = {str(table.paths[row]): float(score) for row, score in zip(rows, predictions)}
-        write_json(Path(args.out) / "eval.json",
-                   {"checkpoint": args.checkpoint, "meta": args.meta, "metrics": metrics, "predictions": scores})
+        write_json(
+            Path(args.out) / "eval.json",
+            {"checkpoint": args.checkpoint, "meta": args.meta, "metrics": metrics, "predictions": scores},
+        )
 
 
 def cmd_protocol(args) -> None:
@@ -385,23 +496,39 @@ def cmd_protocol(args) -> None:
     settings = _settings(args, crops_per_image)
     table = _read_table(args)
     test_table = _read_table(args, prefix="test_") if args.test_meta else None
-    splits = random_splits(len(table), table.refs, num_splits=args.splits, train_fraction=args.train_fraction,
-                           seed=args.split_seed)
-    results = run_protocol(table, splits, configs, settings, args.out, test_table=test_table,
-                           test_crops=args.test_crops, crop_mode=args.crop_mode, eval_seed=args.eval_seed)
+    splits = random_splits(
+        len(table), table.refs, num_splits=args.splits, train_fraction=args.train_fraction, seed=args.split_seed
+    )
+    results = run_protocol(
+        table,
+        splits,
+        configs,
+        settings,
+        args.out,
+        test_table=test_table,
+        test_crops=args.test_crops,
+        crop_mode=args.crop_mode,
+        eval_seed=args.eval_seed,
+    )
     by_reference = "by reference image" if table.refs is not None else "by image"
     first = next(iter(configs.values()))
     print(f"pre-processing: {describe_preprocessing(resize, first.crop_size, crops_per_image, args.dataset)}")
-    print(f"{args.splits} random {args.train_fraction:.0%} train splits ({by_reference}); "
-          f"test on {args.test_meta or 'the held-out part'}; median (mean +- std):")
+    print(
+        f"{args.splits} random {args.train_fraction:.0%} train splits ({by_reference}); "
+        f"test on {args.test_meta or 'the held-out part'}; median (mean +- std):"
+    )
     for name, result in results.items():
         print(format_summary(name, result["summary"]))
 
 
 def add_commands(subparsers) -> None:
     """Add ``loda`` and its subcommands to the ``iqa-adapter`` command line."""
-    loda = subparsers.add_parser("loda", help="LoDa IQA model: info, make-dataset, train, eval, protocol",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    loda = subparsers.add_parser(
+        "loda",
+        help="LoDa IQA model: info, make-dataset, train, eval, protocol",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = loda.add_subparsers(dest="loda_command", required=True)
 
     info = commands.add_parser("info", help="architecture and parameter counts of a preset or a checkpoint")
@@ -432,32 +559,47 @@ def add_commands(subparsers) -> None:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="test a trained checkpoint on a dataset (SRCC, PLCC, KRCC, RMSE)")
-    evaluate.add_argument("--checkpoint", required=True,
-                          help="checkpoint folder to test (the --out of `loda train`; cross-dataset: trained on "
-                               "another dataset)")
+    evaluate.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder to test (the --out of `loda train`; cross-dataset: trained on another dataset)",
+    )
     _add_data_arguments(evaluate)
     _add_device_argument(_add_test_arguments(evaluate))
-    evaluate.add_argument("--out", type=_folder, default=None,
-                          help="folder to write eval.json (metrics and per-image scores) to")
+    evaluate.add_argument(
+        "--out", type=_folder, default=None, help="folder to write eval.json (metrics and per-image scores) to"
+    )
     add_threads_option(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
-    protocol = commands.add_parser("protocol", help="the paper's protocol: train and test LoDa and its baselines on "
-                                                    "random splits, summarised (median, mean +- std)")
+    protocol = commands.add_parser(
+        "protocol",
+        help="the paper's protocol: train and test LoDa and its baselines on "
+        "random splits, summarised (median, mean +- std)",
+    )
     _add_data_arguments(protocol, splits=False)
     _add_preprocessing_arguments(protocol)
     splits = protocol.add_argument_group("protocol")
-    splits.add_argument("--splits", type=positive_int, default=10,
-                        help="random train/test splits (by reference image when references are known)")
+    splits.add_argument(
+        "--splits",
+        type=positive_int,
+        default=10,
+        help="random train/test splits (by reference image when references are known)",
+    )
     _add_random_split_arguments(splits)
-    splits.add_argument("--variants", default="loda",
-                        help="comma-separated: loda,linear_probe,full_finetune,add_tokens")
+    splits.add_argument(
+        "--variants", default="loda", help="comma-separated: loda,linear_probe,full_finetune,add_tokens"
+    )
     splits.add_argument("--test-meta", default=None, help="test on this other dataset instead (cross-dataset)")
     splits.add_argument("--test-root", default=None, help="image folder of --test-meta (default: its CSV's)")
     _add_model_arguments(protocol, variant=False)
     _add_recipe_arguments(protocol)
     _add_test_arguments(protocol)
-    protocol.add_argument("--out", type=_folder, required=True,
-                          help="run folder (running again skips finished runs and resumes an interrupted one)")
+    protocol.add_argument(
+        "--out",
+        type=_folder,
+        required=True,
+        help="run folder (running again skips finished runs and resumes an interrupted one)",
+    )
     add_threads_option(protocol)
     protocol.set_defaults(func=cmd_protocol)

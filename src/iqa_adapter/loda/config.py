@@ -40,24 +40,55 @@ VARIANTS = {
     "linear_probe": "ViT (linear probe): frozen ViT, only the cosine head on the CLS token is trained (Table 6)",
     "full_finetune": "ViT (full fine-tune): the whole ViT and the head are trained, no CNN (Tables 6 and 7)",
     "add_tokens": "ViT + Extractor: distortion tokens added to the down-projected ViT tokens instead of the "
-                  "injector's cross-attention (Table 7)",
+    "injector's cross-attention (Table 7)",
 }
 BN_MODES = {
     "frozen": "the frozen CNN always runs in eval mode: its BatchNorm uses the pretrained running statistics",
     "official": "as the official code: the CNN follows model.train(), so BatchNorm normalises with batch "
-                "statistics in training and its running statistics drift (they are saved in the checkpoint)",
+    "statistics in training and its running statistics drift (they are saved in the checkpoint)",
 }
 # The architecture fields of the transformers configs that a checkpoint records and checks.
-VIT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
-            "patch_size", "layer_norm_eps", "qkv_bias", "hidden_act")
-CNN_KEYS = ("embedding_size", "hidden_sizes", "depths", "layer_type", "hidden_act", "downsample_in_first_stage",
-            "downsample_in_bottleneck")
+VIT_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+    "layer_norm_eps",
+    "qkv_bias",
+    "hidden_act",
+)
+CNN_KEYS = (
+    "embedding_size",
+    "hidden_sizes",
+    "depths",
+    "layer_type",
+    "hidden_act",
+    "downsample_in_first_stage",
+    "downsample_in_bottleneck",
+)
 
-VIT_B16 = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-           "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6, "qkv_bias": True, "hidden_act": "gelu"}
-RESNET_50 = {"embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
-             "layer_type": "bottleneck", "hidden_act": "relu", "downsample_in_first_stage": False,
-             "downsample_in_bottleneck": False}
+VIT_B16 = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "image_size": 224,
+    "patch_size": 16,
+    "layer_norm_eps": 1e-6,
+    "qkv_bias": True,
+    "hidden_act": "gelu",
+}
+RESNET_50 = {
+    "embedding_size": 64,
+    "hidden_sizes": [256, 512, 1024, 2048],
+    "depths": [3, 4, 6, 3],
+    "layer_type": "bottleneck",
+    "hidden_act": "relu",
+    "downsample_in_first_stage": False,
+    "downsample_in_bottleneck": False,
+}
 # the official backbones (timm 0.9.2 resolves "resnet50" to resnet50.a1_in1k)
 BASE_SOURCES = ("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k", "timm/resnet50.a1_in1k")
 
@@ -94,8 +125,10 @@ class LoDaConfig:
         if isinstance(self.resize, dict):
             self.resize = Resize.from_dict(self.resize)
         if self.resize is not None and self.resize.smallest_side < self.crop_size:
-            raise ValueError(f"the resize ({self.resize.describe()}) makes images smaller than the {self.crop_size} px "
-                             "crops; resize to at least the crop size, or not at all")
+            raise ValueError(
+                f"the resize ({self.resize.describe()}) makes images smaller than the {self.crop_size} px "
+                "crops; resize to at least the crop size, or not at all"
+            )
 
     @property
     def crop_size(self) -> int:
@@ -123,14 +156,31 @@ def loda_preset(name: str, pretrained: bool = True, **changes) -> LoDaConfig:
     32 px crops)."""
     if name == "base":
         vit_source, cnn_source = BASE_SOURCES if pretrained else (None, None)
-        config = LoDaConfig(vit=dict(VIT_B16), cnn=dict(RESNET_50), vit_source=vit_source, cnn_source=cnn_source,
-                            preset="base")
+        config = LoDaConfig(
+            vit=dict(VIT_B16), cnn=dict(RESNET_50), vit_source=vit_source, cnn_source=cnn_source, preset="base"
+        )
     elif name == "tiny":
         # 32 px crops in 4 px patches: 8x8 = 64 patch tokens, matched by 4 stages x 4x4 distortion tokens
-        vit = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-               "image_size": 32, "patch_size": 4, "layer_norm_eps": 1e-12, "qkv_bias": True, "hidden_act": "gelu"}
-        cnn = {"embedding_size": 8, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "layer_type": "basic",
-               "hidden_act": "relu", "downsample_in_first_stage": False, "downsample_in_bottleneck": False}
+        vit = {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 4,
+            "layer_norm_eps": 1e-12,
+            "qkv_bias": True,
+            "hidden_act": "gelu",
+        }
+        cnn = {
+            "embedding_size": 8,
+            "hidden_sizes": [16, 32, 64, 128],
+            "depths": [1, 1, 1, 1],
+            "layer_type": "basic",
+            "hidden_act": "relu",
+            "downsample_in_first_stage": False,
+            "downsample_in_bottleneck": False,
+        }
         config = LoDaConfig(vit=vit, cnn=cnn, latent_dim=16, grid_size=4, cross_attn_heads=2, preset="tiny")
     else:
         raise ValueError(f"unknown LoDa preset {name!r}; choose base or tiny")

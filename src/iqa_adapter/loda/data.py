@@ -47,8 +47,18 @@ from torch.utils.data import Dataset
 from ..images import ImageReadError, open_image, rgb_tensor
 from .preprocess import Resize
 
-IMAGE_COLUMNS = ("img_name", "image_name", "dist_name", "dis_img_path", "dist_img", "img_path", "image", "path",
-                 "file_name", "filename")
+IMAGE_COLUMNS = (
+    "img_name",
+    "image_name",
+    "dist_name",
+    "dis_img_path",
+    "dist_img",
+    "img_path",
+    "image",
+    "path",
+    "file_name",
+    "filename",
+)
 MOS_COLUMNS = ("mos", "dmos", "mos_z", "mos_zscore", "score")
 REF_COLUMNS = ("ref_name", "ref_img", "ref_img_name", "ref_img_path", "reference", "ref")
 SPLIT_PARTS = ("train", "val", "test")
@@ -82,8 +92,9 @@ class IQATable:
         return len(self.paths)
 
 
-def _find_column(frame: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str,
-                 required: bool = True) -> str | None:
+def _find_column(
+    frame: pd.DataFrame, given: str | None, candidates: tuple[str, ...], what: str, required: bool = True
+) -> str | None:
     if given is not None:
         if given not in frame.columns:
             raise IQADataError(f"column {given!r} ({what}) is not in the meta CSV; it has {list(frame.columns)}")
@@ -93,14 +104,21 @@ def _find_column(frame: pd.DataFrame, given: str | None, candidates: tuple[str, 
         if candidate in lower:
             return lower[candidate]
     if required:
-        raise IQADataError(f"no {what} column in the meta CSV (looked for {', '.join(candidates)}; it has "
-                           f"{list(frame.columns)}); name it explicitly")
+        raise IQADataError(
+            f"no {what} column in the meta CSV (looked for {', '.join(candidates)}; it has "
+            f"{list(frame.columns)}); name it explicitly"
+        )
     return None
 
 
-def read_meta(csv_path: str | Path, root: str | Path | None = None, image_column: str | None = None,
-              mos_column: str | None = None, ref_column: str | None = None,
-              lower_is_better: bool = False) -> IQATable:
+def read_meta(
+    csv_path: str | Path,
+    root: str | Path | None = None,
+    image_column: str | None = None,
+    mos_column: str | None = None,
+    ref_column: str | None = None,
+    lower_is_better: bool = False,
+) -> IQATable:
     """Read a meta CSV; ``lower_is_better`` negates the scores of DMOS-style labels."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -110,8 +128,10 @@ def read_meta(csv_path: str | Path, root: str | Path | None = None, image_column
         frame = pd.read_csv(csv_path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         detail = " ".join(str(error).split())  # pandas' messages can span lines
-        raise IQADataError(f"meta CSV {csv_path} cannot be read as CSV ({detail}); give a text CSV with a header row "
-                           "and one row per image") from None
+        raise IQADataError(
+            f"meta CSV {csv_path} cannot be read as CSV ({detail}); give a text CSV with a header row "
+            "and one row per image"
+        ) from None
     if frame.empty:
         raise IQADataError(f"meta CSV {csv_path} has no rows; give a CSV with one row per image")
     image = _find_column(frame, image_column, IMAGE_COLUMNS, "image path")
@@ -121,9 +141,13 @@ def read_meta(csv_path: str | Path, root: str | Path | None = None, image_column
     scores = pd.to_numeric(frame[mos], errors="coerce").to_numpy(dtype=np.float64)
     if np.isnan(scores).any():
         raise IQADataError(f"column {mos!r} of {csv_path} has {int(np.isnan(scores).sum())} non-numeric scores")
-    return IQATable(paths=[root / str(name) for name in frame[image]], mos=-scores if lower_is_better else scores,
-                    refs=[str(name) for name in frame[ref]] if ref is not None else None, frame=frame,
-                    source=csv_path)
+    return IQATable(
+        paths=[root / str(name) for name in frame[image]],
+        mos=-scores if lower_is_better else scores,
+        refs=[str(name) for name in frame[ref]] if ref is not None else None,
+        frame=frame,
+        source=csv_path,
+    )
 
 
 def split_from_column(table: IQATable, column: str) -> Split:
@@ -142,8 +166,10 @@ def read_split_file(path: str | Path, trust_pickle: bool = False, rows: int | No
     if suffix not in (".json", ".pkl", ".pickle"):
         raise IQADataError(f"split file {path} must be .json (or a pyiqa .pkl with --trust-pickle)")
     if suffix != ".json" and not trust_pickle:
-        raise IQADataError(f"{path} is a pickle, and unpickling runs code from the file; pass --trust-pickle "
-                           "(trust_pickle=True) only for files you trust, or convert it to JSON")
+        raise IQADataError(
+            f"{path} is a pickle, and unpickling runs code from the file; pass --trust-pickle "
+            "(trust_pickle=True) only for files you trust, or convert it to JSON"
+        )
     if not path.is_file():
         raise IQADataError(f"split file {path} does not exist; check --split-file")
     if suffix == ".json":
@@ -156,14 +182,20 @@ def read_split_file(path: str | Path, trust_pickle: bool = False, rows: int | No
             with open(path, "rb") as handle:
                 data = pickle.load(handle)
         except Exception as error:  # unpickling damaged data can raise almost anything
-            raise IQADataError(f"split file {path} cannot be unpickled ({type(error).__name__}: {error}); "
-                               "fix or regenerate it") from None
-    shape = (f"{path}: expected splits {{\"0\": {{\"train\": [...], \"val\": [...], \"test\": [...]}}, ...}} "
-             "(or a list of such dicts) with integer keys and row indices")
+            raise IQADataError(
+                f"split file {path} cannot be unpickled ({type(error).__name__}: {error}); fix or regenerate it"
+            ) from None
+    shape = (
+        f'{path}: expected splits {{"0": {{"train": [...], "val": [...], "test": [...]}}, ...}} '
+        "(or a list of such dicts) with integer keys and row indices"
+    )
     try:
         entries = [data[key] for key in sorted(data, key=lambda k: int(k))] if isinstance(data, dict) else list(data)
-        splits = [{part: [int(i) for i in entry.get(part) or []] for part in SPLIT_PARTS}
-                  for entry in entries if isinstance(entry, dict) and "train" in entry]
+        splits = [
+            {part: [int(i) for i in entry.get(part) or []] for part in SPLIT_PARTS}
+            for entry in entries
+            if isinstance(entry, dict) and "train" in entry
+        ]
     except (TypeError, ValueError):
         raise IQADataError(shape) from None
     if len(splits) != len(entries) or not splits:
@@ -172,8 +204,10 @@ def read_split_file(path: str | Path, trust_pickle: bool = False, rows: int | No
         for k, split in enumerate(splits):
             outside = [i for part in SPLIT_PARTS for i in split[part] if not 0 <= i < rows]
             if outside:
-                raise IQADataError(f"{path}: split {k} has row index {outside[0]}, outside the meta CSV's {rows} rows "
-                                   f"(0 to {rows - 1}); the split file does not fit this meta CSV")
+                raise IQADataError(
+                    f"{path}: split {k} has row index {outside[0]}, outside the meta CSV's {rows} rows "
+                    f"(0 to {rows - 1}); the split file does not fit this meta CSV"
+                )
     return splits
 
 
@@ -184,8 +218,9 @@ def check_train_fraction(name: str, value) -> float:
     return float(value)
 
 
-def random_splits(count: int, refs: list[str] | None = None, num_splits: int = 10, train_fraction: float = 0.8,
-                  seed: int = 0) -> list[Split]:
+def random_splits(
+    count: int, refs: list[str] | None = None, num_splits: int = 10, train_fraction: float = 0.8, seed: int = 0
+) -> list[Split]:
     """``num_splits`` random train/test splits of ``count`` rows; with ``refs`` whole reference groups go
     to one side, so no reference image is in both."""
     check_train_fraction("train_fraction", train_fraction)
@@ -213,8 +248,10 @@ def load_image(path: Path) -> torch.Tensor:
 
     Raises :class:`~iqa_adapter.images.ImageReadError` (a ValueError) naming the file and the problem."""
     if not Path(path).exists():
-        raise ImageReadError(f"image {path} listed in the meta CSV does not exist; check --root (the folder the "
-                             "image paths are relative to; default: the meta CSV's folder)")
+        raise ImageReadError(
+            f"image {path} listed in the meta CSV does not exist; check --root (the folder the "
+            "image paths are relative to; default: the meta CSV's folder)"
+        )
     return rgb_tensor(open_image(path))
 
 
@@ -236,27 +273,34 @@ def unreadable_images(paths: Iterable[Path]) -> dict[Path, str]:
     return {path: problem for path, problem in zip(paths, problems) if problem is not None}
 
 
-def drop_unreadable(table: IQATable, splits: list[Split], out_dir: str | Path | None = None,
-                    test_table: IQATable | None = None) -> list[Split]:
+def drop_unreadable(
+    table: IQATable, splits: list[Split], out_dir: str | Path | None = None, test_table: IQATable | None = None
+) -> list[Split]:
     """``splits`` without the rows whose image cannot be read (missing, empty, truncated, not an image).
 
     Only the rows in ``splits`` are checked, each image decoded once; the test parts index ``test_table``
     when given (cross-dataset), the other parts ``table``. Unreadable images are logged in one line and,
     with ``out_dir``, listed (path, reason) in ``out_dir/skipped.csv`` (written only when there are some).
     Raises :class:`IQADataError` when a part that had rows has no readable image left."""
+
     def rows_table(part: str) -> IQATable:
         return test_table if part == "test" and test_table is not None else table
 
     used = {rows_table(part).paths[row] for split in splits for part, rows in split.items() for row in rows}
     problems = unreadable_images(used)
-    kept = [{part: [row for row in rows if rows_table(part).paths[row] not in problems] for part, rows in split.items()}
-            for split in splits]
+    kept = [
+        {part: [row for row in rows if rows_table(part).paths[row] not in problems] for part, rows in split.items()}
+        for split in splits
+    ]
     if not problems:
         return kept
     listing = Path(out_dir) / SKIPPED_FILE if out_dir is not None else None
     entries = [f"{path}: {why}" for path, why in problems.items()]
-    listed = (f"listed in {listing}" if listing is not None
-              else "; ".join(entries[:SHOWN_SKIPPED]) + ("; ..." if len(entries) > SHOWN_SKIPPED else ""))
+    listed = (
+        f"listed in {listing}"
+        if listing is not None
+        else "; ".join(entries[:SHOWN_SKIPPED]) + ("; ..." if len(entries) > SHOWN_SKIPPED else "")
+    )
     if listing is not None:
         listing.parent.mkdir(parents=True, exist_ok=True)
         with open(listing, "w", newline="") as handle:
@@ -266,9 +310,11 @@ def drop_unreadable(table: IQATable, splits: list[Split], out_dir: str | Path | 
             if rows and not left[part]:
                 which = f"split {k}: " if len(splits) > 1 else ""
                 example = f"e.g. {entries[0]}; {listed}" if listing is not None else listed
-                raise IQADataError(f"{which}none of the {len(rows)} {PART_NAMES.get(part, part)} images can be read "
-                                   f"({len(problems)} unreadable: {example}); fix or replace the files, or check "
-                                   "--root")
+                raise IQADataError(
+                    f"{which}none of the {len(rows)} {PART_NAMES.get(part, part)} images can be read "
+                    f"({len(problems)} unreadable: {example}); fix or replace the files, or check "
+                    "--root"
+                )
     logger.warning("skipped %d of %d images that cannot be read; %s", len(problems), len(used), listed)
     return kept
 
@@ -297,8 +343,9 @@ def _balanced_grid(count: int) -> tuple[int, int]:
     return rows, count // rows
 
 
-def crop_positions(height: int, width: int, size: int, count: int, mode: str,
-                   rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
+def crop_positions(
+    height: int, width: int, size: int, count: int, mode: str, rng: np.random.Generator | None = None
+) -> list[tuple[int, int]]:
     """Top-left corners of ``count`` crops of ``size`` in an image at least ``size`` on each side.
 
     ``random``: uniform positions from ``rng``. ``uniform``: a deterministic grid of rows x cols = count
@@ -311,8 +358,7 @@ def crop_positions(height: int, width: int, size: int, count: int, mode: str,
     if mode == "random":
         if rng is None:
             raise IQADataError("random crops need a numpy Generator")
-        return [(int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1)))
-                for _ in range(count)]
+        return [(int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))) for _ in range(count)]
     few, many = _balanced_grid(count)
     rows, cols = (many, few) if height > width else (few, many)
     tops = np.linspace(0, height - size, rows).round().astype(int)
@@ -322,7 +368,7 @@ def crop_positions(height: int, width: int, size: int, count: int, mode: str,
 
 def take_crops(images: torch.Tensor, size: int, positions: list[tuple[int, int]]) -> torch.Tensor:
     """Crops (N, k, 3, size, size) at the same positions of every image in (N, 3, H, W)."""
-    return torch.stack([images[..., top:top + size, left:left + size] for top, left in positions], dim=1)
+    return torch.stack([images[..., top : top + size, left : left + size] for top, left in positions], dim=1)
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -333,8 +379,15 @@ class TrainCrops(Dataset):
     """``crops_per_image`` random crops with random flips per image and epoch, after ``resize``; item ``i``
     is a crop of image ``indices[i // crops_per_image]``. Call :meth:`set_epoch` before each epoch."""
 
-    def __init__(self, table: IQATable, indices: list[int], crop: int, crops_per_image: int, seed: int,
-                 resize: Resize | None = None):
+    def __init__(
+        self,
+        table: IQATable,
+        indices: list[int],
+        crop: int,
+        crops_per_image: int,
+        seed: int,
+        resize: Resize | None = None,
+    ):
         if not indices:
             raise IQADataError("the training split is empty")
         self.table, self.indices, self.crop, self.resize = table, list(indices), crop, resize
@@ -350,8 +403,8 @@ class TrainCrops(Dataset):
         row = self.indices[item // self.crops_per_image]
         image = prepare_images(load_image(self.table.paths[row]), self.crop, self.resize)
         rng = _rng(self.seed, self.epoch, item)
-        (top, left), = crop_positions(*image.shape[-2:], self.crop, 1, "random", rng)
-        crop = image[:, top:top + self.crop, left:left + self.crop]
+        ((top, left),) = crop_positions(*image.shape[-2:], self.crop, 1, "random", rng)
+        crop = image[:, top : top + self.crop, left : left + self.crop]
         if rng.random() < 0.5:
             crop = crop.flip(-1)
         if rng.random() < 0.5:
@@ -363,18 +416,27 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
     """The shuffled full batches of one epoch (the last incomplete batch is dropped, as in the official
     code: the PLCC loss needs at least two samples)."""
     if num_items < batch_size:
-        raise IQADataError(f"{num_items} training crops make no batch of {batch_size}; lower --batch-size or raise "
-                           "--crops-per-image")
+        raise IQADataError(
+            f"{num_items} training crops make no batch of {batch_size}; lower --batch-size or raise --crops-per-image"
+        )
     order = _rng(seed, epoch).permutation(num_items)
-    return [order[i:i + batch_size].tolist() for i in range(0, num_items - batch_size + 1, batch_size)]
+    return [order[i : i + batch_size].tolist() for i in range(0, num_items - batch_size + 1, batch_size)]
 
 
 class EvalCrops(Dataset):
     """All the test crops of one image per item, after ``resize``: (crops, 3, S, S), random (seeded by
     image) or uniform."""
 
-    def __init__(self, table: IQATable, indices: list[int], crop: int, crops: int, mode: str, seed: int,
-                 resize: Resize | None = None):
+    def __init__(
+        self,
+        table: IQATable,
+        indices: list[int],
+        crop: int,
+        crops: int,
+        mode: str,
+        seed: int,
+        resize: Resize | None = None,
+    ):
         crop_positions(crop, crop, crop, crops, mode, _rng(seed))  # validates the settings early
         self.table, self.indices, self.crop, self.resize = table, list(indices), crop, resize
         self.crops, self.mode, self.seed = crops, mode, seed

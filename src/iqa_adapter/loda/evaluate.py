@@ -63,8 +63,9 @@ def fit_logistic(predictions: np.ndarray, mos: np.ndarray) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)  # the covariance estimate of a degenerate fit
-                params, _ = curve_fit(logistic4, x, y, p0=[y.max(), y.min(), x.mean(), 0.5],
-                                      jac=_logistic4_jacobian, maxfev=20000)
+                params, _ = curve_fit(
+                    logistic4, x, y, p0=[y.max(), y.min(), x.mean(), 0.5], jac=_logistic4_jacobian, maxfev=20000
+                )
                 mapped = logistic4(x, *params)
             if np.all(np.isfinite(mapped)):
                 return mapped
@@ -91,8 +92,16 @@ def correlation_metrics(predictions, mos) -> dict[str, float]:
 
 
 @torch.no_grad()
-def predict(model: LoDa, table: IQATable, indices: list[int], crops: int = 15, crop_mode: str = "random",
-            seed: int = 0, batch_size: int = 64, workers: int = 0) -> np.ndarray:
+def predict(
+    model: LoDa,
+    table: IQATable,
+    indices: list[int],
+    crops: int = 15,
+    crop_mode: str = "random",
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> np.ndarray:
     """Score of each image ``table.paths[i]``, ``i`` in ``indices``: the mean over its crops (model in eval
     mode; ``batch_size`` crops at a time, at least one image)."""
     was_training = model.training
@@ -115,8 +124,9 @@ def distinct_positions(positions: list[tuple[int, int]]) -> tuple[list[tuple[int
     return list(counts), list(counts.values())
 
 
-def image_crops(images: torch.Tensor, size: int, crops: int, crop_mode: str, seed: int,
-                resize: Resize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def image_crops(
+    images: torch.Tensor, size: int, crops: int, crop_mode: str, seed: int, resize: Resize | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The crops that score a batch (N, 3, H, W): the images are pre-processed (:func:`prepare_images`:
     ``resize``, then a shorter side below ``size`` upscaled to it), then ``crops`` positions are drawn once
     for the batch (``crop_mode``, ``numpy`` generator of ``seed``). Returns the distinct crops
@@ -129,8 +139,9 @@ def image_crops(images: torch.Tensor, size: int, crops: int, crop_mode: str, see
     return take_crops(images, size, distinct), weights
 
 
-def score_images(model: LoDa, images: torch.Tensor, crops: int = 15, crop_mode: str = "uniform",
-                 seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+def score_images(
+    model: LoDa, images: torch.Tensor, crops: int = 15, crop_mode: str = "uniform", seed: int = 0, batch_size: int = 64
+) -> torch.Tensor:
     """Raw scores (N,) of images (N, 3, H, W) in [0, 1] on the model's device: the mean of the scores of
     ``crops`` crops after the model's pre-processing (see :func:`image_crops`), ``batch_size`` crops per
     forward pass. Gradients flow to the images when enabled; the model's train/eval mode is left as it is."""
@@ -145,8 +156,12 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     summary = {}
     for name in METRICS:
         values = np.array([run[name] for run in runs], dtype=np.float64)
-        summary[name] = {"median": float(np.median(values)), "mean": float(values.mean()),
-                         "std": float(values.std()), "runs": len(values)}
+        summary[name] = {
+            "median": float(np.median(values)),
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "runs": len(values),
+        }
     return summary
 
 

@@ -17,8 +17,10 @@ def norm_in_norm_loss(predictions: torch.Tensor, labels: torch.Tensor) -> torch.
     ``(loss0 + loss1) / 2``. ``loss0 = (1 - PLCC) / 2`` is the paper's Eq. 5; the labels get no gradient.
     """
     if predictions.shape != labels.shape or predictions.ndim != 1 or predictions.shape[0] < 2:
-        raise ValueError(f"norm_in_norm_loss needs predictions and labels of one shape (B,), B >= 2; got "
-                         f"{tuple(predictions.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"norm_in_norm_loss needs predictions and labels of one shape (B,), B >= 2; got "
+            f"{tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
     labels = labels.detach().to(predictions.dtype)
     std_p, mean_p = torch.std_mean(predictions, unbiased=False)
     std_y, mean_y = torch.std_mean(labels, unbiased=False)

@@ -50,15 +50,29 @@ class LoDaMetric(QualityMetric):
     score_range = RAW_RANGE
     differentiable = True
 
-    def __init__(self, checkpoint: str | Path, crops: int = 15, crop_mode: str = "uniform", seed: int = 0,
-                 batch_size: int = 64, verify: bool = True, calibrated: bool = True):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        crops: int = 15,
+        crop_mode: str = "uniform",
+        seed: int = 0,
+        batch_size: int = 64,
+        verify: bool = True,
+        calibrated: bool = True,
+    ):
         super().__init__()
         self.checkpoint = str(checkpoint)
         calibration = read_calibration(read_checkpoint_config(checkpoint))
         self.model = LoDa.from_pretrained(checkpoint, verify=verify).requires_grad_(False)
         self.crops, self.crop_mode, self.seed, self.batch_size = crops, crop_mode, seed, batch_size
-        crop_positions(self.model.crop_size, self.model.crop_size, self.model.crop_size, crops, crop_mode,
-                       np.random.default_rng(seed))  # checks the crop settings now
+        crop_positions(
+            self.model.crop_size,
+            self.model.crop_size,
+            self.model.crop_size,
+            crops,
+            crop_mode,
+            np.random.default_rng(seed),
+        )  # checks the crop settings now
         # None: raw cosine scores (asked for, or a checkpoint without calibration)
         self.calibration: Calibration | None = calibration if calibrated else None
         self.score_range = self.calibration.score_range if self.calibration is not None else RAW_RANGE
@@ -73,8 +87,9 @@ class LoDaMetric(QualityMetric):
     def _crops(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The distinct crops (N, k, 3, S, S) of images (N, 3, H, W) and their weights (k,)."""
         images = check_images(images, self.name).to(self.device)
-        return image_crops(images, self.model.crop_size, self.crops, self.crop_mode, self.seed,
-                           self.model.config.resize)
+        return image_crops(
+            images, self.model.crop_size, self.crops, self.crop_mode, self.seed, self.model.config.resize
+        )
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """Raw cosine scores (N,) in [-1, 1]: the weighted mean over the crops of each image."""
@@ -104,10 +119,12 @@ class LoDaMetric(QualityMetric):
         return merged
 
     def extra_repr(self) -> str:
-        scale = (f"calibrated {self.calibration.a:.4g} * raw + {self.calibration.b:.4g}"
-                 if self.calibration is not None else "raw cosine")
-        return (f"{super().extra_repr()}, checkpoint={self.checkpoint!r}, crops={self.crops} ({self.crop_mode}), "
-                f"{scale}")
+        scale = (
+            f"calibrated {self.calibration.a:.4g} * raw + {self.calibration.b:.4g}"
+            if self.calibration is not None
+            else "raw cosine"
+        )
+        return f"{super().extra_repr()}, checkpoint={self.checkpoint!r}, crops={self.crops} ({self.crop_mode}), {scale}"
 
 
 def prefixed_metric_info(argument: str) -> MetricInfo:
@@ -116,17 +133,24 @@ def prefixed_metric_info(argument: str) -> MetricInfo:
     meta = read_checkpoint_config(argument)
     config, calibration = meta["config"], read_calibration(meta)
     if calibration is not None:
-        scale = (f"calibrated to the training MOS ({calibration.a:.4g} * raw + {calibration.b:.4g}, "
-                 f"{calibration.samples} images)")
+        scale = (
+            f"calibrated to the training MOS ({calibration.a:.4g} * raw + {calibration.b:.4g}, "
+            f"{calibration.samples} images)"
+        )
         score_range = calibration.score_range
     else:
         scale, score_range = "raw cosine scores", RAW_RANGE
     resized = f", images resized: {Resize.from_dict(config['resize']).describe()}" if config.get("resize") else ""
     return MetricInfo(
-        name=PREFIX + argument, higher_is_better=True, score_range=score_range, differentiable=True,
-        description=(f"LoDa checkpoint ({config['variant']}, preset {config.get('preset')}) in {argument}, "
-                     f"{scale}{resized}"),
-        factory=lambda **options: LoDaMetric(argument, **options), backend="loda",
+        name=PREFIX + argument,
+        higher_is_better=True,
+        score_range=score_range,
+        differentiable=True,
+        description=(
+            f"LoDa checkpoint ({config['variant']}, preset {config.get('preset')}) in {argument}, {scale}{resized}"
+        ),
+        factory=lambda **options: LoDaMetric(argument, **options),
+        backend="loda",
     )
 
 

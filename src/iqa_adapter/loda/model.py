@@ -121,9 +121,12 @@ class DistortionExtractor(nn.Module):
     def __init__(self, stage_channels: list[int], latent_dim: int, grid_size: int):
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, latent_dim, 1), nn.GELU(),
-                          nn.Conv2d(latent_dim, latent_dim, 3, padding=1, bias=False),
-                          nn.AdaptiveAvgPool2d(grid_size))
+            nn.Sequential(
+                nn.Conv2d(channels, latent_dim, 1),
+                nn.GELU(),
+                nn.Conv2d(latent_dim, latent_dim, 3, padding=1, bias=False),
+                nn.AdaptiveAvgPool2d(grid_size),
+            )
             for channels in stage_channels
         )
 
@@ -197,16 +200,20 @@ def _check_backbone_fields(loaded: dict, expected: dict, source: str) -> None:
     differences = {key: (loaded.get(key), value) for key, value in expected.items() if plain(loaded.get(key)) != value}
     if differences:
         detail = ", ".join(f"{key}: {got!r} there, {want!r} in the config" for key, (got, want) in differences.items())
-        raise CheckpointError(f"backbone {source!r} does not match the LoDa config ({detail}); use a config "
-                              "with that backbone's architecture")
+        raise CheckpointError(
+            f"backbone {source!r} does not match the LoDa config ({detail}); use a config "
+            "with that backbone's architecture"
+        )
 
 
 def _unavailable_backbone(source: str, error: OSError) -> CheckpointError:
     """The one-line error for a pretrained backbone (or its config) that cannot be loaded."""
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return CheckpointError(f"cannot load the pretrained backbone {source!r} ({first_line}); pretrained backbones need "
-                           "the internet, a filled Hugging Face cache or a local folder; offline, use --preset tiny or "
-                           "--backbone-init random")
+    return CheckpointError(
+        f"cannot load the pretrained backbone {source!r} ({first_line}); pretrained backbones need "
+        "the internet, a filled Hugging Face cache or a local folder; offline, use --preset tiny or "
+        "--backbone-init random"
+    )
 
 
 BACKBONES = {"vit": (ViTModel, ViTConfig, VIT_KEYS), "cnn": (ResNetModel, ResNetConfig, CNN_KEYS)}
@@ -248,8 +255,9 @@ def _backbone(kind: str, fields: dict, source: str | None, seed: int, meta: bool
         seeded_init(model, seed)
     else:
         state = read_timm_checkpoint(source)
-        _check_backbone_fields(timm_backbone_fields(kind, state, source, fields.get("num_attention_heads")), expected,
-                               source)
+        _check_backbone_fields(
+            timm_backbone_fields(kind, state, source, fields.get("num_attention_heads")), expected, source
+        )
         load_timm_state(model, kind, state, source)
     return model
 
@@ -274,8 +282,9 @@ class LoDa(nn.Module):
             self._check_token_counts()
             self.extractor = DistortionExtractor(list(config.cnn["hidden_sizes"]), config.latent_dim, config.grid_size)
             self.injectors = nn.ModuleList(
-                Injector(embed_dim, config.latent_dim, config.cross_attn_heads,
-                         cross_attention=config.variant == "loda")
+                Injector(
+                    embed_dim, config.latent_dim, config.cross_attn_heads, cross_attention=config.variant == "loda"
+                )
                 for _ in range(vit.config.num_hidden_layers)
             )
         else:
@@ -293,9 +302,11 @@ class LoDa(nn.Module):
         patches = (self.config.crop_size // self.config.vit["patch_size"]) ** 2
         tokens = len(self.config.cnn["hidden_sizes"]) * self.config.grid_size**2
         if self.config.variant == "add_tokens" and tokens != patches:
-            raise ValueError(f"the add_tokens baseline adds distortion token j to patch token j, so it needs as many "
-                             f"distortion tokens ({tokens}) as patches ({patches}); choose grid_size so that "
-                             f"stages * grid_size^2 = (crop / patch)^2")
+            raise ValueError(
+                f"the add_tokens baseline adds distortion token j to patch token j, so it needs as many "
+                f"distortion tokens ({tokens}) as patches ({patches}); choose grid_size so that "
+                f"stages * grid_size^2 = (crop / patch)^2"
+            )
 
     @property
     def crop_size(self) -> int:
@@ -328,8 +339,10 @@ class LoDa(nn.Module):
     def _run(self, images: torch.Tensor, keep_injected: bool) -> dict[str, torch.Tensor]:
         size = self.crop_size
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
-            raise ValueError(f"LoDa takes crops of shape (N, 3, {size}, {size}), got {tuple(images.shape)}; score "
-                             "images of other sizes with LoDaMetric (loda:<checkpoint>), which crops and averages")
+            raise ValueError(
+                f"LoDa takes crops of shape (N, 3, {size}, {size}), got {tuple(images.shape)}; score "
+                "images of other sizes with LoDaMetric (loda:<checkpoint>), which crops and averages"
+            )
         pixels = (images - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
         tokens = self.distortion_tokens(pixels) if self.injectors is not None else None
@@ -360,8 +373,10 @@ class LoDa(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         parameters = list(self.parameters())
-        return {"trainable": sum(p.numel() for p in parameters if p.requires_grad),
-                "total": sum(p.numel() for p in parameters)}
+        return {
+            "trainable": sum(p.numel() for p in parameters if p.requires_grad),
+            "total": sum(p.numel() for p in parameters),
+        }
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint saves: the trained parameters, plus the CNN's BatchNorm statistics when they
@@ -375,13 +390,16 @@ class LoDa(nn.Module):
         expected = self.trainable_state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise CheckpointError(f"the weights do not fit this LoDa model (missing {missing[:5]}, unexpected "
-                                  f"{unexpected[:5]}); was the checkpoint made with another variant or bn_mode?")
+            raise CheckpointError(
+                f"the weights do not fit this LoDa model (missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}); was the checkpoint made with another variant or bn_mode?"
+            )
         with torch.no_grad():
             for name, tensor in expected.items():
                 if tensor.shape != state[name].shape:
-                    raise CheckpointError(f"{name}: shape {tuple(state[name].shape)} in the file, "
-                                          f"{tuple(tensor.shape)} in the model")
+                    raise CheckpointError(
+                        f"{name}: shape {tuple(state[name].shape)} in the file, {tuple(tensor.shape)} in the model"
+                    )
                 tensor.copy_(state[name])
 
     def frozen_fingerprint(self) -> str:
@@ -399,15 +417,22 @@ class LoDa(nn.Module):
         directory = Path(directory)
         state = {name: t.detach().cpu().contiguous() for name, t in self.trainable_state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(state, path))
-        write_json(directory / CONFIG_FILE, {
-            "format": CHECKPOINT_FORMAT, "version": 1, "config": self.config.to_dict(),
-            "frozen_fingerprint": self.frozen_fingerprint(), "parameters": self.parameter_counts(),
-            **(extra or {}),
-        })
+        write_json(
+            directory / CONFIG_FILE,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": 1,
+                "config": self.config.to_dict(),
+                "frozen_fingerprint": self.frozen_fingerprint(),
+                "parameters": self.parameter_counts(),
+                **(extra or {}),
+            },
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
-                        verify: bool = True) -> LoDa:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device | None = None, verify: bool = True
+    ) -> LoDa:
         """Load a checkpoint directory; ``verify`` checks that the frozen backbones rebuilt bit-exactly."""
         directory = Path(directory)
         meta = read_checkpoint_config(directory)
@@ -417,7 +442,8 @@ class LoDa(nn.Module):
             raise CheckpointError(
                 f"the frozen backbones rebuilt for {directory} differ from those it was trained with (fingerprint "
                 "mismatch): another revision of a pretrained backbone, or another initialisation; pass "
-                "verify=False to use them anyway")
+                "verify=False to use them anyway"
+            )
         return model.to(device) if device is not None else model
 
 
@@ -425,17 +451,22 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     """The parsed ``config.json`` of a LoDa checkpoint directory."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a LoDa checkpoint: the folder does not exist (give the --out "
-                              "folder of `iqa-adapter loda train`)")
+        raise CheckpointError(
+            f"{directory} is not a LoDa checkpoint: the folder does not exist (give the --out "
+            "folder of `iqa-adapter loda train`)"
+        )
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
-            raise CheckpointError(f"{directory} is not a LoDa checkpoint: {name} is missing (train one with "
-                                  "`iqa-adapter loda train`)")
+            raise CheckpointError(
+                f"{directory} is not a LoDa checkpoint: {name} is missing (train one with `iqa-adapter loda train`)"
+            )
     meta = read_json(directory / CONFIG_FILE, "LoDa checkpoint config")
     found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
     if found != CHECKPOINT_FORMAT or "config" not in meta:
-        raise CheckpointError(f"{directory / CONFIG_FILE} is not a LoDa checkpoint config (format {found!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE} is not a LoDa checkpoint config (format {found!r}, expected "
+            f"{CHECKPOINT_FORMAT!r})"
+        )
     return meta
 
 

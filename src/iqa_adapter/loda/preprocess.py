@@ -47,7 +47,9 @@ class Resize:
         sides = (self.short_side,) if self.size is None else self.size
         valid = all(isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in sides)
         if not valid or len(sides) != (1 if self.size is None else 2):
-            raise PreprocessError(f"resize sides must be integers >= 1, got {sides[0] if self.size is None else self.size!r}")
+            raise PreprocessError(
+                f"resize sides must be integers >= 1, got {sides[0] if self.size is None else self.size!r}"
+            )
         if self.interpolation not in INTERPOLATIONS:
             raise PreprocessError(f"unknown interpolation {self.interpolation!r}; choose {' or '.join(INTERPOLATIONS)}")
 
@@ -73,8 +75,9 @@ class Resize:
         batch = images if images.ndim == 4 else images[None]
         for target in ((height, new_width), (new_height, new_width)):  # horizontal, then vertical, as PIL
             if tuple(batch.shape[-2:]) != target:
-                batch = F.interpolate(batch, size=target, mode=self.interpolation, antialias=True,
-                                      align_corners=False).clamp(0, 1)
+                batch = F.interpolate(
+                    batch, size=target, mode=self.interpolation, antialias=True, align_corners=False
+                ).clamp(0, 1)
         return batch if images.ndim == 4 else batch[0]
 
     def describe(self) -> str:
@@ -117,21 +120,28 @@ DATASET_PRESETS = {
 def dataset_preset(name: str) -> DatasetPreset:
     """The official pre-processing of dataset ``name`` (see :data:`DATASET_PRESETS`)."""
     if name not in DATASET_PRESETS:
-        raise PreprocessError(f"no official pre-processing for dataset {name!r}; choose one of "
-                              f"{', '.join(DATASET_PRESETS)}, or set --resize-short / --resize and --crops-per-image")
+        raise PreprocessError(
+            f"no official pre-processing for dataset {name!r}; choose one of "
+            f"{', '.join(DATASET_PRESETS)}, or set --resize-short / --resize and --crops-per-image"
+        )
     return DATASET_PRESETS[name]
 
 
-def describe_preprocessing(resize: Resize | None, crop_size: int, crops_per_image: int,
-                           preset: str | None = None) -> str:
+def describe_preprocessing(
+    resize: Resize | None, crop_size: int, crops_per_image: int, preset: str | None = None
+) -> str:
     """One line for logs and reports: the resize, the training crops and, with ``preset``, whose settings
     they are (and whether they are still the official ones)."""
-    text = (f"{resize.describe() if resize is not None else 'native size'}, then {crops_per_image} random "
-            f"{crop_size} px training crops per image")
+    text = (
+        f"{resize.describe() if resize is not None else 'native size'}, then {crops_per_image} random "
+        f"{crop_size} px training crops per image"
+    )
     if preset is None:
         return text
     official = DATASET_PRESETS[preset]
     if (official.resize, official.crops_per_image) == (resize, crops_per_image):
         return f"{text} (the official {preset} pre-processing)"
-    return (f"{text} (changed from the official {preset} pre-processing: "
-            f"{describe_preprocessing(official.resize, crop_size, official.crops_per_image)})")
+    return (
+        f"{text} (changed from the official {preset} pre-processing: "
+        f"{describe_preprocessing(official.resize, crop_size, official.crops_per_image)})"
+    )

@@ -27,16 +27,26 @@ logger = logging.getLogger("iqa_adapter.loda")
 METRICS_FILE = "metrics.json"
 
 
-def run_protocol(table: IQATable, splits: list[Split], configs: dict[str, LoDaConfig], settings: TrainSettings,
-                 out_dir: str | Path, test_table: IQATable | None = None, test_crops: int = 15,
-                 crop_mode: str = "random", eval_seed: int = 0) -> dict[str, dict]:
+def run_protocol(
+    table: IQATable,
+    splits: list[Split],
+    configs: dict[str, LoDaConfig],
+    settings: TrainSettings,
+    out_dir: str | Path,
+    test_table: IQATable | None = None,
+    test_crops: int = 15,
+    crop_mode: str = "random",
+    eval_seed: int = 0,
+) -> dict[str, dict]:
     """Train every config of ``configs`` (name -> config) on each split's train rows and test it on the
     split's test rows, or on all rows of ``test_table`` (cross-dataset), leaving out unreadable images.
     Returns, per name, the metrics of each split and their summary."""
     out_dir = Path(out_dir)
     target = test_table if test_table is not None else table
-    used = [{"train": split["train"], "test": list(range(len(test_table))) if test_table is not None else split["test"]}
-            for split in splits]
+    used = [
+        {"train": split["train"], "test": list(range(len(test_table))) if test_table is not None else split["test"]}
+        for split in splits
+    ]
     used = drop_unreadable(table, used, out_dir, test_table=test_table)
     results: dict[str, dict] = {}
     for name, config in configs.items():
@@ -52,20 +62,33 @@ def run_protocol(table: IQATable, splits: list[Split], configs: dict[str, LoDaCo
             model = train(config, table, split["train"], settings, run_dir, resume=True)
             predictions = predict(model, target, test_rows, crops=test_crops, crop_mode=crop_mode, seed=eval_seed)
             metrics = correlation_metrics(predictions, target.mos[test_rows])
-            write_json(run_dir / "test_predictions.json", {"rows": test_rows, "predictions": predictions.tolist(),
-                                                           "mos": target.mos[test_rows].tolist()})
+            write_json(
+                run_dir / "test_predictions.json",
+                {"rows": test_rows, "predictions": predictions.tolist(), "mos": target.mos[test_rows].tolist()},
+            )
             write_json(run_dir / METRICS_FILE, metrics)
             logger.info("%s split %d: SRCC %.4f PLCC %.4f", name, k, metrics["srcc"], metrics["plcc"])
             runs.append(metrics)
         results[name] = {"runs": runs, "summary": summarize(runs)}
         logger.info(format_summary(name, results[name]["summary"]))
-    write_json(out_dir / "summary.json", {
-        "dataset": str(table.source), "test_dataset": str((test_table or table).source), "splits": len(splits),
-        "recipe": settings.recipe(), "test_crops": test_crops, "crop_mode": crop_mode,
-        "dataset_preset": settings.dataset_preset,
-        "preprocessing": {name: describe_preprocessing(config.resize, config.crop_size, settings.crops_per_image,
-                                                       settings.dataset_preset) for name, config in configs.items()},
-        "resize": {name: config.resize.to_dict() if config.resize else None for name, config in configs.items()},
-        "results": {name: result["summary"] for name, result in results.items()},
-    })
+    write_json(
+        out_dir / "summary.json",
+        {
+            "dataset": str(table.source),
+            "test_dataset": str((test_table or table).source),
+            "splits": len(splits),
+            "recipe": settings.recipe(),
+            "test_crops": test_crops,
+            "crop_mode": crop_mode,
+            "dataset_preset": settings.dataset_preset,
+            "preprocessing": {
+                name: describe_preprocessing(
+                    config.resize, config.crop_size, settings.crops_per_image, settings.dataset_preset
+                )
+                for name, config in configs.items()
+            },
+            "resize": {name: config.resize.to_dict() if config.resize else None for name, config in configs.items()},
+            "results": {name: result["summary"] for name, result in results.items()},
+        },
+    )
     return results

@@ -44,8 +44,9 @@ def procedural_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
     images = []
     for _ in range(count):
         corners = rand(4, 3, 1, 1)  # a bilinear colour gradient between four corner colours
-        image = ((1 - y) * (1 - x) * corners[0] + (1 - y) * x * corners[1] + y * (1 - x) * corners[2]
-                 + y * x * corners[3])
+        image = (
+            (1 - y) * (1 - x) * corners[0] + (1 - y) * x * corners[1] + y * (1 - x) * corners[2] + y * x * corners[3]
+        )
         for _ in range(2):  # gratings of random frequency, orientation and colour
             angle, frequency, phase = rand(3) * torch.tensor([math.pi, 12.0, 2 * math.pi])
             wave = torch.sin((x * torch.cos(angle) + y * torch.sin(angle)) * (2 + frequency) * math.pi + phase)
@@ -82,9 +83,18 @@ def pseudo_mos(distorted: torch.Tensor, clean: torch.Tensor, measure: str = "ssi
 CLEAN_FAMILY = "clean"
 
 
-def make_dataset(out_dir: str | Path, num_references: int = 8, size: int = 48,
-                 families: Sequence[str] = FAMILIES, levels: int = 5, seed: int = 0, measure: str = "ssim",
-                 images: torch.Tensor | None = None, include_clean: bool = False, progress: bool = False) -> Path:
+def make_dataset(
+    out_dir: str | Path,
+    num_references: int = 8,
+    size: int = 48,
+    families: Sequence[str] = FAMILIES,
+    levels: int = 5,
+    seed: int = 0,
+    measure: str = "ssim",
+    images: torch.Tensor | None = None,
+    include_clean: bool = False,
+    progress: bool = False,
+) -> Path:
     """Write a synthetic dataset of ``num_references * len(families) * levels`` distorted images (levels
     ``k / levels``, k = 1..levels) and return the path of its ``meta.csv``.
 
@@ -100,8 +110,10 @@ def make_dataset(out_dir: str | Path, num_references: int = 8, size: int = 48,
             raise ValueError("make_dataset needs at least one reference image and one level")
         images = procedural_images(num_references, size, seed)
     elif images.ndim != 4 or images.shape[1] != 3 or len(images) < 1 or not images.is_floating_point():
-        raise ValueError(f"images must be float clean images (N, 3, H, W) in [0, 1], N >= 1, got "
-                         f"{tuple(images.shape)} {images.dtype}")
+        raise ValueError(
+            f"images must be float clean images (N, 3, H, W) in [0, 1], N >= 1, got "
+            f"{tuple(images.shape)} {images.dtype}"
+        )
     if levels < 1:
         raise ValueError("make_dataset needs at least one level")
     out_dir = Path(out_dir)
@@ -113,8 +125,15 @@ def make_dataset(out_dir: str | Path, num_references: int = 8, size: int = 48,
         _save_png(out_dir / ref_name, reference)
         if include_clean:
             mos = pseudo_mos(reference[None], reference[None], measure)
-            rows.append({"img_name": ref_name, "ref_name": ref_name, "family": CLEAN_FAMILY, "level": 0.0,
-                         "mos": round(float(mos[0]), 6)})
+            rows.append(
+                {
+                    "img_name": ref_name,
+                    "ref_name": ref_name,
+                    "family": CLEAN_FAMILY,
+                    "level": 0.0,
+                    "mos": round(float(mos[0]), 6),
+                }
+            )
         batch = reference[None].expand(levels, -1, -1, -1)
         for f, family in enumerate(families):
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence((seed, r, f)).generate_state(1)[0]))
@@ -123,8 +142,15 @@ def make_dataset(out_dir: str | Path, num_references: int = 8, size: int = 48,
             for k in range(levels):
                 name = f"distorted/ref_{r:03d}_{family}_{k + 1}.png"
                 _save_png(out_dir / name, distorted[k])
-                rows.append({"img_name": name, "ref_name": ref_name, "family": family,
-                             "level": round(float(strengths[k]), 6), "mos": round(float(mos[k]), 6)})
+                rows.append(
+                    {
+                        "img_name": name,
+                        "ref_name": ref_name,
+                        "family": family,
+                        "level": round(float(strengths[k]), 6),
+                        "mos": round(float(mos[k]), 6),
+                    }
+                )
     meta = out_dir / "meta.csv"
     atomic_write(meta, lambda temporary: pd.DataFrame(rows).to_csv(temporary, index=False))
     return meta

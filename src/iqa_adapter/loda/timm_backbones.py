@@ -44,18 +44,29 @@ SHOWN_KEYS = 4
 # transformers' names inside a ViT layer (transformers 5, then 4) -> (timm name inside a block, which of
 # the fused tensor's parts, how many parts)
 _VIT_LAYER_PARTS = {
-    "layernorm_before": ("norm1", 0, 1), "layernorm_after": ("norm2", 0, 1),
-    "attention.q_proj": ("attn.qkv", 0, 3), "attention.attention.query": ("attn.qkv", 0, 3),
-    "attention.k_proj": ("attn.qkv", 1, 3), "attention.attention.key": ("attn.qkv", 1, 3),
-    "attention.v_proj": ("attn.qkv", 2, 3), "attention.attention.value": ("attn.qkv", 2, 3),
-    "attention.o_proj": ("attn.proj", 0, 1), "attention.output.dense": ("attn.proj", 0, 1),
-    "mlp.fc1": ("mlp.fc1", 0, 1), "intermediate.dense": ("mlp.fc1", 0, 1),
-    "mlp.fc2": ("mlp.fc2", 0, 1), "output.dense": ("mlp.fc2", 0, 1),
+    "layernorm_before": ("norm1", 0, 1),
+    "layernorm_after": ("norm2", 0, 1),
+    "attention.q_proj": ("attn.qkv", 0, 3),
+    "attention.attention.query": ("attn.qkv", 0, 3),
+    "attention.k_proj": ("attn.qkv", 1, 3),
+    "attention.attention.key": ("attn.qkv", 1, 3),
+    "attention.v_proj": ("attn.qkv", 2, 3),
+    "attention.attention.value": ("attn.qkv", 2, 3),
+    "attention.o_proj": ("attn.proj", 0, 1),
+    "attention.output.dense": ("attn.proj", 0, 1),
+    "mlp.fc1": ("mlp.fc1", 0, 1),
+    "intermediate.dense": ("mlp.fc1", 0, 1),
+    "mlp.fc2": ("mlp.fc2", 0, 1),
+    "output.dense": ("mlp.fc2", 0, 1),
 }
-_VIT_OUTSIDE_LAYERS = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
-                       "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-                       "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-                       "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+_VIT_OUTSIDE_LAYERS = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
 _RESNET_MODULES = {"convolution": "conv", "normalization": "bn"}
 
 Slot = tuple[str, int, int]  # timm key, part, parts
@@ -75,8 +86,9 @@ def download_timm_checkpoint(source: str) -> Path:
     try:
         return download_file(source, TIMM_WEIGHTS_FILE, what="the timm backbone")
     except HubDownloadError as error:
-        raise TimmCheckpointError(f"{error}; timm backbones are named timm/<model>.<tag>, e.g. "
-                                  "timm/resnet50.a1_in1k") from None
+        raise TimmCheckpointError(
+            f"{error}; timm backbones are named timm/<model>.<tag>, e.g. timm/resnet50.a1_in1k"
+        ) from None
 
 
 def read_timm_checkpoint(source: str) -> dict[str, torch.Tensor]:
@@ -91,8 +103,7 @@ def _block_indices(state: dict[str, torch.Tensor], pattern: str) -> list[tuple[i
     return sorted({tuple(int(g) for g in match.groups()) for key in state if (match := re.match(pattern, key))})
 
 
-def timm_backbone_fields(kind: str, state: dict[str, torch.Tensor], source: str,
-                         num_heads: int | None = None) -> dict:
+def timm_backbone_fields(kind: str, state: dict[str, torch.Tensor], source: str, num_heads: int | None = None) -> dict:
     """The transformers config fields (``VIT_KEYS`` or ``CNN_KEYS``) of a timm ViT (``kind="vit"``) or
     ResNet (``"cnn"``) checkpoint. A ViT's heads are ``num_heads``, or timm's width / 64 when not given."""
     try:
@@ -108,17 +119,28 @@ def _vit_fields(state: dict[str, torch.Tensor], source: str, num_heads: int | No
     patches = state["pos_embed"].shape[1] - 1  # the class token has a position
     side = math.isqrt(patches)
     if side * side != patches:
-        raise TimmCheckpointError(f"timm checkpoint {source!r} has {patches + 1} positions, not a square grid plus "
-                                  "the class token; LoDa needs a class-token ViT")
+        raise TimmCheckpointError(
+            f"timm checkpoint {source!r} has {patches + 1} positions, not a square grid plus "
+            "the class token; LoDa needs a class-token ViT"
+        )
     if num_heads is None:
         if width % TIMM_HEAD_WIDTH:
-            raise TimmCheckpointError(f"cannot tell the heads of timm ViT {source!r} (width {width} is not a multiple "
-                                      f"of timm's {TIMM_HEAD_WIDTH}-wide heads)")
+            raise TimmCheckpointError(
+                f"cannot tell the heads of timm ViT {source!r} (width {width} is not a multiple "
+                f"of timm's {TIMM_HEAD_WIDTH}-wide heads)"
+            )
         num_heads = width // TIMM_HEAD_WIDTH
-    return {"hidden_size": width, "num_hidden_layers": len(_block_indices(state, r"blocks\.(\d+)\.")),
-            "num_attention_heads": num_heads, "intermediate_size": state["blocks.0.mlp.fc1.weight"].shape[0],
-            "image_size": side * patch, "patch_size": patch, "layer_norm_eps": TIMM_VIT_LAYER_NORM_EPS,
-            "qkv_bias": "blocks.0.attn.qkv.bias" in state, "hidden_act": "gelu"}
+    return {
+        "hidden_size": width,
+        "num_hidden_layers": len(_block_indices(state, r"blocks\.(\d+)\.")),
+        "num_attention_heads": num_heads,
+        "intermediate_size": state["blocks.0.mlp.fc1.weight"].shape[0],
+        "image_size": side * patch,
+        "patch_size": patch,
+        "layer_norm_eps": TIMM_VIT_LAYER_NORM_EPS,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "hidden_act": "gelu",
+    }
 
 
 def _resnet_fields(state: dict[str, torch.Tensor]) -> dict:
@@ -126,10 +148,15 @@ def _resnet_fields(state: dict[str, torch.Tensor]) -> dict:
     stages = sorted({stage for stage, _ in blocks})
     layer_type = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     last_conv = "conv3" if layer_type == "bottleneck" else "conv2"
-    return {"embedding_size": state["conv1.weight"].shape[0],
-            "hidden_sizes": [state[f"layer{stage}.0.{last_conv}.weight"].shape[0] for stage in stages],
-            "depths": [sum(1 for s, _ in blocks if s == stage) for stage in stages], "layer_type": layer_type,
-            "hidden_act": "relu", "downsample_in_first_stage": False, "downsample_in_bottleneck": False}
+    return {
+        "embedding_size": state["conv1.weight"].shape[0],
+        "hidden_sizes": [state[f"layer{stage}.0.{last_conv}.weight"].shape[0] for stage in stages],
+        "depths": [sum(1 for s, _ in blocks if s == stage) for stage in stages],
+        "layer_type": layer_type,
+        "hidden_act": "relu",
+        "downsample_in_first_stage": False,
+        "downsample_in_bottleneck": False,
+    }
 
 
 def _vit_slot(name: str) -> Slot | None:
@@ -146,8 +173,11 @@ def _resnet_slot(name: str) -> Slot | None:
     stem = re.fullmatch(r"embedder\.embedder\.(convolution|normalization)\.(.+)", name)
     if stem:
         return f"{_RESNET_MODULES[stem.group(1)]}1.{stem.group(2)}", 0, 1
-    match = re.fullmatch(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d+)|shortcut)"
-                         r"\.(convolution|normalization)\.(.+)", name)
+    match = re.fullmatch(
+        r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d+)|shortcut)"
+        r"\.(convolution|normalization)\.(.+)",
+        name,
+    )
     if not match:
         return None
     stage, block, conv, module, tensor = match.groups()
@@ -174,16 +204,20 @@ def load_timm_state(model: nn.Module, kind: str, state: dict[str, torch.Tensor],
     for name in targets:
         slot = slot_of(name)
         if slot is None:
-            raise RuntimeError(f"transformers' {type(model).__name__} has a tensor {name!r} that the timm key map "
-                               "does not know; this transformers version is not supported for timm backbones")
+            raise RuntimeError(
+                f"transformers' {type(model).__name__} has a tensor {name!r} that the timm key map "
+                "does not know; this transformers version is not supported for timm backbones"
+            )
         wanted.setdefault(slot[0], []).append((name, *slot[1:]))
     optional = {key for key in wanted if key.endswith("num_batches_tracked")}
     missing = sorted(set(wanted) - set(state) - optional)
     unexpected = sorted(set(state) - set(wanted) - set(DROPPED[kind]))
     if missing or unexpected:
         found = [f"missing {_shown(missing)}"] * bool(missing) + [f"unexpected {_shown(unexpected)}"] * bool(unexpected)
-        raise TimmCheckpointError(f"timm checkpoint {source!r} does not fit the LoDa config's {type(model).__name__} "
-                                  f"({'; '.join(found)}); use a config with that backbone's architecture")
+        raise TimmCheckpointError(
+            f"timm checkpoint {source!r} does not fit the LoDa config's {type(model).__name__} "
+            f"({'; '.join(found)}); use a config with that backbone's architecture"
+        )
     loaded = {}
     for key, slots in wanted.items():
         if key not in state:  # an optional BatchNorm counter
@@ -192,9 +226,11 @@ def load_timm_state(model: nn.Module, kind: str, state: dict[str, torch.Tensor],
         first, parts = targets[slots[0][0]], slots[0][2]
         expected = tuple(first.shape) if parts == 1 else (parts * first.shape[0], *first.shape[1:])
         if tuple(state[key].shape) != expected:
-            raise TimmCheckpointError(f"timm checkpoint {source!r}: {key} has shape {tuple(state[key].shape)}, the "
-                                      f"LoDa config's {type(model).__name__} needs {expected}; use a config with "
-                                      "that backbone's architecture")
+            raise TimmCheckpointError(
+                f"timm checkpoint {source!r}: {key} has shape {tuple(state[key].shape)}, the "
+                f"LoDa config's {type(model).__name__} needs {expected}; use a config with "
+                "that backbone's architecture"
+            )
         pieces = state[key].chunk(parts) if parts > 1 else (state[key],)
         loaded.update({name: pieces[index] for name, index, _ in slots})
     model.load_state_dict(loaded, strict=True)

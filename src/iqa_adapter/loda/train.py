@@ -65,8 +65,15 @@ class TrainSettings:
     calibration_crops: int = 15  # uniform crops per image for the calibration's raw scores (0: no calibration)
     dataset_preset: str | None = None  # the --dataset preset the resize and crops came from, for reports only
 
-    RUN_FIELDS = ("save_every", "max_iterations", "workers", "device", "log_every", "calibration_crops",
-                  "dataset_preset")
+    RUN_FIELDS = (
+        "save_every",
+        "max_iterations",
+        "workers",
+        "device",
+        "log_every",
+        "calibration_crops",
+        "dataset_preset",
+    )
 
     def recipe(self) -> dict:
         """The fields that define the result (a resumed run must keep them)."""
@@ -77,8 +84,9 @@ class RunDirectoryError(ValueError):
     """The output directory holds a training run that does not fit this one (or resume was not asked)."""
 
 
-def _save_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, scheduler, position: dict,
-                identity: dict) -> None:
+def _save_state(
+    out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, scheduler, position: dict, identity: dict
+) -> None:
     tensors = {f"model.{name}": t.detach().cpu().contiguous() for name, t in model.trainable_state_dict().items()}
     optimizer_state = optimizer.state_dict()
     for index, state in optimizer_state["state"].items():
@@ -87,9 +95,12 @@ def _save_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, sc
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    metadata = {"identity": json.dumps(identity), "position": json.dumps(position),
-                "scheduler": json.dumps(scheduler.state_dict()),
-                "param_groups": json.dumps(optimizer_state["param_groups"])}
+    metadata = {
+        "identity": json.dumps(identity),
+        "position": json.dumps(position),
+        "scheduler": json.dumps(scheduler.state_dict()),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+    }
     atomic_write(out_dir / STATE_FILE, lambda path: save_file(tensors, path, metadata=metadata))
 
 
@@ -99,13 +110,17 @@ def _load_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, sc
             metadata = handle.metadata()
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except SafetensorError as error:
-        raise RunDirectoryError(f"{out_dir / STATE_FILE} cannot be read ({error}): the saved training state is "
-                                "damaged; delete it to train from the start, or train into a new --out") from None
+        raise RunDirectoryError(
+            f"{out_dir / STATE_FILE} cannot be read ({error}): the saved training state is "
+            "damaged; delete it to train from the start, or train into a new --out"
+        ) from None
     saved = json.loads(metadata["identity"])
     if saved != identity:
         changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        raise RunDirectoryError(f"{out_dir} holds a run with other {', '.join(changed)}; resume with the same "
-                                  "settings, or train into a new directory")
+        raise RunDirectoryError(
+            f"{out_dir} holds a run with other {', '.join(changed)}; resume with the same "
+            "settings, or train into a new directory"
+        )
     model.load_trainable_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -120,8 +135,14 @@ def _load_state(out_dir: Path, model: LoDa, optimizer: torch.optim.Optimizer, sc
     return json.loads(metadata["position"])
 
 
-def train(config: LoDaConfig, table: IQATable, train_indices: list[int], settings: TrainSettings,
-          out_dir: str | Path, resume: bool = False) -> LoDa:
+def train(
+    config: LoDaConfig,
+    table: IQATable,
+    train_indices: list[int],
+    settings: TrainSettings,
+    out_dir: str | Path,
+    resume: bool = False,
+) -> LoDa:
     """Train on the rows ``train_indices`` of ``table``; returns the model (in eval mode) and leaves the
     checkpoint in ``out_dir``. With ``resume``, continues the run saved there, if any."""
     out_dir = Path(out_dir)
@@ -129,18 +150,35 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
     model = build_model(config, seed=settings.seed).to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    dataset = TrainCrops(table, train_indices, model.crop_size, settings.crops_per_image, settings.seed,
-                         resize=config.resize)
+    dataset = TrainCrops(
+        table, train_indices, model.crop_size, settings.crops_per_image, settings.seed, resize=config.resize
+    )
     batches_per_epoch = len(epoch_batches(len(dataset), settings.batch_size, settings.seed, 0))
     total = batches_per_epoch * settings.epochs
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.0)
-    identity = json.loads(json.dumps({"config": config.to_dict(), "recipe": settings.recipe(),  # as saved: lists
-                                      "dataset": str(table.source), "train_indices": list(map(int, train_indices))}))
-    preprocessing = describe_preprocessing(config.resize, model.crop_size, settings.crops_per_image,
-                                           settings.dataset_preset)
-    training_info = {"training": {"recipe": settings.recipe(), "dataset": str(table.source),
-                                  "dataset_preset": settings.dataset_preset, "preprocessing": preprocessing,
-                                  "train_images": len(train_indices), "iterations_total": total}}
+    identity = json.loads(
+        json.dumps(
+            {
+                "config": config.to_dict(),
+                "recipe": settings.recipe(),  # as saved: lists
+                "dataset": str(table.source),
+                "train_indices": list(map(int, train_indices)),
+            }
+        )
+    )
+    preprocessing = describe_preprocessing(
+        config.resize, model.crop_size, settings.crops_per_image, settings.dataset_preset
+    )
+    training_info = {
+        "training": {
+            "recipe": settings.recipe(),
+            "dataset": str(table.source),
+            "dataset_preset": settings.dataset_preset,
+            "preprocessing": preprocessing,
+            "train_images": len(train_indices),
+            "iterations_total": total,
+        }
+    }
     logger.info("pre-processing: %s", preprocessing)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -148,11 +186,17 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
         position = {"epoch": 0, "batch": 0, "iteration": 0}
         if resume and (out_dir / STATE_FILE).is_file():
             position = _load_state(out_dir, model, optimizer, scheduler, identity)
-            logger.info("resuming %s at epoch %d, iteration %d of %d", out_dir, position["epoch"] + 1,
-                        position["iteration"], total)
+            logger.info(
+                "resuming %s at epoch %d, iteration %d of %d",
+                out_dir,
+                position["epoch"] + 1,
+                position["iteration"],
+                total,
+            )
         elif (out_dir / STATE_FILE).is_file():
-            raise RunDirectoryError(f"{out_dir} already holds a training run; pass --resume to continue it or "
-                                  "choose another --out")
+            raise RunDirectoryError(
+                f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out"
+            )
 
         def save() -> None:
             _save_state(out_dir, model, optimizer, scheduler, position, identity)
@@ -164,8 +208,12 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
             dataset.set_epoch(position["epoch"])
             batches = epoch_batches(len(dataset), settings.batch_size, settings.seed, position["epoch"])
             # its own generator: creating a loader must not consume the global RNG that dropout uses
-            loader = DataLoader(dataset, batch_sampler=batches[position["batch"]:], num_workers=settings.workers,
-                                generator=torch.Generator().manual_seed(settings.seed + position["epoch"]))
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batches[position["batch"] :],
+                num_workers=settings.workers,
+                generator=torch.Generator().manual_seed(settings.seed + position["epoch"]),
+            )
             for images, labels in loader:
                 loss = norm_in_norm_loss(model(images.to(device)), labels.to(device))
                 optimizer.zero_grad(set_to_none=True)
@@ -176,9 +224,15 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
                 position["iteration"] += 1
                 seen += len(labels)
                 if settings.log_every and position["iteration"] % settings.log_every == 0:
-                    logger.info("epoch %d iteration %d/%d loss %.4f lr %.3g (%.1f samples/s)", position["epoch"] + 1,
-                                position["iteration"], total, loss.item(), scheduler.get_last_lr()[0],
-                                seen / (time.perf_counter() - started))
+                    logger.info(
+                        "epoch %d iteration %d/%d loss %.4f lr %.3g (%.1f samples/s)",
+                        position["epoch"] + 1,
+                        position["iteration"],
+                        total,
+                        loss.item(),
+                        scheduler.get_last_lr()[0],
+                        seen / (time.perf_counter() - started),
+                    )
                 paused = settings.max_iterations is not None and position["iteration"] >= settings.max_iterations
                 if paused or (settings.save_every and position["iteration"] % settings.save_every == 0):
                     save()
@@ -191,9 +245,17 @@ def train(config: LoDaConfig, table: IQATable, train_indices: list[int], setting
     model.train(False)
     if settings.calibration_crops:
         calibration = calibrate(model, table, train_indices, crops=settings.calibration_crops)
-        logger.info("calibration on %d training images: mos ~ %.4g * raw + %.4g (RMSE %.3g, MOS range %.4g to %.4g)",
-                    calibration.samples, calibration.a, calibration.b, calibration.rmse, calibration.mos_min,
-                    calibration.mos_max)
-        model.save_pretrained(out_dir, extra={"training": {**training_info["training"], **position},
-                                              CALIBRATION_KEY: calibration.to_dict()})
+        logger.info(
+            "calibration on %d training images: mos ~ %.4g * raw + %.4g (RMSE %.3g, MOS range %.4g to %.4g)",
+            calibration.samples,
+            calibration.a,
+            calibration.b,
+            calibration.rmse,
+            calibration.mos_min,
+            calibration.mos_max,
+        )
+        model.save_pretrained(
+            out_dir,
+            extra={"training": {**training_info["training"], **position}, CALIBRATION_KEY: calibration.to_dict()},
+        )
     return model

@@ -15,13 +15,17 @@ def check_images(images: torch.Tensor, name: str = "metric") -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape (N, 3, H, W), got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name}: expected images of shape (N, 3, H, W), got {tuple(images.shape)}; "
-                         "add a batch dimension with images[None] or convert grey images with .expand(-1, 3, -1, -1)")
+        raise ValueError(
+            f"{name}: expected images of shape (N, 3, H, W), got {tuple(images.shape)}; "
+            "add a batch dimension with images[None] or convert grey images with .expand(-1, 3, -1, -1)"
+        )
     if not images.is_floating_point():
         raise ValueError(f"{name}: expected float images in [0, 1], got {images.dtype}; divide uint8 images by 255")
     if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
-        raise ValueError(f"{name}: image values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]; "
-                         "images in [-1, 1] convert with (x + 1) / 2")
+        raise ValueError(
+            f"{name}: image values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]; "
+            "images in [-1, 1] convert with (x + 1) / 2"
+        )
     return images
 
 
@@ -59,8 +63,10 @@ class QualityMetric(nn.Module):
     def score_with_grad(self, images: torch.Tensor) -> torch.Tensor:
         """Scores (N,) that can be back-propagated to ``images`` (for IQA-gradient guidance)."""
         if not self.differentiable:
-            raise NotDifferentiableError(f"metric {self.name!r} is not differentiable; choose one whose "
-                                         "`differentiable` flag is set (`iqa-adapter metrics` lists them)")
+            raise NotDifferentiableError(
+                f"metric {self.name!r} is not differentiable; choose one whose "
+                "`differentiable` flag is set (`iqa-adapter metrics` lists them)"
+            )
         check_images(images, self.name)
         with torch.enable_grad():
             return self(images).float().reshape(-1)
@@ -71,4 +77,6 @@ class QualityMetric(nn.Module):
 
     def extra_repr(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
-        return f"name={self.name!r}, {direction} is better, range={self.score_range}, differentiable={self.differentiable}"
+        return (
+            f"name={self.name!r}, {direction} is better, range={self.score_range}, differentiable={self.differentiable}"
+        )

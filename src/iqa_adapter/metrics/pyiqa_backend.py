@@ -39,7 +39,9 @@ def import_pyiqa():
     try:
         return importlib.import_module("pyiqa")
     except ImportError as error:
-        raise MetricUnavailableError(f"pyiqa metrics need pyiqa, which is not importable ({error}); {INSTALL_HINT}") from None
+        raise MetricUnavailableError(
+            f"pyiqa metrics need pyiqa, which is not importable ({error}); {INSTALL_HINT}"
+        ) from None
     except Exception as error:  # a broken torchvision raises RuntimeError at import time
         raise MetricUnavailableError(f"pyiqa failed to import: {error}; {INSTALL_HINT}") from None
 
@@ -80,8 +82,10 @@ def pyiqa_metric_info(name: str, unknown_hint: str = "") -> MetricInfo:
         raise KeyError(f"unknown metric {name!r}.{suggestion} {unknown_hint}".strip())
     config = configs[name]
     if config.get("metric_mode") != "NR":
-        raise ValueError(f"pyiqa metric {name!r} is full-reference; quality conditioning needs no-reference "
-                         "metrics (`iqa-adapter metrics` lists them)")
+        raise ValueError(
+            f"pyiqa metric {name!r} is full-reference; quality conditioning needs no-reference "
+            "metrics (`iqa-adapter metrics` lists them)"
+        )
     return MetricInfo(
         name=PYIQA_PREFIX + name,
         higher_is_better=not config.get("lower_better", False),
@@ -162,8 +166,9 @@ class PyIQAMetric(QualityMetric):
             self.loss_model = self._build(as_loss=True, device=self.device)
         scores = super().score_with_grad(images)
         if images.requires_grad and not scores.requires_grad:
-            raise NotDifferentiableError(f"pyiqa metric {self.pyiqa_name!r} returned scores without gradients; it "
-                                         "cannot guide generation")
+            raise NotDifferentiableError(
+                f"pyiqa metric {self.pyiqa_name!r} returned scores without gradients; it cannot guide generation"
+            )
         return scores
 
 
@@ -175,7 +180,11 @@ def _register_device_marker(model) -> None:
     tensor), which ``.to()`` leaves behind and ``.parameters()`` does not list.
     """
     marker = getattr(model, "dummy_param", None)
-    if (isinstance(marker, torch.Tensor) and isinstance(model, torch.nn.Module)
-            and "dummy_param" not in model._parameters and "dummy_param" not in model._buffers):
+    if (
+        isinstance(marker, torch.Tensor)
+        and isinstance(model, torch.nn.Module)
+        and "dummy_param" not in model._parameters
+        and "dummy_param" not in model._buffers
+    ):
         del model.dummy_param
         model.register_buffer("dummy_param", marker.detach(), persistent=False)

@@ -76,7 +76,7 @@ def _prefixed(name: str):
     """(module, argument) when ``name`` has one of the :data:`PREFIXED_METRICS` prefixes, else None."""
     for prefix, module in PREFIXED_METRICS.items():
         if name.startswith(prefix):
-            return importlib.import_module(module), name[len(prefix):]
+            return importlib.import_module(module), name[len(prefix) :]
     return None
 
 
@@ -88,7 +88,7 @@ def resolve_metric_path(name: str, directory: str | Path) -> str:
     """
     for prefix in PREFIXED_METRICS:
         if name.startswith(prefix):
-            argument = Path(name[len(prefix):])
+            argument = Path(name[len(prefix) :])
             if not argument.is_absolute() and (Path(directory) / argument).exists():
                 return prefix + str((Path(directory) / argument).resolve())
     return name
@@ -123,8 +123,9 @@ def create_metric(name: str, device=None, **options) -> QualityMetric:
     from .pyiqa_backend import create_pyiqa_metric
 
     with _plain_names_need_pyiqa(name, builtins):
-        return create_pyiqa_metric(name.removeprefix(PYIQA_PREFIX), device=device,
-                                   unknown_hint=_unknown_hint(name, builtins), **options)
+        return create_pyiqa_metric(
+            name.removeprefix(PYIQA_PREFIX), device=device, unknown_hint=_unknown_hint(name, builtins), **options
+        )
 
 
 @contextmanager
@@ -137,11 +138,14 @@ def _plain_names_need_pyiqa(name: str, builtins: dict[str, MetricInfo]):
     except MetricUnavailableError as error:
         if name.startswith(PYIQA_PREFIX) or pyiqa_available():  # pyiqa is there: a real problem of that metric
             raise
-        raise KeyError(f"unknown metric {name!r}: {_unknown_hint(name, builtins)}. (pyiqa is not available here: "
-                       f"{error})") from None
+        raise KeyError(
+            f"unknown metric {name!r}: {_unknown_hint(name, builtins)}. (pyiqa is not available here: {error})"
+        ) from None
 
 
 def _unknown_hint(name: str, builtins: dict[str, MetricInfo]) -> str:
-    return (f"{name!r} is not a built-in metric (built-in: {', '.join(sorted(builtins))}); other names are "
-            "looked up in pyiqa (`pip install iqa-adapter[pyiqa]`, names as `pyiqa:topiq_nr`); trained LoDa "
-            "checkpoints are `loda:<checkpoint directory>`")
+    return (
+        f"{name!r} is not a built-in metric (built-in: {', '.join(sorted(builtins))}); other names are "
+        "looked up in pyiqa (`pip install iqa-adapter[pyiqa]`, names as `pyiqa:topiq_nr`); trained LoDa "
+        "checkpoints are `loda:<checkpoint directory>`"
+    )

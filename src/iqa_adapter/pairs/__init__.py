@@ -17,5 +17,13 @@ from .generate import (
     reference_levels,
 )
 
-__all__ = ["ContentFilter", "FilterSettings", "LowLevel", "PairSettings", "blurred_ssim", "make_pairs",
-           "quality_levels", "reference_levels"]
+__all__ = [
+    "ContentFilter",
+    "FilterSettings",
+    "LowLevel",
+    "PairSettings",
+    "blurred_ssim",
+    "make_pairs",
+    "quality_levels",
+    "reference_levels",
+]

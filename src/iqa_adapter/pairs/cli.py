@@ -25,7 +25,9 @@ def _targets(entries: list[str], option: str) -> dict[str, list[str]]:
     for entry in entries:
         metric, values = parse_quality_assignment(entry)
         if metric in targets:
-            raise ValueError(f"{option} gives {metric!r} twice; give it once (several levels: {option} {metric}=p1,p10)")
+            raise ValueError(
+                f"{option} gives {metric!r} twice; give it once (several levels: {option} {metric}=p1,p10)"
+            )
         targets[metric] = [value.strip() for value in values.split(",") if value.strip()]
     return targets
 
@@ -36,15 +38,19 @@ def _high(entries: list[str]) -> dict[str, str]:
     high = _targets(entries, "--high")
     several = [metric for metric, targets in high.items() if len(targets) != 1]
     if several:
-        raise ValueError(f"--high takes one target per metric, got {', '.join(several)} with several; the levels "
-                         "of the degraded images go to --low")
+        raise ValueError(
+            f"--high takes one target per metric, got {', '.join(several)} with several; the levels "
+            "of the degraded images go to --low"
+        )
     return {metric: targets[0] for metric, targets in high.items()}
 
 
 def _optional(convert):
     """argparse type: ``convert(text)``, or None for ``none`` (the check is off)."""
+
     def parse(text: str):
         return None if text.strip().lower() in NONE_WORDS else convert(text)
+
     return parse
 
 
@@ -96,8 +102,10 @@ def _score_columns(specs: dict[str, tuple[str, dict]], device: str) -> list:
     from ..evaluation.passes import ScoreColumn
     from ..metrics import create_metric
 
-    return [ScoreColumn(column, create_metric(name, device=device, **options).eval(), {"name": name, "options": options})
-            for column, (name, options) in specs.items()]
+    return [
+        ScoreColumn(column, create_metric(name, device=device, **options).eval(), {"name": name, "options": options})
+        for column, (name, options) in specs.items()
+    ]
 
 
 def _following_scorer(args, prompts: list, toy: bool, device: str):
@@ -121,19 +129,35 @@ def _following_scorer(args, prompts: list, toy: bool, device: str):
 def _pair_settings(args):
     from .generate import PairSettings
 
-    return PairSettings(seeds=args.seeds, seed=args.seed, steps=args.steps, guidance=args.guidance, height=args.height,
-                        width=args.width, scale=args.scale, negative_quality=args.negative_quality,
-                        batch_size=args.batch_size, chunk_size=args.chunk_size, layout=args.layout,
-                        save_dropped=args.save_dropped)
+    return PairSettings(
+        seeds=args.seeds,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        height=args.height,
+        width=args.width,
+        scale=args.scale,
+        negative_quality=args.negative_quality,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        layout=args.layout,
+        save_dropped=args.save_dropped,
+    )
 
 
 def _content_filter(args, prompts: list, toy: bool, device: str):
     from .filter import ContentFilter, FilterSettings
 
-    settings = FilterSettings(ssim_side=args.ssim_side, ssim_blur=args.ssim_blur, min_ssim=args.min_ssim,
-                              features=args.feature_extractor, min_feature_similarity=args.min_feature_similarity,
-                              clip=args.clip, max_clip_t_drop=args.max_clip_t_drop,
-                              min_degradation=args.min_degradation)
+    settings = FilterSettings(
+        ssim_side=args.ssim_side,
+        ssim_blur=args.ssim_blur,
+        min_ssim=args.min_ssim,
+        features=args.feature_extractor,
+        min_feature_similarity=args.min_feature_similarity,
+        clip=args.clip,
+        max_clip_t_drop=args.max_clip_t_drop,
+        min_degradation=args.min_degradation,
+    )
     return ContentFilter(settings, _following_scorer(args, prompts, toy, device), device=device)
 
 
@@ -162,13 +186,26 @@ def cmd_pairs(args) -> None:
     settings, content_filter = _pair_settings(args), _content_filter(args, prompts, toy, device)
     metrics = _score_columns(specs, device)
     pipe = load_pipeline(args.base, device, torch_dtype(args.dtype, device))
-    summary = make_pairs(pipe, adapter, prompts, args.out, high=high, levels=levels, metrics=metrics,
-                         reference_adapter=reference_adapter, settings=settings, content_filter=content_filter,
-                         device=device, progress=not args.no_progress)
+    summary = make_pairs(
+        pipe,
+        adapter,
+        prompts,
+        args.out,
+        high=high,
+        levels=levels,
+        metrics=metrics,
+        reference_adapter=reference_adapter,
+        settings=settings,
+        content_filter=content_filter,
+        device=device,
+        progress=not args.no_progress,
+    )
     if summary is not None:
         reasons = ", ".join(f"{reason} {count}" for reason, count in summary["drop_reasons"].items()) or "none"
-        print(f"kept {summary['kept']} of {plural(summary['made'], 'pair')} ({summary['kept_share']:.0%}); dropped "
-              f"for: {reasons}; {Path(args.out) / 'pairs.json'}, {Path(args.out) / 'index.csv'}")
+        print(
+            f"kept {summary['kept']} of {plural(summary['made'], 'pair')} ({summary['kept_share']:.0%}); dropped "
+            f"for: {reasons}; {Path(args.out) / 'pairs.json'}, {Path(args.out) / 'index.csv'}"
+        )
 
 
 def add_commands(commands) -> None:
@@ -190,69 +227,142 @@ def add_commands(commands) -> None:
     similarity = cli_type(check_number, -1.0, 1.0)
 
     pairs = commands.add_parser(
-        "pairs", help="paired low/high-quality images from the same noise (IQA-Adapter as a degradation model)",
+        "pairs",
+        help="paired low/high-quality images from the same noise (IQA-Adapter as a degradation model)",
         description="For every prompt and seed, generate the high-quality image (--high) and degraded versions "
-                    "(--low levels, or --reference-degraded images through a reference-based adapter) from the same "
-                    "initial noise; score both images with every metric, drop pairs whose content changed (content "
-                    "filter) and write the rest as BasicSR paired folders (OUT/hq, OUT/lq) or webdataset shards, "
-                    "with OUT/index.csv (every pair, kept or not, and why) and OUT/pairs.json. Resumable (run the "
-                    "same command again), shared out under `accelerate launch -m iqa_adapter pairs`.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+        "(--low levels, or --reference-degraded images through a reference-based adapter) from the same "
+        "initial noise; score both images with every metric, drop pairs whose content changed (content "
+        "filter) and write the rest as BasicSR paired folders (OUT/hq, OUT/lq) or webdataset shards, "
+        "with OUT/index.csv (every pair, kept or not, and why) and OUT/pairs.json. Resumable (run the "
+        "same command again), shared out under `accelerate launch -m iqa_adapter pairs`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     add_generation_options(pairs)
     add_prompt_options(pairs)
     group = pairs.add_argument_group("pairs")
     group.add_argument("--seeds", type=positive_int, default=1, help="seeds per prompt: --seed, --seed + 1, ...")
-    group.add_argument("--high", action="append", default=[], metavar="METRIC=TARGET",
-                       help="target of the high-quality image per metric (p99, z2.0 or a raw value), repeatable; "
-                            "metrics left out take the adapter's default target")
-    group.add_argument("--low", action="append", default=[], metavar="METRIC=T1,T2,...",
-                       help="targets of the degraded images, one level per target (several metrics: the same number "
-                            "of targets, or one); metrics left out keep the --high target")
-    group.add_argument("--reference-degraded", action="append", default=[], metavar="IMAGE",
-                       help="a degraded image whose distortion the reference-based adapter transfers: one more level, "
-                            "repeatable")
-    group.add_argument("--reference-adapter", default=None, metavar="DIR",
-                       help="the reference-based adapter of --reference-degraded (default on the toy world: its own)")
-    group.add_argument("--scale", type=non_negative_number, default=None,
-                       help="adapter scale of both images (default: each adapter's)")
-    group.add_argument("--negative-quality", type=non_negative_number, default=None, metavar="K",
-                       help="negative quality guidance: the unconditional branch gets -K*q")
+    group.add_argument(
+        "--high",
+        action="append",
+        default=[],
+        metavar="METRIC=TARGET",
+        help="target of the high-quality image per metric (p99, z2.0 or a raw value), repeatable; "
+        "metrics left out take the adapter's default target",
+    )
+    group.add_argument(
+        "--low",
+        action="append",
+        default=[],
+        metavar="METRIC=T1,T2,...",
+        help="targets of the degraded images, one level per target (several metrics: the same number "
+        "of targets, or one); metrics left out keep the --high target",
+    )
+    group.add_argument(
+        "--reference-degraded",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="a degraded image whose distortion the reference-based adapter transfers: one more level, repeatable",
+    )
+    group.add_argument(
+        "--reference-adapter",
+        default=None,
+        metavar="DIR",
+        help="the reference-based adapter of --reference-degraded (default on the toy world: its own)",
+    )
+    group.add_argument(
+        "--scale", type=non_negative_number, default=None, help="adapter scale of both images (default: each adapter's)"
+    )
+    group.add_argument(
+        "--negative-quality",
+        type=non_negative_number,
+        default=None,
+        metavar="K",
+        help="negative quality guidance: the unconditional branch gets -K*q",
+    )
     group.add_argument("--height", type=positive_int, default=None)
     group.add_argument("--width", type=positive_int, default=None)
-    group.add_argument("--metrics", default=None,
-                       help="comma-separated metrics scored on both images besides the adapter's own (registry names "
-                            "or COLUMN=NAME); COLUMN=NAME also says how to score an adapter metric whose name is not a "
-                            "registry name")
+    group.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated metrics scored on both images besides the adapter's own (registry names "
+        "or COLUMN=NAME); COLUMN=NAME also says how to score an adapter metric whose name is not a "
+        "registry name",
+    )
     group.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE")
     group = pairs.add_argument_group("content filter (every value is kept in index.csv)")
-    group.add_argument("--min-ssim", type=_optional(similarity), default=0.5,
-                       help="drop pairs whose blurred, downsampled copies have a lower SSIM (default 0.5; none: off)")
-    group.add_argument("--ssim-side", type=cli_type(check_int, SSIM_WINDOW, parse=int), default=64,
-                       help="the copies' shorter side in pixels, at most (default 64; smaller images stay as they are)")
-    group.add_argument("--ssim-blur", type=cli_type(check_number, 0.0, MAX_BLUR_SIGMA), default=0.5,
-                       help="Gaussian sigma in pixels of the copies, 0 to 3 (default 0.5)")
-    group.add_argument("--feature-extractor", default=None, metavar="SPEC",
-                       help="also compare deep features: dinov2, clip, features:<metric>:<layers>")
-    group.add_argument("--min-feature-similarity", type=similarity, default=0.5,
-                       help="drop pairs whose features' cosine similarity is lower (default 0.5)")
-    group.add_argument("--clip", default=None, metavar="MODEL",
-                       help="also compare CLIP-T (image-prompt) with this CLIP, e.g. openai/clip-vit-large-patch14")
-    group.add_argument("--max-clip-t-drop", type=non_negative_number, default=3.0,
-                       help="drop pairs whose degraded image's CLIP-T is this many points lower (default 3)")
-    group.add_argument("--min-degradation", type=_optional(finite_number), default=0.0, metavar="Z",
-                       help="drop pairs whose degraded image is not worse by this many training-set standard deviations "
-                            "on every metric its level lowers (default 0: worse at all; none: off)")
-    group.add_argument("--no-prompt-following", action="store_true",
-                       help="skip the prompt-following check (toy readers for toy scenes, GenEval's tasks for GenEval "
-                            "prompts)")
+    group.add_argument(
+        "--min-ssim",
+        type=_optional(similarity),
+        default=0.5,
+        help="drop pairs whose blurred, downsampled copies have a lower SSIM (default 0.5; none: off)",
+    )
+    group.add_argument(
+        "--ssim-side",
+        type=cli_type(check_int, SSIM_WINDOW, parse=int),
+        default=64,
+        help="the copies' shorter side in pixels, at most (default 64; smaller images stay as they are)",
+    )
+    group.add_argument(
+        "--ssim-blur",
+        type=cli_type(check_number, 0.0, MAX_BLUR_SIGMA),
+        default=0.5,
+        help="Gaussian sigma in pixels of the copies, 0 to 3 (default 0.5)",
+    )
+    group.add_argument(
+        "--feature-extractor",
+        default=None,
+        metavar="SPEC",
+        help="also compare deep features: dinov2, clip, features:<metric>:<layers>",
+    )
+    group.add_argument(
+        "--min-feature-similarity",
+        type=similarity,
+        default=0.5,
+        help="drop pairs whose features' cosine similarity is lower (default 0.5)",
+    )
+    group.add_argument(
+        "--clip",
+        default=None,
+        metavar="MODEL",
+        help="also compare CLIP-T (image-prompt) with this CLIP, e.g. openai/clip-vit-large-patch14",
+    )
+    group.add_argument(
+        "--max-clip-t-drop",
+        type=non_negative_number,
+        default=3.0,
+        help="drop pairs whose degraded image's CLIP-T is this many points lower (default 3)",
+    )
+    group.add_argument(
+        "--min-degradation",
+        type=_optional(finite_number),
+        default=0.0,
+        metavar="Z",
+        help="drop pairs whose degraded image is not worse by this many training-set standard deviations "
+        "on every metric its level lowers (default 0: worse at all; none: off)",
+    )
+    group.add_argument(
+        "--no-prompt-following",
+        action="store_true",
+        help="skip the prompt-following check (toy readers for toy scenes, GenEval's tasks for GenEval prompts)",
+    )
     group.add_argument("--detector", default=None, help="open-vocabulary detector of GenEval's tasks (hub id/folder)")
     group.add_argument("--following-clip", default=None, help="CLIP of GenEval's colour checks")
     group = pairs.add_argument_group("output")
-    group.add_argument("--layout", choices=LAYOUTS, default=LAYOUTS[0],
-                       help="folder: BasicSR's OUT/hq/NAME.png + OUT/lq/NAME.png; webdataset: OUT/shards/*.tar")
+    group.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=LAYOUTS[0],
+        help="folder: BasicSR's OUT/hq/NAME.png + OUT/lq/NAME.png; webdataset: OUT/shards/*.tar",
+    )
     group.add_argument("--save-dropped", action="store_true", help="also write the dropped pairs, under OUT/dropped/")
     group.add_argument("--batch-size", type=positive_int, default=16, help="images per pipeline call")
-    group.add_argument("--chunk-size", type=positive_int, default=16,
-                       help="prompt x seed groups per resumable chunk (a kill loses at most the unfinished chunks)")
+    group.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=16,
+        help="prompt x seed groups per resumable chunk (a kill loses at most the unfinished chunks)",
+    )
     group.add_argument("--out", required=True)
     pairs.set_defaults(func=cmd_pairs)

@@ -79,7 +79,9 @@ def blurred_ssim(x: torch.Tensor, y: torch.Tensor, side: int = 64, blur: float =
     return ssim(x, y, window_size=min(SSIM_WINDOW, *x.shape[-2:]))
 
 
-def degradation(hq: Mapping[str, np.ndarray], lq: Mapping[str, np.ndarray], lowered: Sequence[MetricStats]) -> np.ndarray:
+def degradation(
+    hq: Mapping[str, np.ndarray], lq: Mapping[str, np.ndarray], lowered: Sequence[MetricStats]
+) -> np.ndarray:
     """Per pair, how much worse the low-quality image scores than the high-quality one on the metrics its level lowers:
     the smallest oriented score difference in training-set standard deviations (positive: worse); NaN without
     lowered metrics (a reference level names none)."""
@@ -93,8 +95,9 @@ def degradation(hq: Mapping[str, np.ndarray], lq: Mapping[str, np.ndarray], lowe
 class ContentFilter:
     """Measures pairs and says why a pair is dropped (see the module). Models load on first use."""
 
-    def __init__(self, settings: FilterSettings | None = None, following_scorer=None,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self, settings: FilterSettings | None = None, following_scorer=None, device: str | torch.device | None = None
+    ):
         self.settings = settings or FilterSettings()
         self.following_scorer = following_scorer
         self.device = torch.device(device or "cpu")
@@ -105,8 +108,9 @@ class ContentFilter:
         scorer = self.following_scorer.describe() if self.following_scorer is not None else None
         return {**asdict(self.settings), "following_scorer": scorer}
 
-    def measure(self, hq: torch.Tensor, lq: torch.Tensor, prompts: Sequence[str],
-                metadata: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    def measure(
+        self, hq: torch.Tensor, lq: torch.Tensor, prompts: Sequence[str], metadata: Sequence[Mapping]
+    ) -> dict[str, np.ndarray]:
         """The filter's values of pairs (``hq[i]``, ``lq[i]``), image batches (N, 3, H, W) in [0, 1], with the prompt
         and prompt metadata of each pair."""
         settings = self.settings
@@ -129,13 +133,14 @@ class ContentFilter:
         failed = {
             "ssim": settings.min_ssim is not None and not values["ssim"] >= settings.min_ssim,
             "features": "feature_similarity" in values
-                        and not values["feature_similarity"] >= settings.min_feature_similarity,
+            and not values["feature_similarity"] >= settings.min_feature_similarity,
             "clip_t": "clip_t_hq" in values
-                      and not values["clip_t_hq"] - values["clip_t_lq"] <= settings.max_clip_t_drop,
+            and not values["clip_t_hq"] - values["clip_t_lq"] <= settings.max_clip_t_drop,
             "prompt_hq": "prompt_hq" in values and values["prompt_hq"] < 1,
             "prompt_lq": "prompt_lq" in values and values["prompt_lq"] < 1,
-            "not_degraded": settings.min_degradation is not None and np.isfinite(values.get("degradation", np.nan))
-                            and not values["degradation"] >= settings.min_degradation,
+            "not_degraded": settings.min_degradation is not None
+            and np.isfinite(values.get("degradation", np.nan))
+            and not values["degradation"] >= settings.min_degradation,
         }
         return [reason for reason in REASONS if failed[reason]]
 

@@ -66,8 +66,11 @@ class LowLevel:
         if self.reference is None:
             return {"name": self.name, "quality": {key: str(value) for key, value in self.quality.items()}}
         pixels = np.ascontiguousarray(np.asarray(self.reference.convert("RGB")))
-        return {"name": self.name, "reference": hashlib.sha256(pixels.tobytes()).hexdigest()[:16],
-                "size": list(self.reference.size)}
+        return {
+            "name": self.name,
+            "reference": hashlib.sha256(pixels.tobytes()).hexdigest()[:16],
+            "size": list(self.reference.size),
+        }
 
 
 def quality_levels(low: Mapping[str, Sequence[QualityTarget]]) -> list[LowLevel]:
@@ -124,17 +127,24 @@ def _quality_order_z(adapter: IQAAdapter, targets: Mapping[str, QualityTarget]) 
     return {stats.name: value if stats.higher_is_better else -value for stats, value in zip(adapter.config.metrics, z)}
 
 
-def check_request(adapter: IQAAdapter, high: Mapping[str, QualityTarget], levels: Sequence[LowLevel],
-                  columns: Iterable[str], reference_adapter: IQAAdapter | None = None,
-                  out_dir: str | Path | None = None) -> None:
+def check_request(
+    adapter: IQAAdapter,
+    high: Mapping[str, QualityTarget],
+    levels: Sequence[LowLevel],
+    columns: Iterable[str],
+    reference_adapter: IQAAdapter | None = None,
+    out_dir: str | Path | None = None,
+) -> None:
     """Every check :func:`make_pairs` makes before generating (the command line makes them before loading a model):
     the adapters' kinds, known metrics and targets, each level's lowered targets below ``high``, a score column per
     conditioning metric among the score ``columns``, an output folder that is not a file."""
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"output folder {out_dir} is a file; choose another --out")
     if adapter.config.condition != "scores":
-        raise ValueError("the high-quality images need an adapter conditioned on quality scores; give a reference-based "
-                         "adapter as reference_adapter (--reference-adapter)")
+        raise ValueError(
+            "the high-quality images need an adapter conditioned on quality scores; give a reference-based "
+            "adapter as reference_adapter (--reference-adapter)"
+        )
     if not levels:
         raise ValueError("give at least one low level: --low METRIC=T1,T2,... or --reference-degraded IMAGE")
     names = [level.name for level in levels]
@@ -145,22 +155,29 @@ def check_request(adapter: IQAAdapter, high: Mapping[str, QualityTarget], levels
         if level.reference is None:
             _check_lowered(adapter, high, level, best)
         elif reference_adapter is None or reference_adapter.config.condition != "reference":
-            raise ValueError(f"low level {level.name!r} is a degraded reference image: it needs a reference-based "
-                             "adapter (--reference-adapter DIR)")
+            raise ValueError(
+                f"low level {level.name!r} is a degraded reference image: it needs a reference-based "
+                "adapter (--reference-adapter DIR)"
+            )
     missing = [name for name in adapter.metric_names if name not in set(columns)]
     if missing:
-        raise ValueError(f"no score column for {', '.join(missing)}: every metric the adapter is conditioned on is "
-                         f"scored on both images (give --metrics {missing[0]}=<registry name>)")
+        raise ValueError(
+            f"no score column for {', '.join(missing)}: every metric the adapter is conditioned on is "
+            f"scored on both images (give --metrics {missing[0]}=<registry name>)"
+        )
 
 
-def _check_lowered(adapter: IQAAdapter, high: Mapping[str, QualityTarget], level: LowLevel,
-                   best: Mapping[str, float]) -> None:
+def _check_lowered(
+    adapter: IQAAdapter, high: Mapping[str, QualityTarget], level: LowLevel, best: Mapping[str, float]
+) -> None:
     low = _quality_order_z(adapter, {**high, **level.quality})
     for metric, target in level.quality.items():
         if not low[metric] < best[metric]:
             high_target = adapter.complete_targets(high)[metric]
-            raise ValueError(f"--low {metric}={target} is not below --high {metric}={high_target} in quality; a "
-                             f"degraded version needs a lower quality target (e.g. {metric}=p1)")
+            raise ValueError(
+                f"--low {metric}={target} is not below --high {metric}={high_target} in quality; a "
+                f"degraded version needs a lower quality target (e.g. {metric}=p1)"
+            )
 
 
 @dataclass
@@ -195,19 +212,32 @@ class PairJob:
         from ..evaluation.run import adapter_identity
 
         settings = self.settings
-        return {"prompts": hash_of([[_text(prompt), _metadata(prompt)] for prompt in self.prompts]),
-                "num_prompts": len(self.prompts), "seeds": self.seeds, "high": self.high,
-                "levels": [level.identity() for level in self.levels], "base": pipe_name,
-                "adapters": {name: adapter_identity(adapter) for name, adapter in self.adapters.adapters.items()},
-                "sampling": self.sampling(), "scale": settings.scale, "negative_quality": settings.negative_quality,
-                "metrics": {column.name: column.spec for column in self.metrics},
-                "filter": self.content_filter.describe(), "layout": settings.layout,
-                "save_dropped": settings.save_dropped, "chunk_size": settings.chunk_size}
+        return {
+            "prompts": hash_of([[_text(prompt), _metadata(prompt)] for prompt in self.prompts]),
+            "num_prompts": len(self.prompts),
+            "seeds": self.seeds,
+            "high": self.high,
+            "levels": [level.identity() for level in self.levels],
+            "base": pipe_name,
+            "adapters": {name: adapter_identity(adapter) for name, adapter in self.adapters.adapters.items()},
+            "sampling": self.sampling(),
+            "scale": settings.scale,
+            "negative_quality": settings.negative_quality,
+            "metrics": {column.name: column.spec for column in self.metrics},
+            "filter": self.content_filter.describe(),
+            "layout": settings.layout,
+            "save_dropped": settings.save_dropped,
+            "chunk_size": settings.chunk_size,
+        }
 
     def sampling(self) -> dict:
         settings = self.settings
-        return {"steps": settings.steps, "guidance": settings.guidance, "height": settings.height,
-                "width": settings.width}
+        return {
+            "steps": settings.steps,
+            "guidance": settings.guidance,
+            "height": settings.height,
+            "width": settings.width,
+        }
 
 
 def _text(prompt) -> str:
@@ -221,12 +251,12 @@ def _metadata(prompt) -> dict:
 def _generate(job: PairJob, level: LowLevel | None, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
     """The images of one level (``None``: the high-quality ones) for these prompts and seeds."""
     settings = job.settings
-    common = dict(seeds=seeds, scale=settings.scale, batch_size=settings.batch_size, progress=False,
-                  **job.sampling())
+    common = dict(seeds=seeds, scale=settings.scale, batch_size=settings.batch_size, progress=False, **job.sampling())
     if level is not None and level.reference is not None:
         adapter = job.adapters.use("reference")
-        results = generate(job.pipe, adapter, prompts, references=[level.reference],
-                           reference_encoder=job.reference_encoder, **common)
+        results = generate(
+            job.pipe, adapter, prompts, references=[level.reference], reference_encoder=job.reference_encoder, **common
+        )
     else:
         adapter = job.adapters.use("scores")
         quality = {**job.high, **(level.quality if level is not None else {})}
@@ -270,8 +300,16 @@ def _high_images(job: PairJob, groups: Sequence[int]) -> HighImages:
     images = _generate(job, None, texts, seeds)
     pixels = [rgb_tensor(image) for image in images]
     targets = job.adapters.adapters["scores"].complete_targets(job.high)
-    return HighImages(prompt_indices, seeds, texts, [_metadata(job.prompts[index]) for index in prompt_indices],
-                      images, torch.stack(pixels), _scores(job, pixels), {key: str(value) for key, value in targets.items()})
+    return HighImages(
+        prompt_indices,
+        seeds,
+        texts,
+        [_metadata(job.prompts[index]) for index in prompt_indices],
+        images,
+        torch.stack(pixels),
+        _scores(job, pixels),
+        {key: str(value) for key, value in targets.items()},
+    )
 
 
 def _level_records(job: PairJob, high: HighImages, level_index: int) -> list[PairRecord]:
@@ -287,10 +325,18 @@ def _level_records(job: PairJob, high: HighImages, level_index: int) -> list[Pai
     for position, (prompt_index, seed) in enumerate(zip(high.prompt_indices, high.seeds)):
         reasons = job.content_filter.reasons({name: float(array[position]) for name, array in values.items()})
         name = f"{prompt_index:05d}_s{seed}_l{level_index}"
-        info = {"name": name, "prompt_index": prompt_index, "prompt": high.texts[position], "seed": seed,
-                "level": level.name, "targets": {"hq": high.targets, "lq": _level_targets(job, level)},
-                "scores": {"hq": _at(high.scores, position), "lq": _at(scores, position)},
-                "filter": _at(values, position), "kept": not reasons, "reasons": reasons}
+        info = {
+            "name": name,
+            "prompt_index": prompt_index,
+            "prompt": high.texts[position],
+            "seed": seed,
+            "level": level.name,
+            "targets": {"hq": high.targets, "lq": _level_targets(job, level)},
+            "scores": {"hq": _at(high.scores, position), "lq": _at(scores, position)},
+            "filter": _at(values, position),
+            "kept": not reasons,
+            "reasons": reasons,
+        }
         records.append(PairRecord(name, high.images[position], images[position], info))
     return records
 
@@ -314,11 +360,21 @@ def index_row(info: Mapping) -> dict:
     return row
 
 
-def make_pairs(pipe, adapter: IQAAdapter, prompts: Sequence, out_dir: str | Path, *,
-               high: Mapping[str, QualityTarget], levels: Sequence[LowLevel], metrics: Sequence[ScoreColumn],
-               reference_adapter: IQAAdapter | None = None, settings: PairSettings | None = None,
-               content_filter: ContentFilter | None = None, device: str | torch.device | None = None,
-               progress: bool = True) -> dict | None:
+def make_pairs(
+    pipe,
+    adapter: IQAAdapter,
+    prompts: Sequence,
+    out_dir: str | Path,
+    *,
+    high: Mapping[str, QualityTarget],
+    levels: Sequence[LowLevel],
+    metrics: Sequence[ScoreColumn],
+    reference_adapter: IQAAdapter | None = None,
+    settings: PairSettings | None = None,
+    content_filter: ContentFilter | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict | None:
     """Make, filter and write the pairs of every prompt x seed x low level into ``out_dir`` (see the module).
 
     ``pipe`` is the base diffusers pipeline, ``adapter`` the score adapter of the high-quality images (and of
@@ -333,17 +389,34 @@ def make_pairs(pipe, adapter: IQAAdapter, prompts: Sequence, out_dir: str | Path
     if not prompts:
         raise ValueError("give at least one prompt")
     if content_filter.following_scorer is not None and not all(_metadata(prompt) for prompt in prompts):
-        raise ValueError("the prompt-following check reads each prompt's metadata: give Prompt records with metadata "
-                         "(e.g. the toy world's {'toy_scene': ...}), or no following_scorer")
+        raise ValueError(
+            "the prompt-following check reads each prompt's metadata: give Prompt records with metadata "
+            "(e.g. the toy world's {'toy_scene': ...}), or no following_scorer"
+        )
     check_request(adapter, high, levels, [column.name for column in metrics], reference_adapter, out_dir)
     out_dir = Path(out_dir)
     state = process_state(device)
     by_reference = any(level.reference is not None for level in levels)
     adapters = {"scores": adapter, **({"reference": reference_adapter} if by_reference else {})}
-    job = PairJob(pipe, AdapterSwitch(pipe, adapters), list(prompts), high, levels, list(metrics), content_filter,
-                  settings, reference_adapter.reference_encoder(device) if by_reference else None)
-    chunks = ChunkedPass(out_dir / INDEX_DIR, job.identity(getattr(pipe.config, "_name_or_path", None)),
-                         job.num_groups, settings.chunk_size, ".parquet", state)
+    job = PairJob(
+        pipe,
+        AdapterSwitch(pipe, adapters),
+        list(prompts),
+        high,
+        levels,
+        list(metrics),
+        content_filter,
+        settings,
+        reference_adapter.reference_encoder(device) if by_reference else None,
+    )
+    chunks = ChunkedPass(
+        out_dir / INDEX_DIR,
+        job.identity(getattr(pipe.config, "_name_or_path", None)),
+        job.num_groups,
+        settings.chunk_size,
+        ".parquet",
+        state,
+    )
     try:
         _make_chunks(job, chunks, PairWriter(out_dir, settings.layout, settings.save_dropped), progress)
     finally:
@@ -379,13 +452,18 @@ def summarize(index: pd.DataFrame, metrics: Sequence[str]) -> dict:
     under each), and the mean score of every metric on the kept pairs' two images."""
     reasons = Counter(reason for text in index["reasons"] for reason in text.split(";") if reason)
     kept = index[index["kept"]]
-    return {"made": len(index), "kept": int(index["kept"].sum()),
-            "kept_share": float(index["kept"].mean()) if len(index) else float("nan"),
-            "dropped": len(index) - int(index["kept"].sum()), "drop_reasons": dict(sorted(reasons.items())),
-            "levels": {str(level): {"made": len(rows), "kept": int(rows["kept"].sum())}
-                       for level, rows in index.groupby("level", sort=False)},
-            "kept_scores": {metric: {part: _mean(kept[f"{part}_{metric}"]) for part in ("hq", "lq")}
-                            for metric in metrics}}
+    return {
+        "made": len(index),
+        "kept": int(index["kept"].sum()),
+        "kept_share": float(index["kept"].mean()) if len(index) else float("nan"),
+        "dropped": len(index) - int(index["kept"].sum()),
+        "drop_reasons": dict(sorted(reasons.items())),
+        "levels": {
+            str(level): {"made": len(rows), "kept": int(rows["kept"].sum())}
+            for level, rows in index.groupby("level", sort=False)
+        },
+        "kept_scores": {metric: {part: _mean(kept[f"{part}_{metric}"]) for part in ("hq", "lq")} for metric in metrics},
+    }
 
 
 def _mean(values: pd.Series) -> float | None:
@@ -396,9 +474,16 @@ def write_summary(out_dir: Path, job: PairJob) -> dict:
     """``index.csv`` (every pair) and ``pairs.json`` (:func:`summarize` with the settings)."""
     index = read_index(out_dir)
     atomic_write(out_dir / INDEX_FILE, lambda path: index.to_csv(path, index=False))
-    summary = {**summarize(index, [column.name for column in job.metrics]), "layout": job.settings.layout,
-               "prompts": len(job.prompts), "seeds": job.seeds, "high": job.high,
-               "low_levels": [level.identity() for level in job.levels], "filter": job.content_filter.describe(),
-               "sampling": job.sampling(), "index": INDEX_FILE}
+    summary = {
+        **summarize(index, [column.name for column in job.metrics]),
+        "layout": job.settings.layout,
+        "prompts": len(job.prompts),
+        "seeds": job.seeds,
+        "high": job.high,
+        "low_levels": [level.identity() for level in job.levels],
+        "filter": job.content_filter.describe(),
+        "sampling": job.sampling(),
+        "index": INDEX_FILE,
+    }
     write_json(out_dir / SUMMARY_FILE, summary)
     return summary

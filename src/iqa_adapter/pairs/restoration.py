@@ -168,8 +168,9 @@ def _as_images(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(array)) for array in arrays]
 
 
-def save_figure(path: Path, networks: dict[str, RestorationNet], tests: dict[str, tuple[torch.Tensor, torch.Tensor]]
-                ) -> None:
+def save_figure(
+    path: Path, networks: dict[str, RestorationNet], tests: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> None:
     """One row per family (the first test scene): the degraded input, the restorations of the networks trained on
     each arm's pairs, the clean scene."""
     from ..grid import image_grid
@@ -183,8 +184,11 @@ def save_figure(path: Path, networks: dict[str, RestorationNet], tests: dict[str
     atomic_write(path, lambda temporary: grid.save(temporary, format="PNG"))
 
 
-def restoration_experiment(generated: str | Path | tuple[torch.Tensor, torch.Tensor],
-                           settings: RestorationSettings | None = None, out_dir: str | Path | None = None) -> dict:
+def restoration_experiment(
+    generated: str | Path | tuple[torch.Tensor, torch.Tensor],
+    settings: RestorationSettings | None = None,
+    out_dir: str | Path | None = None,
+) -> dict:
     """The three arms of the module on ``generated`` pairs: a paired folder (``hq/``, ``lq/``) or ``(lq, hq)``
     tensors (N, 3, H, W) in [0, 1]. Returns ``{arm: {"psnr", "ssim", "families": {family: {"psnr", "ssim"}}}}`` for
     every arm of :data:`ARMS`, with ``pairs`` (training pairs per arm), ``test`` and ``settings``; with ``out_dir``
@@ -192,19 +196,29 @@ def restoration_experiment(generated: str | Path | tuple[torch.Tensor, torch.Ten
     settings = settings or RestorationSettings()
     lq, hq = read_pair_folder(generated) if isinstance(generated, (str, Path)) else generated
     if lq.shape != hq.shape or lq.ndim != 4 or len(lq) == 0 or lq.shape[-1] != lq.shape[-2]:
-        raise ValueError(f"generated pairs must be two batches of square toy images of the same shape (N, 3, S, S), "
-                         f"got {tuple(lq.shape)} and {tuple(hq.shape)}")
+        raise ValueError(
+            f"generated pairs must be two batches of square toy images of the same shape (N, 3, S, S), "
+            f"got {tuple(lq.shape)} and {tuple(hq.shape)}"
+        )
     size = lq.shape[-1]
     real_lq, real_hq = real_pairs(settings.real_pairs or len(lq), size)
-    networks = {"generated": train_network(lq, hq, settings),
-                "identity": RestorationNet(settings.channels, settings.layers).eval(),
-                "real": train_network(real_lq, real_hq, settings)}
+    networks = {
+        "generated": train_network(lq, hq, settings),
+        "identity": RestorationNet(settings.channels, settings.layers).eval(),
+        "real": train_network(real_lq, real_hq, settings),
+    }
     tests = test_set(settings, size)
     result: dict = {arm: evaluate_network(networks[arm], tests) for arm in ARMS}
-    result.update(pairs={"generated": len(lq), "real": len(real_lq)},
-                  test={"scenes": settings.test_scenes, "families": list(FAMILIES),
-                        "levels": f"uniform in [{settings.min_level:g}, 1]", "size": size},
-                  settings=asdict(settings))
+    result.update(
+        pairs={"generated": len(lq), "real": len(real_lq)},
+        test={
+            "scenes": settings.test_scenes,
+            "families": list(FAMILIES),
+            "levels": f"uniform in [{settings.min_level:g}, 1]",
+            "size": size,
+        },
+        settings=asdict(settings),
+    )
     if out_dir is not None:
         save_figure(Path(out_dir) / FIGURE, {arm: networks[arm] for arm in ("generated", "real")}, tests)
         result["figure"] = FIGURE

@@ -62,11 +62,15 @@ def shard_path(root: Path, chunk: int) -> Path:
 
 def write_shard(path: Path, records: Sequence[PairRecord]) -> None:
     """One webdataset shard of the pairs: ``NAME.hq.png``, ``NAME.lq.png``, ``NAME.json`` each."""
+
     def write(temporary: str) -> None:
         with tarfile.open(temporary, "w", format=tarfile.USTAR_FORMAT) as tar:
             for record in records:
-                members = {"hq.png": png_bytes(record.hq), "lq.png": png_bytes(record.lq),
-                           "json": json.dumps(record.info, sort_keys=True).encode()}
+                members = {
+                    "hq.png": png_bytes(record.hq),
+                    "lq.png": png_bytes(record.lq),
+                    "json": json.dumps(record.info, sort_keys=True).encode(),
+                }
                 for suffix, data in members.items():
                     member = tarfile.TarInfo(f"{record.name}.{suffix}")
                     member.size, member.mode = len(data), 0o644

@@ -63,12 +63,30 @@ from .tokenizer import toy_tokenizer
 PIPELINE_DIR = "pipeline"
 TRAINING_DIR = "training"
 CONFIG_FILE = "toy_base_config.json"
-VAE_SETTINGS = ("size", "latent_channels", "vae_channels", "norm_groups", "vae_steps", "vae_batch_size", "vae_lr",
-                "kl_weight", "weight_decay", "seed", "images")
+VAE_SETTINGS = (
+    "size",
+    "latent_channels",
+    "vae_channels",
+    "norm_groups",
+    "vae_steps",
+    "vae_batch_size",
+    "vae_lr",
+    "kl_weight",
+    "weight_decay",
+    "seed",
+    "images",
+)
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 INITIAL_LOGVAR = -8.0  # posterior standard deviation exp(-4) = 0.02 at initialisation
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                        clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=1e-4,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    timestep_spacing="trailing",
+)
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,9 @@ class ToyBaseConfig:
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
+            raise ValueError(
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> ToyBaseConfig:
@@ -126,11 +146,18 @@ def build_vae(config: ToyBaseConfig) -> AutoencoderKL:
     deviation of 1 would drown the latents in noise, and a short training would spend its steps shrinking it.
     """
     levels = len(config.vae_channels)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
-                        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=config.vae_channels,
-                        layers_per_block=1, latent_channels=config.latent_channels,
-                        norm_num_groups=config.norm_groups, sample_size=config.size,
-                        mid_block_add_attention=False)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_groups,
+        sample_size=config.size,
+        mid_block_add_attention=False,
+    )
     with torch.no_grad():
         logvar = slice(config.latent_channels, None)  # quant_conv's outputs are [mean, logvar]
         vae.quant_conv.weight[logvar] = 0
@@ -140,11 +167,20 @@ def build_vae(config: ToyBaseConfig) -> AutoencoderKL:
 
 def build_text_encoder(config: ToyBaseConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
     """A tiny CLIP text transformer sized for the toy vocabulary."""
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=config.text_width, intermediate_size=2 * config.text_width,
-        num_attention_heads=4, num_hidden_layers=config.text_layers, max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=config.text_width, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_width,
+            intermediate_size=2 * config.text_width,
+            num_attention_heads=4,
+            num_hidden_layers=config.text_layers,
+            max_position_embeddings=tokenizer.model_max_length,
+            projection_dim=config.text_width,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
 
 
 def build_unet(config: ToyBaseConfig) -> UNet2DConditionModel:
@@ -156,12 +192,19 @@ def build_unet(config: ToyBaseConfig) -> UNet2DConditionModel:
     if not config.top_attention:  # the full-resolution level convolves only, as SDXL's first level
         down[0], up[-1] = "DownBlock2D", "UpBlock2D"
     return UNet2DConditionModel(
-        sample_size=config.size // factor, in_channels=config.latent_channels, out_channels=config.latent_channels,
-        layers_per_block=1, block_out_channels=config.unet_channels,
-        down_block_types=tuple(down), up_block_types=tuple(up),
-        cross_attention_dim=config.text_width, attention_head_dim=config.attention_head_dim,
-        norm_num_groups=config.norm_groups, addition_embed_type="text" if config.pooled_text else None,
-        addition_embed_type_num_heads=4)
+        sample_size=config.size // factor,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        layers_per_block=1,
+        block_out_channels=config.unet_channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        cross_attention_dim=config.text_width,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=config.norm_groups,
+        addition_embed_type="text" if config.pooled_text else None,
+        addition_embed_type_num_heads=4,
+    )
 
 
 def build_toy_pipeline(config: ToyBaseConfig) -> StableDiffusionPipeline:
@@ -169,10 +212,15 @@ def build_toy_pipeline(config: ToyBaseConfig) -> StableDiffusionPipeline:
     torch.manual_seed(config.seed)
     tokenizer = toy_tokenizer()
     return StableDiffusionPipeline(
-        vae=build_vae(config), text_encoder=build_text_encoder(config, tokenizer), tokenizer=tokenizer,
-        unet=build_unet(config), scheduler=DDIMScheduler(**SCHEDULER_CONFIG, prediction_type=config.prediction_type),
+        vae=build_vae(config),
+        text_encoder=build_text_encoder(config, tokenizer),
+        tokenizer=tokenizer,
+        unet=build_unet(config),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG, prediction_type=config.prediction_type),
         safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def save_toy_pipeline(pipe: StableDiffusionPipeline, out_dir: str | Path) -> Path:
@@ -233,23 +281,31 @@ def _learning_rate_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def run_stage(stage: Stage, checkpoint: Path, seed: int, checkpoint_every: int = 250,
-              progress: bool = True, config: dict | None = None) -> list[float]:
+def run_stage(
+    stage: Stage,
+    checkpoint: Path,
+    seed: int,
+    checkpoint_every: int = 250,
+    progress: bool = True,
+    config: dict | None = None,
+) -> list[float]:
     """Train ``stage`` to its last step, resuming from ``checkpoint`` when it exists; returns the losses of
     the steps run now. The checkpoint (weights, EMA, optimizer, random state, step) is written atomically
     every ``checkpoint_every`` steps and at the end; one written with another ``config`` is refused."""
     parameters = [p for module in stage.modules.values() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _learning_rate_factor(step, stage.warmup_steps, stage.steps))
+        optimizer, lambda step: _learning_rate_factor(step, stage.warmup_steps, stage.steps)
+    )
     ema = [p.detach().clone() for p in parameters] if stage.ema_decay else []
     generator = torch.Generator().manual_seed(seed)
     step = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
         if state["config"] != json.dumps(config, sort_keys=True):
-            raise ValueError(f"{checkpoint} was written by a run with other settings; delete it or use another "
-                             "output directory")
+            raise ValueError(
+                f"{checkpoint} was written by a run with other settings; delete it or use another output directory"
+            )
         for name, module in stage.modules.items():
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
@@ -260,9 +316,15 @@ def run_stage(stage: Stage, checkpoint: Path, seed: int, checkpoint_every: int =
         step = state["step"]
 
     def save() -> None:
-        state = dict(modules={name: module.state_dict() for name, module in stage.modules.items()},
-                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), ema=ema,
-                     generator=generator.get_state(), step=step, config=json.dumps(config, sort_keys=True))
+        state = dict(
+            modules={name: module.state_dict() for name, module in stage.modules.items()},
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            ema=ema,
+            generator=generator.get_state(),
+            step=step,
+            config=json.dumps(config, sort_keys=True),
+        )
         atomic_write(checkpoint, lambda temporary: torch.save(state, temporary))
 
     losses = []
@@ -314,25 +376,32 @@ def vae_stage(vae: AutoencoderKL, images: torch.Tensor, config: ToyBaseConfig) -
         kl = posterior.kl().mean() / latents[0].numel()
         return F.mse_loss(reconstruction, batch) + config.kl_weight * kl
 
-    return Stage("VAE", {"vae": vae}, loss, config.vae_steps, config.vae_lr, warmup_steps=50,
-                 weight_decay=config.weight_decay)
+    return Stage(
+        "VAE", {"vae": vae}, loss, config.vae_steps, config.vae_lr, warmup_steps=50, weight_decay=config.weight_decay
+    )
 
 
 @torch.no_grad()
 def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The posterior means of uint8 images (N, 3, H, W), unscaled."""
-    return torch.cat([vae.encode(to_model_range(images[start:start + batch_size])).latent_dist.mode()
-                      for start in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            vae.encode(to_model_range(images[start : start + batch_size])).latent_dist.mode()
+            for start in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids (N, max_length), padded and truncated as the pipeline does."""
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
-def unet_stage(pipe: StableDiffusionPipeline, latents: torch.Tensor, token_ids: torch.Tensor,
-               config: ToyBaseConfig) -> Stage:
+def unet_stage(
+    pipe: StableDiffusionPipeline, latents: torch.Tensor, token_ids: torch.Tensor, config: ToyBaseConfig
+) -> Stage:
     """The denoising loss (module docstring: v or epsilon prediction, capped weights); the captions of
     ``caption_dropout`` of the samples are replaced by the empty prompt. ``latents`` are already scaled by
     the VAE's scaling factor."""
@@ -363,21 +432,36 @@ def unet_stage(pipe: StableDiffusionPipeline, latents: torch.Tensor, token_ids: 
         return (weight * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
 
     modules = {"unet": unet} | ({"text_encoder": text_encoder} if config.train_text_encoder else {})
-    return Stage("UNet", modules, loss, config.unet_steps, config.unet_lr, config.warmup_steps,
-                 config.weight_decay, config.ema_decay)
+    return Stage(
+        "UNet",
+        modules,
+        loss,
+        config.unet_steps,
+        config.unet_lr,
+        config.warmup_steps,
+        config.weight_decay,
+        config.ema_decay,
+    )
 
 
-def train_base_model(images: torch.Tensor, captions: list[str], out_dir: str | Path,
-                     config: ToyBaseConfig = ToyBaseConfig(), checkpoint_every: int = 250,
-                     progress: bool = True) -> StableDiffusionPipeline:
+def train_base_model(
+    images: torch.Tensor,
+    captions: list[str],
+    out_dir: str | Path,
+    config: ToyBaseConfig = ToyBaseConfig(),
+    checkpoint_every: int = 250,
+    progress: bool = True,
+) -> StableDiffusionPipeline:
     """Train the VAE, then UNet and text encoder, on uint8 ``images`` (N, 3, size, size) with ``captions``;
     save the pipeline in ``out_dir/pipeline`` and return it as loaded from there.
 
     Run again with the same arguments after an interruption, it resumes from ``out_dir/training``.
     """
     if images.ndim != 4 or tuple(images.shape[1:]) != (3, config.size, config.size) or images.dtype != torch.uint8:
-        raise ValueError(f"train_base_model: expected uint8 images of shape (N, 3, {config.size}, {config.size}), "
-                         f"got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"train_base_model: expected uint8 images of shape (N, 3, {config.size}, {config.size}), "
+            f"got {images.dtype} {tuple(images.shape)}"
+        )
     if len(captions) != len(images):
         raise ValueError(f"train_base_model: {len(images)} images but {len(captions)} captions")
     out_dir = Path(out_dir)
@@ -386,13 +470,25 @@ def train_base_model(images: torch.Tensor, captions: list[str], out_dir: str | P
     pipe = build_toy_pipeline(config)
     settings = config.to_dict() | {"images": len(images)}
     vae_settings = {key: settings[key] for key in VAE_SETTINGS}  # a UNet-only change keeps the trained VAE
-    run_stage(vae_stage(pipe.vae, images, config), out_dir / TRAINING_DIR / "vae.pt", config.seed,
-              checkpoint_every, progress, vae_settings)
+    run_stage(
+        vae_stage(pipe.vae, images, config),
+        out_dir / TRAINING_DIR / "vae.pt",
+        config.seed,
+        checkpoint_every,
+        progress,
+        vae_settings,
+    )
     latents = encode_images(pipe.vae, images)
     pipe.vae.register_to_config(scaling_factor=float(1 / latents.std()))
     latents = latents * pipe.vae.config.scaling_factor
-    run_stage(unet_stage(pipe, latents, tokenize(pipe.tokenizer, captions), config),
-              out_dir / TRAINING_DIR / "unet.pt", config.seed + 1, checkpoint_every, progress, settings)
+    run_stage(
+        unet_stage(pipe, latents, tokenize(pipe.tokenizer, captions), config),
+        out_dir / TRAINING_DIR / "unet.pt",
+        config.seed + 1,
+        checkpoint_every,
+        progress,
+        settings,
+    )
     save_toy_pipeline(pipe, out_dir / PIPELINE_DIR)
     write_json(out_dir / "training_time.json", {"seconds_this_run": round(time.perf_counter() - started, 1)})
     return load_toy_pipeline(out_dir / PIPELINE_DIR)

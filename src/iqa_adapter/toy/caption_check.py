@@ -156,8 +156,10 @@ def caption_following(images: Sequence[np.ndarray], scenes: Sequence[Scene]) -> 
     "uniform_chance": {attribute: 1/choices}, "found": fraction of images with an object}``.
     """
     if len(images) != len(scenes) or len(scenes) < 2:
-        raise ValueError(f"caption_following: need as many scenes as images (at least 2), got {len(images)} images "
-                         f"and {len(scenes)} scenes")
+        raise ValueError(
+            f"caption_following: need as many scenes as images (at least 2), got {len(images)} images "
+            f"and {len(scenes)} scenes"
+        )
     if any(len(scene.objects) != 1 for scene in scenes):
         raise ValueError("caption_following: reads single-object scenes only")
     readings = [read_object(np.asarray(image), scene.background) for image, scene in zip(images, scenes)]
@@ -169,9 +171,13 @@ def caption_following(images: Sequence[np.ndarray], scenes: Sequence[Scene]) -> 
         accuracy[attribute] = float(np.diag(agree).mean())
         chance[attribute] = float(agree[~np.eye(len(scenes), dtype=bool)].mean())
     choices = {"colour": len(COLOURS), "position": 5, "shape": len(SHAPES), "background": len(COLOURS)}
-    return dict(images=len(images), accuracy=accuracy, chance=chance,
-                uniform_chance={name: 1 / count for name, count in choices.items()},
-                found=float(np.mean([reading.colour is not None for reading in readings])))
+    return dict(
+        images=len(images),
+        accuracy=accuracy,
+        chance=chance,
+        uniform_chance={name: 1 / count for name, count in choices.items()},
+        found=float(np.mean([reading.colour is not None for reading in readings])),
+    )
 
 
 class ToyCaptionScorer:
@@ -195,6 +201,7 @@ class ToyCaptionScorer:
             scene = scene_for(**entry["toy_scene"], kind="single", full_caption=True)
             array = np.asarray(image.permute(1, 2, 0).mul(255).round().byte() if hasattr(image, "permute") else image)
             reading = read_object(array, scene.background)
-            results.append([{"tag": task, "correct": getattr(reading, task) == _wanted(scene, task)}
-                            for task in self.tasks])
+            results.append(
+                [{"tag": task, "correct": getattr(reading, task) == _wanted(scene, task)} for task in self.tasks]
+            )
         return results

@@ -56,8 +56,9 @@ def scene_kind(scene: Scene) -> str:
     return "single" if len(scene.objects) == 1 else "pair"
 
 
-def toy_sample(seed: int, index: int, size: int, distort: bool, clean_fraction: float,
-               families: tuple[str, ...] = FAMILIES) -> tuple[np.ndarray, dict]:
+def toy_sample(
+    seed: int, index: int, size: int, distort: bool, clean_fraction: float, families: tuple[str, ...] = FAMILIES
+) -> tuple[np.ndarray, dict]:
     """Image ``index`` of the toy dataset with ``seed``: (size, size, 3) uint8 pixels and its JSON record."""
     scene = scene_for(seed, index)
     pixels = render_scene(scene, size)
@@ -70,8 +71,16 @@ def toy_sample(seed: int, index: int, size: int, distort: bool, clean_fraction: 
         family, level = names[0], float(levels[0])
         pixels = (degraded[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     key = f"{index:09d}"
-    record = dict(key=key, caption=scene.caption, seed=seed, index=index, size=size, kind=scene_kind(scene),
-                  scene=scene.to_dict(), distortion=dict(family=family, level=level))
+    record = dict(
+        key=key,
+        caption=scene.caption,
+        seed=seed,
+        index=index,
+        size=size,
+        kind=scene_kind(scene),
+        scene=scene.to_dict(),
+        distortion=dict(family=family, level=level),
+    )
     return pixels, record
 
 
@@ -84,8 +93,11 @@ def _png(pixels: np.ndarray) -> bytes:
 def _members(pixels: np.ndarray, record: dict) -> dict[str, bytes]:
     """The files of one sample: ``KEY.png``, ``KEY.txt``, ``KEY.json``."""
     key = record["key"]
-    return {f"{key}.png": _png(pixels), f"{key}.txt": record["caption"].encode(),
-            f"{key}.json": json.dumps(record).encode()}
+    return {
+        f"{key}.png": _png(pixels),
+        f"{key}.txt": record["caption"].encode(),
+        f"{key}.json": json.dumps(record).encode(),
+    }
 
 
 def _write_tar(path: Path, files: dict[str, bytes]) -> None:
@@ -111,9 +123,18 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def write_toy_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size: int = 32, distort: bool = True,
-                      clean_fraction: float = TRAINING_CLEAN_FRACTION, format: str = "folder", shard_size: int = 1000,
-                      families: tuple[str, ...] = FAMILIES, progress: bool = True) -> Path:
+def write_toy_dataset(
+    out_dir: str | Path,
+    num_images: int,
+    seed: int = 0,
+    size: int = 32,
+    distort: bool = True,
+    clean_fraction: float = TRAINING_CLEAN_FRACTION,
+    format: str = "folder",
+    shard_size: int = 1000,
+    families: tuple[str, ...] = FAMILIES,
+    progress: bool = True,
+) -> Path:
     """Render ``num_images`` captioned toy images into ``out_dir`` (see the module docstring); returns it.
 
     ``distort=False`` keeps every image clean; otherwise a fraction ``clean_fraction`` of the images (in
@@ -124,15 +145,25 @@ def write_toy_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size:
     if num_images < 1 or shard_size < 1:
         raise ValueError(f"num_images and shard_size must be positive, got {num_images} and {shard_size}")
     out_dir = Path(out_dir)
-    parameters = dict(num_images=num_images, seed=seed, size=size, distort=distort, clean_fraction=clean_fraction,
-                      format=format, shard_size=shard_size if format == "shards" else None, families=list(families))
+    parameters = dict(
+        num_images=num_images,
+        seed=seed,
+        size=size,
+        distort=distort,
+        clean_fraction=clean_fraction,
+        format=format,
+        shard_size=shard_size if format == "shards" else None,
+        families=list(families),
+    )
     manifest = out_dir / MANIFEST
     if manifest.exists():
         found = json.loads(manifest.read_text())["parameters"]
         if found == parameters:
             return out_dir
-        raise ValueError(f"{out_dir} already holds a toy dataset made with other parameters ({found}); "
-                         "give another directory or delete it")
+        raise ValueError(
+            f"{out_dir} already holds a toy dataset made with other parameters ({found}); "
+            "give another directory or delete it"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows, shard_files = [], {}
@@ -140,8 +171,15 @@ def write_toy_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size:
         with _single_thread():
             pixels, record = toy_sample(seed, index, size, distort, clean_fraction, tuple(families))
         files = _members(pixels, record)
-        rows.append(dict(key=record["key"], caption=record["caption"], kind=record["kind"],
-                         family=record["distortion"]["family"] or "", level=record["distortion"]["level"]))
+        rows.append(
+            dict(
+                key=record["key"],
+                caption=record["caption"],
+                kind=record["kind"],
+                family=record["distortion"]["family"] or "",
+                level=record["distortion"]["level"],
+            )
+        )
         if format == "folder":
             for name, data in files.items():
                 (out_dir / name).write_bytes(data)
@@ -153,8 +191,14 @@ def write_toy_dataset(out_dir: str | Path, num_images: int, seed: int = 0, size:
     table = pd.DataFrame(rows)
     atomic_write(out_dir / METADATA, lambda temporary: table.to_parquet(temporary, index=False))
     families_count = Counter(row["family"] or "clean" for row in rows)
-    write_json(manifest, dict(parameters=parameters, families=dict(sorted(families_count.items())),
-                              seconds=round(time.perf_counter() - started, 1)))
+    write_json(
+        manifest,
+        dict(
+            parameters=parameters,
+            families=dict(sorted(families_count.items())),
+            seconds=round(time.perf_counter() - started, 1),
+        ),
+    )
     return out_dir
 
 

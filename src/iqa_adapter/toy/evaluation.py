@@ -59,7 +59,9 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return ((vae.decode(latents).sample + 1) / 2).clamp(0, 1)
 
 
-def rendered_scenes(count: int, size: int, seed: int = EVALUATION_SEED, kind: str | None = None) -> tuple[list[Scene], torch.Tensor]:
+def rendered_scenes(
+    count: int, size: int, seed: int = EVALUATION_SEED, kind: str | None = None
+) -> tuple[list[Scene], torch.Tensor]:
     """``count`` scenes with full captions and their clean renderings as float (N, 3, size, size) in [0, 1]."""
     scenes = [scene_for(seed, index, kind=kind, full_caption=True) for index in range(count)]
     pixels = np.stack([render_scene(scene, size) for scene in scenes])
@@ -82,13 +84,22 @@ def vae_psnr(vae: AutoencoderKL, size: int, count: int = 128, seed: int = EVALUA
         before.append(psnr(clean, degraded))
         after.append(psnr(clean, reconstruction))
     correlation = spearmanr(torch.cat(before).numpy(), torch.cat(after).numpy()).statistic
-    return dict(clean=float(psnr(clean, reconstruct(vae, clean)).mean()),
-                distorted=float(np.mean(list(per_family.values()))), per_family=per_family,
-                distortion_rank_correlation=float(correlation))
+    return dict(
+        clean=float(psnr(clean, reconstruct(vae, clean)).mean()),
+        distorted=float(np.mean(list(per_family.values()))),
+        per_family=per_family,
+        distortion_rank_correlation=float(correlation),
+    )
 
 
-def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = SAMPLING_STEPS,
-             guidance: float = GUIDANCE_SCALE, batch_size: int = 32) -> list[np.ndarray]:
+def generate(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int = SAMPLING_STEPS,
+    guidance: float = GUIDANCE_SCALE,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
     """One image per (prompt, seed) pair, as (H, W, 3) uint8 arrays; each image has its own CPU generator."""
     if len(prompts) != len(seeds):
         raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
@@ -96,30 +107,55 @@ def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Seque
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator().manual_seed(seed) for seed in seeds[chunk]]
-        output = pipe(list(prompts[chunk]), num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generators, output_type="np")
+        output = pipe(
+            list(prompts[chunk]),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="np",
+        )
         images += [np.round(image * 255).astype(np.uint8) for image in output.images]
     return images
 
 
-def caption_following_report(pipe: StableDiffusionPipeline, count: int = 200, steps: int = SAMPLING_STEPS,
-                             guidance: float = GUIDANCE_SCALE, seed: int = EVALUATION_SEED) -> dict:
+def caption_following_report(
+    pipe: StableDiffusionPipeline,
+    count: int = 200,
+    steps: int = SAMPLING_STEPS,
+    guidance: float = GUIDANCE_SCALE,
+    seed: int = EVALUATION_SEED,
+) -> dict:
     """Caption following of generated images, with the ceilings measured on rendered scenes: ``clean``
     (the reading's own accuracy) and ``training_mix`` (degraded as the training data)."""
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     scenes, clean = rendered_scenes(count, size, seed, kind="single")
-    degraded, _, _ = random_distortions(clean, torch.Generator().manual_seed(seed), clean_fraction=TRAINING_CLEAN_FRACTION)
+    degraded, _, _ = random_distortions(
+        clean, torch.Generator().manual_seed(seed), clean_fraction=TRAINING_CLEAN_FRACTION
+    )
     generated = generate(pipe, [scene.caption for scene in scenes], list(range(count)), steps, guidance)
-    return dict(generated=caption_following(generated, scenes),
-                ceiling_clean=caption_following(to_arrays(clean), scenes),
-                ceiling_training_mix=caption_following(to_arrays(degraded), scenes),
-                steps=steps, guidance=guidance)
+    return dict(
+        generated=caption_following(generated, scenes),
+        ceiling_clean=caption_following(to_arrays(clean), scenes),
+        ceiling_training_mix=caption_following(to_arrays(degraded), scenes),
+        steps=steps,
+        guidance=guidance,
+    )
 
 
-def sample_grid(pipe: StableDiffusionPipeline, prompts: Sequence[str] = GRID_PROMPTS, seeds: Sequence[int] = range(6),
-                steps: int = SAMPLING_STEPS, guidance: float = GUIDANCE_SCALE) -> Image.Image:
+def sample_grid(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str] = GRID_PROMPTS,
+    seeds: Sequence[int] = range(6),
+    steps: int = SAMPLING_STEPS,
+    guidance: float = GUIDANCE_SCALE,
+) -> Image.Image:
     """A grid with one row per prompt (labelled) and one column per seed."""
     seeds = list(seeds)
     images = generate(pipe, [prompt for prompt in prompts for _ in seeds], seeds * len(prompts), steps, guidance)
-    return image_grid([Image.fromarray(image) for image in images], columns=len(seeds), row_labels=list(prompts),
-                      column_labels=[f"seed {seed}" for seed in seeds], min_cell=96)
+    return image_grid(
+        [Image.fromarray(image) for image in images],
+        columns=len(seeds),
+        row_labels=list(prompts),
+        column_labels=[f"seed {seed}" for seed in seeds],
+        min_cell=96,
+    )

@@ -121,10 +121,17 @@ def render_clean_scenes(count: int, seed: int, size: int = TOY_SIZE, start: int 
 # ---------------------------------------------------------------- dataset
 
 
-def make_toy_iqa_dataset(out_dir: str | Path, num_references: int = DATASET_REFERENCES, size: int = TOY_SIZE,
-                         seed: int = IQA_DATA_SEED, families: Sequence[str] = FAMILIES,
-                         levels: int = DATASET_LEVELS, measure: str = "ssim", progress: bool = True,
-                         threads: int | None = 1) -> Path:
+def make_toy_iqa_dataset(
+    out_dir: str | Path,
+    num_references: int = DATASET_REFERENCES,
+    size: int = TOY_SIZE,
+    seed: int = IQA_DATA_SEED,
+    families: Sequence[str] = FAMILIES,
+    levels: int = DATASET_LEVELS,
+    measure: str = "ssim",
+    progress: bool = True,
+    threads: int | None = 1,
+) -> Path:
     """Write the toy IQA dataset to ``out_dir`` and return the path of its ``meta.csv``.
 
     ``num_references`` clean scenes (``scene_for(seed, i)``, rendered at ``size`` px) x ``families`` x
@@ -134,28 +141,50 @@ def make_toy_iqa_dataset(out_dir: str | Path, num_references: int = DATASET_REFE
     settings is written last; calling again with the same settings returns at once.
     """
     out_dir = Path(out_dir)
-    parameters = dict(num_references=num_references, size=size, seed=seed, families=list(families), levels=levels,
-                      measure=measure)
+    parameters = dict(
+        num_references=num_references, size=size, seed=seed, families=list(families), levels=levels, measure=measure
+    )
     manifest = out_dir / DATASET_MANIFEST
     if manifest.is_file():
         found = json.loads(manifest.read_text())["parameters"]
         if found == parameters:
             return out_dir / "meta.csv"
-        raise ValueError(f"{out_dir} already holds a toy IQA dataset made with other settings ({found}); give "
-                         "another directory or delete it")
+        raise ValueError(
+            f"{out_dir} already holds a toy IQA dataset made with other settings ({found}); give "
+            "another directory or delete it"
+        )
     if num_references < 2:
-        raise ValueError(f"a toy IQA dataset needs at least 2 reference scenes (one per side of a split), got "
-                         f"{num_references}")
+        raise ValueError(
+            f"a toy IQA dataset needs at least 2 reference scenes (one per side of a split), got {num_references}"
+        )
     started = time.perf_counter()
     with _torch_threads(threads):
         clean = render_clean_scenes(num_references, seed, size)
-        meta = make_dataset(out_dir, families=families, levels=levels, seed=seed, measure=measure, images=clean,
-                            include_clean=True, progress=progress)
+        meta = make_dataset(
+            out_dir,
+            families=families,
+            levels=levels,
+            seed=seed,
+            measure=measure,
+            images=clean,
+            include_clean=True,
+            progress=progress,
+        )
     frame = pd.read_csv(meta)
     seconds = round(time.perf_counter() - started, 1)
-    write_json(manifest, dict(parameters=parameters, images=len(frame), seconds=seconds,
-                              mos={"min": float(frame["mos"].min()), "max": float(frame["mos"].max()),
-                                   "mean": float(frame["mos"].mean())}))
+    write_json(
+        manifest,
+        dict(
+            parameters=parameters,
+            images=len(frame),
+            seconds=seconds,
+            mos={
+                "min": float(frame["mos"].min()),
+                "max": float(frame["mos"].max()),
+                "mean": float(frame["mos"].mean()),
+            },
+        ),
+    )
     _say(progress, f"toy IQA dataset: {len(frame)} images of {num_references} scenes in {out_dir} ({seconds} s)")
     return meta
 
@@ -177,10 +206,21 @@ def _read_dataset(data_dir: str | Path) -> IQATable:
 # ---------------------------------------------------------------- LoDa
 
 
-def train_toy_loda(out_dir: str | Path, data_dir: str | Path, epochs: int = LODA_EPOCHS,
-                   batch_size: int = LODA_BATCH_SIZE, lr: float = LODA_LR, weight_decay: float = 1e-2,
-                   crops_per_image: int = 1, seed: int = 3407, split_seed: int = 0, train_fraction: float = 0.8,
-                   progress: bool = True, threads: int | None = 1, device: str = "cpu") -> dict:
+def train_toy_loda(
+    out_dir: str | Path,
+    data_dir: str | Path,
+    epochs: int = LODA_EPOCHS,
+    batch_size: int = LODA_BATCH_SIZE,
+    lr: float = LODA_LR,
+    weight_decay: float = 1e-2,
+    crops_per_image: int = 1,
+    seed: int = 3407,
+    split_seed: int = 0,
+    train_fraction: float = 0.8,
+    progress: bool = True,
+    threads: int | None = 1,
+    device: str = "cpu",
+) -> dict:
     """Train the toy LoDa on the dataset in ``data_dir``; the checkpoint goes to ``out_dir``. Returns (and
     writes to ``out_dir/toy_loda.json``) the held-out metrics and the run's details.
 
@@ -195,19 +235,38 @@ def train_toy_loda(out_dir: str | Path, data_dir: str | Path, epochs: int = LODA
     """
     out_dir = Path(out_dir)
     table = _read_dataset(data_dir)
-    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                             crops_per_image=crops_per_image, seed=seed, device=device, log_every=0)
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        crops_per_image=crops_per_image,
+        seed=seed,
+        device=device,
+        log_every=0,
+    )
     manifest = Path(data_dir) / DATASET_MANIFEST  # the dataset by its settings, so that it may move
     dataset = json.loads(manifest.read_text())["parameters"] if manifest.is_file() else str(Path(data_dir).resolve())
-    parameters = dict(dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, crops_per_image=crops_per_image, seed=seed, split_seed=split_seed,
-                      train_fraction=train_fraction, preset="tiny")
+    parameters = dict(
+        dataset=dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        crops_per_image=crops_per_image,
+        seed=seed,
+        split_seed=split_seed,
+        train_fraction=train_fraction,
+        preset="tiny",
+    )
     if (out_dir / LODA_REPORT).is_file():
         report = json.loads((out_dir / LODA_REPORT).read_text())
         if report["parameters"] == parameters:
             return report
-        raise ValueError(f"{out_dir} already holds a toy LoDa trained with other settings ({report['parameters']}); "
-                         "give another directory or delete it")
+        raise ValueError(
+            f"{out_dir} already holds a toy LoDa trained with other settings ({report['parameters']}); "
+            "give another directory or delete it"
+        )
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir} exists and is not a finished toy LoDa; give another directory or delete it")
     split = toy_split(table, split_seed, train_fraction)
@@ -215,8 +274,11 @@ def train_toy_loda(out_dir: str | Path, data_dir: str | Path, epochs: int = LODA
     iterations = epochs * (len(split["train"]) * crops_per_image // batch_size)
     settings.log_every = max(1, iterations // 20) if progress else 0
     scenes = len({table.refs[i] for i in split["train"]})
-    _say(progress, f"toy LoDa: training on {len(split['train'])} images ({scenes} scenes), {epochs} epochs x "
-                   f"batch {batch_size} = {iterations} iterations, in {partial}")
+    _say(
+        progress,
+        f"toy LoDa: training on {len(split['train'])} images ({scenes} scenes), {epochs} epochs x "
+        f"batch {batch_size} = {iterations} iterations, in {partial}",
+    )
     started = time.perf_counter()
     with _torch_threads(threads), _progress_logging(progress):
         model = train(loda_preset("tiny"), table, split["train"], settings, partial, resume=True)
@@ -227,12 +289,19 @@ def train_toy_loda(out_dir: str | Path, data_dir: str | Path, epochs: int = LODA
     metrics = correlation_metrics(raw, mos)
     calibrated = calibration.apply(raw) if calibration is not None else raw
     report = dict(
-        parameters=parameters, test=dict(metrics, calibrated_rmse=float(np.sqrt(np.mean((calibrated - mos) ** 2))),
-                                         images=len(split["test"]),
-                                         scenes=len({table.refs[i] for i in split["test"]})),
-        data=str(Path(data_dir).resolve()), train_images=len(split["train"]), iterations=iterations,
+        parameters=parameters,
+        test=dict(
+            metrics,
+            calibrated_rmse=float(np.sqrt(np.mean((calibrated - mos) ** 2))),
+            images=len(split["test"]),
+            scenes=len({table.refs[i] for i in split["test"]}),
+        ),
+        data=str(Path(data_dir).resolve()),
+        train_images=len(split["train"]),
+        iterations=iterations,
         seconds=round(time.perf_counter() - started, 1),
-        training_seconds=round(trained_seconds, 1), calibration=calibration.to_dict() if calibration else None,
+        training_seconds=round(trained_seconds, 1),
+        calibration=calibration.to_dict() if calibration else None,
     )
     write_json(partial / LODA_REPORT, report)
     (partial / STATE_FILE).unlink(missing_ok=True)  # finished: the optimizer state is not needed any more
@@ -240,18 +309,30 @@ def train_toy_loda(out_dir: str | Path, data_dir: str | Path, epochs: int = LODA
         out_dir.rmdir()  # only an empty directory is replaced (checked before training)
     partial.rename(out_dir)
     test = report["test"]
-    _say(progress, f"toy LoDa in {out_dir}: held-out SRCC {test['srcc']:.4f} PLCC {test['plcc']:.4f} KRCC "
-                   f"{test['krcc']:.4f} on {test['images']} images ({report['seconds']} s)")
+    _say(
+        progress,
+        f"toy LoDa in {out_dir}: held-out SRCC {test['srcc']:.4f} PLCC {test['plcc']:.4f} KRCC "
+        f"{test['krcc']:.4f} on {test['images']} images ({report['seconds']} s)",
+    )
     return report
 
 
 # ---------------------------------------------------------------- NIQE
 
 
-def fit_toy_niqe(out_file: str | Path, num_images: int = NIQE_IMAGES, seed: int = NIQE_SEED, size: int = TOY_SIZE,
-                 patch_size: int = NIQE_PATCH_SIZE, sharpness_threshold: float = 0.75,
-                 check_data: str | Path | None = None, split_seed: int = 0, train_fraction: float = 0.8,
-                 progress: bool = True, threads: int | None = 1) -> dict:
+def fit_toy_niqe(
+    out_file: str | Path,
+    num_images: int = NIQE_IMAGES,
+    seed: int = NIQE_SEED,
+    size: int = TOY_SIZE,
+    patch_size: int = NIQE_PATCH_SIZE,
+    sharpness_threshold: float = 0.75,
+    check_data: str | Path | None = None,
+    split_seed: int = 0,
+    train_fraction: float = 0.8,
+    progress: bool = True,
+    threads: int | None = 1,
+) -> dict:
     """Fit NIQE's pristine model on ``num_images`` clean toy scenes (``scene_for(seed, i)`` at ``size`` px)
     with ``patch_size`` px patches and write it to ``out_file`` (safetensors; use it with
     ``create_metric("niqe", params=out_file)``). Returns the fit's report, also written beside it as
@@ -262,33 +343,57 @@ def fit_toy_niqe(out_file: str | Path, num_images: int = NIQE_IMAGES, seed: int 
     image scores worse than its clean scene. Calling again with the same settings returns the report.
     """
     out_file, report_file = Path(out_file), Path(out_file).with_suffix(".json")
-    parameters = dict(num_images=num_images, seed=seed, size=size, patch_size=patch_size,
-                      sharpness_threshold=sharpness_threshold)
+    parameters = dict(
+        num_images=num_images, seed=seed, size=size, patch_size=patch_size, sharpness_threshold=sharpness_threshold
+    )
     if out_file.is_file() and report_file.is_file():
         report = json.loads(report_file.read_text())
         if report["parameters"] == parameters and (check_data is None or "check" in report):
             return report
         if report["parameters"] != parameters:
-            raise ValueError(f"{out_file} holds a NIQE model fitted with other settings ({report['parameters']}); "
-                             "give another file or delete it")
+            raise ValueError(
+                f"{out_file} holds a NIQE model fitted with other settings ({report['parameters']}); "
+                "give another file or delete it"
+            )
     started = time.perf_counter()
     with _torch_threads(threads):
         images = render_clean_scenes(num_images, seed, size)
         batches = tqdm(images.split(64), desc="NIQE fit", unit="batch", disable=not progress)
         mu, cov = fit_niqe(batches, patch_size=patch_size, sharpness_threshold=sharpness_threshold)
-    save_niqe_params(out_file, mu, cov, patch_size, sharpness_threshold=sharpness_threshold, images=num_images,
-                     seed=seed, size=size, source="iqa_adapter.toy.iqa_models.fit_toy_niqe")
+    save_niqe_params(
+        out_file,
+        mu,
+        cov,
+        patch_size,
+        sharpness_threshold=sharpness_threshold,
+        images=num_images,
+        seed=seed,
+        size=size,
+        source="iqa_adapter.toy.iqa_models.fit_toy_niqe",
+    )
     report = dict(parameters=parameters, seconds=round(time.perf_counter() - started, 1))
     if check_data is not None:
         with _torch_threads(threads):
-            report["check"] = evaluate_toy_iqa(check_data, {"niqe": {"params": str(out_file)}}, split_seed=split_seed,
-                                               train_fraction=train_fraction, progress=False)["niqe"]
+            report["check"] = evaluate_toy_iqa(
+                check_data,
+                {"niqe": {"params": str(out_file)}},
+                split_seed=split_seed,
+                train_fraction=train_fraction,
+                progress=False,
+            )["niqe"]
         report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(report_file, report)
     check = report.get("check")
-    _say(progress, f"toy NIQE ({patch_size} px patches, {num_images} clean scenes) in {out_file} "
-                   f"({report['seconds']} s)" + (f": held-out SRCC {check['srcc']:.4f}, distorted worse than clean "
-                                                 f"in {check['clean_wins']:.1%} of pairs" if check else ""))
+    _say(
+        progress,
+        f"toy NIQE ({patch_size} px patches, {num_images} clean scenes) in {out_file} "
+        f"({report['seconds']} s)"
+        + (
+            f": held-out SRCC {check['srcc']:.4f}, distorted worse than clean in {check['clean_wins']:.1%} of pairs"
+            if check
+            else ""
+        ),
+    )
     return report
 
 
@@ -300,9 +405,15 @@ def _scores(metric, table: IQATable, rows: list[int], batch_size: int = 256) -> 
     return torch.cat([metric.score(chunk) for chunk in images.split(batch_size)]).double().cpu().numpy()
 
 
-def evaluate_toy_iqa(data_dir: str | Path, metrics: Sequence[str] | dict[str, dict], split_seed: int = 0,
-                     train_fraction: float = 0.8, part: str = "test", progress: bool = True,
-                     threads: int | None = 1) -> dict[str, dict]:
+def evaluate_toy_iqa(
+    data_dir: str | Path,
+    metrics: Sequence[str] | dict[str, dict],
+    split_seed: int = 0,
+    train_fraction: float = 0.8,
+    part: str = "test",
+    progress: bool = True,
+    threads: int | None = 1,
+) -> dict[str, dict]:
     """Agreement of registry metrics with the pseudo-MOS on one part (default: the held-out references) of
     the split :func:`toy_split` gives.
 
@@ -327,8 +438,11 @@ def evaluate_toy_iqa(data_dir: str | Path, metrics: Sequence[str] | dict[str, di
             oriented = scores if info.higher_is_better else -scores
             finite = np.isfinite(oriented)
             result = correlation_metrics(oriented[finite], table.mos[rows][finite])
-            result["pearson"] = (float(np.corrcoef(oriented[finite], table.mos[rows][finite])[0, 1])
-                                 if finite.sum() > 1 and np.ptp(oriented[finite]) > 0 else float("nan"))
+            result["pearson"] = (
+                float(np.corrcoef(oriented[finite], table.mos[rows][finite])[0, 1])
+                if finite.sum() > 1 and np.ptp(oriented[finite]) > 0
+                else float("nan")
+            )
             result.update(images=int(finite.sum()), nan=int((~finite).sum()))
             if families is not None:
                 result["clean_wins"] = _clean_wins(oriented, [table.refs[row] for row in rows], families)

@@ -49,8 +49,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "ring", "cross")
 SIZES = {"small": 0.14, "large": 0.22}  # object radius, as a fraction of the image side
 POSITIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1), "centre": (0, 0)}
-POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
-                    "bottom": "at the bottom", "centre": "in the centre"}
+POSITION_PHRASES = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
 PATTERNS = ("plain", "gradient", "striped", "checked", "dotted")
 LANDSCAPE = "landscape"
 SKY_COLOURS = ("blue", "cyan", "purple", "pink", "black")
@@ -108,8 +113,9 @@ class Scene:
     @classmethod
     def from_dict(cls, data: dict) -> Scene:
         """The inverse of :meth:`to_dict`."""
-        return cls(tuple(ToyObject(**item) for item in data["objects"]), Background(**data["background"]),
-                   data["caption"])
+        return cls(
+            tuple(ToyObject(**item) for item in data["objects"]), Background(**data["background"]), data["caption"]
+        )
 
 
 # ---------------------------------------------------------------- colours
@@ -163,9 +169,13 @@ def _object(rng: np.random.Generator, tones: list[np.ndarray], position: str, ta
 
 
 def _pattern_background(rng: np.random.Generator) -> Background:
-    return Background(pattern=_pick(rng, PATTERNS), colour=_pick(rng, tuple(COLOURS)),
-                      angle=float(_pick(rng, (0.0, 45.0, 90.0, 135.0))), period=float(rng.uniform(0.18, 0.26)),
-                      phase=float(rng.uniform(0, 1)))
+    return Background(
+        pattern=_pick(rng, PATTERNS),
+        colour=_pick(rng, tuple(COLOURS)),
+        angle=float(_pick(rng, (0.0, 45.0, 90.0, 135.0))),
+        period=float(rng.uniform(0.18, 0.26)),
+        phase=float(rng.uniform(0, 1)),
+    )
 
 
 def _with_article(words: list[str]) -> str:
@@ -208,23 +218,33 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None, full_caption
     first = _object(rng, tones, first_position)
     second = _object(rng, tones, second_position, taken=(first.colour,))
     phrases = [_object_phrase(item, True, True) for item in (first, second)]
-    return Scene((first, second), background, f"{phrases[0]} and {phrases[1]} {_background_phrase(background, with_plain)}")
+    return Scene(
+        (first, second), background, f"{phrases[0]} and {phrases[1]} {_background_phrase(background, with_plain)}"
+    )
 
 
 def _landscape(rng: np.random.Generator) -> Scene:
     sky = _pick(rng, SKY_COLOURS)
     ground = _pick(rng, tuple(name for name in GROUND_COLOURS if name != sky))
     hills = bool(rng.uniform() < 0.5)
-    background = Background(pattern=LANDSCAPE, colour=sky, ground=ground, phase=float(rng.uniform(0, 1)),
-                            horizon=float(rng.uniform(0.6, 0.7)), hills=hills)
+    background = Background(
+        pattern=LANDSCAPE,
+        colour=sky,
+        ground=ground,
+        phase=float(rng.uniform(0, 1)),
+        horizon=float(rng.uniform(0.6, 0.7)),
+        hills=hills,
+    )
     tones = background_tones(background)
     colour = _pick(rng, tuple(name for name in SUN_COLOURS if _contrasts(name, tones)))
     position = _pick(rng, ("left", "right"))
     radius = 0.12 * rng.uniform(0.9, 1.1)
     x = 0.5 + POSITIONS[position][0] * 0.25 + rng.uniform(-JITTER, JITTER)
     sun = ToyObject("circle", colour, "small", position, float(x), float(rng.uniform(0.2, 0.3)), float(radius))
-    caption = (f"{_with_article([colour, 'sun', POSITION_PHRASES[position]])} above {ground} "
-               f"{'hills' if hills else 'ground'} under {_with_article([sky, 'sky'])}")
+    caption = (
+        f"{_with_article([colour, 'sun', POSITION_PHRASES[position]])} above {ground} "
+        f"{'hills' if hills else 'ground'} under {_with_article([sky, 'sky'])}"
+    )
     return Scene((sun,), background, caption)
 
 
@@ -235,8 +255,9 @@ def scene_for(seed: int, index: int, kind: str | None = None, full_caption: bool
 
 def caption_words() -> list[str]:
     """Every word that a caption can contain, in a fixed order (the toy tokenizer's vocabulary)."""
-    grammar = ("a an and on the at in above under background sun ground hills sky "
-               + " ".join(POSITION_PHRASES.values())).split()
+    grammar = (
+        "a an and on the at in above under background sun ground hills sky " + " ".join(POSITION_PHRASES.values())
+    ).split()
     words = grammar + list(COLOURS) + list(SHAPES) + list(SIZES) + list(PATTERNS)
     return list(dict.fromkeys(words))
 
@@ -315,8 +336,9 @@ def _background_pixels(background: Background, x: np.ndarray, y: np.ndarray) -> 
     elif background.pattern == LANDSCAPE:
         return _landscape_pixels(background, x, y)
     else:
-        raise ValueError(f"unknown background pattern {background.pattern!r}; choose from "
-                         f"{', '.join(PATTERNS + (LANDSCAPE,))}")
+        raise ValueError(
+            f"unknown background pattern {background.pattern!r}; choose from {', '.join(PATTERNS + (LANDSCAPE,))}"
+        )
     return first + (second - first) * mix[..., None]
 
 

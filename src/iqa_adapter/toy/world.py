@@ -78,11 +78,15 @@ class ToyWorld:
 
     def check(self) -> ToyWorld:
         """Raise FileNotFoundError, with the fix, when a model is missing."""
-        missing = [path.name for path in (self.base, self.loda, self.niqe, self.adapter, self.reference_adapter)
-                   if not path.exists()]
+        missing = [
+            path.name
+            for path in (self.base, self.loda, self.niqe, self.adapter, self.reference_adapter)
+            if not path.exists()
+        ]
         if missing:
-            raise FileNotFoundError(f"the toy world in {self.root} lacks {', '.join(missing)}; rebuild it with "
-                                    "`iqa-adapter demo --retrain`")
+            raise FileNotFoundError(
+                f"the toy world in {self.root} lacks {', '.join(missing)}; rebuild it with `iqa-adapter demo --retrain`"
+            )
         return self
 
     def describe(self) -> dict:
@@ -120,10 +124,16 @@ class WorldSettings:
 
     @classmethod
     def miniature(cls) -> WorldSettings:
-        return cls(images=48, base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8,
-                                              "unet_batch_size": 8},
-                   iqa_references=4, loda_epochs=1, niqe_images=16, adapter_steps=2, adapter_batch_size=8,
-                   reference_steps=2)
+        return cls(
+            images=48,
+            base_overrides={"vae_steps": 2, "unet_steps": 2, "vae_batch_size": 8, "unet_batch_size": 8},
+            iqa_references=4,
+            loda_epochs=1,
+            niqe_images=16,
+            adapter_steps=2,
+            adapter_batch_size=8,
+            reference_steps=2,
+        )
 
 
 def build_world(root: str | Path, settings: WorldSettings | None = None, progress: bool = True) -> ToyWorld:
@@ -143,8 +153,12 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     def step(name: str, command: str, run) -> None:
         """Run one step; its time adds up over resumed runs (a killed run's unfinished work is not counted)."""
         earlier = log["steps"].get(name, {})
-        entry = {"command": command, "seconds": earlier.get("seconds", 0.0), "finished": False,
-                 "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False)}
+        entry = {
+            "command": command,
+            "seconds": earlier.get("seconds", 0.0),
+            "finished": False,
+            "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False),
+        }
         log["steps"][name] = entry
         write_json(root / WORLD_FILE, log)
         started = time.perf_counter()
@@ -155,8 +169,11 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
         write_json(root / WORLD_FILE, log)
 
     data = work / "data"
-    step("data", f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
-         lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress))
+    step(
+        "data",
+        f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
+        lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress),
+    )
 
     base_config = dataclasses.replace(ToyBaseConfig(), **settings.base_overrides)
 
@@ -177,41 +194,83 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
 
     scores = work / "scores"
     columns = [f"loda=loda:{world.loda}", "niqe"]
-    step("annotate", f"iqa-adapter annotate --data {data} --metrics {','.join(columns)} --metric-option "
-                     f"niqe.params={world.niqe} --resize none --out {scores}",
-         lambda: annotate(str(data), columns, scores, resize=None, num_workers=0, batch_size=256,
-                          metric_options={"niqe": {"params": str(world.niqe)}}, progress=progress))
+    step(
+        "annotate",
+        f"iqa-adapter annotate --data {data} --metrics {','.join(columns)} --metric-option "
+        f"niqe.params={world.niqe} --resize none --out {scores}",
+        lambda: annotate(
+            str(data),
+            columns,
+            scores,
+            resize=None,
+            num_workers=0,
+            batch_size=256,
+            metric_options={"niqe": {"params": str(world.niqe)}},
+            progress=progress,
+        ),
+    )
 
-    common = dict(base=str(world.base), data=str(data), resolution=base_config.size,
-                  batch_size=settings.adapter_batch_size, learning_rate=settings.adapter_lr, num_workers=0,
-                  checkpoint_every=500, resume="latest", seed=settings.seed, progress=progress)
+    common = dict(
+        base=str(world.base),
+        data=str(data),
+        resolution=base_config.size,
+        batch_size=settings.adapter_batch_size,
+        learning_rate=settings.adapter_lr,
+        num_workers=0,
+        checkpoint_every=500,
+        resume="latest",
+        seed=settings.seed,
+        progress=progress,
+    )
 
     def adapter() -> None:
-        result = train(TrainConfig(scores=str(scores), metrics=list(ADAPTER_METRICS), out=str(work / "adapter"),
-                                   default_target="p50",
-                                   cache_dir=str(work / "cache"), max_steps=settings.adapter_steps, **common))
+        result = train(
+            TrainConfig(
+                scores=str(scores),
+                metrics=list(ADAPTER_METRICS),
+                out=str(work / "adapter"),
+                default_target="p50",
+                cache_dir=str(work / "cache"),
+                max_steps=settings.adapter_steps,
+                **common,
+            )
+        )
         _replace(result.adapter_dir, world.adapter)
 
-    step("adapter", f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics "
-                    f"{','.join(ADAPTER_METRICS)} --default-target p50 --resolution {base_config.size} --batch-size "
-                    f"{settings.adapter_batch_size} --learning-rate {settings.adapter_lr} --max-steps "
-                    f"{settings.adapter_steps} --cache-dir {work / 'cache'} --out {work / 'adapter'}", adapter)
+    step(
+        "adapter",
+        f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics "
+        f"{','.join(ADAPTER_METRICS)} --default-target p50 --resolution {base_config.size} --batch-size "
+        f"{settings.adapter_batch_size} --learning-rate {settings.adapter_lr} --max-steps "
+        f"{settings.adapter_steps} --cache-dir {work / 'cache'} --out {work / 'adapter'}",
+        adapter,
+    )
 
     spec = f"loda:{world.loda}:{','.join(REFERENCE_LAYERS)}"
 
     def reference_adapter() -> None:
-        result = train(TrainConfig(scores=None, metrics=[], reference_features=spec,
-                                   out=str(work / "reference_adapter"), max_steps=settings.reference_steps,
-                                   **common))
+        result = train(
+            TrainConfig(
+                scores=None,
+                metrics=[],
+                reference_features=spec,
+                out=str(work / "reference_adapter"),
+                max_steps=settings.reference_steps,
+                **common,
+            )
+        )
         _replace(result.adapter_dir, world.reference_adapter)
         config_file = world.reference_adapter / "config.json"  # name the LoDa beside it, so the world can move
         config = json.loads(config_file.read_text())
         config["reference"]["metric"] = RELATIVE_LODA
         write_json(config_file, config)
 
-    step("reference_adapter", f"iqa-adapter train --reference-features {spec} --base {world.base} --data {data} "
-                              f"--max-steps {settings.reference_steps} --out {work / 'reference_adapter'}",
-         reference_adapter)
+    step(
+        "reference_adapter",
+        f"iqa-adapter train --reference-features {spec} --base {world.base} --data {data} "
+        f"--max-steps {settings.reference_steps} --out {work / 'reference_adapter'}",
+        reference_adapter,
+    )
     log["seconds"] = round(sum(entry["seconds"] for entry in log["steps"].values()), 1)
     write_json(root / WORLD_FILE, log)
     make_portable(world)

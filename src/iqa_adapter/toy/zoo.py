@@ -68,19 +68,51 @@ class ZooRecipe:
 
 
 RECIPES: dict[str, ZooRecipe] = {
-    "cnniqa": ZooRecipe(LearnedModelConfig("cnniqa", description="toy CNNIQA (Kang et al. 2014) on 100 x MS-SSIM",
-                                           hidden=256), seed=2500, images=12000, epochs=12, target="ms_ssim"),
-    "aesthetic": ZooRecipe(LearnedModelConfig("global_cnn", description="toy aesthetics: composition and SSIM",
-                                              channels=(32, 64, 96)), seed=2600, images=12000, epochs=12,
-                           target="aesthetic"),
-    "panel": ZooRecipe(LearnedModelConfig("global_cnn", description="toy panel judge (never used for conditioning)",
-                                          channels=(48, 96, 128), hidden=192), seed=2700, images=16000, epochs=12,
-                       target="panel"),
-    "classifier": ZooRecipe(LearnedModelConfig("global_cnn", task="classify", classes=CLASSES,
-                                               description="toy distortion-family classifier",
-                                               channels=(48, 96, 128), hidden=192, stem=32, coordinates=False),
-                            seed=2800, images=20000, epochs=16, target="family", clean_fraction=1 / len(CLASSES),
-                            min_level=0.6, lr=5e-4),
+    "cnniqa": ZooRecipe(
+        LearnedModelConfig("cnniqa", description="toy CNNIQA (Kang et al. 2014) on 100 x MS-SSIM", hidden=256),
+        seed=2500,
+        images=12000,
+        epochs=12,
+        target="ms_ssim",
+    ),
+    "aesthetic": ZooRecipe(
+        LearnedModelConfig("global_cnn", description="toy aesthetics: composition and SSIM", channels=(32, 64, 96)),
+        seed=2600,
+        images=12000,
+        epochs=12,
+        target="aesthetic",
+    ),
+    "panel": ZooRecipe(
+        LearnedModelConfig(
+            "global_cnn",
+            description="toy panel judge (never used for conditioning)",
+            channels=(48, 96, 128),
+            hidden=192,
+        ),
+        seed=2700,
+        images=16000,
+        epochs=12,
+        target="panel",
+    ),
+    "classifier": ZooRecipe(
+        LearnedModelConfig(
+            "global_cnn",
+            task="classify",
+            classes=CLASSES,
+            description="toy distortion-family classifier",
+            channels=(48, 96, 128),
+            hidden=192,
+            stem=32,
+            coordinates=False,
+        ),
+        seed=2800,
+        images=20000,
+        epochs=16,
+        target="family",
+        clean_fraction=1 / len(CLASSES),
+        min_level=0.6,
+        lr=5e-4,
+    ),
 }
 
 
@@ -90,8 +122,10 @@ def composition_score(scene: Scene) -> float:
     tones = background_tones(scene.background)
     terms = []
     for item in scene.objects:
-        contrast = min(min(float(np.linalg.norm(np.asarray(COLOURS[item.colour], float) - tone)) for tone in tones)
-                       / MAX_CONTRAST, 1.0)
+        contrast = min(
+            min(float(np.linalg.norm(np.asarray(COLOURS[item.colour], float) - tone)) for tone in tones) / MAX_CONTRAST,
+            1.0,
+        )
         terms.append((SIZE_SCORE.get(item.size, 0.55) + POSITION_SCORE.get(item.position, 0.75) + contrast) / 3)
     return float(np.mean(terms)) * PATTERN_SCORE[scene.background.pattern]
 
@@ -119,8 +153,9 @@ class ZooData:
         raise ValueError(f"unknown zoo target {name!r}")
 
 
-def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level: float = 0.0,
-                  size: int = TOY_SIZE, start: int = 0) -> ZooData:
+def make_zoo_data(
+    seed: int, count: int, clean_fraction: float = 0.15, min_level: float = 0.0, size: int = TOY_SIZE, start: int = 0
+) -> ZooData:
     """Scenes ``start ..`` of ``seed``, each clean (probability ``clean_fraction``) or degraded by a uniformly drawn
     family at a level ~ U(min_level, 1); image ``i`` depends only on ``(seed, i)``."""
     scenes = [scene_for(seed, index) for index in range(start, start + count)]
@@ -128,7 +163,9 @@ def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level
     clean = clean / 255
     generator = torch.Generator().manual_seed(seed)
     draws = torch.rand(3, count, generator=generator)
-    family = torch.where(draws[0] < clean_fraction, 0, 1 + (draws[1] * len(FAMILIES)).long().clamp_max(len(FAMILIES) - 1))
+    family = torch.where(
+        draws[0] < clean_fraction, 0, 1 + (draws[1] * len(FAMILIES)).long().clamp_max(len(FAMILIES) - 1)
+    )
     level = torch.where(family == 0, 0.0, min_level + (1 - min_level) * draws[2])
     images = clean.clone()
     for index, name in enumerate(FAMILIES, start=1):
@@ -136,9 +173,14 @@ def make_zoo_data(seed: int, count: int, clean_fraction: float = 0.15, min_level
         if len(selected):
             images[selected] = distort(clean[selected], name, level[selected], generator)
     images = (images.clamp(0, 1) * 255).round() / 255  # 8-bit, as every image the models will see
-    return ZooData(images, family, level, pseudo_mos(images, clean, "ssim").float(),
-                   pseudo_mos(images, clean, "ms_ssim").float(),
-                   torch.tensor([composition_score(scene) for scene in scenes]))
+    return ZooData(
+        images,
+        family,
+        level,
+        pseudo_mos(images, clean, "ssim").float(),
+        pseudo_mos(images, clean, "ms_ssim").float(),
+        torch.tensor([composition_score(scene) for scene in scenes]),
+    )
 
 
 def _split(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,9 +196,13 @@ def _test_report(model: LearnedModel, images: torch.Tensor, targets: torch.Tenso
         predicted, classes = output.argmax(dim=1), model.config.classes
         confusion = torch.zeros(len(classes), len(classes), dtype=torch.long)
         confusion.index_put_((targets.long(), predicted), torch.ones_like(predicted), accumulate=True)
-        return {"accuracy": float((predicted == targets).float().mean()), "images": len(images),
-                "per_class": {name: float(confusion[i, i] / confusion[i].sum().clamp_min(1))
-                              for i, name in enumerate(classes)}}
+        return {
+            "accuracy": float((predicted == targets).float().mean()),
+            "images": len(images),
+            "per_class": {
+                name: float(confusion[i, i] / confusion[i].sum().clamp_min(1)) for i, name in enumerate(classes)
+            },
+        }
     metrics = correlation_metrics(output.double().numpy(), targets.double().numpy())
     return {**{key: float(value) for key, value in metrics.items()}, "images": len(images)}
 
@@ -179,15 +225,32 @@ def train_zoo_model(name: str, out_dir: str | Path, recipe: ZooRecipe | None = N
     config = recipe.config
     if config.task == "score":
         values = targets[train_rows]
-        config = dataclasses.replace(config, score_mean=float(values.mean()), score_std=float(values.std()),
-                                     score_range=(float(values.min()), float(values.max())))
+        config = dataclasses.replace(
+            config,
+            score_mean=float(values.mean()),
+            score_std=float(values.std()),
+            score_range=(float(values.min()), float(values.max())),
+        )
     torch.manual_seed(recipe.seed)
     model = LearnedModel(config)
-    losses = fit(model, data.images[train_rows], targets[train_rows], recipe.epochs, recipe.batch_size, recipe.lr,
-                 seed=recipe.seed, progress=progress)
-    report = {"name": name, "test": _test_report(model, data.images[test_rows], targets[test_rows]),
-              "train_images": len(train_rows), "final_loss": losses[-1],
-              "seconds": round(time.perf_counter() - started, 1), "recipe": recipe.parameters()}
+    losses = fit(
+        model,
+        data.images[train_rows],
+        targets[train_rows],
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        seed=recipe.seed,
+        progress=progress,
+    )
+    report = {
+        "name": name,
+        "test": _test_report(model, data.images[test_rows], targets[test_rows]),
+        "train_images": len(train_rows),
+        "final_loss": losses[-1],
+        "seconds": round(time.perf_counter() - started, 1),
+        "recipe": recipe.parameters(),
+    }
     model.config = dataclasses.replace(config, training=report)
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     model.save_pretrained(partial)

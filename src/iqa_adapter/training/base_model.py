@@ -75,8 +75,9 @@ class FrozenBase:
     def encode_text(self, captions: list[str]) -> TextEmbeddings:
         """Text condition of each caption, as the pipeline computes it for generation."""
         if self.is_sdxl:
-            prompt, _, pooled, _ = self.pipe.encode_prompt(captions, device=self.device, num_images_per_prompt=1,
-                                                           do_classifier_free_guidance=False)
+            prompt, _, pooled, _ = self.pipe.encode_prompt(
+                captions, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
             return TextEmbeddings(prompt, pooled)
         prompt, _ = self.pipe.encode_prompt(captions, self.device, 1, False)
         return TextEmbeddings(prompt)
@@ -86,15 +87,18 @@ class FrozenBase:
         """The pipeline's unconditional (negative) text input, repeated ``batch_size`` times."""
         if self._unconditional is None:
             if self.is_sdxl:
-                _, prompt, _, pooled = self.pipe.encode_prompt("", device=self.device, num_images_per_prompt=1,
-                                                               do_classifier_free_guidance=True)
+                _, prompt, _, pooled = self.pipe.encode_prompt(
+                    "", device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True
+                )
                 self._unconditional = TextEmbeddings(prompt, pooled)
             else:
                 _, prompt = self.pipe.encode_prompt("", self.device, 1, True)
                 self._unconditional = TextEmbeddings(prompt)
         unconditional = self._unconditional
-        return TextEmbeddings(unconditional.prompt_embeds.expand(batch_size, -1, -1),
-                              None if unconditional.pooled is None else unconditional.pooled.expand(batch_size, -1))
+        return TextEmbeddings(
+            unconditional.prompt_embeds.expand(batch_size, -1, -1),
+            None if unconditional.pooled is None else unconditional.pooled.expand(batch_size, -1),
+        )
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()
@@ -115,8 +119,9 @@ class FrozenBase:
 
     def time_ids(self, crops: list[CropInfo], resolution: int) -> torch.Tensor:
         """SDXL micro-conditioning (B, 6): original size, crop top-left, target size."""
-        return torch.tensor([[*crop.original_size, *crop.crop_top_left, resolution, resolution] for crop in crops],
-                            dtype=torch.float32)
+        return torch.tensor(
+            [[*crop.original_size, *crop.crop_top_left, resolution, resolution] for crop in crops], dtype=torch.float32
+        )
 
     # ---------------------------------------------------------------- objective
     def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -68,25 +68,51 @@ def _read_crop(sample: Sample, transform: ImageTransform) -> tuple[torch.Tensor,
     return transform(image)
 
 
-def build_cache(cache_dir: str | Path, data: str, base: FrozenBase, base_name: str, *, resolution: int,
-                dtype: str = "float16", shard_size: int = 1000, batch_size: int = 16, num_workers: int = 2,
-                progress: bool = True) -> None:
+def build_cache(
+    cache_dir: str | Path,
+    data: str,
+    base: FrozenBase,
+    base_name: str,
+    *,
+    resolution: int,
+    dtype: str = "float16",
+    shard_size: int = 1000,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> None:
     """Encode every sample of ``data`` into ``cache_dir`` (resumes an unfinished cache; a finished one is kept)."""
     if dtype not in CACHE_DTYPES:
         raise ValueError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
     cache_dir = Path(cache_dir)
     reader = open_dataset(data)
     state = process_state(base.device)
-    parameters = {"base": base_name, "data": str(Path(data).expanduser().absolute()), "resolution": resolution,
-                  "crop": "center", "resize": RESIZE, "dtype": dtype, "shard_size": shard_size, "sdxl": base.is_sdxl,
-                  "vae_dtype": str(base.pipe.vae.dtype).removeprefix("torch.")}
-    num_samples = start_or_resume(cache_dir / CACHE_FILE, parameters, functools.partial(count_samples, reader, data), state,
-                                  partial_files=cache_dir / SHARDS_DIR)
+    parameters = {
+        "base": base_name,
+        "data": str(Path(data).expanduser().absolute()),
+        "resolution": resolution,
+        "crop": "center",
+        "resize": RESIZE,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "sdxl": base.is_sdxl,
+        "vae_dtype": str(base.pipe.vae.dtype).removeprefix("torch."),
+    }
+    num_samples = start_or_resume(
+        cache_dir / CACHE_FILE,
+        parameters,
+        functools.partial(count_samples, reader, data),
+        state,
+        partial_files=cache_dir / SHARDS_DIR,
+    )
     _, mine = my_unfinished_chunks(num_samples, shard_size, functools.partial(_shard_path, cache_dir), state)
     transform = ImageTransform(resolution, "center")
-    loader = DataLoader(ItemLoader(functools.partial(_read_crop, transform=transform)),
-                        batch_sampler=ChunkBatches(reader, mine, shard_size, batch_size),
-                        num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(
+        ItemLoader(functools.partial(_read_crop, transform=transform)),
+        batch_sampler=ChunkBatches(reader, mine, shard_size, batch_size),
+        num_workers=num_workers,
+        collate_fn=list,
+    )
     collector = ChunkCollector(functools.partial(_write_shard, cache_dir, CACHE_DTYPES[dtype]))
     total = sum(min(shard_size, num_samples - index * shard_size) for index in mine)
     show = progress and state.is_main_process
@@ -124,8 +150,11 @@ def _write_shard(cache_dir: Path, dtype: torch.dtype, chunk: int, rows: list) ->
         for name in kept[0][1]:
             stacked = torch.stack([result[name] for _, result in kept])
             tensors[name] = stacked if name == "crops" else stacked.to(dtype)
-    metadata = {"format": "iqa_adapter.training_cache", "keys": json.dumps([key for key, _ in kept]),
-                "skipped": json.dumps(skipped)}
+    metadata = {
+        "format": "iqa_adapter.training_cache",
+        "keys": json.dumps([key for key, _ in kept]),
+        "skipped": json.dumps(skipped),
+    }
     atomic_write(_shard_path(cache_dir, chunk), lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
@@ -145,19 +174,26 @@ class TrainingCache:
             raise FileNotFoundError(f"{self.cache_dir} holds no training cache ({CACHE_FILE} missing)")
         self.parameters = json.loads(job_file.read_text())
         expected = {"base": base_name, "data": str(Path(data).expanduser().absolute()), "resolution": resolution}
-        changed = [f"{name}: cache has {self.parameters.get(name)!r}, this run {value!r}"
-                   for name, value in expected.items() if self.parameters.get(name) != value]
+        changed = [
+            f"{name}: cache has {self.parameters.get(name)!r}, this run {value!r}"
+            for name, value in expected.items()
+            if self.parameters.get(name) != value
+        ]
         if changed:
-            raise ValueError(f"the cache in {self.cache_dir} was made for another run ({'; '.join(changed)}); "
-                             "give another --cache-dir")
+            raise ValueError(
+                f"the cache in {self.cache_dir} was made for another run ({'; '.join(changed)}); "
+                "give another --cache-dir"
+            )
         count = -(-int(self.parameters["num_samples"]) // int(self.parameters["shard_size"]))
         self.entries: dict[str, CacheEntry] = {}
         self.skipped: list[tuple[str, str, str]] = []
         for index in range(count):
             path = _shard_path(self.cache_dir, index)
             if not path.is_file():
-                raise FileNotFoundError(f"cache shard {path.name} is missing: the cache is unfinished; run training "
-                                        "with the same --cache-dir again to finish it")
+                raise FileNotFoundError(
+                    f"cache shard {path.name} is missing: the cache is unfinished; run training "
+                    "with the same --cache-dir again to finish it"
+                )
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata()
             for row, key in enumerate(json.loads(metadata["keys"])):
@@ -191,7 +227,9 @@ def cached_text(values: list[dict[str, torch.Tensor]]) -> TextEmbeddings:
 
 
 def cached_crops(values: list[dict[str, torch.Tensor]]) -> list[CropInfo]:
-    return [CropInfo((int(v["crops"][0]), int(v["crops"][1])), (int(v["crops"][2]), int(v["crops"][3]))) for v in values]
+    return [
+        CropInfo((int(v["crops"][0]), int(v["crops"][1])), (int(v["crops"][2]), int(v["crops"][3]))) for v in values
+    ]
 
 
 __all__ = ["TrainingCache", "build_cache", "cached_crops", "cached_text", "read_cache_entry"]

@@ -41,9 +41,12 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
     folder = out_dir / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
-    found = [path for path in folder.iterdir() if path.is_dir() and path.name.startswith(PREFIX)
-             and (path / STATE_JSON).is_file()]
-    return sorted(found, key=lambda path: int(path.name[len(PREFIX):]))
+    found = [
+        path
+        for path in folder.iterdir()
+        if path.is_dir() and path.name.startswith(PREFIX) and (path / STATE_JSON).is_file()
+    ]
+    return sorted(found, key=lambda path: int(path.name[len(PREFIX) :]))
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -81,8 +84,10 @@ def _rng_states() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"rng.cuda.{index}"] = state
     name, keys, position, has_gauss, cached = np.random.get_state()
     python_version, python_state, python_gauss = random.getstate()
-    return tensors, {"numpy": [name, keys.tolist(), position, has_gauss, cached],
-                     "python": [python_version, list(python_state), python_gauss]}
+    return tensors, {
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
+        "python": [python_version, list(python_state), python_gauss],
+    }
 
 
 def _restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
@@ -96,8 +101,16 @@ def _restore_rng(tensors: dict[str, torch.Tensor], states: dict) -> None:
     random.setstate((python_version, tuple(python_state), python_gauss))
 
 
-def save_checkpoint(out_dir: Path, step: int, *, adapter: IQAAdapter, optimizer: torch.optim.Optimizer,
-                    ema: dict[str, torch.Tensor] | None, scaler_state: dict | None, counters: dict) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    *,
+    adapter: IQAAdapter,
+    optimizer: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor] | None,
+    scaler_state: dict | None,
+    counters: dict,
+) -> Path:
     """Write the checkpoint of ``step`` atomically (temporary folder, then rename); returns its folder."""
     final = checkpoint_dir(out_dir, step)
     temporary = final.with_name(f".{final.name}.tmp")
@@ -108,16 +121,26 @@ def save_checkpoint(out_dir: Path, step: int, *, adapter: IQAAdapter, optimizer:
     tensors.update(rng_tensors)
     tensors.update({f"ema.{name}": value.detach().cpu().contiguous() for name, value in (ema or {}).items()})
     save_file(tensors, str(temporary / STATE_TENSORS), metadata={"format": "iqa_adapter.training_state"})
-    write_json(temporary / STATE_JSON, {"step": step, "optimizer": optimizer_structure, "rng": rng_states,
-                                        "scaler": scaler_state, "has_ema": ema is not None, "counters": counters})
+    write_json(
+        temporary / STATE_JSON,
+        {
+            "step": step,
+            "optimizer": optimizer_structure,
+            "rng": rng_states,
+            "scaler": scaler_state,
+            "has_ema": ema is not None,
+            "counters": counters,
+        },
+    )
     if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
         shutil.rmtree(final)
     temporary.rename(final)
     return final
 
 
-def load_checkpoint(folder: Path, *, adapter: IQAAdapter, optimizer: torch.optim.Optimizer,
-                    ema: dict[str, torch.Tensor] | None) -> dict:
+def load_checkpoint(
+    folder: Path, *, adapter: IQAAdapter, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None
+) -> dict:
     """Restore the adapter weights, optimizer, EMA and RNG states; returns the JSON state (step, counters...)."""
     if not (folder / STATE_JSON).is_file():
         raise FileNotFoundError(f"{folder} is not a complete training checkpoint (no {STATE_JSON})")
@@ -129,8 +152,10 @@ def load_checkpoint(folder: Path, *, adapter: IQAAdapter, optimizer: torch.optim
     adapter.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
     if state["has_ema"] != (ema is not None):
-        raise ValueError(f"{folder} was saved {'with' if state['has_ema'] else 'without'} EMA; resume with the same "
-                         "--ema-decay setting")
+        raise ValueError(
+            f"{folder} was saved {'with' if state['has_ema'] else 'without'} EMA; resume with the same "
+            "--ema-decay setting"
+        )
     if ema is not None:
         for name, value in ema.items():
             value.copy_(tensors[f"ema.{name}"])

@@ -14,9 +14,20 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 STATS_SOURCES = ("data", "init")
 # Settings that may change when a run is resumed: they do not change what the finished steps computed.
-RESUMABLE_CHANGES = frozenset({"max_steps", "checkpoint_every", "checkpoints_total_limit", "log_every",
-                               "validation_every", "validation_prompts", "validation_steps", "num_workers",
-                               "resume", "progress"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "log_every",
+        "validation_every",
+        "validation_prompts",
+        "validation_steps",
+        "num_workers",
+        "resume",
+        "progress",
+    }
+)
 
 
 @dataclass
@@ -84,16 +95,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "projection": (self.projection, PROJECTIONS), "crop": (self.crop, CROPS),
-            "lr_schedule": (self.lr_schedule, LR_SCHEDULES), "mixed_precision": (self.mixed_precision, MIXED_PRECISION),
+            "projection": (self.projection, PROJECTIONS),
+            "crop": (self.crop, CROPS),
+            "lr_schedule": (self.lr_schedule, LR_SCHEDULES),
+            "mixed_precision": (self.mixed_precision, MIXED_PRECISION),
             "stats_from": (self.stats_from, STATS_SOURCES),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.reference_features is None and (not self.metrics or self.scores is None):
-            raise ValueError("give the scores and at least one metric to condition on (--scores DIR --metrics "
-                             "topiq_nr,laion_aes), or --reference-features for a reference-based adapter")
+            raise ValueError(
+                "give the scores and at least one metric to condition on (--scores DIR --metrics "
+                "topiq_nr,laion_aes), or --reference-features for a reference-based adapter"
+            )
         if self.reference_features is not None and self.metrics:
             raise ValueError("a reference-based adapter is conditioned on image features, not on --metrics")
         for name in ("batch_size", "gradient_accumulation", "max_steps", "resolution", "num_tokens"):
@@ -114,15 +129,26 @@ class TrainConfig:
 
     def recipe(self, processes: int, images: int) -> dict:
         """What a model card tells of this run (recorded in the adapter's config as ``extra["training"]``)."""
+
         def shown(location: str) -> str:  # a local folder by its name only: a card must not leak home paths
             return Path(location).name if Path(location).is_absolute() else location
 
-        recipe = {"base": shown(self.base), "data": shown(self.data), "images": images, "steps": self.max_steps,
-                  "batch_size": self.batch_size * self.gradient_accumulation * processes,
-                  "resolution": self.resolution, "learning_rate": self.learning_rate, "lr_schedule": self.lr_schedule,
-                  "train_scale": self.train_scale, "mixed_precision": self.mixed_precision,
-                  "drop_rates": {"quality": self.drop_quality, "text": self.drop_text, "both": self.drop_both},
-                  "max_grad_norm": self.max_grad_norm, "ema_decay": self.ema_decay, "seed": self.seed}
+        recipe = {
+            "base": shown(self.base),
+            "data": shown(self.data),
+            "images": images,
+            "steps": self.max_steps,
+            "batch_size": self.batch_size * self.gradient_accumulation * processes,
+            "resolution": self.resolution,
+            "learning_rate": self.learning_rate,
+            "lr_schedule": self.lr_schedule,
+            "train_scale": self.train_scale,
+            "mixed_precision": self.mixed_precision,
+            "drop_rates": {"quality": self.drop_quality, "text": self.drop_text, "both": self.drop_both},
+            "max_grad_norm": self.max_grad_norm,
+            "ema_decay": self.ema_decay,
+            "seed": self.seed,
+        }
         if self.reference_features is not None:
             recipe["reference_features"] = self.reference_features
         return recipe
@@ -143,8 +169,11 @@ class TrainConfig:
         mine, theirs = self.to_dict(), saved.to_dict()
         for name, resolve in PATH_SETTINGS.items():
             mine[name], theirs[name] = resolve(mine[name]), resolve(theirs[name])
-        return [f"{name}: {theirs[name]!r} -> {mine[name]!r}" for name in mine
-                if name not in RESUMABLE_CHANGES and mine[name] != theirs[name]]
+        return [
+            f"{name}: {theirs[name]!r} -> {mine[name]!r}"
+            for name in mine
+            if name not in RESUMABLE_CHANGES and mine[name] != theirs[name]
+        ]
 
 
 def output_path(path: str | None) -> str | None:
@@ -160,8 +189,14 @@ def input_path(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
-PATH_SETTINGS = {"base": input_path, "data": input_path, "scores": input_path, "init_adapter": input_path,
-                 "out": output_path, "cache_dir": output_path}
+PATH_SETTINGS = {
+    "base": input_path,
+    "data": input_path,
+    "scores": input_path,
+    "init_adapter": input_path,
+    "out": output_path,
+    "cache_dir": output_path,
+}
 """Settings that hold paths, and how each is resolved before two runs' settings are compared."""
 
 

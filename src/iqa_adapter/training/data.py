@@ -72,8 +72,10 @@ class SampleListing:
     non_finite_scores: int
 
     def summary(self) -> str:
-        return (f"{len(self.samples)} samples with scores; left out: {self.without_scores} without scores, "
-                f"{self.non_finite_scores} with a NaN or infinite score")
+        return (
+            f"{len(self.samples)} samples with scores; left out: {self.without_scores} without scores, "
+            f"{self.non_finite_scores} with a NaN or infinite score"
+        )
 
 
 def list_training_samples(data: str, scores: ScoreTable | None, metrics: Sequence[str]) -> SampleListing:
@@ -88,8 +90,10 @@ def list_training_samples(data: str, scores: ScoreTable | None, metrics: Sequenc
         return SampleListing(samples, 0, 0)
     missing = [name for name in metrics if name not in scores.metrics]
     if missing:
-        raise ValueError(f"the score table has no column for {', '.join(missing)}; it has {', '.join(scores.metrics)} "
-                         "(score the data with `iqa-adapter annotate --metrics ...`)")
+        raise ValueError(
+            f"the score table has no column for {', '.join(missing)}; it has {', '.join(scores.metrics)} "
+            "(score the data with `iqa-adapter annotate --metrics ...`)"
+        )
     columns = [scores.metrics.index(name) for name in metrics]
     samples: list[TrainingSample] = []
     without_scores = non_finite = 0
@@ -103,8 +107,10 @@ def list_training_samples(data: str, scores: ScoreTable | None, metrics: Sequenc
             continue
         samples.append(TrainingSample(sample, values.copy()))
     if not samples:
-        raise ValueError(f"no sample of {data!r} has finite scores for {', '.join(metrics)} in the score table "
-                         f"({without_scores} samples without scores): are the data and the scores the same dataset?")
+        raise ValueError(
+            f"no sample of {data!r} has finite scores for {', '.join(metrics)} in the score table "
+            f"({without_scores} samples without scores): are the data and the scores the same dataset?"
+        )
     return SampleListing(samples, without_scores, non_finite)
 
 
@@ -154,8 +160,9 @@ class ImageTransform:
         return pixels.contiguous(), CropInfo((height, width), (top, left))
 
 
-def load_training_image(sample: TrainingSample, transform: ImageTransform, generator: torch.Generator | None
-                        ) -> tuple[torch.Tensor, CropInfo] | str:
+def load_training_image(
+    sample: TrainingSample, transform: ImageTransform, generator: torch.Generator | None
+) -> tuple[torch.Tensor, CropInfo] | str:
     """The sample's training crop, or the reason it cannot be read (corrupt, truncated, missing)."""
     try:
         image = to_rgb(decode_image(sample.sample.read()))
@@ -185,8 +192,10 @@ class StepSampler:
         if self.global_batch % self.world:
             raise ValueError(f"the global batch {self.global_batch} does not split over {self.world} processes")
         if self.num_samples < self.global_batch:
-            raise ValueError(f"{self.num_samples} training samples are fewer than one global batch of "
-                             f"{self.global_batch}; lower --batch-size or --gradient-accumulation, or add data")
+            raise ValueError(
+                f"{self.num_samples} training samples are fewer than one global batch of "
+                f"{self.global_batch}; lower --batch-size or --gradient-accumulation, or add data"
+            )
 
     @property
     def batches_per_epoch(self) -> int:
@@ -204,6 +213,8 @@ class StepSampler:
             if batch_epoch != epoch:
                 epoch, order = batch_epoch, self.permutation(batch_epoch)
             first = within * self.global_batch + self.rank * local
-            yield [SampleDraw(int(order[first + offset]), micro_batch, self.rank * local + offset)
-                   for offset in range(local)]
+            yield [
+                SampleDraw(int(order[first + offset]), micro_batch, self.rank * local + offset)
+                for offset in range(local)
+            ]
             micro_batch += 1

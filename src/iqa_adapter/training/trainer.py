@@ -82,8 +82,14 @@ class AdapterTrainingModule(nn.Module):
         self.unet = unet
         self.adapter = adapter
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: TextEmbeddings, features: torch.Tensor,
-                time_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: TextEmbeddings,
+        features: torch.Tensor,
+        time_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         added = {"image_embeds": [features[:, None, :]]}
         if time_ids is not None:
             added.update(text_embeds=text.pooled, time_ids=time_ids)
@@ -102,8 +108,13 @@ class _OnTheFlyItems(Dataset):
         if isinstance(loaded, str):
             return {"draw": draw, "skipped": loaded}
         pixels, crop = loaded
-        return {"draw": draw, "pixels": pixels, "crop": crop, "caption": sample.sample.caption,
-                "scores": torch.from_numpy(sample.scores)}
+        return {
+            "draw": draw,
+            "pixels": pixels,
+            "crop": crop,
+            "caption": sample.sample.caption,
+            "scores": torch.from_numpy(sample.scores),
+        }
 
 
 class _CachedItems(Dataset):
@@ -114,8 +125,11 @@ class _CachedItems(Dataset):
 
     def __getitem__(self, draw: SampleDraw) -> dict:
         sample = self.samples[draw.index]
-        return {"draw": draw, "cached": read_cache_entry(self.cache.entries[sample.key]),
-                "scores": torch.from_numpy(sample.scores)}
+        return {
+            "draw": draw,
+            "cached": read_cache_entry(self.cache.entries[sample.key]),
+            "scores": torch.from_numpy(sample.scores),
+        }
 
 
 def learning_rate_factor(config: TrainConfig, step: int) -> float:
@@ -151,8 +165,11 @@ def training_statistics(config: TrainConfig, samples: list[TrainingSample]) -> l
 
     table_path = Path(config.scores)
     table_path = (table_path if table_path.is_dir() else table_path.parent) / STATS_FILE
-    directions = {name: stats.higher_is_better for name, stats in load_stats_table(table_path).items()} \
-        if table_path.is_file() else {}
+    directions = (
+        {name: stats.higher_is_better for name, stats in load_stats_table(table_path).items()}
+        if table_path.is_file()
+        else {}
+    )
     scores = np.stack([sample.scores for sample in samples])
     stats = []
     for column, name in enumerate(config.metrics):
@@ -165,8 +182,9 @@ def training_statistics(config: TrainConfig, samples: list[TrainingSample]) -> l
     return stats
 
 
-def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample], encoder: ReferenceEncoder | None
-                  ) -> IQAAdapter:
+def _make_adapter(
+    config: TrainConfig, pipe, samples: list[TrainingSample], encoder: ReferenceEncoder | None
+) -> IQAAdapter:
     """A new adapter for the base, or the ``init_adapter`` to continue from (second stage).
 
     Statistics (z-score normalisation, or the reference features' standardisation) come from the training
@@ -178,14 +196,24 @@ def _make_adapter(config: TrainConfig, pipe, samples: list[TrainingSample], enco
         spec = ReferenceSpec.parse(config.reference_features)
         reference = {"metric": spec.metric, "layers": list(spec.layers), "feature_dim": encoder.feature_dim}
     if config.init_adapter is None:
-        adapter = IQAAdapter.for_unet(pipe, stats, reference=reference, num_tokens=config.num_tokens,
-                                      projection=config.projection, encoding_frequencies=config.encoding_frequencies,
-                                      flag_feature=config.flag_feature, base_model=config.base, seed=config.seed)
+        adapter = IQAAdapter.for_unet(
+            pipe,
+            stats,
+            reference=reference,
+            num_tokens=config.num_tokens,
+            projection=config.projection,
+            encoding_frequencies=config.encoding_frequencies,
+            flag_feature=config.flag_feature,
+            base_model=config.base,
+            seed=config.seed,
+        )
     else:
         adapter = IQAAdapter.from_pretrained(config.init_adapter)
         if (adapter.metric_names, adapter.config.reference) != (list(config.metrics), reference):
-            raise ValueError(f"--init-adapter is conditioned on {adapter.metric_names or adapter.config.reference}, this "
-                             f"run on {config.metrics or reference}; train on the same condition, in the same order")
+            raise ValueError(
+                f"--init-adapter is conditioned on {adapter.metric_names or adapter.config.reference}, this "
+                f"run on {config.metrics or reference}; train on the same condition, in the same order"
+            )
         if config.stats_from == "data":
             adapter.config.metrics = stats
     adapter.config.train_scale = config.train_scale
@@ -202,8 +230,9 @@ REFERENCE_STATISTICS_SAMPLES = 256
 
 
 @torch.no_grad()
-def reference_statistics(config: TrainConfig, samples: list[TrainingSample], encoder: ReferenceEncoder
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_statistics(
+    config: TrainConfig, samples: list[TrainingSample], encoder: ReferenceEncoder
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of the reference features over the first training samples (centre crops)."""
     transform = ImageTransform(config.resolution, "center")
     features = []
@@ -241,8 +270,9 @@ def _resume_checkpoint(config: TrainConfig, out: Path) -> Path | None:
     saved = load_train_config(out)
     if config.resume is None:
         if latest_checkpoint(out) is not None:
-            raise ValueError(f"{out} already holds checkpoints of a run; continue it with --resume latest, or choose "
-                             "a new --out")
+            raise ValueError(
+                f"{out} already holds checkpoints of a run; continue it with --resume latest, or choose a new --out"
+            )
         return None
     if config.resume == "latest":
         checkpoint = latest_checkpoint(out)
@@ -267,8 +297,11 @@ class Trainer:
         # process-wide state cannot change precision between runs in one process.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         device_type = self.accelerator.device.type
-        self.autocast = (torch.autocast(device_type, dtype=WEIGHT_DTYPES[config.mixed_precision])
-                         if config.mixed_precision != "no" else nullcontext())
+        self.autocast = (
+            torch.autocast(device_type, dtype=WEIGHT_DTYPES[config.mixed_precision])
+            if config.mixed_precision != "no"
+            else nullcontext()
+        )
         self.scaler = torch.amp.GradScaler(device_type) if config.mixed_precision == "fp16" else None
         self.resume_from = _resume_checkpoint(config, self.out)
         if self.accelerator.is_main_process:
@@ -277,13 +310,19 @@ class Trainer:
         pipe = load_pipeline_for_training(config.base, self.accelerator.device, dtype)
         self.base = FrozenBase(pipe)
         self.pipe = pipe
-        self.encoder = (ReferenceEncoder.from_spec(config.reference_features, device=self.accelerator.device)
-                        if config.reference_features else None)
+        self.encoder = (
+            ReferenceEncoder.from_spec(config.reference_features, device=self.accelerator.device)
+            if config.reference_features
+            else None
+        )
         if self.encoder is not None and config.cache_dir:
-            raise ValueError("reference-feature training computes the features of each training image on the fly; "
-                             "train it without --cache-dir")
-        listing = list_training_samples(config.data, ScoreTable.load(config.scores) if config.scores else None,
-                                        config.metrics)
+            raise ValueError(
+                "reference-feature training computes the features of each training image on the fly; "
+                "train it without --cache-dir"
+            )
+        listing = list_training_samples(
+            config.data, ScoreTable.load(config.scores) if config.scores else None, config.metrics
+        )
         self.cache = self._prepare_cache() if config.cache_dir else None
         samples = listing.samples
         if self.cache is not None:
@@ -296,13 +335,20 @@ class Trainer:
         self.adapter.to(self.accelerator.device, torch.float32).requires_grad_(True)
         if config.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=config.learning_rate,
-                                      betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
-                                      weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.adapter.parameters(),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon,
+            weight_decay=config.weight_decay,
+        )
         self.module = self.accelerator.prepare(AdapterTrainingModule(pipe.unet, self.adapter))
         self.optimizer = optimizer
-        self.ema = ({name: parameter.detach().clone() for name, parameter in self.adapter.named_parameters()}
-                    if config.ema_decay else None)
+        self.ema = (
+            {name: parameter.detach().clone() for name, parameter in self.adapter.named_parameters()}
+            if config.ema_decay
+            else None
+        )
         # z-score normalisation of the scores (empty for a reference-based adapter)
         self.z_mean = torch.tensor([m.mean for m in self.adapter.config.metrics], dtype=torch.float32)
         self.z_std = torch.tensor([m.std for m in self.adapter.config.metrics], dtype=torch.float32)
@@ -311,20 +357,43 @@ class Trainer:
     def _prepare_cache(self) -> TrainingCache:
         config = self.config
         if config.crop != "center" or config.flip:
-            raise ValueError("the cache stores centre crops without flips; random crops and flips need training "
-                             "without --cache-dir")
-        build_cache(config.cache_dir, config.data, self.base, config.base, resolution=config.resolution,
-                    dtype=config.cache_dtype, num_workers=config.num_workers, progress=config.progress)
+            raise ValueError(
+                "the cache stores centre crops without flips; random crops and flips need training without --cache-dir"
+            )
+        build_cache(
+            config.cache_dir,
+            config.data,
+            self.base,
+            config.base,
+            resolution=config.resolution,
+            dtype=config.cache_dtype,
+            num_workers=config.num_workers,
+            progress=config.progress,
+        )
         return TrainingCache(config.cache_dir, base_name=config.base, data=config.data, resolution=config.resolution)
 
     def _batches(self, start_micro_batch: int) -> Iterator[list[dict]]:
         config, state = self.config, self.accelerator.state
-        sampler = StepSampler(len(self.samples), config.batch_size * state.num_processes, rank=state.process_index,
-                              world=state.num_processes, seed=config.seed, start=start_micro_batch)
-        items = (_CachedItems(self.samples, self.cache) if self.cache is not None
-                 else _OnTheFlyItems(self.samples, ImageTransform(config.resolution, config.crop, config.flip), config.seed))
-        loader = DataLoader(items, batch_sampler=sampler, num_workers=config.num_workers, collate_fn=list,
-                            persistent_workers=config.num_workers > 0)
+        sampler = StepSampler(
+            len(self.samples),
+            config.batch_size * state.num_processes,
+            rank=state.process_index,
+            world=state.num_processes,
+            seed=config.seed,
+            start=start_micro_batch,
+        )
+        items = (
+            _CachedItems(self.samples, self.cache)
+            if self.cache is not None
+            else _OnTheFlyItems(self.samples, ImageTransform(config.resolution, config.crop, config.flip), config.seed)
+        )
+        loader = DataLoader(
+            items,
+            batch_sampler=sampler,
+            num_workers=config.num_workers,
+            collate_fn=list,
+            persistent_workers=config.num_workers > 0,
+        )
         return iter(loader)
 
     # ---------------------------------------------------------------- one micro-batch
@@ -351,10 +420,12 @@ class Trainer:
             crops = [item["crop"] for item in valid]
         latents = base.sample_latents(parameters, generators("latent"))
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators("noise")]).to(device)
-        timesteps = torch.stack([torch.randint(base.num_train_timesteps, (), generator=g)
-                                 for g in generators("timestep")]).to(device)
-        drop_quality, drop_text = condition_drops(torch.stack([torch.rand((), generator=g) for g in generators("drop")]),
-                                                  config)
+        timesteps = torch.stack(
+            [torch.randint(base.num_train_timesteps, (), generator=g) for g in generators("timestep")]
+        ).to(device)
+        drop_quality, drop_text = condition_drops(
+            torch.stack([torch.rand((), generator=g) for g in generators("drop")]), config
+        )
 
         if self.encoder is not None:  # the adapter learns the relation between an image and its own features
             features = self.adapter.condition_inputs(self.encoder.encode((pixels + 1) / 2))
@@ -387,12 +458,20 @@ class Trainer:
             if accelerator.is_main_process:
                 print(f"resumed from {self.resume_from} at step {step}")
         if accelerator.is_main_process and config.progress:
-            print(f"training on {self.listing.summary()}"
-                  + (f"; {len(self.samples)} in the cache" if self.cache is not None else ""))
+            print(
+                f"training on {self.listing.summary()}"
+                + (f"; {len(self.samples)} in the cache" if self.cache is not None else "")
+            )
         logger = TrainLogger(self.out, resume_step=step, enabled=accelerator.is_main_process)
         batches = self._batches(step * config.gradient_accumulation)
-        bar = tqdm(total=config.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (config.progress and accelerator.is_main_process))
+        bar = tqdm(
+            total=config.max_steps,
+            initial=step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (config.progress and accelerator.is_main_process),
+        )
         loss_value = float("nan")
         last_saved = step if self.resume_from is not None else None
         try:
@@ -406,8 +485,13 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}")
                 if step % config.log_every == 0 or step == config.max_steps:
-                    logger.log(step, loss=loss_value, lr=self.optimizer.param_groups[0]["lr"], samples_per_s=rate,
-                               skipped_images=counters["skipped_images"])
+                    logger.log(
+                        step,
+                        loss=loss_value,
+                        lr=self.optimizer.param_groups[0]["lr"],
+                        samples_per_s=rate,
+                        skipped_images=counters["skipped_images"],
+                    )
                 if config.validation_every and step % config.validation_every == 0:
                     self._validate(step)
                 if step % config.checkpoint_every == 0 or step == config.max_steps:
@@ -427,8 +511,14 @@ class Trainer:
                 print(f"exported the adapter to {adapter_dir}; {counters['skipped_images']} unreadable images skipped")
         accelerator.wait_for_everyone()
         skipped = counters["skipped_images"] + (len(self.cache.skipped) if self.cache is not None else 0)
-        return TrainResult(adapter_dir, step, loss_value, skipped, counters["samples"],
-                           self.listing.without_scores + self.listing.non_finite_scores)
+        return TrainResult(
+            adapter_dir,
+            step,
+            loss_value,
+            skipped,
+            counters["samples"],
+            self.listing.without_scores + self.listing.non_finite_scores,
+        )
 
     def _optimizer_step(self, step: int, batches: Iterator[list[dict]]) -> tuple[float, int, int]:
         """One optimizer step over ``gradient_accumulation`` micro-batches: (mean loss, samples used, skipped)."""
@@ -461,8 +551,9 @@ class Trainer:
             with torch.no_grad():
                 for name, parameter in self.adapter.named_parameters():
                     self.ema[name].lerp_(parameter.detach(), 1.0 - config.ema_decay)
-        totals = accelerator.reduce(torch.tensor([total_loss, used, skipped], dtype=torch.float64,
-                                                 device=accelerator.device), reduction="sum")
+        totals = accelerator.reduce(
+            torch.tensor([total_loss, used, skipped], dtype=torch.float64, device=accelerator.device), reduction="sum"
+        )
         total_loss, used, skipped = totals.tolist()
         return total_loss / max(used, 1), int(used), int(skipped)
 
@@ -483,8 +574,15 @@ class Trainer:
         accelerator = self.accelerator
         if accelerator.is_main_process:
             scaler = self.scaler.state_dict() if self.scaler is not None else None
-            save_checkpoint(self.out, step, adapter=self.adapter, optimizer=self.optimizer, ema=self.ema,
-                            scaler_state=scaler, counters=counters)
+            save_checkpoint(
+                self.out,
+                step,
+                adapter=self.adapter,
+                optimizer=self.optimizer,
+                ema=self.ema,
+                scaler_state=scaler,
+                counters=counters,
+            )
             prune_checkpoints(self.out, self.config.checkpoints_total_limit)
         accelerator.wait_for_everyone()
 
@@ -500,20 +598,34 @@ class Trainer:
         config = self.config
         conditions: dict = {}
         if self.encoder is None:
-            conditions["qualities"] = [dict.fromkeys(self.adapter.metric_names, target)
-                                       for target in VALIDATION_PERCENTILES]
+            conditions["qualities"] = [
+                dict.fromkeys(self.adapter.metric_names, target) for target in VALIDATION_PERCENTILES
+            ]
             labels = [f"all metrics {target}" for target in VALIDATION_PERCENTILES]
         else:
             conditions["references"] = self._validation_references()
             conditions["reference_encoder"] = self.encoder
-            labels = [f"reference {sample.key}"[:24] for sample in self.samples[:len(conditions["references"])]]
+            labels = [f"reference {sample.key}"[:24] for sample in self.samples[: len(conditions["references"])]]
         with _ema_weights(self.adapter, self.ema), self.autocast:
-            results = generate(self.pipe, self.adapter, config.validation_prompts, seed=config.seed,
-                               scale=self.adapter.config.default_scale,  # as generation will use it
-                               steps=config.validation_steps, guidance=config.validation_guidance,
-                               height=config.resolution, width=config.resolution, progress=False, **conditions)
-        grid = image_grid([result.image for result in results], columns=len(labels),
-                          row_labels=[prompt[:40] for prompt in config.validation_prompts], column_labels=labels)
+            results = generate(
+                self.pipe,
+                self.adapter,
+                config.validation_prompts,
+                seed=config.seed,
+                scale=self.adapter.config.default_scale,  # as generation will use it
+                steps=config.validation_steps,
+                guidance=config.validation_guidance,
+                height=config.resolution,
+                width=config.resolution,
+                progress=False,
+                **conditions,
+            )
+        grid = image_grid(
+            [result.image for result in results],
+            columns=len(labels),
+            row_labels=[prompt[:40] for prompt in config.validation_prompts],
+            column_labels=labels,
+        )
         atomic_write(self.out / "validation" / f"step_{step:08d}.png", lambda path: grid.save(path, format="PNG"))
         self.accelerator.wait_for_everyone()
 
