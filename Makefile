@@ -53,3 +53,18 @@ $(PYIQA_VENV)/.installed: pyproject.toml
 	$(PYIQA_VENV)/bin/python -m pip install --quiet -e ".[test,fid]" $(PYIQA_TORCH_SPEC)
 	$(PYIQA_VENV)/bin/python -c "import torch, torchvision, pyiqa; print('pyiqa', pyiqa.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
+
+# The peers of benchmarks/bench_metrics.py (scikit-video, pypiqe, OpenCV) in an environment of their own: none of
+# them is a dependency of this package. Not part of `make test`.
+BENCH_VENV ?= .venv-bench
+
+.PHONY: bench-env
+
+bench-env: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet scikit-video==1.1.11 pypiqe==1.2 opencv-python-headless scipy pillow
+	touch $@

@@ -135,7 +135,9 @@ def test_features_in_strips_equal_the_whole_image_features(patch_size, shapes, m
         for pixels in (1, (2 * patch_size + 2 * HALO) * width, 2 * height * width):
             monkeypatch.setattr(classical, "PIXELS_PER_STEP", pixels)
             for in_strips, expected in zip(niqe_features(images, patch_size), whole):
-                torch.testing.assert_close(in_strips, expected, rtol=0, atol=0, equal_nan=True)
+                # the same up to the rounding of the AGGD's dot products, whose summation order the BLAS may
+                # choose by the number of patches in a step
+                torch.testing.assert_close(in_strips, expected, rtol=1e-12, atol=1e-14, equal_nan=True)
 
 
 def test_scores_in_strips_equal_the_whole_image_scores(params_file, monkeypatch):
@@ -145,7 +147,7 @@ def test_scores_in_strips_equal_the_whole_image_scores(params_file, monkeypatch)
     monkeypatch.setattr(classical, "PIXELS_PER_STEP", 2**62)
     whole = metric.score(images)
     monkeypatch.setattr(classical, "PIXELS_PER_STEP", 1)
-    assert torch.equal(metric.score(images), whole)
+    torch.testing.assert_close(metric.score(images), whole, rtol=1e-12, atol=0)
 
 
 def test_missing_parameters_say_how_to_get_them():

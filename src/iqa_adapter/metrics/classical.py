@@ -69,13 +69,20 @@ def filter2d(gray: torch.Tensor, kernel: torch.Tensor | tuple, padding: str = "v
     ``padding="valid"`` keeps only the positions where the kernel fits inside the image;
     ``padding="replicate"`` repeats the border pixels and keeps the size (MATLAB ``imfilter(..., 'replicate')``).
     """
-    kernel = torch.as_tensor(kernel, dtype=gray.dtype, device=gray.device)
+    kernel = torch.as_tensor(kernel, dtype=torch.float64)
+    rows, cols = kernel.shape
     if padding == "replicate":
-        rows, cols = kernel.shape
         gray = F.pad(gray, ((cols - 1) // 2, cols // 2, (rows - 1) // 2, rows // 2), mode="replicate")
     elif padding != "valid":
         raise ValueError(f"padding must be 'valid' or 'replicate', got {padding!r}")
-    return F.conv2d(gray, kernel[None, None])
+    # a sum of shifted slices: torch's convolution of one channel in float64 builds an im2col buffer of
+    # rows x cols values per pixel, and is several times slower
+    height, width = gray.shape[-2] - rows + 1, gray.shape[-1] - cols + 1
+    out = torch.zeros_like(gray[..., :height, :width])
+    for (row, col), weight in zip(itertools.product(range(rows), range(cols)), kernel.flatten().tolist()):
+        if weight != 0:
+            out = out.add_(gray[..., row : row + height, col : col + width], alpha=weight)
+    return out
 
 
 def gaussian_profile(size: int = 7, sigma: float = 7 / 6) -> torch.Tensor:
