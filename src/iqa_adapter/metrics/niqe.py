@@ -102,8 +102,11 @@ def _scale_features(coefficients: torch.Tensor, patch_size: int) -> torch.Tensor
     (MATLAB ``circshift``).
     """
     patches = split_blocks(coefficients, patch_size)
-    maps = [patches] + [patches * torch.roll(patches, shift, dims=(-2, -1)) for shift in PAIR_SHIFTS]
-    shape, beta_left, beta_right = aggd_fit(torch.stack(maps, dim=2).flatten(-2))  # each (N, patches, 5)
+    maps = patches.new_empty((*patches.shape[:2], 1 + len(PAIR_SHIFTS), patch_size, patch_size))
+    maps[:, :, 0] = patches
+    for index, shift in enumerate(PAIR_SHIFTS, start=1):  # written in place: no stacked copy of the five maps
+        torch.mul(patches, torch.roll(patches, shift, dims=(-2, -1)), out=maps[:, :, index])
+    shape, beta_left, beta_right = aggd_fit(maps.flatten(-2))  # each (N, patches, 5)
     mean = (beta_right - beta_left) * torch.exp(torch.lgamma(2 / shape) - torch.lgamma(1 / shape))
     products = torch.stack([shape, mean, beta_left, beta_right], dim=-1)[..., 1:, :].flatten(-2)
     return torch.cat([shape[..., :1], (beta_left[..., :1] + beta_right[..., :1]) / 2, products], dim=-1)
