@@ -81,7 +81,7 @@ def filter2d(gray: torch.Tensor, kernel: torch.Tensor | tuple, padding: str = "v
     out = torch.zeros_like(gray[..., :height, :width])
     for (row, col), weight in zip(itertools.product(range(rows), range(cols)), kernel.flatten().tolist()):
         if weight != 0:
-            out = out.add_(gray[..., row : row + height, col : col + width], alpha=weight)
+            out.add_(gray[..., row : row + height, col : col + width], alpha=weight)
     return out
 
 
@@ -114,14 +114,25 @@ def gaussian_replicate(maps: torch.Tensor, size: int = 7, sigma: float = 7 / 6) 
     taps = gaussian_profile(size, sigma).tolist()
     before, after = (size - 1) // 2, size // 2
     for dim in (-2, -1):
-        length = maps.shape[dim]
         pads = (0, 0, before, after) if dim == -2 else (before, after, 0, 0)
-        padded = F.pad(maps, pads, mode="replicate")
-        out = padded.narrow(dim, 0, length) * taps[0]
-        for index in range(1, size):
-            out.add_(padded.narrow(dim, index, length), alpha=taps[index])
-        maps = out
+        maps = weighted_slices(F.pad(maps, pads, mode="replicate"), dim, taps, maps.shape[dim])
     return maps
+
+
+def weighted_slices(padded: torch.Tensor, dim: int, taps: list[float], length: int, stride: int = 1) -> torch.Tensor:
+    """``sum_k taps[k] * padded[..., k + stride * i, ...]`` for ``i < length`` along ``dim``: a 1-D filter (with
+    ``stride``, a filter and a subsampling) as weighted, shifted slices, without the im2col buffer of a float64
+    convolution."""
+    index = [slice(None)] * padded.dim()
+
+    def shifted(offset: int) -> torch.Tensor:
+        index[dim] = slice(offset, offset + stride * (length - 1) + 1, stride)
+        return padded[tuple(index)]
+
+    out = shifted(0) * taps[0]
+    for offset, tap in enumerate(taps[1:], start=1):
+        out.add_(shifted(offset), alpha=tap)
+    return out
 
 
 def split_blocks(gray: torch.Tensor, size: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from ..images import ImageReadError, open_image, rgb_tensor
 from ..io_utils import atomic_write
 from .base import QualityMetric, check_images
-from .classical import Strip, luma, mscn, over_strips, require_size, split_blocks
+from .classical import Strip, luma, mscn, over_strips, require_size, split_blocks, weighted_slices
 from .pyiqa_backend import MetricUnavailableError
 from .registry import register_metric
 
@@ -118,15 +118,7 @@ def _half_scale(gray: torch.Tensor) -> torch.Tensor:
     taps = [tap / 2 for tap in HALF_SCALE_TAPS]
     for dim in (-2, -1):
         start, end = gray.narrow(dim, 0, 3).flip(dim), gray.narrow(dim, gray.shape[dim] - 3, 3).flip(dim)
-        padded = torch.cat([start, gray, end], dim)
-        length = gray.shape[dim] // 2
-        index = [slice(None)] * padded.dim()
-        index[dim] = slice(0, 2 * length, 2)
-        out = padded[tuple(index)] * taps[0]
-        for offset, tap in enumerate(taps[1:], start=1):
-            index[dim] = slice(offset, offset + 2 * length, 2)
-            out.add_(padded[tuple(index)], alpha=tap)
-        gray = out
+        gray = weighted_slices(torch.cat([start, gray, end], dim), dim, taps, gray.shape[dim] // 2, stride=2)
     return gray
 
 
