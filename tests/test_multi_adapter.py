@@ -282,3 +282,19 @@ def test_two_adapters_beside_a_lora_and_in_a_controlnet_pipeline():
     second.detach()
     first.detach()
     assert torch.equal(run(pipe), with_lora)
+
+
+def test_the_order_adapters_are_given_in_does_not_matter(sd_pipe):
+    """generate lays the embeds out in slot order (attach order), whatever order the adapters are passed in."""
+    first, second = perturbed(sd_pipe, two_metrics(), seed=1), perturbed(sd_pipe, NOISE_AND_COLOUR, seed=2)
+    targets = {"sharp": "p99", "aes": "p1", "noise": "p1", "colour": "p99"}
+    first.attach(sd_pipe, scale=0.6)
+    second.attach(sd_pipe, scale=0.4)
+    try:
+        kwargs = dict(steps=2, progress=False, output_type="latent")
+        in_order = generate(sd_pipe, [first, second], "a red circle", targets, **kwargs)[0]
+        reversed_order = generate(sd_pipe, [second, first], "a red circle", targets, **kwargs)[0]
+    finally:
+        second.detach()
+        first.detach()
+    assert torch.equal(in_order.image, reversed_order.image)
