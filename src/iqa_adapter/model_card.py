@@ -103,6 +103,30 @@ def _usage(config: IQAAdapterConfig, repo_id: str) -> list[str]:
     ]
 
 
+def _check_evaluation(evaluation) -> None:
+    """Refuse, in one line, what is not an ``evaluate`` report: a JSON object whose ``relgain`` (when present)
+    maps conditions to ``{metric: number}`` over the same metrics, with a list of ``target_metrics`` and a
+    mapping of ``claims``."""
+    problem = None
+    if not isinstance(evaluation, Mapping):
+        problem = f"it holds a {type(evaluation).__name__}, not a JSON object"
+    else:
+        relgain = evaluation.get("relgain") or {}
+        tables = list(relgain.values()) if isinstance(relgain, Mapping) else None
+        if tables is None or not all(isinstance(table, Mapping) for table in tables):
+            problem = "its relgain is not a mapping of conditions to {metric: value}"
+        elif any(list(table) != list(tables[0]) for table in tables) or not all(
+            isinstance(value, int | float) for table in tables for value in table.values()
+        ):
+            problem = "its relgain tables do not give a number for the same metrics"
+        elif not isinstance(evaluation.get("target_metrics", []), list):
+            problem = "its target_metrics is not a list"
+        elif not isinstance(evaluation.get("claims", {}), Mapping):
+            problem = "its claims are not a mapping"
+    if problem:
+        raise ValueError(f"the evaluation report is not a report.json of `iqa-adapter evaluate`: {problem}")
+
+
 def _evaluation_section(evaluation: Mapping) -> list[str]:
     relgain = evaluation.get("relgain")
     if not relgain:
@@ -175,5 +199,6 @@ def adapter_model_card(
     lines += ["", "## Training", ""] + _training_section(config)
     lines += ["", "## Usage", ""] + _usage(config, repo_id)
     if evaluation is not None:
+        _check_evaluation(evaluation)
         lines += ["", "## Evaluation", ""] + _evaluation_section(evaluation)
     return "\n".join(lines) + "\n"
