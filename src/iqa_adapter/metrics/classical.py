@@ -33,7 +33,7 @@ from .registry import register_metric
 # 0.114 to within 7e-5)
 LUMA_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
-IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+SECOND_DIFFERENCE = [1.0, -2.0, 1.0]  # Immerkaer's 3x3 kernel is its outer product with itself
 JPEG_BLOCK = 8
 MSCN_HALO = 3  # rows the 7x7 MSCN window (:func:`mscn`) reads on each side of a pixel
 PIXELS_PER_STEP = 2**18  # pixels a metric reads in one step (a 512x512 image); tests shrink it
@@ -49,7 +49,8 @@ def luma(images: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor
     Computed in ``dtype`` (default: the images'), channel by channel: no (N, 3, H, W) temporary.
     """
     red, green, blue = (images[:, channel : channel + 1].to(dtype or images.dtype) for channel in range(3))
-    return LUMA_WEIGHTS[0] * red + LUMA_WEIGHTS[1] * green + LUMA_WEIGHTS[2] * blue
+    grey = red * LUMA_WEIGHTS[0]
+    return grey.add_(green, alpha=LUMA_WEIGHTS[1]).add_(blue, alpha=LUMA_WEIGHTS[2])
 
 
 def require_size(images: torch.Tensor, min_size: tuple[int, int], metric: str, reason: str) -> None:
@@ -430,8 +431,15 @@ class Noise(QualityMetric):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         require_size(images, self.min_size, self.name, "one 3x3 noise-estimation window")
-        response = _valid_mean(images, lambda gray: filter2d(255 * gray, IMMERKAER).abs())
-        return math.sqrt(math.pi / 2) / 6 * response
+        response = _valid_mean(images, _immerkaer_response)
+        return math.sqrt(math.pi / 2) / 6 * 255 * response
+
+
+def _immerkaer_response(gray: torch.Tensor) -> torch.Tensor:
+    """``|N * gray|`` at the positions where Immerkaer's 3x3 kernel fits, as two 1-D second differences."""
+    height, width = gray.shape[-2:]
+    rows = weighted_slices(gray, -1, SECOND_DIFFERENCE, width - 2)
+    return weighted_slices(rows, -2, SECOND_DIFFERENCE, height - 2).abs_()
 
 
 @register_metric
