@@ -32,18 +32,21 @@ if [ "$SMOKE" = 1 ]; then
   section "annotation images/s, built-in metrics" 300 $PYTHON bench_annotate.py --images 8 --rounds 1 --device cpu
   section "LoDa throughput" 300 $PYTHON bench_loda.py --presets tiny --device cpu --rounds 1
   section "IQA-gradient guidance step" 300 $PYTHON bench_guidance.py --latent 8 --repeats 1 --device cpu
+  section "evaluation images/s" 300 $PYTHON bench_evaluate.py --arch tiny --resolution 64 --steps 2 --prompts 2,4 --seeds 1
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  section "SDXL UNet step at 128x128 latents, adapter vs base, negative guidance vs CFG, fp16" 75 \
+  section "SDXL UNet step at 128x128 latents, adapter vs base, negative guidance vs CFG, fp16" 60 \
     $PYTHON bench_unet_overhead.py --latent 128 --device cuda --dtype fp16 --rounds 5
-  section "the same in bf16" 75 $PYTHON bench_unet_overhead.py --latent 128 --device cuda --dtype bf16 --rounds 5
-  section "generation images/s, SDXL 1024 px, 35 steps, with and without torch.compile" 180 \
+  section "the same in bf16" 60 $PYTHON bench_unet_overhead.py --latent 128 --device cuda --dtype bf16 --rounds 5
+  section "generation images/s, SDXL 1024 px, 35 steps, with and without torch.compile" 150 \
     $PYTHON bench_generation.py --device cuda --dtype fp16 --batch 4 --images 4
-  section "training samples/s with and without the cache, SDXL 1024 px, bf16" 120 \
+  section "training samples/s with and without the cache, SDXL 1024 px, bf16" 100 \
     $PYTHON bench_training.py --arch sdxl --resolution 1024 --images 32 --batch-size 4 --steps 8 --mixed-precision bf16
   section "annotation images/s, built-in metrics" 30 $PYTHON bench_annotate.py --device cuda --rounds 2
   section "LoDa throughput" 30 $PYTHON bench_loda.py --device cuda --presets base,tiny
   section "IQA-gradient guidance step, SDXL VAE, 1024 px" 30 $PYTHON bench_guidance.py --latent 128 --device cuda --dtype fp16
+  section "evaluation images/s (generated and scored), SDXL 1024 px, 35 steps, base p1 p99" 80 \
+    $PYTHON bench_evaluate.py --arch sdxl --device cuda --dtype fp16 --resolution 1024 --steps 35 --prompts 4 --seeds 1
 fi
 
 echo
