@@ -13,7 +13,7 @@ def require_app_extra(modules=APP_MODULES) -> None:
     """Raise, naming the fix, when the app's optional dependencies are not installed."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        raise ModuleNotFoundError(f"the web app and studies need {', '.join(missing)}: pip install 'iqa-adapter[app]'")
+        raise RuntimeError(f"the web app and studies need {', '.join(missing)}: pip install 'iqa-adapter[app]'")
 
 
 def cmd_app(args) -> None:
