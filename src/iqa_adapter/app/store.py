@@ -316,18 +316,19 @@ class StudyStore:
         """The participant's row id, created on first sight."""
         if not external_id or len(external_id) > 200:
             raise StudyError("a participant id must be 1 to 200 characters")
-        with self.engine.begin() as connection:
+        with self.engine.connect() as connection:
             found = self._participant_row(connection, study_id, external_id)
-            if found is not None:
-                return found
-            try:
-                with connection.begin_nested():
-                    return connection.execute(
-                        participants.insert().values(
-                            study_id=study_id, external_id=external_id, source=source, created=time.time()
-                        )
-                    ).inserted_primary_key[0]
-            except IntegrityError:  # the same participant's other request created it
+        if found is not None:
+            return found
+        try:
+            with self.engine.begin() as connection:
+                return connection.execute(
+                    participants.insert().values(
+                        study_id=study_id, external_id=external_id, source=source, created=time.time()
+                    )
+                ).inserted_primary_key[0]
+        except IntegrityError:  # the same participant's other request created it first
+            with self.engine.connect() as connection:
                 return self._participant_row(connection, study_id, external_id)
 
     @staticmethod
@@ -342,24 +343,25 @@ class StudyStore:
         """The participant's open assignment, or a new one; None when the participant has finished."""
         _, settings = self.study_by_id(study_id)
         for _attempt in range(5):
-            with self._serve_lock, self.engine.begin() as connection:
-                current = self._open_assignment(connection, participant_id)
-                if current is not None:
-                    return self._describe(connection, current, settings, study_id)
-                done = connection.execute(
-                    sa.select(sa.func.count()).where(assignments.c.participant_id == participant_id)
-                ).scalar_one()
-                total = self._sequence_length(connection, study_id, settings)
-                if done >= total:
-                    return None
-                attention = done in self._check_positions(participant_id, settings, total)
-                pair_id = self._least_served_pair(connection, study_id, participant_id, attention)
-                if pair_id is None and attention:  # no check left for this participant: a compared pair instead
-                    pair_id = self._least_served_pair(connection, study_id, participant_id, False)
+            with self._serve_lock:
+                with self.engine.connect() as connection:
+                    current = self._open_assignment(connection, participant_id)
+                    if current is not None:
+                        return self._describe(connection, current, settings, study_id)
+                    done = connection.execute(
+                        sa.select(sa.func.count()).where(assignments.c.participant_id == participant_id)
+                    ).scalar_one()
+                    total = self._sequence_length(connection, study_id, settings)
+                    if done >= total:
+                        return None
+                    attention = done in self._check_positions(participant_id, settings, total)
+                    pair_id = self._least_served_pair(connection, study_id, participant_id, attention)
+                    if pair_id is None and attention:  # no check left for this participant: a compared pair
+                        pair_id = self._least_served_pair(connection, study_id, participant_id, False)
                 if pair_id is None:
                     return None
                 try:
-                    with connection.begin_nested():
+                    with self.engine.begin() as connection:
                         connection.execute(
                             assignments.insert().values(
                                 participant_id=participant_id,
@@ -369,10 +371,8 @@ class StudyStore:
                                 shown=time.time(),
                             )
                         )
-                except IntegrityError:  # a concurrent request of the same participant: read its assignment
+                except IntegrityError:  # another server or request served this participant first: read it
                     continue
-                current = self._open_assignment(connection, participant_id)
-                return self._describe(connection, current, settings, study_id)
         raise StudyError("too many concurrent requests for this participant; try again")
 
     def vote(self, participant_id: int, assignment_id: int, choice: str) -> None:
