@@ -160,3 +160,40 @@ def test_a_reference_based_adapter_takes_an_uploaded_reference(tmp_path):
         assert status == 400 and body["error"].startswith("reference:")
     finally:
         app.stop()
+
+
+def test_study_requests_that_cannot_be_served_get_one_line_errors(tmp_path):
+    from app_fixtures import condition_folders
+
+    from iqa_adapter.app.store import StudySettings, StudyStore
+    from iqa_adapter.app.study import create_study
+
+    database = str(tmp_path / "study.sqlite")
+    root = condition_folders(tmp_path / "eval", ["base", "toy/p99"], 2)
+    create_study(StudyStore(database), "s", root, StudySettings(conditions=("base", "toy/p99")), attention_pairs=1)
+    app = AppServer(["--no-generate", "--database", database], tmp_path).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            app.get("/api/study/nope/next?participant=a")
+        assert error.value.code == 404 and b"no study named 'nope'" in error.value.read()
+        status, body = app.post("/api/study/nope/vote", {"participant": "a", "assignment": 1, "choice": "left"})
+        assert status == 404
+        first = app.get("/api/study/s/next?participant=a")
+        for assignment in (2**70, -1, "x"):
+            status, body = app.post(
+                "/api/study/s/vote", {"participant": "a", "assignment": assignment, "choice": "left"}
+            )
+            assert status == 400 and "assignment" in body["error"]
+        status, body = app.post(
+            "/api/study/s/vote", {"participant": "a", "assignment": first["assignment"], "choice": "up"}
+        )
+        assert status == 400 and "one of left, right, same" in body["error"]
+        status, body = app.post(
+            "/api/study/s/vote", {"participant": "", "assignment": first["assignment"], "choice": "left"}
+        )
+        assert status == 400 and "participant id must be 1 to 200 characters" in body["error"]
+        with pytest.raises(urllib.error.HTTPError) as error:
+            app.get("/api/model")  # no generator on this server
+        assert error.value.code == 404 and b"no generator" in error.value.read()
+    finally:
+        app.stop()

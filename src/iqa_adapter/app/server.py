@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from .generator import GenerationEngine, RequestError
-from .store import StudyError, StudyStore
+from .store import StudyError, StudyStore, UnknownStudyError
 from .study import study_figures, study_report, votes_csv
 
 PARTICIPANT_PARAMETERS = ("participant", "PROLIFIC_PID", "workerId", "worker_id", "participant_id", "uid", "user_id")
@@ -153,6 +153,8 @@ def create_app(
 
         try:
             return JSONResponse(await run_in_threadpool(work))
+        except UnknownStudyError as error:
+            return _error(error, 404)
         except StudyError as error:
             return _error(error)
 
@@ -160,6 +162,8 @@ def create_app(
         try:
             body = await request.json()
             identity, assignment, choice = str(body["participant"]), int(body["assignment"]), str(body["choice"])
+            if not 0 < assignment < 2**63:
+                raise ValueError(assignment)
         except (ValueError, KeyError, TypeError):
             return _error(StudyError('send {"participant": ID, "assignment": N, "choice": "left"|"right"|"same"}'))
         source = str(body.get("source", "participant"))[:50]
@@ -171,6 +175,8 @@ def create_app(
 
         try:
             return JSONResponse(await run_in_threadpool(work))
+        except UnknownStudyError as error:
+            return _error(error, 404)
         except StudyError as error:
             return _error(error)
 

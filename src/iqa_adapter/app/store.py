@@ -55,7 +55,7 @@ pairs = sa.Table(
     "pairs",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), nullable=False, index=True),
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id"), nullable=False),
     sa.Column("image_a", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
     sa.Column("image_b", sa.Integer, sa.ForeignKey("images.id"), nullable=False),
     sa.Column("condition_a", sa.String(200), nullable=False),
@@ -63,6 +63,7 @@ pairs = sa.Table(
     sa.Column("key", sa.String(500), nullable=False),
     sa.Column("attention", sa.Boolean, nullable=False, default=False),
     sa.Column("expected", sa.String(1), nullable=True),  # "a" or "b": the right answer of an attention check
+    sa.Index("pairs_by_study_and_kind", "study_id", "attention"),
 )
 
 participants = sa.Table(
@@ -101,7 +102,12 @@ sa.Index(
 
 
 class StudyError(ValueError):
-    """A request the study cannot serve (unknown study, assignment or choice); the message names the fix."""
+    """A request the study cannot serve (unknown assignment or choice, bad participant id); the message names the
+    fix."""
+
+
+class UnknownStudyError(StudyError):
+    """No study of that name in the database."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +221,9 @@ class StudyStore:
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(studies.c.id, studies.c.settings).where(studies.c.name == name)).first()
         if row is None:
-            raise StudyError(f"no study named {name!r} in {self.url}; known: {', '.join(self.study_names()) or 'none'}")
+            raise UnknownStudyError(
+                f"no study named {name!r} in {self.url}; known: {', '.join(self.study_names()) or 'none'}"
+            )
         return row.id, StudySettings.from_json(row.settings)
 
     def study_names(self) -> list[str]:
@@ -433,12 +441,14 @@ class StudyStore:
         """A pair of the kind asked for, not yet shown to the participant, with the fewest votes plus recent open
         assignments (ties broken at random)."""
         recent = time.time() - OPEN_ASSIGNMENT_SECONDS
-        load = (
-            sa.select(
-                assignments.c.pair_id,
-                sa.func.count().label("load"),
+        load = (  # votes and recent showings per pair of this study
+            sa.select(assignments.c.pair_id, sa.func.count().label("load"))
+            .select_from(assignments.join(pairs, assignments.c.pair_id == pairs.c.id))
+            .where(
+                pairs.c.study_id == study_id,
+                pairs.c.attention.is_(attention),
+                sa.or_(assignments.c.choice.is_not(None), assignments.c.shown > recent),
             )
-            .where(sa.or_(assignments.c.choice.is_not(None), assignments.c.shown > recent))
             .group_by(assignments.c.pair_id)
             .subquery()
         )
