@@ -164,7 +164,6 @@ def test_a_reference_based_adapter_takes_an_uploaded_reference(tmp_path):
 
 def test_study_requests_that_cannot_be_served_get_one_line_errors(tmp_path):
     from app_fixtures import condition_folders
-
     from iqa_adapter.app.store import StudySettings, StudyStore
     from iqa_adapter.app.study import create_study
 
@@ -197,3 +196,28 @@ def test_study_requests_that_cannot_be_served_get_one_line_errors(tmp_path):
         assert error.value.code == 404 and b"no generator" in error.value.read()
     finally:
         app.stop()
+
+
+def test_results_links_are_url_encoded_and_html_escaped():
+    from iqa_adapter.app.server import results_html
+
+    report = {
+        "study": "a b&c<",
+        "conditions": ["x", "y"],
+        "win_rate": {"x": 1.0, "y": 0.0},
+        "vote_share": {"x": 1.0, "y": 0.0},
+        "pairwise": {"x": {"y": 1.0}, "y": {"x": 0.0}},
+        "bradley_terry": {},
+        "participants": 1,
+        "participants_excluded": 0,
+        "votes_kept": 1,
+        "votes": 1,
+        "pairs_voted": 1,
+        "pairs": 1,
+        "pairs_with_enough_votes": 0,
+        "settings": {"votes_per_pair": 10},
+    }
+    page = results_html(report, "t&k n")
+    assert 'href="/study/a%20b%26c%3C/votes.csv?token=t%26k+n"' in page
+    assert 'src="/study/a%20b%26c%3C/figures/win_rates.png?token=t%26k+n"' in page
+    assert "Results of the study a b&amp;c&lt;" in page and "<c<" not in page

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import io
 from importlib import resources
+from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -132,8 +133,8 @@ def create_app(
         return {
             "done": False,
             "assignment": current.id,
-            "left": f"/api/study/{name}/image/{current.left_image}",
-            "right": f"/api/study/{name}/image/{current.right_image}",
+            "left": f"/api/study/{quote(name, safe='')}/image/{current.left_image}",
+            "right": f"/api/study/{quote(name, safe='')}/image/{current.right_image}",
             "position": current.position,
             "total": current.total,
         }
@@ -187,11 +188,18 @@ def create_app(
             )
         except StudyError as error:
             return _error(error, 404)
-        return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        return Response(data, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+    reports: dict[str, tuple[int, tuple]] = {}  # study -> (its number of votes, its report): one per new vote
 
     def _report(request: Request):
         check_token(request)
-        return study_report(need_store(), request.path_params["name"], bootstrap_rounds=200)
+        name = request.path_params["name"]
+        votes_now = need_store().counts(study_id(request))["votes"]
+        cached = reports.get(name)
+        if cached is None or cached[0] != votes_now:
+            cached = reports[name] = (votes_now, study_report(store, name, bootstrap_rounds=200))
+        return cached[1]
 
     async def report(request: Request) -> Response:
         try:
@@ -256,8 +264,8 @@ def create_app(
 
 def results_html(report: dict, token: str | None) -> str:
     """The results page: counts, the win-rate table with Bradley-Terry intervals, the pairwise matrix, figures."""
-    name = html.escape(report["study"])
-    query = f"?token={html.escape(token)}" if token else ""
+    name, path = html.escape(report["study"]), html.escape(quote(report["study"], safe=""))
+    query = html.escape("?" + urlencode({"token": token})) if token else ""
     conditions = [c for c in report["conditions"] if c in report["win_rate"]]
     rows = "".join(
         f"<tr><td>{html.escape(c)}</td><td>{report['win_rate'][c]:.3f}</td><td>{report['vote_share'][c]:.3f}</td>"
@@ -281,7 +289,7 @@ def results_html(report: dict, token: str | None) -> str:
         for a in conditions
     )
     figures = "".join(
-        f'<img alt="{figure}" src="/study/{name}/figures/{figure}.png{query}">'
+        f'<img alt="{figure}" src="/study/{path}/figures/{figure}.png{query}">'
         for figure in ("win_rates", "pairwise", "bradley_terry")
         if conditions
     )
@@ -292,7 +300,7 @@ def results_html(report: dict, token: str | None) -> str:
         f"{report['settings']['votes_per_pair']} votes"
     )
     return page("results.html").format(
-        name=name, counts=counts, rows=rows, header=header, matrix=matrix, figures=figures, query=query
+        name=name, path=path, counts=counts, rows=rows, header=header, matrix=matrix, figures=figures, query=query
     )
 
 

@@ -66,6 +66,7 @@ async function request() {
 function showImages(job) {
   const results = $("results");
   results.innerHTML = "";
+  results.classList.toggle("sweep", job.images.length > 1);  // a sweep: one row of labelled images
   job.images.forEach((image, index) => {
     const figure = document.createElement("figure");
     figure.innerHTML = `<img src="${image.url}" alt="${image.label}"><figcaption>${image.label}<br>

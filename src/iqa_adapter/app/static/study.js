@@ -15,6 +15,7 @@ if (!participant) {  // a generated id, kept in the URL so that a reload continu
   history.replaceState(null, "", location.pathname + "?" + params.toString());
 }
 let current = null;
+const IMAGE_RETRY = "an image did not load, retrying...";
 const buttons = ["vote-left", "vote-same", "vote-right"].map((id) => document.getElementById(id));
 const enable = (on) => buttons.forEach((button) => { button.disabled = !on; });
 
@@ -47,9 +48,23 @@ function show(state) {
   document.getElementById("progress-text").textContent = `Pair ${state.position + 1} of ${state.total}`;
   const left = document.getElementById("left"), right = document.getElementById("right");
   let loaded = 0;
-  const ready = () => { if (++loaded === 2) enable(true); };
-  left.onload = ready; right.onload = ready;
-  left.src = state.left; right.src = state.right;
+  const ready = () => {
+    if (++loaded < 2) return;
+    const message = document.getElementById("message");
+    if (message.textContent === IMAGE_RETRY) message.textContent = "";
+    enable(true);
+  };
+  for (const [image, url] of [[left, state.left], [right, state.right]]) {
+    let attempt = 0;
+    image.onload = ready;
+    image.onerror = () => {  // the server restarting, or a lost request: load the image again, not stay stuck
+      if (current !== state) return;
+      document.getElementById("message").textContent = IMAGE_RETRY;
+      setTimeout(() => { if (current === state) image.src = `${url}?retry=${++attempt}`; },
+                 Math.min(500 * (attempt + 1), 5000));
+    };
+    image.src = url;
+  }
 }
 
 async function vote(choice) {
