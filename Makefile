@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test demo bench clean
+.PHONY: install browser test demo bench clean
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-test: install
+# Chromium and its driver for the browser tests (tests/test_app_browser.py), and a PostgreSQL server for the study
+# on PostgreSQL (tests/test_study_postgres.py), from apt where we are root; elsewhere (no apt-get, not root, no
+# network) a note, and those tests skip with their reason.
+CHROMIUM_BIN ?= /usr/bin/chromium
+CHROMEDRIVER_BIN ?= /usr/bin/chromedriver
+
+browser:
+	@if [ -x $(CHROMIUM_BIN) ] && [ -x $(CHROMEDRIVER_BIN) ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver postgresql; } \
+			|| echo "could not install chromium, chromium-driver and postgresql: their tests will skip"; \
+	else echo "no chromium, chromedriver or postgresql, and no apt-get as root to install them: their tests will skip"; fi
+
+test: install browser
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 demo: install
@@ -50,4 +65,19 @@ $(PYIQA_VENV)/.installed: pyproject.toml
 	$(PYIQA_VENV)/bin/python -m pip install --quiet $(PYIQA_SPEC) $(PYIQA_TORCH_SPEC)
 	$(PYIQA_VENV)/bin/python -m pip install --quiet -e ".[test,fid]" $(PYIQA_TORCH_SPEC)
 	$(PYIQA_VENV)/bin/python -c "import torch, torchvision, pyiqa; print('pyiqa', pyiqa.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+# The peers of benchmarks/bench_metrics.py (scikit-video, pypiqe, OpenCV) in an environment of their own: none of
+# them is a dependency of this package. Not part of `make test`.
+BENCH_VENV ?= .venv-bench
+
+.PHONY: bench-env
+
+bench-env: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet scikit-video==1.1.11 pypiqe==1.2 opencv-python-headless scipy pillow
 	touch $@

@@ -7,6 +7,11 @@ for scoring and the peak RSS, and the ratio of the largest run's memory to the s
 
     python benchmarks/bench_evaluate.py                          # 4, 16 and 64 prompts x 2 seeds
     python benchmarks/bench_evaluate.py --prompts 8,32,128 --seeds 4 --threads 2
+    python benchmarks/bench_evaluate.py --arch sdxl --device cuda --prompts 4 --seeds 1   # the GPU suite's row
+
+With ``--arch sdxl`` (or ``sd15``, or ``tiny`` for a smoke run) the model is the full architecture with random
+weights (nothing is downloaded; the images are noise) and an untrained adapter on two CC3M metrics, generated at
+``--resolution`` with ``--steps`` as the RelGain rows are (base, p1, p99); the built-in metrics score on the CPU.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ def child(settings: dict) -> dict:
     """One evaluation in this process: images/s of each pass and the peak RSS."""
     import torch
 
+    from iqa_adapter import cc3m_stats
     from iqa_adapter.adapter import IQAAdapter
     from iqa_adapter.annotate import metric_columns
+    from iqa_adapter.architectures import full_size_pipeline, tiny_sdxl_pipeline
     from iqa_adapter.evaluation import EvaluationSettings, Measures, evaluate
     from iqa_adapter.evaluation.passes import ScoreColumn
     from iqa_adapter.metrics import create_metric
@@ -37,27 +44,55 @@ def child(settings: dict) -> dict:
     from iqa_adapter.toy.world import GUIDANCE_SCALE, SAMPLING_STEPS, shipped_world
 
     torch.set_num_threads(settings["threads"])
-    world = shipped_world()
-    prompts = [scene_for(7000, index, kind="single", full_caption=True).caption for index in range(settings["prompts"])]
+    arch = settings["arch"]
+    if arch == "toy":
+        world = shipped_world()
+        prompts = [
+            scene_for(7000, index, kind="single", full_caption=True).caption for index in range(settings["prompts"])
+        ]
+        adapters = {"toy": IQAAdapter.from_pretrained(world.adapter)}
+        evaluation = EvaluationSettings(
+            seeds=settings["seeds"], steps=SAMPLING_STEPS, guidance=GUIDANCE_SCALE, batch_size=32, chunk_size=64
+        )
+
+        def timed_pipeline():
+            return load_pipeline(str(world.base), "cpu", torch.float32)
+    else:
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[settings["dtype"]]
+        device = torch.device(settings["device"])
+        if arch == "tiny":
+            pipe = tiny_sdxl_pipeline(seed=0).to(device=device, dtype=dtype)
+        else:
+            pipe = full_size_pipeline(arch, device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        stats = cc3m_stats()
+        adapters = {"random": IQAAdapter.for_unet(pipe, [stats["topiq_nr"], stats["laion_aes"]], seed=0)}
+        prompts = [f"a photograph number {index}" for index in range(settings["prompts"])]
+        evaluation = EvaluationSettings(
+            seeds=settings["seeds"],
+            steps=settings["steps"],
+            height=settings["resolution"],
+            width=settings["resolution"],
+            relgain_only=("random",),
+            negative_quality=None,
+            batch_size=4,
+            chunk_size=16,
+        )
+
+        def timed_pipeline():
+            return pipe
+
     metrics = [
         ScoreColumn(column, create_metric(name).eval(), {"name": name})
         for column, name in metric_columns(METRICS.split(",")).items()
     ]
     out = Path(settings["out"])
     timings = {}
-
-    def timed_pipeline():
-        return load_pipeline(str(world.base), "cpu", torch.float32)
-
-    evaluation = EvaluationSettings(
-        seeds=settings["seeds"], steps=SAMPLING_STEPS, guidance=GUIDANCE_SCALE, batch_size=32, chunk_size=64
-    )
-    adapters = {"toy": IQAAdapter.from_pretrained(world.adapter)}
     started = time.perf_counter()
     report = evaluate(
         out,
         load_pipeline=timed_pipeline,
-        base_name="toy",
+        base_name=arch,
         adapters=adapters,
         metrics=metrics,
         prompts=prompts,
@@ -72,7 +107,7 @@ def child(settings: dict) -> dict:
     evaluate(
         out,
         load_pipeline=timed_pipeline,
-        base_name="toy",
+        base_name=arch,
         adapters=adapters,
         metrics=rescore,
         prompts=prompts,
@@ -96,6 +131,11 @@ def main() -> None:
     parser.add_argument("--prompts", default="4,16,64", help="comma-separated prompt counts")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--arch", default="toy", choices=["toy", "sdxl", "sd15", "tiny"])
+    parser.add_argument("--device", default="cpu", help="for --arch sdxl/sd15/tiny")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA")
+    parser.add_argument("--resolution", type=int, default=1024, help="for --arch sdxl/sd15/tiny")
+    parser.add_argument("--steps", type=int, default=35, help="for --arch sdxl/sd15/tiny")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -108,6 +148,11 @@ def main() -> None:
                 "prompts": count,
                 "seeds": args.seeds,
                 "threads": args.threads,
+                "arch": args.arch,
+                "device": args.device,
+                "dtype": args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32"),
+                "resolution": args.resolution,
+                "steps": args.steps,
                 "out": str(Path(scratch) / f"eval_{count}"),
             }
             rows.append({"prompts": count, **run_child(__file__, f"{count} prompts", settings)})

@@ -1,6 +1,9 @@
 import json
 import os
+import socket
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -166,3 +169,37 @@ def tiny_models(tmp_path_factory):
         tokenizer=tokenizer,
     ).save_pretrained(root / "clip")
     return root
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_two_cpu_processes(arguments: list[str], **options) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``arguments`` (a script and its arguments, or ``-m module ...``) on 2 CPU processes."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        *arguments,
+    ]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(command, env=environment, capture_output=True, text=True, check=False, **options)

@@ -3,7 +3,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -19,6 +18,7 @@ import torch
 from PIL import Image
 
 import iqa_adapter.datasets
+from conftest import launch_two_cpu_processes
 from iqa_adapter.annotate import JobMismatchError, ScoreTable, annotate
 from iqa_adapter.datasets import DatasetError
 from iqa_adapter.metrics import QualityMetric, register_metric
@@ -471,37 +471,6 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path):
     expected = [expected_score(index, Brightness()) for index in range(len(LEVELS))]
     np.testing.assert_allclose(scores["test-slow"], expected, rtol=1e-6)
     assert read_csv(out / "skipped.csv") == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch_two_cpu_processes(arguments: list[str], **options) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``arguments`` (a script and its arguments, or ``-m module ...``) on 2 CPU processes."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        "--main_process_port",
-        str(free_port()),
-        *arguments,
-    ]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(command, env=environment, capture_output=True, text=True, check=False, **options)
 
 
 def test_two_processes_give_the_result_of_one(tmp_path):

@@ -450,3 +450,12 @@ def test_min_size_is_the_smallest_size_scored(name):
         if min(smaller) > 0:
             with pytest.raises(ValueError, match=f"{height}x{width}"):
                 metric.score(torch.rand(1, 3, *smaller))
+
+
+def test_separable_gaussian_equals_the_2d_window_with_replicated_borders():
+    """MSCN's local mean, in two 1-D passes, equals the 7x7 window (MATLAB fspecial) correlated in 2-D."""
+    maps = torch.rand(2, 2, 23, 31, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 255
+    profile = classical.gaussian_profile()
+    window = profile[:, None] * profile[None, :]
+    expected = torch.cat([classical.filter2d(maps[:, i : i + 1], window, padding="replicate") for i in range(2)], 1)
+    torch.testing.assert_close(classical.gaussian_replicate(maps), expected, rtol=1e-12, atol=1e-10)

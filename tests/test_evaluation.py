@@ -12,14 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import two_metrics
+from conftest import launch_two_cpu_processes, two_metrics
 from iqa_adapter import IQAAdapter
 from iqa_adapter.cli import main
 from iqa_adapter.evaluation import EvaluationSettings, Measures, evaluate, oriented_spearman, relgain
 from iqa_adapter.evaluation.passes import ScoreColumn
 from iqa_adapter.evaluation.plan import EvaluationPlan, plan_conditions
 from iqa_adapter.metrics import create_metric
-from test_annotate import free_port
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -279,29 +278,9 @@ def test_a_killed_evaluation_resumes_losing_only_unfinished_chunks(tmp_path):
 
 def test_two_processes_give_the_report_of_one(tmp_path):
     assert main(toy_command(tmp_path / "single")) == 0
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "iqa_adapter",
-        *toy_command(tmp_path / "multi"),
-    ]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    finished = launch_two_cpu_processes(
+        ["-m", "iqa_adapter", *toy_command(tmp_path / "multi")], timeout=600, cwd=tmp_path
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     single = json.loads((tmp_path / "single" / "report.json").read_text())
     multi = json.loads((tmp_path / "multi" / "report.json").read_text())

@@ -186,3 +186,18 @@ def test_push_refuses_offline_and_bad_repository_ids_in_one_line(tmp_path, monke
     assert "cannot upload the adapter: 'me/bad name!' is not a valid repository id" in capsys.readouterr().err
     assert main(["push", "--adapter", folder, "--repo-id", "me/toy", "--evaluation", str(tmp_path / "none.json")]) == 2
     assert "evaluation report" in capsys.readouterr().err
+    for content, problem in (
+        ([1, 2], "it holds a list, not a JSON object"),
+        ({"relgain": {"p99": 3}}, "its relgain is not a mapping of conditions to {metric: value}"),
+        (
+            {"relgain": {"p99": {"a": 1.0}, "p1": {"b": 2.0}}},
+            "its relgain tables do not give a number for the same metrics",
+        ),
+        ({"relgain": {"p99": {"a": "high"}}}, "its relgain tables do not give a number for the same metrics"),
+    ):
+        report = tmp_path / "report.json"
+        report.write_text(json.dumps(content))
+        assert main(["push", "--adapter", folder, "--repo-id", "me/toy", "--evaluation", str(report)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: the evaluation report is not a report.json of `iqa-adapter evaluate`: {problem}\n"
+        )

@@ -101,19 +101,19 @@ def test_each_adapters_contribution_is_its_single_adapter_contribution(pipe, pai
     assert (only_first - base).abs().max() > 1e-3 and (only_second - base).abs().max() > 1e-3
 
 
-def test_per_image_vectors_of_two_adapters_never_mix(sd_pipe):
+def test_per_image_vectors_of_two_adapters_never_mix(pipe, pair):
     """A batched sweep over both adapters' metrics equals generating every image alone (diffusers issue 9813)."""
-    first, second = perturbed(sd_pipe, two_metrics(), seed=1), perturbed(sd_pipe, NOISE_AND_COLOUR, seed=2)
+    first, second = pair
     qualities = [
         {"sharp": sharp, "aes": "p50", "noise": noise, "colour": "p50"}
         for sharp, noise in (("p1", "p99"), ("p99", "p1"), ("p50", "p50"))
     ]
     kwargs = dict(seed=3, steps=2, num_images=2, progress=False, output_type="np", scale=[0.7, 0.5])
-    batched = generate(sd_pipe, [first, second], ["a red circle", "a blue square"], qualities, batch_size=12, **kwargs)
+    batched = generate(pipe, [first, second], ["a red circle", "a blue square"], qualities, batch_size=12, **kwargs)
     assert len(batched) == 12 and not first.is_attached and not second.is_attached
     for result in batched:
         single = generate(
-            sd_pipe,
+            pipe,
             [first, second],
             result.settings["prompt"],
             [dict(result.settings["quality"])],
@@ -236,3 +236,65 @@ def test_an_iqa_adapter_beside_a_diffusers_ip_adapter(image_prompt_pipe):
     after = pipe.unet.attn_processors
     assert all(after[name] is ip_processors[name] for name in ip_processors)  # diffusers' IP-Adapter as loaded
     assert torch.equal(run(pipe, image_embeds), base)
+
+
+def test_two_adapters_beside_a_lora_and_in_a_controlnet_pipeline():
+    """A LoRA on the attention projections stays active under two adapters (both at scale 0: the LoRA model bit for
+    bit), and a ControlNet pipeline built on the same UNet runs them too."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from peft import LoraConfig
+
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)  # made from the plain UNet, as a pretrained ControlNet would be
+    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32))
+    control_pipe = StableDiffusionControlNetPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=pipe.unet,
+        controlnet=controlnet,
+        scheduler=pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    control_pipe.set_progress_bar_config(disable=True)
+    pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    with_lora = run(pipe)
+    first, second = perturbed(pipe, two_metrics(), seed=1), perturbed(pipe, NOISE_AND_COLOUR, seed=2)
+    embeds = first.embeds(first.z_scores({"sharp": "p99", "aes": "p99"})) + second.embeds(
+        second.z_scores({"noise": "p99", "colour": "p1"})
+    )
+    first.attach(pipe, scale=0.0)
+    second.attach(pipe, scale=0.0)
+    assert torch.equal(run(pipe, embeds), with_lora)
+    second.set_scale(0.5)
+    assert (run(pipe, embeds) - with_lora).abs().max() > 1e-4
+
+    image = torch.rand(1, 3, 32, 32)
+    second.set_scale(0.0)
+    base = run(control_pipe, embeds, image=image, height=32, width=32)
+    second.set_scale(0.5)
+    assert (run(control_pipe, embeds, image=image, height=32, width=32) - base).abs().max() > 1e-4
+    second.detach()
+    first.detach()
+    assert torch.equal(run(pipe), with_lora)
+
+
+def test_the_order_adapters_are_given_in_does_not_matter(sd_pipe):
+    """generate lays the embeds out in slot order (attach order), whatever order the adapters are passed in."""
+    first, second = perturbed(sd_pipe, two_metrics(), seed=1), perturbed(sd_pipe, NOISE_AND_COLOUR, seed=2)
+    targets = {"sharp": "p99", "aes": "p1", "noise": "p1", "colour": "p99"}
+    first.attach(sd_pipe, scale=0.6)
+    second.attach(sd_pipe, scale=0.4)
+    try:
+        kwargs = dict(steps=2, progress=False, output_type="latent")
+        in_order = generate(sd_pipe, [first, second], "a red circle", targets, **kwargs)[0]
+        reversed_order = generate(sd_pipe, [second, first], "a red circle", targets, **kwargs)[0]
+    finally:
+        second.detach()
+        first.detach()
+    assert torch.equal(in_order.image, reversed_order.image)

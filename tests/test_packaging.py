@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,10 @@ def test_the_wheel_installs_in_a_fresh_venv_and_generates_on_its_toy_world(tmp_p
     )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("iqa_adapter-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:  # the web app's pages travel with the package
+        shipped = set(archive.namelist())
+    for page in ("generate.html", "generate.js", "study.html", "study.js", "results.html", "style.css"):
+        assert f"iqa_adapter/app/static/{page}" in shipped
     fresh = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True, timeout=120)
     python = fresh / "bin" / "python"

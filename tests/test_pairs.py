@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from conftest import launch_two_cpu_processes
 from iqa_adapter import IQAAdapter
 from iqa_adapter.chunks import JobMismatchError
 from iqa_adapter.cli import main
@@ -46,7 +47,6 @@ from iqa_adapter.stats import MetricStats
 from iqa_adapter.toy.caption_check import ToyCaptionScorer, read_object
 from iqa_adapter.toy.scenes import render_scene, scene_for
 from iqa_adapter.toy.world import GUIDANCE_SCALE, shipped_world
-from test_annotate import launch_two_cpu_processes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

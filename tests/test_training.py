@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import launch_two_cpu_processes
 from iqa_adapter import IQAAdapter
 from iqa_adapter.adapter import _base_layer
 from iqa_adapter.architectures import tiny_sd_pipeline, tiny_sdxl_pipeline
@@ -504,12 +504,6 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(world, tmp_pa
     assert pd.read_csv(out / "logs" / "train_log.csv")["step"].tolist() == list(range(1, 25))  # no step twice
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     # Adam's first steps move every weight by about +-lr whatever the size of its gradient, so a gradient that is
     # nearly zero flips sign under the float noise of a different reduction order and the weights differ by 2 lr.
@@ -517,26 +511,8 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     # gradient averaging, not that amplification.
     steps = ["--max-steps", "3", "--checkpoint-every", "100", "--adam-epsilon", "1e-3"]
     single = train(config(world, tmp_path / "single", batch_size=4, max_steps=3, adam_epsilon=1e-3))
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        "--main_process_port",
-        str(free_port()),
-    ]
-    command = launch + cli_command(world, tmp_path / "multi", *steps, "--batch-size", "2")
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    finished = launch_two_cpu_processes(
+        cli_command(world, tmp_path / "multi", *steps, "--batch-size", "2"), timeout=600
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert_same_weights(single.adapter_dir, tmp_path / "multi" / "adapter", atol=1e-5)

@@ -313,7 +313,6 @@ class IQAAdapter(nn.Module):
             "unet": unet,
             "hook": unet.register_forward_pre_hook(self._route_quality_embeds, with_kwargs=True),
         }
-        self.set_scale(self.scale)
         return self
 
     def detach(self) -> None:
@@ -352,10 +351,11 @@ class IQAAdapter(nn.Module):
         added = kwargs.get("added_cond_kwargs") or {}
         if "image_embeds" not in added:
             return None
-        slot, embeds = self.slot, list(added["image_embeds"])
-        if len(embeds) != AdapterSlots.of(unet).count:
+        slots, embeds = AdapterSlots.of(unet), list(added["image_embeds"])
+        slot = slots.index(self)
+        if len(embeds) != slots.count:
             raise ValueError(
-                f"the UNet got {len(embeds)} ip_adapter_image_embeds for its {AdapterSlots.of(unet).count} "
+                f"the UNet got {len(embeds)} ip_adapter_image_embeds for its {slots.count} "
                 "IP-Adapter slots: pass one per slot, in slot order (adapter.slot tells an adapter's)"
             )
         batch = (args[0] if args else kwargs["sample"]).shape[0]

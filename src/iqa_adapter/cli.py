@@ -674,13 +674,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_groups() -> list:
     """The ``add_commands(subparsers)`` functions of the command groups that live beside their code."""
+    from .app.cli import add_commands as app_commands
     from .evaluation.cli import add_commands as evaluation_commands
     from .loda.cli import add_commands as loda_commands
     from .pairs.cli import add_commands as pairs_commands
     from .toy.cli import add_commands as toy_commands
     from .training.cli import add_commands as training_commands
 
-    return [evaluation_commands, pairs_commands, training_commands, loda_commands, toy_commands]
+    return [evaluation_commands, pairs_commands, training_commands, loda_commands, toy_commands, app_commands]
 
 
 def _one_line(error: BaseException) -> str:

@@ -94,11 +94,20 @@ def _read_flat(path: Path, trust_pickle: bool) -> dict:
     return loaded
 
 
-def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict, dict]:
-    """The projection state and ``{processor id: {"k": W, "v": W}}`` of an official checkpoint."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` as a Path, or the one-line error for a checkpoint file that does not exist."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise FileNotFoundError(
+            f"official checkpoint {path} does not exist; for a file on the Hub give the repository and "
+            "--weight-name (weight_name=) of the file in it"
+        )
+    return path
+
+
+def read_official_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[dict, dict]:
+    """The projection state and ``{processor id: {"k": W, "v": W}}`` of an official checkpoint."""
+    path = existing_checkpoint(path)
     flat = _read_flat(path, trust_pickle)
     prefixes = next((pair for pair in _PREFIXES if any(key.startswith(pair[0]) for key in flat)), None)
     if prefixes is None:
@@ -283,6 +292,7 @@ def from_official(
     the checkpoint's feature order; without them they are read from the file name
     (:func:`metrics_from_file_name`). Statistics come from ``stats`` (a table in the layout of
     ``CC3M_stats.csv``), by default the shipped CC3M table the official adapters were trained with."""
+    from .architectures import BASE_MODEL_IDS
     from .hub import download_file, is_local
     from .stats import cc3m_stats, load_stats_table
 
@@ -303,14 +313,7 @@ def from_official(
     if from_hub:
         path = download_file(str(checkpoint), weight_name, what="the official checkpoint", revision=revision)
     else:
-        path = Path(checkpoint) / (weight_name or "")
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"official checkpoint {path} does not exist; for a file on the Hub give the "
-                "repository and --weight-name (weight_name=) of the file in it"
-            )
-    from .architectures import BASE_MODEL_IDS
-
+        path = existing_checkpoint(Path(checkpoint) / (weight_name or ""))  # before the base model is read
     base_model = BASE_MODEL_IDS.get(base, base) if isinstance(base, str) else None
     unet = load_unet_structure(base) if isinstance(base, str) else getattr(base, "unet", base)
     adapter = convert_official(

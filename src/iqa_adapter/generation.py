@@ -193,6 +193,7 @@ def generate(
                 a.set_scale(value)
         do_cfg = guidance > 1.0
         external = _image_prompt_slots(pipe, adapters, image_prompts, do_cfg)
+        scale_setting = [a.scale for a in adapters] if len(adapters) > 1 else adapters[0].scale if adapters else None
         results: list[GeneratedImage] = []
         bar = tqdm(total=len(jobs), desc="images", unit="img", disable=not progress, leave=False)
         for start in range(0, len(jobs), batch_size):
@@ -200,7 +201,7 @@ def generate(
             with ExitStack() as stack:
                 call = dict(pipeline_kwargs)
                 if adapters:
-                    slot_embeds = list(external)
+                    slot_embeds = [*external, *[None] * len(adapters)]  # in slot order, whatever the order given
                     for index, a in enumerate(adapters):
                         values = torch.stack([rows[quality_index][index] for _, quality_index, _ in chunk])
                         if by_reference:
@@ -211,7 +212,7 @@ def generate(
                                 values, negative_quality=negative_quality, do_classifier_free_guidance=do_cfg
                             )
                         stack.enter_context(a.per_image_embeds(embeds))
-                        slot_embeds += a.pipeline_placeholder(embeds, do_cfg)
+                        slot_embeds[a.slot] = a.pipeline_placeholder(embeds, do_cfg)[0]
                     call["ip_adapter_image_embeds"] = slot_embeds
                 if iqa_guidance is not None:
                     stack.enter_context(iqa_guidance.applied(pipe))
@@ -248,13 +249,7 @@ def generate(
                             "reference_index": quality_index if by_reference else None,
                             "negative_reference": by_reference and negative_reference is not None,
                             "negative_quality": negative_quality,
-                            "scale": (
-                                adapters[0].scale
-                                if len(adapters) == 1
-                                else [a.scale for a in adapters]
-                                if adapters
-                                else None
-                            ),
+                            "scale": scale_setting,
                             "iqa_guidance": iqa_guidance.describe() if iqa_guidance else None,
                             "steps": steps,
                             "guidance": guidance,

@@ -55,13 +55,12 @@ def loading_options(name: str | os.PathLike) -> dict:
 
 
 def _offline_reason() -> str:
-    from huggingface_hub import constants
+    return "HF_HUB_OFFLINE is set" if hub_offline_set() else f"the Hugging Face Hub ({_endpoint()}) cannot be reached"
 
-    return (
-        "HF_HUB_OFFLINE is set"
-        if constants.HF_HUB_OFFLINE
-        else f"the Hugging Face Hub ({_endpoint()}) cannot be reached"
-    )
+
+def error_first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: what one-line errors quote."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def not_found_message(name: str, what: str) -> str:
@@ -123,13 +122,14 @@ def download_file(
     except HFValidationError as error:
         raise HubDownloadError(
             f"cannot load {what} {repo_id!r}: it is neither a local folder nor a valid hub id "
-            f"({str(error).splitlines()[0]})"
+            f"({error_first_line(error)})"
         ) from None
     except (OSError, ValueError) as error:
         if options.get("local_files_only"):
             raise HubDownloadError(not_found_message(repo_id, what)) from None
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise HubDownloadError(f"cannot download {shown} of {what} {repo_id!r}{at} ({first_line})") from None
+        raise HubDownloadError(
+            f"cannot download {shown} of {what} {repo_id!r}{at} ({error_first_line(error)})"
+        ) from None
 
 
 def upload_files(
@@ -161,12 +161,10 @@ def upload_files(
         return str(api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision).commit_url)
     except HFValidationError as error:
         raise ValueError(
-            f"cannot upload {what}: {repo_id!r} is not a valid repository id "
-            f"({str(error).splitlines()[0]}); use org/name"
+            f"cannot upload {what}: {repo_id!r} is not a valid repository id ({error_first_line(error)}); use org/name"
         ) from None
     except (HfHubHTTPError, OSError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
-            f"cannot upload {what} to {repo_id!r} on {_endpoint()} ({first_line}); check the "
+            f"cannot upload {what} to {repo_id!r} on {_endpoint()} ({error_first_line(error)}); check the "
             "connection and that your token (`hf auth login` or HF_TOKEN) may write there"
         ) from None

@@ -19,14 +19,25 @@ def _front_matter(config: IQAAdapterConfig, license: str | None) -> str:
     lines = ["---", f"library_name: {LIBRARY_NAME}", "pipeline_tag: text-to-image"]
     if license:
         lines.append(f"license: {license}")
-    base = config.base_model
-    if base and not base.startswith(".") and not is_local(base) and base.count("/") == 1:
-        lines.append(f"base_model: {base}")
+    if _is_hub_id(config.base_model):
+        lines.append(f"base_model: {config.base_model}")
     lines.append("tags:")
     lines += [f"- {tag}" for tag in TAGS]
     lines += [f"- metric:{name}" for name in config.metric_names if config.condition == "scores"]
     lines.append("---")
     return "\n".join(lines)
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not name.startswith(".") and not is_local(name) and name.count("/") == 1
+
+
+def _base_model(config: IQAAdapterConfig) -> str:
+    if _is_hub_id(config.base_model):
+        return f"[{config.base_model}](https://huggingface.co/{config.base_model})"
+    if config.base_model:
+        return f"the base model it was trained beside (`{config.base_model}`, not on the Hub)"
+    return "an unrecorded base model"
 
 
 def _number(value: float | None) -> str:
@@ -65,7 +76,7 @@ def _training_section(config: IQAAdapterConfig) -> list[str]:
 
 
 def _usage(config: IQAAdapterConfig, repo_id: str) -> list[str]:
-    base = config.base_model if config.base_model and not config.base_model.startswith(".") else "BASE_MODEL"
+    base = config.base_model if _is_hub_id(config.base_model) else "BASE_MODEL"
     if config.condition == "reference":
         condition = 'references=[Image.open("reference.png")]'
         options = "--reference reference.png"
@@ -90,6 +101,30 @@ def _usage(config: IQAAdapterConfig, repo_id: str) -> list[str]:
         f'iqa-adapter generate --base {base} --adapter {repo_id} --prompt "a photo of a cat" {options}',
         "```",
     ]
+
+
+def _check_evaluation(evaluation) -> None:
+    """Refuse, in one line, what is not an ``evaluate`` report: a JSON object whose ``relgain`` (when present)
+    maps conditions to ``{metric: number}`` over the same metrics, with a list of ``target_metrics`` and a
+    mapping of ``claims``."""
+    problem = None
+    if not isinstance(evaluation, Mapping):
+        problem = f"it holds a {type(evaluation).__name__}, not a JSON object"
+    else:
+        relgain = evaluation.get("relgain") or {}
+        tables = list(relgain.values()) if isinstance(relgain, Mapping) else None
+        if tables is None or not all(isinstance(table, Mapping) for table in tables):
+            problem = "its relgain is not a mapping of conditions to {metric: value}"
+        elif any(list(table) != list(tables[0]) for table in tables) or not all(
+            isinstance(value, int | float) for table in tables for value in table.values()
+        ):
+            problem = "its relgain tables do not give a number for the same metrics"
+        elif not isinstance(evaluation.get("target_metrics", []), list):
+            problem = "its target_metrics is not a list"
+        elif not isinstance(evaluation.get("claims", {}), Mapping):
+            problem = "its claims are not a mapping"
+    if problem:
+        raise ValueError(f"the evaluation report is not a report.json of `iqa-adapter evaluate`: {problem}")
 
 
 def _evaluation_section(evaluation: Mapping) -> list[str]:
@@ -141,7 +176,7 @@ def adapter_model_card(
         "",
         f"# {repo_id.split('/')[-1]}",
         "",
-        f"An [IQA-Adapter](https://arxiv.org/abs/2412.01794) for `{config.base_model or 'an unknown base model'}`, "
+        f"An [IQA-Adapter](https://arxiv.org/abs/2412.01794) for {_base_model(config)}, "
         f"{summary}. It adds decoupled cross-attention K/V on {len(config.layers)} cross-attention layers and a "
         f"{config.projection} projection to {config.num_tokens} tokens; load it with the `iqa-adapter` library.",
         "",
@@ -164,5 +199,6 @@ def adapter_model_card(
     lines += ["", "## Training", ""] + _training_section(config)
     lines += ["", "## Usage", ""] + _usage(config, repo_id)
     if evaluation is not None:
+        _check_evaluation(evaluation)
         lines += ["", "## Evaluation", ""] + _evaluation_section(evaluation)
     return "\n".join(lines) + "\n"

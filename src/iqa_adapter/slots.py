@@ -110,10 +110,7 @@ class AdapterSlots:
         each IQA-Adapter at its own scale per layer."""
         first = self.adapters[0].config
         names = [layer.name for layer in first.layers]
-        scales = [
-            layer_scales(self.unet, adapter.scale if adapter.scale is not None else 1.0, names)
-            for adapter in self.adapters
-        ]
+        scales = [layer_scales(self.unet, adapter.scale, names) for adapter in self.adapters]
         processors = dict(self.processors)
         for position, layer in enumerate(first.layers):
             own = self.processors[f"{layer.name}.processor"]

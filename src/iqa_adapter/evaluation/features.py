@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hub import is_local, loading_options, not_found_message
+from ..hub import error_first_line, is_local, loading_options, not_found_message
 from ..metrics.base import check_images
 from ..metrics.pyiqa_backend import MetricUnavailableError
 from ..reference import ReferenceEncoder
@@ -76,8 +76,9 @@ def load_pretrained(model_class, name: str, what: str):
     except (OSError, ValueError) as error:
         if options.get("local_files_only"):
             raise ValueError(not_found_message(name, what)) from None
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"cannot load {what} {name!r} ({first_line}); give a model folder or a hub id") from None
+        raise ValueError(
+            f"cannot load {what} {name!r} ({error_first_line(error)}); give a model folder or a hub id"
+        ) from None
 
 
 def model_source(name: str) -> str:

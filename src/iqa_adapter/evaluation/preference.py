@@ -114,3 +114,72 @@ def simulate_votes(
     )
     same = np.abs(difference) < same_margin
     return (((difference > 0) & ~same).sum(axis=1), ((difference < 0) & ~same).sum(axis=1), same.sum(axis=1))
+
+
+def bradley_terry(outcomes: Sequence[tuple[str, str, float]], prior: float = 0.5, iterations: int = 1000) -> dict:
+    """Bradley-Terry log-strengths ``{condition: s}`` (mean 0) from single votes ``(a, b, score of a)``, the score
+    1 when a won, 0 when b won and 0.5 for "same" (a tie is half a win each).
+
+    P(a beats b) = 1 / (1 + exp(s_b - s_a)). Fitted by Hunter's MM algorithm (2004) with ``prior`` virtual
+    ties between every two conditions that met, so that a condition that won every vote gets a finite score.
+    """
+    conditions = sorted({condition for a, b, _ in outcomes for condition in (a, b)})
+    if not conditions:
+        return {}
+    index = {condition: position for position, condition in enumerate(conditions)}
+    wins = np.zeros((len(conditions), len(conditions)))
+    for a, b, score in outcomes:
+        if a == b or not 0 <= score <= 1:
+            raise ValueError(f"a vote is (a, b, score of a in [0, 1]) with a != b, got {(a, b, score)}")
+        wins[index[a], index[b]] += score
+        wins[index[b], index[a]] += 1 - score
+    met = (wins + wins.T) > 0
+    wins += prior * met
+    games = wins + wins.T
+    strength = np.ones(len(conditions))
+    for _ in range(iterations):
+        denominators = (games / (strength[:, None] + strength[None, :])).sum(axis=1)
+        updated = wins.sum(axis=1) / np.where(denominators > 0, denominators, 1)
+        updated = np.where(denominators > 0, updated, 1.0)
+        updated /= np.exp(np.log(updated).mean())
+        if np.abs(updated - strength).max() < 1e-10:
+            strength = updated
+            break
+        strength = updated
+    scores = np.log(strength)
+    return {condition: float(scores[index[condition]] - scores.mean()) for condition in conditions}
+
+
+def bootstrap_bradley_terry(
+    outcomes: Sequence[tuple[str, str, float]],
+    groups: Sequence[str],
+    rounds: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Bootstrap intervals of :func:`bradley_terry`: ``{condition: (low, high)}`` at ``level``.
+
+    Resamples the groups (``groups[i]`` is the participant of ``outcomes[i]``) with replacement, so that the
+    interval covers the spread between people, not only between their votes.
+    """
+    if len(groups) != len(outcomes):
+        raise ValueError(f"one group per vote: {len(groups)} groups for {len(outcomes)} votes")
+    by_group: dict[str, list] = defaultdict(list)
+    for group, outcome in zip(groups, outcomes):
+        by_group[group].append(outcome)
+    names = list(by_group)
+    conditions = sorted({condition for a, b, _ in outcomes for condition in (a, b)})
+    if not names:
+        return {}
+    rng = np.random.default_rng(seed)
+    samples = {condition: [] for condition in conditions}
+    for _ in range(rounds):
+        drawn = rng.integers(0, len(names), len(names))
+        scores = bradley_terry([outcome for pick in drawn for outcome in by_group[names[pick]]])
+        for condition in conditions:
+            samples[condition].append(scores.get(condition, np.nan))
+    tail = (1 - level) / 2 * 100
+    return {
+        condition: tuple(float(value) for value in np.nanpercentile(values, [tail, 100 - tail]))
+        for condition, values in samples.items()
+    }

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..hub import loading_options, not_found_message
+from ..hub import error_first_line, loading_options, not_found_message
 from ..images import to_rgb
 from ..validation import check_int, check_number
 
@@ -367,9 +367,8 @@ def _load(source: str, what: str, load: Callable[..., object]) -> object:
     except (OSError, ValueError) as error:
         if options.get("local_files_only"):
             raise ModelLoadError(not_found_message(source, what)) from None
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ModelLoadError(
-            f"cannot load {what} {source!r} ({first_line}); give a local model folder or a hub id of that kind"
+            f"cannot load {what} {source!r} ({error_first_line(error)}); give a local model folder or a hub id of that kind"
         ) from None
 
 

@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
+from ..hub import error_first_line
 from ..io_utils import atomic_write, load_safetensors, read_json, write_json
 from .config import CNN_KEYS, VIT_KEYS, LoDaConfig
 from .timm_backbones import is_timm_source, load_timm_state, read_timm_checkpoint, timm_backbone_fields
@@ -208,9 +209,8 @@ def _check_backbone_fields(loaded: dict, expected: dict, source: str) -> None:
 
 def _unavailable_backbone(source: str, error: OSError) -> CheckpointError:
     """The one-line error for a pretrained backbone (or its config) that cannot be loaded."""
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return CheckpointError(
-        f"cannot load the pretrained backbone {source!r} ({first_line}); pretrained backbones need "
+        f"cannot load the pretrained backbone {source!r} ({error_first_line(error)}); pretrained backbones need "
         "the internet, a filled Hugging Face cache or a local folder; offline, use --preset tiny or "
         "--backbone-init random"
     )

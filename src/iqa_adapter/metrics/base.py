@@ -21,11 +21,13 @@ def check_images(images: torch.Tensor, name: str = "metric") -> torch.Tensor:
         )
     if not images.is_floating_point():
         raise ValueError(f"{name}: expected float images in [0, 1], got {images.dtype}; divide uint8 images by 255")
-    if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
-        raise ValueError(
-            f"{name}: image values must lie in [0, 1], got [{images.min():.3g}, {images.max():.3g}]; "
-            "images in [-1, 1] convert with (x + 1) / 2"
-        )
+    if images.numel():
+        low, high = torch.aminmax(images.detach())  # one pass over the batch
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"{name}: image values must lie in [0, 1], got [{low:.3g}, {high:.3g}]; "
+                "images in [-1, 1] convert with (x + 1) / 2"
+            )
     return images
 
 

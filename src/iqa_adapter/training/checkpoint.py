@@ -147,7 +147,9 @@ def load_checkpoint(
     state = json.loads((folder / STATE_JSON).read_text())
     tensors = load_file(str(folder / STATE_TENSORS))
     saved = IQAAdapter.from_pretrained(folder / "adapter")
-    if saved.config.to_dict() != adapter.config.to_dict():
+    mine, theirs = adapter.config.to_dict(), saved.config.to_dict()
+    mine.pop("extra"), theirs.pop("extra")  # notes such as the recipe (its max_steps may grow on resume)
+    if mine != theirs:
         raise ValueError(f"the adapter in {folder} has another configuration than this run's adapter")
     adapter.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
