@@ -20,6 +20,9 @@ from iqa_adapter.generation import generate  # noqa: E402
 from iqa_adapter.pipelines import load_pipeline  # noqa: E402
 from iqa_adapter.toy.world import shipped_world  # noqa: E402
 
+# the shipped adapter's two metrics, whatever the embedded world conditions on
+FIRST, SECOND = (stats.name for stats in IQAAdapter.from_pretrained(shipped_world().adapter).config.metrics)
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -61,7 +64,7 @@ def test_the_model_endpoint_gives_z_and_raw_values_of_every_slider(server):
 def test_an_image_from_the_app_is_the_image_of_the_python_api(server):
     request = {
         "prompt": "a red circle on a blue background",
-        "qualities": {"loda": 90, "niqe": 20},
+        "qualities": {FIRST: 90, SECOND: 20},
         "scale": 0.8,
         "seed": 3,
         "steps": 6,
@@ -74,7 +77,7 @@ def test_an_image_from_the_app_is_the_image_of_the_python_api(server):
     assert job["state"] == "done", job["error"]
     assert job["step"] == job["total_steps"] == 6 and len(job["images"]) == 1
     sidecar = server.get(job["images"][0]["sidecar"])
-    assert sidecar["prompt"] == request["prompt"] and sidecar["quality"] == {"loda": "p90", "niqe": "p20"}
+    assert sidecar["prompt"] == request["prompt"] and sidecar["quality"] == {FIRST: "p90", SECOND: "p20"}
     assert sidecar["negative_quality"] == 1.0 and sidecar["scale"] == 0.8 and sidecar["seed"] == 3
 
     torch.set_num_threads(1)
@@ -85,7 +88,7 @@ def test_an_image_from_the_app_is_the_image_of_the_python_api(server):
         pipe,
         IQAAdapter.from_pretrained(world.adapter),
         request["prompt"],
-        [{"loda": "p90", "niqe": "p20"}],
+        [{FIRST: "p90", SECOND: "p20"}],
         scale=0.8,
         seed=3,
         steps=6,
@@ -98,14 +101,14 @@ def test_an_image_from_the_app_is_the_image_of_the_python_api(server):
 
 
 def test_a_sweep_is_a_labelled_row_over_one_metric(server):
-    status, job = server.post("/api/generate", {"prompt": "a green square", "sweep": "loda", "steps": 3})
+    status, job = server.post("/api/generate", {"prompt": "a green square", "sweep": FIRST, "steps": 3})
     job = finished(server, job)
     assert status == 200 and job["state"] == "done"
     labels = [image["label"] for image in job["images"]]
-    assert labels == [f"loda p{p}" for p in (1, 10, 25, 50, 75, 90, 99)]
+    assert labels == [f"{FIRST} p{p}" for p in (1, 10, 25, 50, 75, 90, 99)]
     sidecars = [server.get(image["sidecar"]) for image in job["images"]]
-    assert [s["quality"]["loda"] for s in sidecars] == [f"p{p}" for p in (1, 10, 25, 50, 75, 90, 99)]
-    assert {s["quality"]["niqe"] for s in sidecars} == {"p99"} and {s["seed"] for s in sidecars} == {0}
+    assert [s["quality"][FIRST] for s in sidecars] == [f"p{p}" for p in (1, 10, 25, 50, 75, 90, 99)]
+    assert {s["quality"][SECOND] for s in sidecars} == {"p99"} and {s["seed"] for s in sidecars} == {0}
     images = [png(server, image["url"]) for image in job["images"]]
     assert len(set(images)) == 7  # the quality changes the image
 
@@ -116,10 +119,10 @@ def test_a_sweep_is_a_labelled_row_over_one_metric(server):
         ({"prompt": " "}, "prompt: give a non-empty text"),
         ({"prompt": "x", "steps": 0}, "steps must be an integer >= 1"),
         ({"prompt": "x", "scale": -1}, "scale must be"),
-        ({"prompt": "x", "qualities": {"loda": 100}}, "qualities.loda must be an integer >= 1 and <= 99"),
+        ({"prompt": "x", "qualities": {FIRST: 100}}, f"qualities.{FIRST} must be an integer >= 1 and <= 99"),
         (
             {"prompt": "x", "qualities": {"sharpness": 50}},
-            r"a percentile for each of the adapter's metrics \['loda', 'niqe'\]",
+            rf"a percentile for each of the adapter's metrics \['{FIRST}', '{SECOND}'\]",
         ),
         ({"prompt": "x", "sweep": "colour"}, "sweep: one of the adapter's metrics"),
         ({"prompt": "x", "seed": "one"}, "seed must be an integer"),
