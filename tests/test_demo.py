@@ -92,18 +92,22 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert main(["demo", "--retrain", "--quick", "--pairs", "--out", str(out)]) == 0
     world = ToyWorld(out / "world").check()
     built = json.loads((world.root / "world.json").read_text())
-    assert list(built["steps"]) == [
+    assert set(built["steps"]) == {
         "data",
         "base",
         "iqa_models",
-        "zoo",
+        "zoo_cnniqa",
+        "zoo_aesthetic",
+        "zoo_panel",
+        "zoo_classifier",
         "annotate",
         "adapter",
         "adapter_loda",
         "adapter_cnniqa",
         "adapter_aesthetic",
         "reference_adapter",
-    ]
+    }
+    assert built["lanes"] == 2 and 0 < built["wall_seconds"] < built["seconds"]  # two lanes at once
     assert (
         json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "learned:../cnniqa"
     )
@@ -111,6 +115,8 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     assert not [path for path, text in records.items() if str(tmp_path) in text]  # no path of the building machine
     assert json.loads((world.adapter / "config.json").read_text())["base_model"] == "../base"
     assert json.loads((world.metric_adapter("loda") / "config.json").read_text())["base_model"] == "../../base"
+    for adapter_dir in (world.adapter, world.reference_adapter, *map(world.metric_adapter, ("loda", "cnniqa"))):
+        assert json.loads((adapter_dir / "config.json").read_text())["default_scale"] == 1.0  # generation_scale
     report = json.loads((out / "report.json").read_text())
     check_report(out, report)
     assert "claims:" in capsys.readouterr().out
@@ -129,14 +135,17 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
     built["steps"]["adapter"]["finished"] = False
     (world.root / "world.json").write_text(json.dumps(built))
     adapter_weights = (world.adapter / "adapter.safetensors").stat().st_mtime_ns
+    adapter_bytes = (world.adapter / "adapter.safetensors").read_bytes()
     base_weights = {path: path.stat().st_mtime_ns for path in world.base.rglob("*.safetensors")}
-    build_world(world.root, WorldSettings.miniature(), progress=False)
+    build_world(world.root, WorldSettings.miniature(), progress=False, lanes=1)
     rebuilt = json.loads((world.root / "world.json").read_text())
     assert all(entry["finished"] for entry in rebuilt["steps"].values())
     assert rebuilt["steps"]["adapter"]["interrupted_runs"] == 1 and rebuilt["steps"]["data"]["interrupted_runs"] == 0
     assert rebuilt["steps"]["adapter"]["seconds"] > built["steps"]["adapter"]["seconds"]
     assert all(rebuilt["steps"][name] == built["steps"][name] for name in built["steps"] if name != "adapter")
     assert (world.adapter / "adapter.safetensors").stat().st_mtime_ns != adapter_weights
+    # every lane step runs with one thread: one lane or two, the same weights
+    assert (world.adapter / "adapter.safetensors").read_bytes() == adapter_bytes
     assert {path: path.stat().st_mtime_ns for path in world.base.rglob("*.safetensors")} == base_weights
     assert rebuilt["seconds"] == pytest.approx(sum(entry["seconds"] for entry in rebuilt["steps"].values()), abs=0.2)
 

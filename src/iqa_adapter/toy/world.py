@@ -15,7 +15,8 @@ A world is a folder::
     reference_adapter/    the reference-based IQA-Adapter on CNNIQA's features (``REFERENCE_LAYERS``)
     world.json            how it was built: settings, the equivalent commands, the time of every step (summed
                           over resumed runs; ``interrupted_runs`` counts the runs killed inside a step, whose
-                          unfinished work is not in the time)
+                          unfinished work is not in the time), their sum ``seconds`` and the build's wall-clock
+                          ``wall_seconds`` (less than the sum: two lanes run at once)
 
 The package ships one (:func:`shipped_world`), the embedded default of ``iqa-adapter generate`` and
 ``iqa-adapter demo``. :func:`build_world` rebuilds one in any folder (its scratch data, about 1 GB, in a
@@ -26,11 +27,16 @@ The package ships one (:func:`shipped_world`), the embedded default of ``iqa-ada
 3. the toy IQA models (:mod:`iqa_adapter.toy.iqa_models`): a distortion dataset with a full-reference
    pseudo-MOS, the tiny LoDa trained on it, NIQE fitted on clean scenes;
 4. the zoo (:mod:`iqa_adapter.toy.zoo`): CNNIQA, the aesthetics model, the panel judge and the classifier, each
-   on scenes of its own;
+   on scenes of its own (the classifier also on the base model's samples), one step each;
 5. ``iqa-adapter annotate``: the training images scored with ``loda``, ``niqe``, ``cnniqa`` and ``aesthetic``;
 6. ``iqa-adapter train``: the main adapter and one adapter per learned model on the frozen toy base, from one
    latent/text cache;
 7. ``iqa-adapter train --reference-features``: the reference-based adapter.
+
+Steps 1 and 2 run in the building process with its threads; the others in two one-thread worker processes at
+once (``lanes``), each step as soon as the steps it reads are finished: on 2 cores two one-thread processes do 1.4
+times the work of one two-thread process (toy UNet training step: 0.54 s with two threads, 0.76 s each for two
+one-thread processes side by side), and a step gets the same weights in either lane.
 
 The reference adapter names its metric by a path relative to its own folder (``learned:../cnniqa``), so a world
 folder can be moved or shipped as a whole.
@@ -42,6 +48,8 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,6 +161,10 @@ class WorldSettings:
     adapter_batch_size: int = 32
     adapter_lr: float = 1e-3
     reference_steps: int = 800
+    # lambda the world's adapters generate with by default: they train at 1.0 (the official recipe), and at the
+    # paper's 0.5 the toy adapters' effect is half of what they learned (measured: the score adapters' p1-p99 gaps
+    # and the reference transfer grow from 0.5 to 1.0; at 2.0 single-metric adapters overshoot their own metric)
+    generation_scale: float = 1.0
     seed: int = 0
 
     @classmethod
@@ -171,10 +183,19 @@ class WorldSettings:
         )
 
 
-def build_world(root: str | Path, settings: WorldSettings | None = None, progress: bool = True) -> ToyWorld:
-    """Rebuild every model of a toy world in ``root`` (scratch data in ``<root>-work`` beside it); resumable step
-    by step: run again after an interruption, it skips the steps that ``world.json`` records as finished (for the
-    same settings) and resumes the unfinished one from its checkpoints."""
+@dataclass(frozen=True)
+class WorldStep:
+    """One step of a build: what it runs, the equivalent command (recorded in ``world.json``) and the steps whose
+    results it reads."""
+
+    name: str
+    command: str
+    run: Callable[[], None]
+    needs: tuple[str, ...] = ()
+
+
+def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> list[WorldStep]:
+    """The steps that build a world in ``root`` (scratch data in ``<root>-work``), in the order one lane runs them."""
     from ..annotate import annotate
     from ..training import TrainConfig, train
     from .base_model import PIPELINE_DIR, ToyBaseConfig, train_base_model
@@ -182,49 +203,23 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
     from .iqa_models import fit_toy_niqe, make_toy_iqa_dataset, train_toy_loda
     from .zoo import RECIPES, train_zoo_model
 
-    settings = settings or WorldSettings()
-    root = Path(root).absolute()
     world, work = ToyWorld(root), root.with_name(f"{root.name}-work")
     base_config = dataclasses.replace(ToyBaseConfig(), **settings.base_overrides)
-    recipe = {"settings": dataclasses.asdict(settings), "base_config": base_config.to_dict()}
-    log: dict = {**recipe, "steps": _earlier_steps(root / WORLD_FILE, recipe)}
-
-    def step(name: str, command: str, run) -> None:
-        """Run one step, unless an earlier run of the same settings finished it; its time adds up over resumed runs
-        (a killed run's unfinished work is not counted)."""
-        earlier = log["steps"].get(name, {})
-        if earlier.get("finished"):
-            if progress:
-                print(f"[toy world] {name}: finished by an earlier run", flush=True)
-            return
-        entry = {
-            "command": command,
-            "seconds": earlier.get("seconds", 0.0),
-            "finished": False,
-            "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False),
-        }
-        log["steps"][name] = entry
-        write_json(root / WORLD_FILE, log)
-        started = time.perf_counter()
-        if progress:
-            print(f"[toy world] {name}: {command}", flush=True)
-        run()
-        entry.update(seconds=round(entry["seconds"] + time.perf_counter() - started, 1), finished=True)
-        write_json(root / WORLD_FILE, log)
-
     data = work / "data"
-    step(
-        "data",
-        f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
-        lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress),
-    )
+    steps = [
+        WorldStep(
+            "data",
+            f"iqa-adapter toy make-data --out {data} --num-images {settings.images} --seed {settings.seed}",
+            lambda: write_toy_dataset(data, settings.images, seed=settings.seed, progress=progress),
+        )
+    ]
 
     def base() -> None:
         images, captions = load_images(data, size=base_config.size, progress=progress)
         train_base_model(images, captions, work / "base", base_config, progress=progress)
         _replace(work / "base" / PIPELINE_DIR, world.base)
 
-    step("base", f"iqa-adapter toy train-base --data {data} --out {work / 'base'}", base)
+    steps.append(WorldStep("base", f"iqa-adapter toy train-base --data {data} --out {work / 'base'}", base, ("data",)))
 
     def iqa() -> None:
         iqa_data = work / "iqa_data"
@@ -232,40 +227,49 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
         train_toy_loda(world.loda, iqa_data, epochs=settings.loda_epochs, progress=progress)
         fit_toy_niqe(world.niqe, num_images=settings.niqe_images, check_data=iqa_data, progress=progress)
 
-    step("iqa_models", "make_toy_iqa_dataset, train_toy_loda, fit_toy_niqe (iqa_adapter.toy.iqa_models)", iqa)
+    steps.append(
+        WorldStep("iqa_models", "make_toy_iqa_dataset, train_toy_loda, fit_toy_niqe (iqa_adapter.toy.iqa_models)", iqa)
+    )
 
-    def zoo() -> None:
-        from .base_model import load_toy_pipeline
+    def zoo_model(name: str) -> Callable[[], None]:
+        def run() -> None:
+            from .base_model import load_toy_pipeline
 
-        for name in ZOO_MODELS:
             overrides = {
                 key: value
-                for key, value in settings.zoo_overrides.items()  # base samples: classifier only
+                for key, value in settings.zoo_overrides.items()  # base samples: the classifier only
                 if key != "generated_images" or RECIPES[name].generated_images
             }
             recipe = dataclasses.replace(RECIPES[name], **overrides)
             pipe = load_toy_pipeline(world.base) if recipe.generated_images else None
             train_zoo_model(name, world.zoo(name), recipe, base_pipeline=pipe, progress=progress)
 
-    step("zoo", f"train_zoo_model for {', '.join(ZOO_MODELS)} (iqa_adapter.toy.zoo)", zoo)
+        return run
+
+    for name in ZOO_MODELS:
+        needs = ("base",) if RECIPES[name].generated_images else ()
+        steps.append(WorldStep(f"zoo_{name}", f"train_zoo_model {name} (iqa_adapter.toy.zoo)", zoo_model(name), needs))
 
     scores = work / "scores"
     columns = {name: world.metric_spec(name) if name != "niqe" else "niqe" for name in SCORED_METRICS}
     entries = [f"{column}={spec}" if column != spec else column for column, spec in columns.items()]
-    step(
-        "annotate",
-        f"iqa-adapter annotate --data {data} --metrics {','.join(entries)} --metric-option "
-        f"niqe.params={world.niqe} --resize none --out {scores}",
-        lambda: annotate(
-            str(data),
-            entries,
-            scores,
-            resize=None,
-            num_workers=0,
-            batch_size=256,
-            metric_options={"niqe": {"params": str(world.niqe)}},
-            progress=progress,
-        ),
+    steps.append(
+        WorldStep(
+            "annotate",
+            f"iqa-adapter annotate --data {data} --metrics {','.join(entries)} --metric-option "
+            f"niqe.params={world.niqe} --resize none --out {scores}",
+            lambda: annotate(
+                str(data),
+                entries,
+                scores,
+                resize=None,
+                num_workers=0,
+                batch_size=256,
+                metric_options={"niqe": {"params": str(world.niqe)}},
+                progress=progress,
+            ),
+            ("data", "iqa_models", *(f"zoo_{name}" for name in SCORED_METRICS if name in ZOO_MODELS)),
+        )
     )
 
     common = dict(
@@ -295,6 +299,7 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
                 )
             )
             _replace(result.adapter_dir, target)
+            _set_default_scale(target, settings.generation_scale)
 
         return run
 
@@ -305,17 +310,23 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
             f"--learning-rate {settings.adapter_lr} --max-steps {steps} --cache-dir {work / 'cache'} --out {out}"
         )
 
-    step(
-        "adapter",
-        train_command(ADAPTER_METRICS, settings.adapter_steps, work / "adapter"),
-        score_adapter(ADAPTER_METRICS, settings.adapter_steps, work / "adapter", world.adapter),
+    steps.append(
+        WorldStep(
+            "adapter",
+            train_command(ADAPTER_METRICS, settings.adapter_steps, work / "adapter"),
+            score_adapter(ADAPTER_METRICS, settings.adapter_steps, work / "adapter", world.adapter),
+            ("base", "annotate"),
+        )
     )
     for metric in CONDITIONING_MODELS:
         out = work / "adapters" / metric
-        step(
-            f"adapter_{metric}",
-            train_command((metric,), settings.metric_adapter_steps, out),
-            score_adapter((metric,), settings.metric_adapter_steps, out, world.metric_adapter(metric)),
+        steps.append(
+            WorldStep(
+                f"adapter_{metric}",
+                train_command((metric,), settings.metric_adapter_steps, out),
+                score_adapter((metric,), settings.metric_adapter_steps, out, world.metric_adapter(metric)),
+                ("base", "annotate", "adapter"),  # the main adapter's run builds the latent/text cache they read
+            )
         )
 
     spec = f"{world.metric_spec(REFERENCE_MODEL)}:{','.join(REFERENCE_LAYERS)}"
@@ -335,18 +346,159 @@ def build_world(root: str | Path, settings: WorldSettings | None = None, progres
         config_file = world.reference_adapter / "config.json"  # name the model beside it, so the world can move
         config = json.loads(config_file.read_text())
         config["reference"]["metric"] = f"learned:../{REFERENCE_MODEL}"
+        config["default_scale"] = settings.generation_scale
         write_json(config_file, config)
 
-    step(
-        "reference_adapter",
-        f"iqa-adapter train --reference-features {spec} --base {world.base} --data {data} "
-        f"--max-steps {settings.reference_steps} --out {work / 'reference_adapter'}",
-        reference_adapter,
+    steps.append(
+        WorldStep(
+            "reference_adapter",
+            f"iqa-adapter train --reference-features {spec} --base {world.base} --data {data} "
+            f"--max-steps {settings.reference_steps} --out {work / 'reference_adapter'}",
+            reference_adapter,
+            ("base", f"zoo_{REFERENCE_MODEL}"),
+        )
     )
+    return steps
+
+
+IN_PROCESS_STEPS = ("data", "base")  # with the build's own threads; every later step runs in a one-thread lane
+
+
+def build_world(
+    root: str | Path, settings: WorldSettings | None = None, progress: bool = True, lanes: int | None = None
+) -> ToyWorld:
+    """Rebuild every model of a toy world in ``root`` (scratch data in ``<root>-work`` beside it).
+
+    The data and the base model are made in this process, with its threads; then the other steps run in ``lanes``
+    worker processes of one thread each (default: 2 where there are 2 cores), each step as soon as the steps it
+    reads are finished. Every step thus runs with the same number of threads whatever the machine, so a rebuild
+    gives the same weights with one lane or two. Resumable step by step: run again after an interruption, it skips
+    the steps that ``world.json`` records as finished (for the same settings) and resumes the unfinished ones from
+    their checkpoints; worker processes die with the build.
+    """
+    settings = settings or WorldSettings()
+    root = Path(root).absolute()
+    lanes = lanes or min(2, os.cpu_count() or 1)
+    from .base_model import ToyBaseConfig
+
+    base_config = dataclasses.replace(ToyBaseConfig(), **settings.base_overrides)
+    recipe = {"settings": dataclasses.asdict(settings), "base_config": base_config.to_dict()}
+    log: dict = {**recipe, "steps": _earlier_steps(root / WORLD_FILE, recipe)}
+    log["wall_seconds"] = json.loads((root / WORLD_FILE).read_text()).get("wall_seconds", 0.0) if log["steps"] else 0.0
+    build_started = time.perf_counter()
+    steps = world_steps(root, settings, progress)
+    entries: dict[str, dict] = {}
+
+    def begin(step: WorldStep) -> bool:
+        """Record that ``step`` starts; False when an earlier run of the same settings finished it."""
+        earlier = log["steps"].get(step.name, {})
+        if earlier.get("finished"):
+            if progress:
+                print(f"[toy world] {step.name}: finished by an earlier run", flush=True)
+            return False
+        entries[step.name] = {
+            "command": step.command,
+            "seconds": earlier.get("seconds", 0.0),
+            "finished": False,
+            "interrupted_runs": earlier.get("interrupted_runs", 0) + (earlier.get("finished") is False),
+            "started": time.perf_counter(),
+        }
+        log["steps"][step.name] = {key: value for key, value in entries[step.name].items() if key != "started"}
+        write_json(root / WORLD_FILE, log)
+        if progress:
+            print(f"[toy world] {step.name}: {step.command}", flush=True)
+        return True
+
+    def finish(step: WorldStep) -> None:
+        entry = entries.pop(step.name)
+        seconds = round(entry["seconds"] + time.perf_counter() - entry["started"], 1)
+        log["steps"][step.name] = {**log["steps"][step.name], "seconds": seconds, "finished": True}
+        write_json(root / WORLD_FILE, log)
+
+    try:
+        for step in steps:
+            if step.name in IN_PROCESS_STEPS and begin(step):
+                step.run()
+                finish(step)
+        _run_in_lanes([step for step in steps if step.name not in IN_PROCESS_STEPS], lanes, root, settings,
+                      progress, begin, finish, log)  # fmt: skip
+    finally:
+        log["wall_seconds"] = round(log["wall_seconds"] + time.perf_counter() - build_started, 1)
+        log["lanes"] = lanes
+        write_json(root / WORLD_FILE, log)
     log["seconds"] = round(sum(entry["seconds"] for entry in log["steps"].values()), 1)
     write_json(root / WORLD_FILE, log)
-    make_portable(world)
-    return world.check()
+    make_portable(ToyWorld(root))
+    return ToyWorld(root).check()
+
+
+def _run_in_lanes(steps, lanes, root, settings, progress, begin, finish, log) -> None:
+    """Run ``steps`` in ``lanes`` one-thread worker processes, each as soon as its ``needs`` are finished, in the
+    order given; a failed step stops the build (the others are killed; a later run resumes them)."""
+    finished = {name for name, entry in log["steps"].items() if entry.get("finished")}
+    waiting = [step for step in steps if step.name not in finished]
+    running: dict[str, tuple[WorldStep, subprocess.Popen]] = {}
+    try:
+        while waiting or running:
+            for step in list(waiting):
+                if len(running) < lanes and set(step.needs) <= finished:
+                    waiting.remove(step)
+                    if begin(step):
+                        running[step.name] = (step, _lane_process(step.name, root, settings, progress))
+                    else:
+                        finished.add(step.name)
+            if not running and waiting:
+                missing = sorted({need for step in waiting for need in step.needs} - finished)
+                raise RuntimeError(
+                    f"toy world steps {[s.name for s in waiting]} wait for {missing}, which no step makes"
+                )
+            time.sleep(0.5)
+            for name, (step, process) in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del running[name]
+                if code:
+                    raise RuntimeError(
+                        f"toy world step {name!r} failed (exit {code}; its output is above); run the build again to "
+                        "resume"
+                    )
+                finish(step)
+                finished.add(name)
+    finally:
+        for _, process in running.values():
+            process.kill()
+            process.wait()
+
+
+def _lane_process(name: str, root: Path, settings: WorldSettings, progress: bool) -> subprocess.Popen:
+    """A worker process that runs one step with one thread, and dies with this process (Linux)."""
+    arguments = json.dumps({"root": str(root), "settings": dataclasses.asdict(settings), "step": name,
+                            "progress": progress})  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", f"from iqa_adapter.toy.world import run_lane_step; run_lane_step({arguments!r})"],
+        env=environment,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_lane_step(arguments: str) -> None:
+    """Entry point of a lane's worker process: run one step of :func:`world_steps` with one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    request = json.loads(arguments)
+    settings = WorldSettings(**request["settings"])
+    steps = {step.name: step for step in world_steps(Path(request["root"]), settings, request["progress"])}
+    steps[request["step"]].run()
 
 
 def make_portable(world: ToyWorld) -> None:
@@ -387,6 +539,12 @@ def _earlier_steps(log_file: Path, recipe: dict) -> dict:
         for key, value in recipe.items()
     )
     return earlier.get("steps", {}) if same else {}
+
+
+def _set_default_scale(adapter_dir: Path, scale: float) -> None:
+    """Record in an adapter's config the scale it generates with unless told otherwise."""
+    config_file = adapter_dir / "config.json"
+    write_json(config_file, {**json.loads(config_file.read_text()), "default_scale": scale})
 
 
 def _replace(source: Path, target: Path) -> None:
