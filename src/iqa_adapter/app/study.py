@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from .store import StudyError, StudySettings, StudyStore
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 DEGRADED = "attention:degraded"
 ATTENTION_PAIRS = 20  # attention-check pairs in a study (each participant gets its settings' number of them)
+_FIGURES = threading.Lock()
 
 
 def condition_images(root: str | Path) -> dict[str, dict[str, Path]]:
@@ -214,6 +216,24 @@ def write_study_report(report: dict, votes: Sequence[dict], out_dir: str | Path)
             written.append(out_dir / name)
             save_png(figure, written[-1], out_dir)
     return written
+
+
+def figure_png(report: dict, name: str) -> bytes | None:
+    """PNG bytes of the figure ``name`` of :func:`study_figures` (None before the first votes or for another name);
+    every figure made is closed."""
+    from ..evaluation.figures import _pyplot
+
+    with _FIGURES:  # pyplot is not thread-safe, and a results page asks for its figures at once
+        figures = study_figures(report) if report["win_rate"] else {}
+        try:
+            if name not in figures:
+                return None
+            buffer = io.BytesIO()
+            figures[name].savefig(buffer, format="png", dpi=110)
+            return buffer.getvalue()
+        finally:
+            for figure in figures.values():
+                _pyplot().close(figure)
 
 
 def study_figures(report: dict) -> dict:
