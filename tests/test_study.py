@@ -281,3 +281,19 @@ print("exit", main(["app", "--no-generate", "--database", "x.sqlite"]))
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False)
     assert "exit 2" in finished.stdout, finished.stderr
     assert "pip install 'iqa-adapter[app]'" in finished.stderr and "Traceback" not in finished.stderr
+
+
+def test_a_figure_of_the_results_page_is_a_png_and_leaves_no_figure_open(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from iqa_adapter.app.study import figure_png
+
+    store, _, _ = new_study(tmp_path, keys=2, pairs_per_participant=6, attention_checks=0)
+    study_id, _ = store.study("s")
+    vote_through(store, study_id, "a", lambda a: "left")
+    report, _ = study_report(store, "s", bootstrap_rounds=10)
+    before = len(plt.get_fignums())
+    for name in ("win_rates.png", "pairwise.png", "bradley_terry.png"):
+        assert figure_png(report, name).startswith(b"\x89PNG")
+    assert figure_png(report, "nope.png") is None
+    assert len(plt.get_fignums()) == before

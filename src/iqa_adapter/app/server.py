@@ -17,7 +17,6 @@ Errors are JSON ``{"error": "..."}`` with status 400 (bad request) or 404 (unkno
 from __future__ import annotations
 
 import html
-import io
 from importlib import resources
 from urllib.parse import quote, urlencode
 
@@ -29,7 +28,7 @@ from starlette.routing import Route
 
 from .generator import GenerationEngine, RequestError
 from .store import StudyError, StudyStore, UnknownStudyError
-from .study import study_figures, study_report, votes_csv
+from .study import figure_png, study_report, votes_csv
 
 PARTICIPANT_PARAMETERS = ("participant", "PROLIFIC_PID", "workerId", "worker_id", "participant_id", "uid", "user_id")
 
@@ -144,6 +143,15 @@ def create_app(
         sid = study_id(request)
         return name, sid, need_store().participant(sid, identity, source)
 
+    async def pair_answer(work) -> Response:
+        """``work()`` (a vote and/or the next pair) in the thread pool, as JSON; an unknown study is a 404."""
+        try:
+            return JSONResponse(await run_in_threadpool(work))
+        except UnknownStudyError as error:
+            return _error(error, 404)
+        except StudyError as error:
+            return _error(error)
+
     async def next_pair(request: Request) -> Response:
         identity = request.query_params.get("participant", "")
         source = request.query_params.get("source", "participant")[:50]
@@ -152,12 +160,7 @@ def create_app(
             name, sid, person = _participant(request, identity, source)
             return _assignment_json(name, store.next_assignment(sid, person))
 
-        try:
-            return JSONResponse(await run_in_threadpool(work))
-        except UnknownStudyError as error:
-            return _error(error, 404)
-        except StudyError as error:
-            return _error(error)
+        return await pair_answer(work)
 
     async def vote(request: Request) -> Response:
         try:
@@ -174,12 +177,7 @@ def create_app(
             store.vote(person, assignment, choice)  # committed before the next pair is chosen
             return _assignment_json(name, store.next_assignment(sid, person))
 
-        try:
-            return JSONResponse(await run_in_threadpool(work))
-        except UnknownStudyError as error:
-            return _error(error, 404)
-        except StudyError as error:
-            return _error(error)
+        return await pair_answer(work)
 
     async def image(request: Request) -> Response:
         try:
@@ -201,38 +199,31 @@ def create_app(
             cached = reports[name] = (votes_now, study_report(store, name, bootstrap_rounds=200))
         return cached[1]
 
-    async def report(request: Request) -> Response:
+    async def results(request: Request) -> tuple[tuple | None, Response | None]:
+        """``((report, votes), None)``, or ``(None, the error's response)``: 404 unknown study, 403 wrong token."""
         try:
-            result, _ = await run_in_threadpool(_report, request)
+            return await run_in_threadpool(_report, request), None
         except StudyError as error:
-            return _error(error, 404)
+            return None, _error(error, 404)
         except PermissionError as error:
-            return _error(error, 403)
-        return JSONResponse(result)
+            return None, _error(error, 403)
+
+    async def report(request: Request) -> Response:
+        found, error = await results(request)
+        return error or JSONResponse(found[0])
 
     async def votes(request: Request) -> Response:
-        try:
-            _, rows = await run_in_threadpool(_report, request)
-        except StudyError as error:
-            return _error(error, 404)
-        except PermissionError as error:
-            return _error(error, 403)
-        return PlainTextResponse(votes_csv(rows), media_type="text/csv")
+        found, error = await results(request)
+        return error or PlainTextResponse(votes_csv(found[1]), media_type="text/csv")
 
     async def figure(request: Request) -> Response:
-        try:
-            result, _ = await run_in_threadpool(_report, request)
-        except StudyError as error:
-            return _error(error, 404)
-        except PermissionError as error:
-            return _error(error, 403)
-        figures = study_figures(result) if result["win_rate"] else {}
-        chosen = figures.get(f"{request.path_params['figure']}.png")
-        if chosen is None:
+        found, error = await results(request)
+        if error:
+            return error
+        png = await run_in_threadpool(figure_png, found[0], f"{request.path_params['figure']}.png")
+        if png is None:
             return _error(StudyError("no such figure yet (figures appear with the first votes)"), 404)
-        buffer = io.BytesIO()
-        chosen.savefig(buffer, format="png", dpi=110)
-        return Response(buffer.getvalue(), media_type="image/png")
+        return Response(png, media_type="image/png")
 
     async def results_page(request: Request) -> Response:
         try:

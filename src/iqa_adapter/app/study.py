@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ from .store import StudyError, StudySettings, StudyStore
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 DEGRADED = "attention:degraded"
 ATTENTION_PAIRS = 20  # attention-check pairs in a study (each participant gets its settings' number of them)
+_FIGURES = threading.Lock()
 
 
 def condition_images(root: str | Path) -> dict[str, dict[str, Path]]:
@@ -216,49 +218,30 @@ def write_study_report(report: dict, votes: Sequence[dict], out_dir: str | Path)
     return written
 
 
+def figure_png(report: dict, name: str) -> bytes | None:
+    """PNG bytes of the figure ``name`` of :func:`study_figures` (None before the first votes or for another name);
+    every figure made is closed."""
+    from ..evaluation.figures import _pyplot
+
+    with _FIGURES:  # pyplot is not thread-safe, and a results page asks for its figures at once
+        figures = study_figures(report) if report["win_rate"] else {}
+        try:
+            if name not in figures:
+                return None
+            buffer = io.BytesIO()
+            figures[name].savefig(buffer, format="png", dpi=110)
+            return buffer.getvalue()
+        finally:
+            for figure in figures.values():
+                _pyplot().close(figure)
+
+
 def study_figures(report: dict) -> dict:
-    """``{file name: matplotlib figure}``: win rates and vote shares (3b), pairwise win rates (3c), Bradley-Terry
-    scores with their intervals."""
-    from ..evaluation.figures import _pyplot, grouped_bars, heatmap
+    """``{file name: matplotlib figure}`` of a study report: win rates and vote shares (3b), pairwise win rates
+    (3c), Bradley-Terry scores with their intervals."""
+    from ..evaluation.figures import preference_figures
 
     conditions = [condition for condition in report["conditions"] if condition in report["win_rate"]]
     who = f"{report['participants_kept']} participants, {report['votes_kept']} votes on {report['pairs_voted']} pairs"
-    figures = {
-        "win_rates.png": grouped_bars(
-            {
-                "overall win rate": {c: report["win_rate"][c] for c in conditions},
-                "mean share of votes": {c: report["vote_share"][c] for c in conditions},
-            },
-            f"Side-by-side study: overall results ({who})",
-            "share",
-            limits=(0, 1),
-        )
-    }
-    matrix = np.array(
-        [[report["pairwise"].get(a, {}).get(b, np.nan) if a != b else np.nan for b in conditions] for a in conditions]
-    )
-    figures["pairwise.png"] = heatmap(
-        matrix,
-        conditions,
-        conditions,
-        "Pairwise win rate of the row over the column (draws make up the rest)",
-        fmt="{:.2f}",
-        colour_label="win rate",
-    )
-    bt = report["bradley_terry"]
-    if bt:
-        plt = _pyplot()
-        figure, axis = plt.subplots(figsize=(max(4, 0.9 * len(conditions) + 1.5), 3.2))
-        scores = [bt[c]["score"] for c in conditions]
-        errors = [
-            [bt[c]["score"] - bt[c]["low"] for c in conditions],
-            [bt[c]["high"] - bt[c]["score"] for c in conditions],
-        ]
-        axis.errorbar(range(len(conditions)), scores, yerr=np.maximum(errors, 0), fmt="o", capsize=4)
-        axis.axhline(0, color="grey", linewidth=0.8)
-        axis.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=8)
-        axis.set_ylabel("Bradley-Terry log-strength", fontsize=8)
-        axis.set_title(f"Bradley-Terry scores, 95 % bootstrap intervals over participants ({who})", fontsize=8)
-        figure.tight_layout()
-        figures["bradley_terry.png"] = figure
-    return figures
+    made = preference_figures(report, conditions, f"Side-by-side study ({who})", report["bradley_terry"])
+    return {f"{name}.png": figure for name, figure in made.items()}

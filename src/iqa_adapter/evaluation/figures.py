@@ -194,3 +194,54 @@ def grouped_bars(
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, never on, bars
     figure.tight_layout()
     return figure
+
+
+def preference_figures(
+    rates: Mapping, conditions: Sequence[str], title: str, bradley_terry: Mapping | None = None
+) -> dict:
+    """The figures of a side-by-side study (:func:`~iqa_adapter.evaluation.preference.win_rates` results ``rates``
+    over ``conditions``): ``win_rates`` (overall win rate and mean share of votes, the paper's Figure 3b),
+    ``pairwise`` (row's win rate over the column, 3c) and, with ``bradley_terry`` (``{condition: {score, low,
+    high}}``, the interval optional), ``bradley_terry``."""
+    made = {
+        "win_rates": grouped_bars(
+            {
+                "overall win rate": {c: rates["win_rate"][c] for c in conditions},
+                "mean share of votes": {c: rates["vote_share"][c] for c in conditions},
+            },
+            f"{title}: overall results",
+            "share",
+            limits=(0, 1),
+        )
+    }
+    matrix = np.array(
+        [[rates["pairwise"].get(a, {}).get(b, np.nan) if a != b else np.nan for b in conditions] for a in conditions]
+    )
+    made["pairwise"] = heatmap(
+        matrix,
+        list(conditions),
+        list(conditions),
+        f"{title}: pairwise win rate of the row over the column (draws make up the rest)",
+        fmt="{:.2f}",
+        colour_label="win rate",
+    )
+    if bradley_terry:
+        plt = _pyplot()
+        figure, axis = plt.subplots(figsize=(max(4, 0.9 * len(conditions) + 1.5), 3.2))
+        scores = np.array([bradley_terry[c]["score"] for c in conditions])
+        if all("low" in bradley_terry[c] for c in conditions):
+            low = np.array([bradley_terry[c]["low"] for c in conditions])
+            high = np.array([bradley_terry[c]["high"] for c in conditions])
+            axis.errorbar(range(len(conditions)), scores, yerr=np.maximum([scores - low, high - scores], 0), fmt="o",
+                          capsize=4)  # fmt: skip
+            subtitle = "95 % bootstrap intervals over participants"
+        else:
+            axis.plot(range(len(conditions)), scores, "o")
+            subtitle = "point estimates"
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=8)
+        axis.set_ylabel("Bradley-Terry log-strength", fontsize=8)
+        axis.set_title(f"{title}: Bradley-Terry scores, {subtitle}", fontsize=8)
+        figure.tight_layout()
+        made["bradley_terry"] = figure
+    return made
