@@ -74,7 +74,9 @@ def check_report(out, report: dict) -> None:
     assert len(rows) == 1 + report["n_images"]
     for figure in ("adapter_percentile_grid", "adapter_percentile_sweep", "adapter_relgain", "adapter_scale_sweep"):
         assert (out / report["figures"][figure]).is_file()
-    for figure in ("reference_transfer", "panel_win_rates", "panel_pairwise", "relgain_matrix"):
+    assert set(panel["bradley_terry"]) == set(CONDITIONS)
+    assert sum(entry["score"] for entry in panel["bradley_terry"].values()) == pytest.approx(0, abs=1e-9)
+    for figure in ("reference_transfer", "panel_win_rates", "panel_pairwise", "panel_bradley_terry", "relgain_matrix"):
         assert (out / "figures" / f"{figure}.png").is_file()
     assert (out / "report.md").is_file()
     # the rest of the paper's evaluation, through the same code with the toy world's models

@@ -47,7 +47,7 @@ from .adapter import IQAAdapter
 from .distortions import FAMILIES, distort
 from .evaluation import EvaluationSettings, Measures, evaluate, figures, relgain
 from .evaluation.passes import ScoreColumn, score_tensors
-from .evaluation.preference import PairVotes, simulate_votes, win_rates
+from .evaluation.preference import PairVotes, bradley_terry, simulate_votes, win_rates
 from .evaluation.prompts import Prompt
 from .evaluation.report import report_markdown
 from .generation import generate
@@ -452,22 +452,20 @@ def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, pro
         )
         pairs += [PairVotes(first, second, int(a), int(b), int(same)) for a, b, same in zip(*votes)]
     rates = win_rates(pairs)
+    outcomes = [
+        (pair.a, pair.b, score)
+        for pair in pairs
+        for score, count in ((1.0, pair.votes_a), (0.0, pair.votes_b), (0.5, pair.same))
+        for _ in range(count)
+    ]
+    rates["bradley_terry"] = {condition: {"score": value} for condition, value in bradley_terry(outcomes).items()}
+    made = figures.preference_figures(
+        rates,
+        list(PANEL_CONDITIONS),
+        f"toy panel, {len(pairs)} image pairs x {settings.participants} simulated participants",
+        rates["bradley_terry"],
+    )
     figures_dir = out_dir / "figures"
-    win = figures.grouped_bars(
-        {"win rate": rates["win_rate"], "share of votes": rates["vote_share"]},
-        f"toy panel: {len(pairs)} image pairs x {settings.participants} simulated participants",
-        "share",
-        limits=(0, 1),
-    )
-    matrix = np.array([[rates["pairwise"][a].get(b, np.nan) for b in PANEL_CONDITIONS] for a in PANEL_CONDITIONS])
-    pairwise = figures.heatmap(
-        matrix,
-        list(PANEL_CONDITIONS),
-        list(PANEL_CONDITIONS),
-        "share of pairs the row wins against the column",
-        fmt="{:.2f}",
-        colour_label="win rate",
-    )
     return {
         **rates,
         "mean_score": {c: float(np.mean(values)) for c, values in scores.items()},
@@ -476,8 +474,7 @@ def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, pro
         "same_margin": settings.same_margin,
         "judge": "panel (never used for conditioning)",
         "figures": {
-            "win_rates": figures.save_png(win, figures_dir / "panel_win_rates.png", out_dir),
-            "pairwise": figures.save_png(pairwise, figures_dir / "panel_pairwise.png", out_dir),
+            name: figures.save_png(figure, figures_dir / f"panel_{name}.png", out_dir) for name, figure in made.items()
         },
     }
 
