@@ -65,6 +65,7 @@ def check_report(out, report: dict) -> None:
     assert set(report["caption_accuracy"]["p99"]) == {"colour", "shape", "position", "background"}
     transfer = report["reference_transfer"]
     assert 0 <= transfer["classifier_accuracy"] <= 1 and 0 <= transfer["mean_match"] <= 1
+    assert 0 <= transfer["mean_paired_match"] <= 1 and transfer["clean"]["paired_match"] is None
     assert 0 <= transfer["separability"]["linear_probe_accuracy"] <= 1
     assert {"clean", "gaussian_blur", "jpeg", "gaussian_noise"} <= set(transfer)
     for values in transfer_by_family(transfer).values():

@@ -245,10 +245,15 @@ def reference_transfer_experiment(
     generator = torch.Generator().manual_seed(REFERENCE_SEED)
 
     @torch.no_grad()
-    def classify(pixels: torch.Tensor) -> list[str]:
-        return [labels[index] for index in classifier(pixels).argmax(dim=1).tolist()]
+    def log_probabilities(pixels: torch.Tensor) -> torch.Tensor:
+        return classifier(pixels).log_softmax(dim=1)
 
+    def classify(pixels: torch.Tensor) -> list[str]:
+        return [labels[index] for index in log_probabilities(pixels).argmax(dim=1).tolist()]
+
+    family_columns = [labels.index(family) for family in FAMILIES]
     results: dict[str, dict] = {}
+    clean_evidence = None  # the families' log-probabilities on the images made with the clean reference
     grid_images, rows = [], []
     for family in [CLEAN, *FAMILIES]:
         _announce(f"reference transfer: a {family} reference", progress)
@@ -266,13 +271,21 @@ def reference_transfer_experiment(
             guidance=settings.guidance,
             progress=progress,
         )
-        predicted = classify(_pixels([result.image for result in generated]))
+        evidence = log_probabilities(_pixels([result.image for result in generated]))
+        predicted = [labels[index] for index in evidence.argmax(dim=1).tolist()]
+        if family == CLEAN:
+            clean_evidence = evidence[:, family_columns]
+            paired = None
+        else:  # the family whose evidence rose most against the same prompt and seed with the clean reference
+            rises = (evidence[:, family_columns] - clean_evidence).argmax(dim=1).tolist()
+            paired = float(np.mean([FAMILIES[index] == family for index in rises]))
         readings = [
             read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
             for index, result in enumerate(generated)
         ]
         results[family] = {
             "match": float(np.mean([label == family for label in predicted])),
+            "paired_match": paired,
             "content_leak": float(np.mean([r.colour == reference_scene.objects[0].colour for r in readings])),
             "prompt_colour": float(
                 np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour for i, r in enumerate(readings)])
@@ -292,6 +305,7 @@ def reference_transfer_experiment(
     return {
         **results,
         "mean_match": float(np.mean([results[family]["match"] for family in FAMILIES])),
+        "mean_paired_match": float(np.mean([results[family]["paired_match"] for family in FAMILIES])),
         "chance": 1 / len(labels),
         "classifier_accuracy": classifier.config.training["test"]["accuracy"],
         "separability": {
@@ -652,17 +666,22 @@ def demo_markdown(report: dict) -> str:
         f'Reference: "{transfer["reference_caption"]}", degraded at level {transfer["reference_level"]}. '
         "Match: the share of generated images in which the zoo's distortion classifier (held-out accuracy "
         f"{transfer['classifier_accuracy']:.3f} on degraded toy scenes, chance {transfer['chance']:.3f}) finds "
-        f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. The "
+        f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. Paired match: "
+        "the share in which the reference's family is the one whose evidence rose most against the image of the same "
+        "prompt and seed made with the clean reference (the base model's own images read as some families; pairing "
+        f"removes that); mean {transfer['mean_paired_match']:.3f}. The "
         f"reference features tell the families apart with a linear probe at "
         f"{separability['linear_probe_accuracy']:.3f} ({separability['images']} images). Content leak: the share "
         "in which the object takes the reference's colour instead of the prompt's.",
         "",
-        "| reference | match | content leak | prompt colour kept | reference classified as |",
-        "|---|---|---|---|---|",
+        "| reference | match | paired match | content leak | prompt colour kept | reference classified as |",
+        "|---|---|---|---|---|---|",
     ]
     for family, values in transfer_by_family(transfer).items():
         lines.append(
-            f"| {family} | {values['match']:.2f} | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
+            f"| {family} | {values['match']:.2f} | "
+            + ("-" if values["paired_match"] is None else f"{values['paired_match']:.2f}")
+            + f" | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
             f"| {values['reference_classified_as']} |"
         )
     if "restoration" in report:
@@ -743,7 +762,8 @@ def demo_summary(report: dict) -> str:
             for measure, matrix_ in report["distances"].items()
             if isinstance(matrix_, dict)
         ),
-        f"reference transfer:  mean match {transfer['mean_match']:.2f} (classifier {transfer['classifier_accuracy']:.2f},"
+        f"reference transfer:  mean match {transfer['mean_match']:.2f}, paired {transfer['mean_paired_match']:.2f} "
+        f"(classifier {transfer['classifier_accuracy']:.2f},"
         f" features separable at {transfer['separability']['linear_probe_accuracy']:.2f})",
         *(
             [
