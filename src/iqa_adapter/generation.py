@@ -286,6 +286,14 @@ def _per_adapter_scales(scale, count: int) -> list:
     return [scale] * count
 
 
+def check_targets(adapters: Sequence[IQAAdapter], qualities: Sequence[Quality]) -> None:
+    """Raise the error :func:`generate` would, before any model is loaded: every quality mapping split among
+    ``adapters`` (an unknown metric names the ones they are conditioned on), each share a valid set of targets."""
+    for quality in qualities:
+        for adapter, targets in zip(adapters, _targets_by_adapter(adapters, quality)):
+            adapter.z_scores(targets)
+
+
 def _targets_by_adapter(adapters: Sequence[IQAAdapter], quality: Quality) -> list[dict]:
     """Each adapter's share of a quality mapping over the metrics of all ``adapters``."""
     if len(adapters) == 1:
