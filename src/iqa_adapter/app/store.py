@@ -153,6 +153,9 @@ def open_database(url: str) -> sa.Engine:
     the study's tables created; SQLite in WAL mode with a busy timeout, so concurrent requests wait, not fail."""
     if "://" not in url:
         url = f"sqlite:///{url}"
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres") and not _importable("psycopg2") and _importable("psycopg"):
+        url = f"postgresql+psycopg://{rest}"  # SQLAlchemy's default PostgreSQL driver is psycopg2; use psycopg 3
     try:
         engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as error:
@@ -173,6 +176,12 @@ def open_database(url: str) -> sa.Engine:
 
     metadata.create_all(engine)
     return engine
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 class StudyStore:
