@@ -479,7 +479,7 @@ def test_generate_with_several_adapters_is_the_python_api_with_a_list(tmp_path, 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--scale", "0.1", "--scale", "0.2", "--scale", "0.3"], "--scale is given 3 times for 2 adapters"),
+        (["--scale", "0.1", "--scale", "0.2", "--scale", "0.3"], "scale gives 3 values for 2 adapters"),
         (["--quality", "blur=p50"], "no adapter is conditioned on blur; the adapters are conditioned on: aes, sharp"),
         (["--no-adapter"], "drop --no-adapter"),
     ],

@@ -112,20 +112,6 @@ def _qualities(args) -> tuple[list[dict], str | None]:
     return sweep_qualities(fixed, metric, [t.strip() for t in targets.split(",") if t.strip()]), metric
 
 
-def _scales_per_adapter(scales: list | None, locations: list[str]) -> list:
-    """One ``--scale`` per ``--adapter`` (None: the adapter's default), or one for all of them."""
-    if not scales:
-        return [None] * len(locations)
-    if len(scales) == 1:
-        return scales * len(locations)
-    if len(scales) != len(locations):
-        raise ValueError(
-            f"--scale is given {len(scales)} times for {len(locations)} adapters: give one per --adapter, in the same "
-            "order, or one for all"
-        )
-    return scales
-
-
 def _iqa_guidance(args, device: str):
     """The IQA-gradient guidance the generate arguments ask for, or None."""
     if args.guidance_metric is None:
@@ -151,7 +137,15 @@ def _read_images(paths: list[str], option: str) -> list:
 
 
 def cmd_generate(args) -> None:
-    from .generation import check_output_folder, check_targets, fit_init_image, generate, save_images, sweep_grid
+    from .generation import (
+        check_output_folder,
+        check_targets,
+        fit_init_image,
+        generate,
+        per_adapter_scales,
+        save_images,
+        sweep_grid,
+    )
     from .pipelines import load_pipeline
 
     device = resolve_device(args.device)
@@ -167,12 +161,12 @@ def cmd_generate(args) -> None:
             raise ValueError(
                 "--adapter, --quality, --sweep, --negative-quality and --reference need an adapter; drop --no-adapter"
             )
-        adapters, qualities, sweep_metric = [], None, None
+        adapters, scales, qualities, sweep_metric = [], [], None, None
     else:
         if not locations:
             raise ValueError("give --adapter DIR (or --no-adapter for the base model alone)")
         adapters = [load_adapter(location, args) for location in locations]
-        scales = _scales_per_adapter(args.scale, locations)
+        scales = per_adapter_scales(args.scale[0] if args.scale and len(args.scale) == 1 else args.scale, len(adapters))
         if any(adapter.config.condition == "reference" for adapter in adapters):
             if len(adapters) > 1:
                 raise ValueError("a reference-based adapter conditions alone: give one --adapter with --reference")
@@ -198,7 +192,7 @@ def cmd_generate(args) -> None:
         hide_loading_bars()
     iqa_guidance = _iqa_guidance(args, device)
     pipe = load_pipeline(args.base, device, dtype)
-    for adapter, scale in zip(adapters, scales if adapters else []):
+    for adapter, scale in zip(adapters, scales):
         adapter.attach(pipe, scale=scale)
     extra = {}
     if init_image is not None:
