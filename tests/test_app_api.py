@@ -126,6 +126,8 @@ def test_a_sweep_is_a_labelled_row_over_one_metric(server):
         ),
         ({"prompt": "x", "sweep": "colour"}, "sweep: one of the adapter's metrics"),
         ({"prompt": "x", "seed": "one"}, "seed must be an integer"),
+        ({"prompt": "x", "seed": 2**70}, "seed must be an integer >= 0 and <= 9223372036854775807"),
+        ({"prompt": "x", "guidance": float("nan")}, "guidance must be"),
     ],
 )
 def test_bad_requests_are_refused_naming_the_field(server, request_body, message):

@@ -442,3 +442,61 @@ def test_an_unreachable_hub_fails_at_once_with_the_fix(monkeypatch, tmp_path, ca
         hub.hub_reachable.cache_clear()
     err = capsys.readouterr().err
     assert "the Hugging Face Hub (http://127.0.0.1:9) cannot be reached, and it is not in the local cache" in err
+
+
+def test_generate_with_several_adapters_is_the_python_api_with_a_list(tmp_path, model_dirs):
+    """--adapter repeated: every adapter in its own slot, --scale one per adapter, --quality over all metrics."""
+    from iqa_adapter.generation import generate
+    from iqa_adapter.pipelines import load_pipeline
+    from iqa_adapter.stats import MetricStats
+
+    base, first = model_dirs
+    second = tmp_path / "second"
+    pipe = load_pipeline(str(base), "cpu", torch.float32)
+    other = [
+        MetricStats("noise", mean=2.0, std=1.0, percentiles={1.0: 5.0, 50.0: 2.0, 99.0: 0.5}, higher_is_better=False)
+    ]
+    IQAAdapter.for_unet(pipe, other, seed=3, base_model=str(base)).save_pretrained(second)
+    out = tmp_path / "out"
+    arguments = [
+        "generate",
+        "--base",
+        str(base),
+        "--adapter",
+        str(first),
+        "--adapter",
+        str(second),
+        "--prompt",
+        "a dog",
+    ]
+    qualities = ["--quality", "sharp=p90", "--quality", "aes=p10", "--quality", "noise=p99"]
+    assert main([*arguments, *qualities, "--scale", "0.4", "--scale", "0.9", "--steps", "2", "--out", str(out)]) == 0
+    sidecar = json.loads((out / "0000.json").read_text())
+    assert sidecar["adapter"] == [str(first), str(second)]
+    assert sidecar["quality"] == {"sharp": "p90", "aes": "p10", "noise": "p99"}
+    pipe.set_progress_bar_config(disable=True)
+    expected = generate(
+        pipe,
+        [IQAAdapter.from_pretrained(first), IQAAdapter.from_pretrained(second)],
+        "a dog",
+        {"sharp": "p90", "aes": "p10", "noise": "p99"},
+        scale=[0.4, 0.9],
+        steps=2,
+        progress=False,
+    )[0].image
+    assert Image.open(out / "0000.png").tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--scale", "0.1", "--scale", "0.2", "--scale", "0.3"], "scale gives 3 values for 2 adapters"),
+        (["--quality", "blur=p50"], "no adapter is conditioned on blur; the adapters are conditioned on: aes, sharp"),
+        (["--no-adapter"], "drop --no-adapter"),
+    ],
+)
+def test_generate_with_several_adapters_refuses_in_one_line(tmp_path, model_dirs, capsys, extra, message):
+    base, adapter = model_dirs
+    arguments = ["generate", "--base", str(base), "--adapter", str(adapter), "--adapter", str(adapter)]
+    assert main([*arguments, "--prompt", "a dog", *extra, "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err

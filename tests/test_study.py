@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ def image_conditions(store, study_id):
 
 def test_a_study_holds_every_pair_of_the_conditions_on_the_shared_images(tmp_path):
     store, root, counts = new_study(tmp_path, keys=5)
-    assert counts == {"study": "s", "images": 15, "pairs": 15, "attention_pairs": 2, "keys": 5}
+    assert counts == {"study": "s", "images": 15, "pairs": 15, "attention_pairs": 2, "keys": 5, "skipped": []}
     study_id, settings = store.study("s")
     assert settings.conditions == CONDITIONS
     stored = image_conditions(store, study_id)
@@ -88,6 +89,33 @@ def test_bad_conditions_are_refused_with_the_folders_there(tmp_path, conditions,
     store = StudyStore(str(tmp_path / "db.sqlite"))
     with pytest.raises(StudyError, match=message):
         create_study(store, "s", root, StudySettings(conditions=conditions))
+
+
+def test_unreadable_images_leave_their_prompt_and_seed_out_and_are_listed(tmp_path):
+    root = condition_folders(tmp_path / "eval", list(CONDITIONS), 4)
+    truncated = root / "images" / "toy/p99" / "00001_s0.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    (root / "images" / "base" / "00002_s0.png").write_bytes(b"")
+    store = StudyStore(str(tmp_path / "db.sqlite"))
+    counts = create_study(store, "s", root, StudySettings(conditions=CONDITIONS), attention_pairs=4)
+    assert counts["keys"] == 2 and counts["pairs"] == 6 and counts["attention_pairs"] == 2
+    assert [(entry["key"], entry["condition"]) for entry in counts["skipped"]] == [
+        ("00001_s0.png", "toy/p99"),
+        ("00002_s0.png", "base"),
+    ]
+    assert "empty file" in counts["skipped"][1]["reason"]
+    for path in (root / "images" / "base").iterdir():  # nothing but readable files is left: none to build from
+        path.write_bytes(b"not an image")
+    with pytest.raises(StudyError, match="no prompt and seed has a readable image in every condition"):
+        create_study(store, "t", root, StudySettings(conditions=CONDITIONS))
+    assert store.study_names() == ["s"]  # the failed build left no study behind
+
+
+@pytest.mark.parametrize("make", [lambda path: path.mkdir(), lambda path: path.write_text("not a database" * 100)])
+def test_a_database_that_cannot_open_is_one_line(tmp_path, make):
+    make(tmp_path / "db.sqlite")
+    with pytest.raises(StudyError, match="cannot open database .*db.sqlite"):
+        StudyStore(str(tmp_path / "db.sqlite"))
 
 
 def test_a_study_name_is_taken_once(tmp_path):
@@ -258,9 +286,30 @@ def test_study_commands_create_and_report(tmp_path, capsys):
     )
     assert "is not a folder" in capsys.readouterr().err
     assert main([*create, "--name", "other", "--votes-per-pair", "0"]) == 2
-    assert "--votes-per-pair must be at least 1" in capsys.readouterr().err
+    assert "--votes-per-pair: must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main([*create, "--name", "other", "--max-images", "-1"]) == 2
+    assert "--max-images: must be an integer >= 1, got -1" in capsys.readouterr().err
+    assert main([*create, "--name", "other", "--attention-pairs", "nan"]) == 2
+    assert "--attention-pairs: must be an integer, got 'nan'" in capsys.readouterr().err
+    assert main(["app", "--no-generate", "--database", database, "--port", "99999"]) == 2
+    assert "--port: must be an integer >= 0 and <= 65535, got 99999" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["app", "--no-generate", "--database", database, "--port", port]) == 2
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert main([*create[:-1], str(tmp_path), "--name", "other"]) == 2  # --database a folder
+    assert "cannot open database" in capsys.readouterr().err
     assert main(["study", "report", "--database", database, "--name", "nope", "--out", str(tmp_path / "o")]) == 2
     assert "no study named 'nope'" in capsys.readouterr().err
+    missing = str(tmp_path / "typo.sqlite")  # a mistyped database is refused, not created empty
+    assert main(["study", "report", "--database", missing, "--out", str(tmp_path / "o")]) == 2
+    assert "typo.sqlite does not exist" in capsys.readouterr().err and not (tmp_path / "typo.sqlite").exists()
+    assert main(["app", "--no-generate", "--database", missing]) == 2
+    assert "typo.sqlite does not exist" in capsys.readouterr().err
+    assert main(["study", "report", "--database", database, "--out", database]) == 2
+    assert "is a file; give a folder for the report" in capsys.readouterr().err
 
 
 def test_the_core_imports_and_the_app_command_names_the_extra_without_the_app_dependencies(tmp_path):

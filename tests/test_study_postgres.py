@@ -70,7 +70,8 @@ def database():
 def test_two_servers_on_one_postgres_database_serve_a_study_exactly_once(tmp_path, database):
     conditions = ("base", "toy/p1", "toy/p99")
     root = condition_folders(tmp_path / "eval", list(conditions), 6)
-    first, second = StudyStore(database), StudyStore(database)
+    plain = database.replace("postgresql+psycopg://", "postgresql://")  # the URL as users write it
+    first, second = StudyStore(plain), StudyStore(database)
     settings = StudySettings(conditions=conditions, pairs_per_participant=6, attention_checks=1, votes_per_pair=2)
     counts = create_study(first, "pg", root, settings, attention_pairs=3)
     assert counts["pairs"] == 18

@@ -137,7 +137,15 @@ def _read_images(paths: list[str], option: str) -> list:
 
 
 def cmd_generate(args) -> None:
-    from .generation import check_output_folder, fit_init_image, generate, save_images, sweep_grid
+    from .generation import (
+        check_output_folder,
+        check_targets,
+        fit_init_image,
+        generate,
+        per_adapter_scales,
+        save_images,
+        sweep_grid,
+    )
     from .pipelines import load_pipeline
 
     device = resolve_device(args.device)
@@ -147,29 +155,32 @@ def cmd_generate(args) -> None:
     apply_threads(args.threads, toy=toy)
     if args.negative_reference and not args.reference:
         raise ValueError("--negative-reference goes with --reference")
+    locations = [args.adapter] if isinstance(args.adapter, str) else list(args.adapter or [])
     if args.no_adapter:
-        if args.quality or args.sweep or args.reference or args.negative_quality is not None:
+        if args.quality or args.sweep or args.reference or args.negative_quality is not None or locations:
             raise ValueError(
-                "--quality, --sweep, --negative-quality and --reference need an adapter; drop --no-adapter"
+                "--adapter, --quality, --sweep, --negative-quality and --reference need an adapter; drop --no-adapter"
             )
-        adapter, qualities, sweep_metric = None, None, None
+        adapters, scales, qualities, sweep_metric = [], [], None, None
     else:
-        if args.adapter is None:
+        if not locations:
             raise ValueError("give --adapter DIR (or --no-adapter for the base model alone)")
-        adapter = load_adapter(args.adapter, args)
-        if adapter.config.condition == "reference":
+        adapters = [load_adapter(location, args) for location in locations]
+        scales = per_adapter_scales(args.scale[0] if args.scale and len(args.scale) == 1 else args.scale, len(adapters))
+        if any(adapter.config.condition == "reference" for adapter in adapters):
+            if len(adapters) > 1:
+                raise ValueError("a reference-based adapter conditions alone: give one --adapter with --reference")
             if not args.reference or args.quality or args.sweep:
                 raise ValueError(
-                    f"{args.adapter} is a reference-based adapter: give --reference IMAGE (repeatable), "
+                    f"{locations[0]} is a reference-based adapter: give --reference IMAGE (repeatable), "
                     "not --quality or --sweep"
                 )
             qualities, sweep_metric = None, None
         else:
             if args.reference:
-                raise ValueError(f"{args.adapter} is conditioned on quality scores: give --quality, not --reference")
+                raise ValueError(f"{locations[0]} is conditioned on quality scores: give --quality, not --reference")
             qualities, sweep_metric = _qualities(args)
-            for quality in qualities:  # fail on bad targets before loading a large model
-                adapter.z_scores(quality)
+            check_targets(adapters, qualities)  # fail on bad targets before loading a large model
     references = {}
     if args.reference:
         negative = (
@@ -181,8 +192,8 @@ def cmd_generate(args) -> None:
         hide_loading_bars()
     iqa_guidance = _iqa_guidance(args, device)
     pipe = load_pipeline(args.base, device, dtype)
-    if adapter is not None:
-        adapter.attach(pipe, scale=args.scale)
+    for adapter, scale in zip(adapters, scales):
+        adapter.attach(pipe, scale=scale)
     extra = {}
     if init_image is not None:
         from diffusers import AutoPipelineForImage2Image
@@ -198,7 +209,7 @@ def cmd_generate(args) -> None:
     started = time.perf_counter()
     results = generate(
         pipe,
-        adapter,
+        adapters[0] if len(adapters) == 1 else adapters or None,
         args.prompt,
         qualities,
         negative_prompt=args.negative_prompt,
@@ -222,7 +233,7 @@ def cmd_generate(args) -> None:
         overwrite=args.overwrite,
         extra={
             "base": args.base,
-            "adapter": args.adapter and str(args.adapter),
+            "adapter": (locations[0] if len(locations) == 1 else locations) if adapters else None,
             "reference_files": args.reference,
             "negative_reference_file": args.negative_reference,
             "init_image": args.init_image,
@@ -400,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images at chosen quality levels. Writes OUT/NNNN.png with a NNNN.json sidecar of its "
         "settings; an --out that holds images of an earlier run is refused unless --overwrite.",
     )
-    add_generation_options(generate)
+    add_generation_options(generate, adapters="several")
     generate.add_argument(
         "--no-adapter", action="store_true", help="the base model alone (e.g. with gradient guidance)"
     )
@@ -423,8 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--scale",
         type=_scale,
+        action="append",
         default=None,
-        help="adapter scale lambda >= 0 (default: the adapter's, 0.5) or a per-block JSON dict",
+        help="adapter scale lambda >= 0 (default: the adapter's, 0.5) or a per-block JSON dict; with several "
+        "--adapter, one per adapter in the same order, or one for all",
     )
     generate.add_argument(
         "--negative-quality",

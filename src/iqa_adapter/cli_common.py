@@ -101,31 +101,36 @@ def comma_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def add_generation_options(parser: argparse.ArgumentParser, several_adapters: bool = False) -> None:
-    """Options that generate and evaluate share: the model, sampling and where it runs (``several_adapters``:
-    ``--adapter`` is repeatable, each ``FOLDER`` or ``NAME=FOLDER``)."""
+def add_generation_options(parser: argparse.ArgumentParser, adapters: str = "one") -> None:
+    """Options that generate, evaluate and pairs share: the model, sampling and where it runs. ``adapters``: "one"
+    ``--adapter``; "several", a repeatable ``--adapter`` (all condition together); "named", a repeatable
+    ``--adapter [NAME=]FOLDER`` (each evaluated on its own)."""
     parser.add_argument(
         "--base",
         default=None,
         help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world",
     )
-    if several_adapters:
+    location = "adapter folder (config.json + adapter.safetensors) or hub id (org/name)"
+    default = "default without --base: the toy world's"
+    if adapters == "named":
         parser.add_argument(
             "--adapter",
             action="append",
             default=[],
             metavar="[NAME=]FOLDER_OR_HUB_ID",
-            help="an adapter to evaluate, repeatable (several share the base model's images); "
-            "default without --base: the toy world's",
+            help=f"an adapter to evaluate, repeatable (several share the base model's images); {default}",
         )
-    else:
+    elif adapters == "several":
         parser.add_argument(
             "--adapter",
+            action="append",
             default=None,
             metavar="FOLDER_OR_HUB_ID",
-            help="adapter folder (config.json + adapter.safetensors) or hub id (org/name); "
-            "default without --base: the toy world's",
+            help=f"{location}; repeat it to condition on several score adapters at once, each in its own slot; "
+            f"{default}",
         )
+    else:
+        parser.add_argument("--adapter", default=None, metavar="FOLDER_OR_HUB_ID", help=f"{location}; {default}")
     add_adapter_location_options(parser)
     parser.add_argument("--seed", type=seed, default=0, help="seed of the first image (0 to 2**63 - 1)")
     parser.add_argument(

@@ -116,7 +116,7 @@ def generate(
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     adapters = [] if adapter is None else [adapter] if isinstance(adapter, IQAAdapter) else list(adapter)
-    scales = _per_adapter_scales(scale, len(adapters))
+    scales = per_adapter_scales(scale, len(adapters))
     check_settings(
         pipe,
         steps=steps,
@@ -275,7 +275,7 @@ def generate(
     return results
 
 
-def _per_adapter_scales(scale, count: int) -> list:
+def per_adapter_scales(scale, count: int) -> list:
     """One scale (or None: keep) per adapter from a float, a per-block dict, or a sequence of those."""
     if isinstance(scale, Sequence) and not isinstance(scale, str):
         if len(scale) != count:
@@ -284,6 +284,14 @@ def _per_adapter_scales(scale, count: int) -> list:
             )
         return list(scale)
     return [scale] * count
+
+
+def check_targets(adapters: Sequence[IQAAdapter], qualities: Sequence[Quality]) -> None:
+    """Raise the error :func:`generate` would, before any model is loaded: every quality mapping split among
+    ``adapters`` (an unknown metric names the ones they are conditioned on), each share a valid set of targets."""
+    for quality in qualities:
+        for adapter, targets in zip(adapters, _targets_by_adapter(adapters, quality)):
+            adapter.z_scores(targets)
 
 
 def _targets_by_adapter(adapters: Sequence[IQAAdapter], quality: Quality) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 APP_MODULES = ("starlette", "uvicorn", "sqlalchemy")
@@ -23,7 +24,8 @@ def cmd_app(args) -> None:
     from .server import create_app, serve
     from .store import StudyStore
 
-    store = StudyStore(args.database) if args.database else None
+    check_can_listen(args.host, args.port)  # before loading a model
+    store = StudyStore(args.database, create=False) if args.database else None
     engine = None
     if not args.no_generate:
         apply_threads(args.threads, toy=args.base is None)
@@ -41,28 +43,32 @@ def cmd_app(args) -> None:
     serve(create_app(engine, store, args.results_token), args.host, args.port)
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Raise, in one line, when ``host:port`` cannot be listened on (taken, or not an address of this machine)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as error:
+        raise OSError(
+            f"cannot serve on {host}:{port}: {error.strerror or error}; choose another --port or --host"
+        ) from None
+
+
 def cmd_study_create(args) -> None:
     require_app_extra(("sqlalchemy",))
+    from ..cli_common import comma_list
     from .store import StudySettings, StudyStore
     from .study import create_study
 
     settings = StudySettings(
-        conditions=tuple(condition.strip() for condition in args.conditions.split(",") if condition.strip()),
+        conditions=tuple(comma_list(args.conditions)),
         votes_per_pair=args.votes_per_pair,
         pairs_per_participant=args.pairs_per_participant,
         attention_checks=args.attention_checks,
         max_failed_checks=args.max_failed_checks,
         completion_code=args.completion_code,
     )
-    for name, value, minimum in (
-        ("--votes-per-pair", args.votes_per_pair, 1),
-        ("--pairs-per-participant", args.pairs_per_participant, 1),
-        ("--attention-checks", args.attention_checks, 0),
-        ("--max-failed-checks", args.max_failed_checks, 0),
-        ("--attention-pairs", args.attention_pairs, 0),
-    ):
-        if value < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, got {value}")
     if args.attention_checks and not args.attention_pairs:
         raise ValueError("--attention-checks needs --attention-pairs above 0 (or set --attention-checks 0)")
     counts = create_study(
@@ -75,6 +81,8 @@ def cmd_study_create(args) -> None:
         seed=args.seed,
     )
     print(json.dumps(counts))
+    for entry in counts["skipped"]:
+        print(f"skipped {entry['condition']}/{entry['key']} (and its prompt and seed): {entry['reason']}")
     print(f"serve it: iqa-adapter app --database {args.database} (participants at /study/{args.name})")
 
 
@@ -83,7 +91,7 @@ def cmd_study_report(args) -> None:
     from .store import StudyStore
     from .study import study_report, write_study_report
 
-    store = StudyStore(args.database)
+    store = StudyStore(args.database, create=False)
     name = args.name or _only_study(store, args.database)
     report, votes = study_report(store, name, bootstrap_rounds=args.bootstrap, seed=args.seed)
     written = write_study_report(report, votes, args.out)
@@ -105,12 +113,18 @@ def cmd_study_report(args) -> None:
 def _only_study(store, database: str) -> str:
     names = store.study_names()
     if len(names) != 1:
-        raise ValueError(f"{database} holds studies {names or 'none'}: choose one with --name")
+        raise ValueError(
+            f"{database} holds {'no study' if not names else 'studies ' + ', '.join(names)}: "
+            + ("make one with `iqa-adapter study create`" if not names else "choose one with --name")
+        )
     return names[0]
 
 
 def add_commands(commands) -> None:
     from ..cli_common import add_adapter_location_options
+    from ..validation import check_int, cli_type, non_negative_int, positive_int, seed
+
+    port_number = cli_type(check_int, 0, 65535, parse=int)
     from ..runtime import add_threads_option
 
     app = commands.add_parser(
@@ -128,7 +142,7 @@ def add_commands(commands) -> None:
     app.add_argument("--database", default=None, help="study database: a SQLite file or a SQLAlchemy URL")
     app.add_argument("--no-generate", action="store_true", help="serve only the studies (no model loaded)")
     app.add_argument("--host", default="127.0.0.1")
-    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--port", type=port_number, default=7860)
     app.add_argument("--results-token", default=None, help="the results pages then ask for ?token=THIS (default: open)")
     app.set_defaults(func=cmd_app)
 
@@ -144,20 +158,26 @@ def add_commands(commands) -> None:
     create.add_argument("--conditions", required=True, help="condition folders to compare, e.g. base,toy/p1,toy/p99")
     create.add_argument("--database", required=True, help="a SQLite file (created) or a SQLAlchemy URL")
     create.add_argument("--name", default="study", help="the study's name (its URL: /study/NAME)")
-    create.add_argument("--votes-per-pair", type=int, default=10, help="participants per pair (paper: 10)")
-    create.add_argument("--pairs-per-participant", type=int, default=22, help="compared pairs each (paper: 22)")
-    create.add_argument("--attention-checks", type=int, default=3, help="attention checks each (paper: 3)")
-    create.add_argument("--max-failed-checks", type=int, default=0, help="failed checks allowed (paper: 0)")
-    create.add_argument("--attention-pairs", type=int, default=20, help="attention-check pairs in the study")
-    create.add_argument("--max-images", type=int, default=None, help="at most this many prompt-seed images")
+    create.add_argument("--votes-per-pair", type=positive_int, default=10, help="participants per pair (paper: 10)")
+    create.add_argument(
+        "--pairs-per-participant", type=positive_int, default=22, help="compared pairs each (paper: 22)"
+    )
+    create.add_argument("--attention-checks", type=non_negative_int, default=3, help="attention checks each (paper: 3)")
+    create.add_argument(
+        "--max-failed-checks", type=non_negative_int, default=0, help="failed checks allowed (paper: 0)"
+    )
+    create.add_argument(
+        "--attention-pairs", type=non_negative_int, default=20, help="attention-check pairs in the study"
+    )
+    create.add_argument("--max-images", type=positive_int, default=None, help="at most this many prompt-seed images")
     create.add_argument("--completion-code", default=None, help="shown at the end (crowdsourcing platforms)")
-    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--seed", type=seed, default=0)
     create.set_defaults(func=cmd_study_create)
 
     report = actions.add_parser("report", help="win rates, pairwise matrix, Bradley-Terry, votes as CSV, figures")
     report.add_argument("--database", required=True)
     report.add_argument("--name", default=None, help="the study (default: the only one in the database)")
     report.add_argument("--out", type=Path, required=True, help="folder for report.json, votes.csv and figures")
-    report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds of the intervals")
-    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap rounds of the intervals")
+    report.add_argument("--seed", type=seed, default=0)
     report.set_defaults(func=cmd_study_report)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ..images import open_image
-from ..validation import check_int, check_number
+from ..validation import check_int, check_number, check_seed
 
 KEPT_JOBS = 32  # finished jobs whose images stay in memory for download
 SWEEP_PERCENTILES = (1, 10, 25, 50, 75, 90, 99)
@@ -169,7 +169,7 @@ class GenerationEngine:
                 "prompt": prompt.strip(),
                 "negative_prompt": str(request.get("negative_prompt") or "") or None,
                 "scale": check_number("scale", request.get("scale", self.defaults["scale"]), 0.0),
-                "seed": check_int("seed", request.get("seed", 0), 0),
+                "seed": check_seed("seed", request.get("seed", 0)),
                 "steps": check_int("steps", request.get("steps", self.defaults["steps"]), 1, 200),
                 "guidance": check_number("guidance", request.get("guidance", self.defaults["guidance"]), 0.0),
                 "negative_quality": None,

@@ -30,6 +30,7 @@ from .generator import GenerationEngine, RequestError
 from .store import StudyError, StudyStore, UnknownStudyError
 from .study import figure_png, study_report, votes_csv
 
+# URL parameters a participant's id is read from, first found first: ours, then Prolific's, MTurk's and others'
 PARTICIPANT_PARAMETERS = ("participant", "PROLIFIC_PID", "workerId", "worker_id", "participant_id", "uid", "user_id")
 
 
@@ -123,6 +124,7 @@ def create_app(
         except StudyError as error:
             return HTMLResponse(f"<!doctype html><p>{html.escape(str(error))}</p>", status_code=404)
         text = page("study.html").replace("{{instructions}}", html.escape(settings.instructions))
+        text = text.replace("{{parameters}}", ",".join(PARTICIPANT_PARAMETERS))
         return HTMLResponse(text.replace("{{study}}", html.escape(request.path_params["name"])))
 
     def _assignment_json(name: str, current) -> dict:
@@ -193,7 +195,7 @@ def create_app(
     def _report(request: Request):
         check_token(request)
         name = request.path_params["name"]
-        votes_now = need_store().counts(study_id(request))["votes"]
+        votes_now = need_store().vote_count(study_id(request))
         cached = reports.get(name)
         if cached is None or cached[0] != votes_now:
             cached = reports[name] = (votes_now, study_report(store, name, bootstrap_rounds=200))

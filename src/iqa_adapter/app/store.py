@@ -21,9 +21,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+
+from ..hub import error_first_line
 
 CHOICES = ("left", "right", "same")
 OPEN_ASSIGNMENT_SECONDS = 600  # an unvoted assignment counts towards its pair's load for this long
@@ -148,11 +151,19 @@ class Assignment:
     total: int
 
 
-def open_database(url: str) -> sa.Engine:
+def open_database(url: str, create: bool = True) -> sa.Engine:
     """An engine on ``url`` (``sqlite:///study.sqlite``, ``postgresql://...``, or a plain path for SQLite) with
-    the study's tables created; SQLite in WAL mode with a busy timeout, so concurrent requests wait, not fail."""
+    the study's tables created; SQLite in WAL mode with a busy timeout, so concurrent requests wait, not fail.
+    Without ``create``, a SQLite file that does not exist is refused (a mistyped path is not a new, empty study)."""
     if "://" not in url:
         url = f"sqlite:///{url}"
+    scheme, rest = url.split("://", 1)
+    if not create and scheme.startswith("sqlite") and rest.strip("/") and not Path(rest[1:]).exists():
+        raise StudyError(
+            f"database {rest[1:]} does not exist; check the path, or make a study first with `iqa-adapter study create`"
+        )
+    if scheme in ("postgresql", "postgres") and not _importable("psycopg2") and _importable("psycopg"):
+        url = f"postgresql+psycopg://{rest}"  # SQLAlchemy's default PostgreSQL driver is psycopg2; use psycopg 3
     try:
         engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ModuleNotFoundError) as error:
@@ -171,28 +182,42 @@ def open_database(url: str) -> sa.Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-    metadata.create_all(engine)
+    try:
+        metadata.create_all(engine)
+    except sa.exc.DBAPIError as error:  # unreachable server, not a database file, a folder, no permission
+        raise StudyError(
+            f"cannot open database {url!r}: {error_first_line(error.orig)}; give a SQLite file path or the URL of a "
+            "running database server you can reach"
+        ) from None
     return engine
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 class StudyStore:
     """Read and write the studies of one database (thread-safe: one connection per call)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
+        """``create``: make the database when it does not exist (``study create``); else refuse a missing one."""
         self.url = url
-        self.engine = open_database(url)
+        self.engine = open_database(url, create)
         self._serve_lock = threading.Lock()  # one pair choice at a time per server: even loads, fewer retries
 
     # ------------------------------------------------------------ building
-    def create_study(self, name: str, settings: StudySettings) -> int:
-        """A new, empty study; refuses a name already taken."""
-        with self.engine.begin() as connection:
-            taken = connection.execute(sa.select(studies.c.id).where(studies.c.name == name)).first()
-            if taken:
-                raise StudyError(f"the database already holds a study named {name!r}; choose another --name")
-            return connection.execute(
-                studies.insert().values(name=name, created=time.time(), settings=settings.to_json())
-            ).inserted_primary_key[0]
+    def check_name_free(self, name: str) -> None:
+        """Refuse, before any work, a study name the database already holds."""
+        if name in self.study_names():
+            raise StudyError(f"the database already holds a study named {name!r}; choose another --name")
+
+    def create_study(self, connection, name: str, settings: StudySettings) -> int:
+        """A new, empty study in ``connection``'s transaction (so that a failed build leaves no study behind)."""
+        return connection.execute(
+            studies.insert().values(name=name, created=time.time(), settings=settings.to_json())
+        ).inserted_primary_key[0]
 
     def add_image(self, connection, study_id: int, condition: str, key: str, source: str, data: bytes, media_type: str):
         return connection.execute(
@@ -245,11 +270,7 @@ class StudyStore:
         """Pairs, attention checks, participants, votes, and pairs that reached ``votes_per_pair``."""
         _, settings = self.study_by_id(study_id)
         with self.engine.connect() as connection:
-            pair_rows = connection.execute(
-                sa.select(pairs.c.attention, sa.func.count())
-                .where(pairs.c.study_id == study_id)
-                .group_by(pairs.c.attention)
-            ).all()
+            by_kind = self._pairs_by_kind(connection, study_id)
             votes_per_pair = (
                 sa.select(pairs.c.id, sa.func.count(assignments.c.choice).label("votes"))
                 .select_from(pairs.outerjoin(assignments, assignments.c.pair_id == pairs.c.id))
@@ -263,19 +284,32 @@ class StudyStore:
             people = connection.execute(
                 sa.select(sa.func.count()).where(participants.c.study_id == study_id)
             ).scalar_one()
-            votes = connection.execute(
-                sa.select(sa.func.count())
-                .select_from(assignments.join(pairs, assignments.c.pair_id == pairs.c.id))
-                .where(pairs.c.study_id == study_id, assignments.c.choice.is_not(None))
-            ).scalar_one()
-        by_kind = {bool(attention): count for attention, count in pair_rows}
         return {
             "pairs": by_kind.get(False, 0),
             "attention_pairs": by_kind.get(True, 0),
             "participants": people,
-            "votes": votes,
+            "votes": self.vote_count(study_id),
             "pairs_with_enough_votes": complete,
         }
+
+    def vote_count(self, study_id: int) -> int:
+        """Votes stored so far (attention checks included)."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(sa.func.count())
+                .select_from(assignments.join(pairs, assignments.c.pair_id == pairs.c.id))
+                .where(pairs.c.study_id == study_id, assignments.c.choice.is_not(None))
+            ).scalar_one()
+
+    @staticmethod
+    def _pairs_by_kind(connection, study_id: int) -> dict[bool, int]:
+        """``{False: compared pairs, True: attention-check pairs}`` of the study (a kind it lacks is absent)."""
+        rows = connection.execute(
+            sa.select(pairs.c.attention, sa.func.count())
+            .where(pairs.c.study_id == study_id)
+            .group_by(pairs.c.attention)
+        )
+        return {bool(attention): count for attention, count in rows}
 
     def study_by_id(self, study_id: int) -> tuple[str, StudySettings]:
         with self.engine.connect() as connection:
@@ -353,13 +387,13 @@ class StudyStore:
         for _attempt in range(5):
             with self._serve_lock:
                 with self.engine.connect() as connection:
+                    total = self._sequence_length(connection, study_id, settings)
                     current = self._open_assignment(connection, participant_id)
                     if current is not None:
-                        return self._describe(connection, current, settings, study_id)
+                        return self._describe(connection, current, total)
                     done = connection.execute(
                         sa.select(sa.func.count()).where(assignments.c.participant_id == participant_id)
                     ).scalar_one()
-                    total = self._sequence_length(connection, study_id, settings)
                     if done >= total:
                         return None
                     attention = done in self._check_positions(participant_id, settings, total)
@@ -409,22 +443,16 @@ class StudyStore:
             sa.select(assignments).where(assignments.c.participant_id == participant_id, assignments.c.choice.is_(None))
         ).first()
 
-    def _describe(self, connection, row, settings: StudySettings, study_id: int) -> Assignment:
+    @staticmethod
+    def _describe(connection, row, total: int) -> Assignment:
         pair = connection.execute(sa.select(pairs.c.image_a, pairs.c.image_b).where(pairs.c.id == row.pair_id)).one()
         left, right = (pair.image_a, pair.image_b) if row.left == "a" else (pair.image_b, pair.image_a)
-        total = self._sequence_length(connection, study_id, settings)
         return Assignment(row.id, left, right, row.position, total)
 
     @staticmethod
     def _sequence_length(connection, study_id: int, settings: StudySettings) -> int:
         """Pairs one participant is shown: the settings' numbers, or fewer when the study has fewer pairs."""
-        available = dict(
-            connection.execute(
-                sa.select(pairs.c.attention, sa.func.count())
-                .where(pairs.c.study_id == study_id)
-                .group_by(pairs.c.attention)
-            ).all()
-        )
+        available = StudyStore._pairs_by_kind(connection, study_id)
         compared = min(settings.pairs_per_participant, available.get(False, 0))
         checks = min(settings.attention_checks, available.get(True, 0))
         return compared + checks

@@ -33,6 +33,7 @@ from ..distortions import distort
 from ..evaluation.preference import PairVotes, bootstrap_bradley_terry, bradley_terry, win_rates
 from ..images import open_image, rgb_tensor
 from ..io_utils import atomic_write
+from ..validation import check_int
 from .store import StudyError, StudySettings, StudyStore
 
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
@@ -81,11 +82,18 @@ def create_study(
     keys = sorted(set.intersection(*(set(found[condition]) for condition in settings.conditions)))
     if not keys:
         raise StudyError(f"no image name is shared by every condition of {list(settings.conditions)}")
+    if max_keys is not None:
+        check_int("max_keys", max_keys, 1)
+    store.check_name_free(name)
+    skipped = unreadable_images(found, settings.conditions, keys)
+    keys = [key for key in keys if key not in {key for key, _, _ in skipped}]
+    if not keys:
+        raise StudyError(f"no prompt and seed has a readable image in every condition; first problem: {skipped[0][2]}")
     rng = random.Random(seed)
     if max_keys is not None and len(keys) > max_keys:
         keys = sorted(rng.sample(keys, max_keys))
-    study_id = store.create_study(name, settings)
-    with store.engine.begin() as connection:
+    with store.engine.begin() as connection:  # all or nothing: a failed build leaves no study behind
+        study_id = store.create_study(connection, name, settings)
         ids = {}
         for condition in settings.conditions:
             for key in keys:
@@ -107,7 +115,29 @@ def create_study(
             store.add_pair(
                 connection, study_id, (ids[clean_condition, key], clean_condition), (degraded_id, DEGRADED), key, "a"
             )
-    return {"study": name, "images": len(ids), "pairs": compared, "attention_pairs": len(checks), "keys": len(keys)}
+    return {
+        "study": name,
+        "images": len(ids),
+        "pairs": compared,
+        "attention_pairs": len(checks),
+        "keys": len(keys),
+        "skipped": [{"key": key, "condition": condition, "reason": reason} for key, condition, reason in skipped],
+    }
+
+
+def unreadable_images(
+    found: dict[str, dict[str, Path]], conditions: Sequence[str], keys: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """``(key, condition, reason)`` of every image of ``conditions`` that does not decode (empty, truncated, not an
+    image, over PIL's pixel limit): its prompt and seed are left out of the study, never fatal."""
+    skipped = []
+    for key in keys:
+        for condition in conditions:
+            try:
+                open_image(found[condition][key])
+            except ValueError as error:
+                skipped.append((key, condition, str(error)))
+    return skipped
 
 
 def degraded_copy(path: Path, seed: int = 0) -> bytes:
@@ -207,6 +237,8 @@ def write_study_report(report: dict, votes: Sequence[dict], out_dir: str | Path)
     from ..evaluation.figures import save_png
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the report")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "report.json", out_dir / "votes.csv"]
     atomic_write(written[0], lambda path: Path(path).write_text(json.dumps(report, indent=2)))

@@ -206,7 +206,7 @@ def add_commands(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    add_generation_options(evaluate, several_adapters=True)
+    add_generation_options(evaluate, adapters="named")
     evaluate.add_argument(
         "--metrics",
         required=True,

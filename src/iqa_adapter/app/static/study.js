@@ -1,7 +1,7 @@
 // The participant page: one pair at a time; each vote is stored before the next pair comes back. A vote that
 // cannot reach the server is retried until it does (the server stores it once, whatever the retries).
 const study = document.body.dataset.study;
-const PARAMETERS = ["participant", "PROLIFIC_PID", "workerId", "worker_id", "participant_id", "uid", "user_id"];
+const PARAMETERS = document.body.dataset.parameters.split(",");  // the server's PARTICIPANT_PARAMETERS
 const params = new URLSearchParams(location.search);
 let participant = null, source = "generated";
 for (const name of PARAMETERS) {
