@@ -68,8 +68,11 @@ def check_report(out, report: dict) -> None:
     assert 0 <= transfer["mean_paired_match"] <= 1 and transfer["clean"]["paired_match"] is None
     assert 0 <= transfer["separability"]["linear_probe_accuracy"] <= 1
     assert {"clean", "gaussian_blur", "jpeg", "gaussian_noise"} <= set(transfer)
-    for values in transfer_by_family(transfer).values():
+    for family, values in transfer_by_family(transfer).items():
         assert 0 <= values["match"] <= 1 and 0 <= values["content_leak"] <= 1
+        if family != "clean":  # the reference's own family is in its group
+            assert values["paired_match"] <= values["paired_group_match"] <= 1
+    assert transfer["mean_paired_match"] <= transfer["mean_paired_group_match"]
     assert all(isinstance(value, bool) for value in report["claims"].values())
     rows = (out / "images" / "images.csv").read_text().splitlines()
     assert len(rows) == 1 + report["n_images"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from iqa_adapter.distortions import FAMILIES, distort, random_distortions
+from iqa_adapter.distortions import FAMILIES, FAMILY_GROUP, FAMILY_GROUPS, distort, random_distortions
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 RANDOM_FAMILIES = {"motion_blur", "gaussian_noise", "impulse_noise", "saturation", "brightness"}
@@ -74,6 +74,12 @@ def test_required_families_are_present():
     }
     assert required <= set(FAMILIES)
     assert set(MEASURES) == set(FAMILIES), "every family needs a monotonicity measure here"
+
+
+def test_every_family_is_in_exactly_one_group():
+    grouped = [family for families in FAMILY_GROUPS.values() for family in families]
+    assert sorted(grouped) == sorted(FAMILIES)
+    assert FAMILY_GROUP["impulse_noise"] == FAMILY_GROUP["gaussian_noise"] != FAMILY_GROUP["motion_blur"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

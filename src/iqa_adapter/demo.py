@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from .adapter import IQAAdapter
-from .distortions import FAMILIES, distort
+from .distortions import FAMILIES, FAMILY_GROUP, FAMILY_GROUPS, distort
 from .evaluation import EvaluationSettings, Measures, evaluate, figures, relgain
 from .evaluation.passes import ScoreColumn, score_tensors
 from .evaluation.preference import PairVotes, bradley_terry, simulate_votes, win_rates
@@ -72,6 +72,7 @@ REFERENCE_LEVEL = 0.8  # distortion level of the references (1 = strongest)
 LEARNED = ("loda", "cnniqa", "aesthetic")  # the learned models: conditioning and measuring
 CLASSICAL = ("niqe", "piqe", "sharpness", "noise", "blockiness", "colorfulness", "contrast")
 PANEL_CONDITIONS = ("base", "p1", "p50", "p99")  # what the panel compares (the paper's subjective study)
+PAIRED_KEYS = ("paired_match", "paired_group_match")  # reference transfer against the clean reference
 
 
 @dataclass
@@ -275,10 +276,11 @@ def reference_transfer_experiment(
         predicted = [labels[index] for index in evidence.argmax(dim=1).tolist()]
         if family == CLEAN:
             clean_evidence = evidence[:, family_columns]
-            paired = None
+            paired = paired_group = None
         else:  # the family whose evidence rose most against the same prompt and seed with the clean reference
-            rises = (evidence[:, family_columns] - clean_evidence).argmax(dim=1).tolist()
-            paired = float(np.mean([FAMILIES[index] == family for index in rises]))
+            rises = [FAMILIES[index] for index in (evidence[:, family_columns] - clean_evidence).argmax(dim=1).tolist()]
+            paired = float(np.mean([rise == family for rise in rises]))
+            paired_group = float(np.mean([FAMILY_GROUP[rise] == FAMILY_GROUP[family] for rise in rises]))
         readings = [
             read_object(np.asarray(result.image), scenes[index // settings.seeds].background)
             for index, result in enumerate(generated)
@@ -286,6 +288,7 @@ def reference_transfer_experiment(
         results[family] = {
             "match": float(np.mean([label == family for label in predicted])),
             "paired_match": paired,
+            "paired_group_match": paired_group,
             "content_leak": float(np.mean([r.colour == reference_scene.objects[0].colour for r in readings])),
             "prompt_colour": float(
                 np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour for i, r in enumerate(readings)])
@@ -306,6 +309,8 @@ def reference_transfer_experiment(
         **results,
         "mean_match": float(np.mean([results[family]["match"] for family in FAMILIES])),
         "mean_paired_match": float(np.mean([results[family]["paired_match"] for family in FAMILIES])),
+        "mean_paired_group_match": float(np.mean([results[family]["paired_group_match"] for family in FAMILIES])),
+        "groups": FAMILY_GROUPS,
         "chance": 1 / len(labels),
         "classifier_accuracy": classifier.config.training["test"]["accuracy"],
         "separability": {
@@ -659,6 +664,7 @@ def demo_markdown(report: dict) -> str:
         lines.append(f"| {name} | {gain:+.2f} | {guidance['adapter_relgain_p99'].get(name, float('nan')):+.2f} |")
     transfer = report["reference_transfer"]
     separability = transfer["separability"]
+    groups = "; ".join(f"{group}: {', '.join(families)}" for group, families in transfer["groups"].items())
     lines += [
         "",
         "## Reference-based transfer",
@@ -669,18 +675,19 @@ def demo_markdown(report: dict) -> str:
         f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. Paired match: "
         "the share in which the reference's family is the one whose evidence rose most against the image of the same "
         "prompt and seed made with the clean reference (the base model's own images read as some families; pairing "
-        f"removes that); mean {transfer['mean_paired_match']:.3f}. The "
+        f"removes that); mean {transfer['mean_paired_match']:.3f}. Group match: the same, counting a family of the "
+        f"reference's KADID group ({groups}) as a match; mean {transfer['mean_paired_group_match']:.3f}. The "
         f"reference features tell the families apart with a linear probe at "
         f"{separability['linear_probe_accuracy']:.3f} ({separability['images']} images). Content leak: the share "
         "in which the object takes the reference's colour instead of the prompt's.",
         "",
-        "| reference | match | paired match | content leak | prompt colour kept | reference classified as |",
-        "|---|---|---|---|---|---|",
+        "| reference | match | paired match | group match | content leak | prompt colour kept | reference classified as |",
+        "|---|---|---|---|---|---|---|",
     ]
     for family, values in transfer_by_family(transfer).items():
         lines.append(
             f"| {family} | {values['match']:.2f} | "
-            + ("-" if values["paired_match"] is None else f"{values['paired_match']:.2f}")
+            + " | ".join("-" if values[key] is None else f"{values[key]:.2f}" for key in PAIRED_KEYS)
             + f" | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
             f"| {values['reference_classified_as']} |"
         )
@@ -762,7 +769,8 @@ def demo_summary(report: dict) -> str:
             for measure, matrix_ in report["distances"].items()
             if isinstance(matrix_, dict)
         ),
-        f"reference transfer:  mean match {transfer['mean_match']:.2f}, paired {transfer['mean_paired_match']:.2f} "
+        f"reference transfer:  mean match {transfer['mean_match']:.2f}, paired {transfer['mean_paired_match']:.2f}, "
+        f"group {transfer['mean_paired_group_match']:.2f} "
         f"(classifier {transfer['classifier_accuracy']:.2f},"
         f" features separable at {transfer['separability']['linear_probe_accuracy']:.2f})",
         *(

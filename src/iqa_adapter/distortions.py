@@ -222,6 +222,19 @@ _FAMILY_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generat
     "quantization": _quantization,
 }
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_FUNCTIONS)
+# KADID-10k's distortion types, with down-up sampling as a blur (a low-pass filter) and quantisation of each channel
+# as a colour distortion (KADID's "color quantization"): a judge that confuses families of one group has still seen
+# the kind of damage
+FAMILY_GROUPS: dict[str, tuple[str, ...]] = {
+    "blur": ("gaussian_blur", "motion_blur", "downsample"),
+    "noise": ("gaussian_noise", "impulse_noise"),
+    "compression": ("jpeg",),
+    "colour": ("saturation", "quantization"),
+    "brightness": ("brightness",),
+    "contrast": ("contrast",),
+    "spatial": ("pixelate",),
+}
+FAMILY_GROUP = {family: group for group, families in FAMILY_GROUPS.items() for family in families}
 
 
 # ---------------------------------------------------------------- public API
