@@ -2,11 +2,12 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from iqa_adapter.cli import main
 from iqa_adapter.demo import transfer_by_family
 from iqa_adapter.distortions import FAMILIES
-from iqa_adapter.toy.world import ToyWorld, WorldSettings, build_world
+from iqa_adapter.toy.world import IN_PROCESS_THREADS, ToyWorld, WorldSettings, build_world
 
 REPORT_KEYS = (
     "target_metrics",
@@ -114,6 +115,7 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
         "reference_adapter",
     }
     assert built["lanes"] == 2 and 0 < built["wall_seconds"] < built["seconds"]  # two lanes at once
+    assert built["threads"] == IN_PROCESS_THREADS and torch.get_num_threads() == 1  # the demo's own count restored
     assert (
         json.loads((world.reference_adapter / "config.json").read_text())["reference"]["metric"] == "learned:../cnniqa"
     )
