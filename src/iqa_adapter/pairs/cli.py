@@ -1,7 +1,7 @@
 """``iqa-adapter pairs``: paired low/high-quality datasets (see :mod:`iqa_adapter.pairs.generate`).
 
     iqa-adapter pairs --prompt "a red circle on the left on a plain blue background" --seeds 4 \\
-        --high loda=p99 --low loda=p1,p10 --out pairs/                                         # the toy world
+        --high cnniqa=p99 --low cnniqa=p1,p10 --out pairs/                                     # the toy world
     iqa-adapter pairs --base stabilityai/stable-diffusion-xl-base-1.0 --adapter adapters/topiq \\
         --metrics topiq_nr=pyiqa:topiq_nr --prompts parti.tsv --seeds 2 --high topiq_nr=p99 \\
         --low topiq_nr=p1,p5 --feature-extractor dinov2 --clip openai/clip-vit-large-patch14 \\
@@ -34,7 +34,7 @@ def _targets(entries: list[str], option: str) -> dict[str, list[str]]:
 
 def _high(entries: list[str]) -> dict[str, str]:
     if not entries:
-        raise ValueError("give the high-quality targets with --high METRIC=TARGET (e.g. --high loda=p99)")
+        raise ValueError("give the high-quality targets with --high METRIC=TARGET (e.g. --high cnniqa=p99)")
     high = _targets(entries, "--high")
     several = [metric for metric, targets in high.items() if len(targets) != 1]
     if several:

@@ -33,10 +33,10 @@ The package ships one (:func:`shipped_world`), the embedded default of ``iqa-ada
    latent/text cache;
 7. ``iqa-adapter train --reference-features``: the reference-based adapter.
 
-Steps 1 and 2 run in the building process with its threads; the others in two one-thread worker processes at
-once (``lanes``), each step as soon as the steps it reads are finished: on 2 cores two one-thread processes do 1.4
-times the work of one two-thread process (toy UNet training step: 0.54 s with two threads, 0.76 s each for two
-one-thread processes side by side), and a step gets the same weights in either lane.
+Steps 1 and 2 run in the building process on two threads (:data:`IN_PROCESS_THREADS`); the others in two
+one-thread worker processes at once (``lanes``), each step as soon as the steps it reads are finished: on 2 cores
+two one-thread processes do 1.4 times the work of one two-thread process (toy UNet training step: 0.54 s with two
+threads, 0.76 s each for two one-thread processes side by side), and a step gets the same weights in either lane.
 
 The reference adapter names its metric by a path relative to its own folder (``learned:../cnniqa``), so a world
 folder can be moved or shipped as a whole.
