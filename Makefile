@@ -36,7 +36,7 @@ test: install browser
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/iqa-adapter demo --out demo-output
+	$(BIN)/iqa-adapter demo --out demo-output --threads 2
 
 bench: install
 	$(BIN)/python benchmarks/bench_unet_overhead.py

@@ -65,8 +65,10 @@ class RestorationSettings:
     @classmethod
     def miniature(cls) -> RestorationSettings:
         """Seconds on one CPU thread, for the test suite. 256 real pairs whatever the number of generated ones: with
-        a few dozen pairs of 11 families the network learns nothing that holds on held-out images."""
-        return cls(test_scenes=8, real_pairs=256, channels=16, layers=3, steps=600, batch_size=16)
+        a few dozen pairs of 11 families the network learns nothing that holds on held-out images. The full network
+        (32 channels, 5 layers): a narrower one (16, 3) stopped beating no training on the held-out scenes when the
+        toy scenes became 70 % single objects (PSNR 21.0 against 21.4 dB; the full one 21.4)."""
+        return cls(test_scenes=8, real_pairs=256, steps=600, batch_size=16)
 
 
 class RestorationNet(nn.Module):
