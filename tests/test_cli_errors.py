@@ -381,6 +381,11 @@ CASES = [
     ("target abc", lambda f: generate("--quality", "cnniqa=abc"), "cannot read quality target"),
     ("target that overflows", lambda f: generate("--quality", "cnniqa=1e30"), "adapter's features overflow"),
     ("unknown metric", lambda f: generate("--quality", "topiq=p99"), "conditioned on: cnniqa, aesthetic"),
+    (
+        "unknown toy adapter",
+        lambda f: generate("--adapter", "toy:topiq", "--quality", "cnniqa=p99"),
+        "the toy world has no adapter 'topiq'; its adapters: main, reference, loda, cnniqa, aesthetic",
+    ),
     # other commands
     (
         "evaluate --seeds 0",

@@ -1,11 +1,13 @@
 """The toy world that ships in the package: complete, small, safetensors only, and the default of `generate`."""
 
+import argparse
 import json
 
 from PIL import Image
 
 from iqa_adapter import IQAAdapter
 from iqa_adapter.cli import main
+from iqa_adapter.cli_common import resolve_model_and_sampling
 from iqa_adapter.toy.world import ADAPTER_METRICS, CONDITIONING_MODELS, shipped_world
 
 MAX_BYTES = 20 * 2**20
@@ -64,3 +66,18 @@ def test_generate_needs_only_a_prompt_and_one_target(tmp_path, capsys):
     sidecar = json.loads((out / "0000.json").read_text())
     assert sidecar["quality"] == {"cnniqa": "p99", "aesthetic": "p50"} and sidecar["steps"] == 20  # default target
     assert Image.open(out / "0000.png").size == (32, 32)
+
+
+def test_the_world_adapters_have_names_for_the_command_line():
+    """--adapter toy:<name> is one of the world's adapters, alone, repeated, or named for evaluate."""
+    world = shipped_world()
+
+    def resolved(adapter):
+        args = argparse.Namespace(base=None, adapter=adapter, steps=None, guidance=None)
+        resolve_model_and_sampling(args)
+        return args.adapter
+
+    assert resolved("toy:cnniqa") == str(world.metric_adapter("cnniqa"))
+    assert resolved(["toy:main", "toy:reference"]) == [str(world.adapter), str(world.reference_adapter)]
+    assert resolved(["iqa=toy:loda", "folder/toy:x"]) == [f"iqa={world.metric_adapter('loda')}", "folder/toy:x"]
+    assert IQAAdapter.from_pretrained(resolved("toy:aesthetic")).metric_names == ["aesthetic"]

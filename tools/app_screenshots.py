@@ -31,6 +31,8 @@ import urllib.request
 from contextlib import closing
 from pathlib import Path
 
+from iqa_adapter.app.store import StudyStore
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
     "a red circle on a blue background",
@@ -215,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="app_screenshots_") as folder:
         folder = Path(folder)
         database = folder / "study.sqlite"
+        StudyStore(str(database))  # an empty study database: the app serves only one that exists
         app = App(database, args.threads)
         try:
             study_images(app, folder)

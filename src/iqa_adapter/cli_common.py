@@ -7,12 +7,14 @@ import argparse
 import json
 
 from .runtime import add_threads_option
+from .toy.world import ADAPTER_NAMES as TOY_ADAPTER_NAMES
 from .toy.world import GUIDANCE_SCALE as TOY_GUIDANCE
 from .toy.world import SAMPLING_STEPS as TOY_STEPS
 from .validation import non_negative_number, positive_int, seed
 
 DEFAULT_STEPS = 35
 DEFAULT_GUIDANCE = 7.5
+TOY_ADAPTER_PREFIX = "toy:"  # --adapter toy:<name>: one of the toy world's own adapters
 
 
 def torch_dtype(name: str | None, device: str):
@@ -42,7 +44,8 @@ def plural(count: int, noun: str) -> str:
 def resolve_model_and_sampling(args, reference: bool = False) -> bool:
     """Fill in the base model, adapter and sampling settings a call leaves out; returns whether the embedded toy
     world is used. Without --base, the embedded toy world gives its base model, its sampling settings and, unless
-    --adapter (or --no-adapter) is given, its score adapter (its reference adapter when ``reference``)."""
+    --adapter (or --no-adapter) is given, its score adapter (its reference adapter when ``reference``); an
+    ``--adapter toy:<name>`` is one of the world's own adapters (:meth:`~iqa_adapter.toy.world.ToyWorld.named_adapter`)."""
     if args.base is not None:
         args.steps = DEFAULT_STEPS if args.steps is None else args.steps
         args.guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
@@ -55,8 +58,20 @@ def resolve_model_and_sampling(args, reference: bool = False) -> bool:
     args.guidance = TOY_GUIDANCE if args.guidance is None else args.guidance
     if not args.adapter and not getattr(args, "no_adapter", False):
         args.adapter = str(world.reference_adapter if reference else world.adapter)
+    elif isinstance(args.adapter, list):
+        args.adapter = [_toy_adapter(world, location) for location in args.adapter]
+    elif args.adapter:
+        args.adapter = _toy_adapter(world, args.adapter)
     print(f"using the embedded toy world ({world.root}); give --base and --adapter for your own models")
     return True
+
+
+def _toy_adapter(world, location: str) -> str:
+    """``toy:<name>`` (or ``NAME=toy:<name>``) -> the folder of the toy world's adapter ``name``; else unchanged."""
+    label, marker, name = location.rpartition(TOY_ADAPTER_PREFIX)
+    if not marker or (label and not label.endswith("=")):
+        return location
+    return label + str(world.named_adapter(name))
 
 
 def add_adapter_location_options(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +126,10 @@ def add_generation_options(parser: argparse.ArgumentParser, adapters: str = "one
         help="diffusers model directory or hub id (SD 1.x/2.x, SDXL); default: the embedded toy world",
     )
     location = "adapter folder (config.json + adapter.safetensors) or hub id (org/name)"
-    default = "default without --base: the toy world's"
+    default = (
+        f"default without --base: the toy world's main adapter; {TOY_ADAPTER_PREFIX}NAME one of its own "
+        f"({', '.join(TOY_ADAPTER_NAMES)})"
+    )
     if adapters == "named":
         parser.add_argument(
             "--adapter",

@@ -23,7 +23,7 @@ The demo runs, with fixed prompts and seeds:
    :mod:`iqa_adapter.toy.caption_check`); ``separability`` how well a linear probe tells the families apart in
    the reference features;
 6. with ``pairs`` (``demo --pairs``), IQA-Adapter as a degradation model (paper section 5.1, supplement 13): toy
-   pairs from the main adapter at p99 and p1, filtered for content (:mod:`iqa_adapter.pairs`), and the restoration
+   pairs from the CNNIQA adapter at p99 and p1, filtered for content (:mod:`iqa_adapter.pairs`), and the restoration
    experiment of :mod:`iqa_adapter.pairs.restoration` (a small network trained on them, on real pairs and not at
    all, tested on held-out real degradations).
 
@@ -91,6 +91,9 @@ class DemoSettings:
     same_margin: float = 1.0  # a participant says "same" below this difference
     pair_prompts: int = 1000  # pairs experiment (demo --pairs): single-object prompts ...
     pair_seeds: int = 2  # ... x seeds, one p1 image per p99 image
+    # the adapter that makes the pairs (ToyWorld.named_adapter): the CNNIQA one, whose p1 adds distortions with
+    # the layout kept; the main adapter's aesthetics axis moves the object at p1 (content, not quality)
+    pair_adapter: str = "cnniqa"
     pair_filter: FilterSettings | None = field(default_factory=FilterSettings)  # None: keep every pair (quick)
     restoration: RestorationSettings = field(default_factory=RestorationSettings)
 
@@ -499,8 +502,8 @@ def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, pro
 
 
 def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
-    """IQA-Adapter as a degradation model: pairs from the main adapter at p99 (high) and p1 (low) from the same
-    noise, kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image scoring lower; and the
+    """IQA-Adapter as a degradation model: pairs from the world's ``settings.pair_adapter`` at p99 (high) and p1
+    (low) from the same noise, kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image scoring lower; and the
     toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration
     experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration":
     {arm: {psnr, ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
@@ -509,7 +512,7 @@ def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Pat
         "restoration experiment",
         progress,
     )
-    adapter = IQAAdapter.from_pretrained(world.adapter)
+    adapter = IQAAdapter.from_pretrained(world.named_adapter(settings.pair_adapter))
     specs = demo_metric_specs(world)
     columns = [
         ScoreColumn(
@@ -550,7 +553,7 @@ def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Pat
     restoration = restoration_experiment(folder, settings.restoration, out_dir) if summary["kept"] else None
     return {
         "pairs": {key: summary[key] for key in ("made", "kept", "kept_share", "drop_reasons")}
-        | {"folder": "pairs", "high": "p99", "low": "p1"},
+        | {"folder": "pairs", "adapter": settings.pair_adapter, "high": "p99", "low": "p1"},
         "restoration": restoration,
     }
 

@@ -1,6 +1,6 @@
 """``iqa-adapter pairs``: paired low/high-quality datasets (see :mod:`iqa_adapter.pairs.generate`).
 
-    iqa-adapter pairs --prompt "a red circle on the left on a plain blue background" --seeds 4 \\
+    iqa-adapter pairs --prompt "a red circle on the left on a plain blue background" --seeds 4 --adapter toy:cnniqa \\
         --high cnniqa=p99 --low cnniqa=p1,p10 --out pairs/                                     # the toy world
     iqa-adapter pairs --base stabilityai/stable-diffusion-xl-base-1.0 --adapter adapters/topiq \\
         --metrics topiq_nr=pyiqa:topiq_nr --prompts parti.tsv --seeds 2 --high topiq_nr=p99 \\

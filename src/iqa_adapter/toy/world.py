@@ -62,6 +62,7 @@ WORLD_FILE = "world.json"
 ZOO_MODELS = ("cnniqa", "aesthetic", "panel", "classifier")
 CONDITIONING_MODELS = ("loda", "cnniqa", "aesthetic")  # the learned models adapters are trained on
 ADAPTER_METRICS = ("cnniqa", "aesthetic")  # the main adapter's
+ADAPTER_NAMES = ("main", "reference", *CONDITIONING_MODELS)  # ToyWorld.named_adapter's names
 SCORED_METRICS = ("loda", "niqe", "cnniqa", "aesthetic")  # the columns annotate writes
 # the reference adapter's features: CNNIQA's pooled filter responses and hidden layer tell the distortion families
 # apart better than the toy LoDa's distortion tokens (linear probe on degraded toy scenes: 0.67 vs 0.42, chance 0.08)
@@ -105,6 +106,19 @@ class ToyWorld:
     def metric_adapter(self, metric: str) -> Path:
         """The adapter conditioned on one learned model (:data:`CONDITIONING_MODELS`)."""
         return self.root / "adapters" / metric
+
+    def named_adapter(self, name: str) -> Path:
+        """One of the world's adapters by name: ``main``, ``reference`` or a learned model's
+        (:data:`CONDITIONING_MODELS`); the CLI's ``--adapter toy:<name>``."""
+        if name == "main":
+            return self.adapter
+        if name == "reference":
+            return self.reference_adapter
+        if name in CONDITIONING_MODELS:
+            return self.metric_adapter(name)
+        raise ValueError(
+            f"the toy world has no adapter {name!r}; its adapters: {', '.join(ADAPTER_NAMES)} (e.g. --adapter toy:cnniqa)"
+        )
 
     def metric_spec(self, name: str) -> str:
         """The registry name of one of the world's learned models: ``loda:<folder>`` or ``learned:<folder>``."""
