@@ -122,10 +122,10 @@ def _only_study(store, database: str) -> str:
 
 def add_commands(commands) -> None:
     from ..cli_common import add_adapter_location_options
+    from ..runtime import add_threads_option
     from ..validation import check_int, cli_type, non_negative_int, positive_int, seed
 
     port_number = cli_type(check_int, 0, 65535, parse=int)
-    from ..runtime import add_threads_option
 
     app = commands.add_parser(
         "app",
