@@ -6,7 +6,7 @@ level, scores both with the adapter's metrics, measures the content filter (blur
 is not timed) and prints pairs/s, images/s and the kept share with the drop reasons.
 
     python benchmarks/bench_pairs.py                               # 16 prompts x 2 seeds x 2 levels, 20 steps
-    python benchmarks/bench_pairs.py --prompts 64 --levels p1 --readers --threads 2
+    python benchmarks/bench_pairs.py --prompts 64 --levels p1 --readers --threads 2 --adapter main
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--layouts", default="folder,webdataset")
     parser.add_argument("--readers", action="store_true", help="also check the prompt with the toy readers")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--adapter", default="cnniqa", help="the toy world's adapter (main, loda, cnniqa, aesthetic; as demo --pairs)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -49,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     world = shipped_world()
     pipe = load_pipeline(str(world.base), "cpu", torch.float32)
-    adapter = IQAAdapter.from_pretrained(world.adapter)
+    adapter = IQAAdapter.from_pretrained(world.named_adapter(args.adapter))
     specs = demo_metric_specs(world)
     metrics = [
         ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(), {"name": specs[name][0]})
@@ -74,7 +77,7 @@ def main() -> None:
     }
     print(
         f"toy world, {args.prompts} prompts x {args.seeds} seeds x {len(levels)} levels, {settings['steps']} steps, "
-        f"{args.threads} thread(s), metrics {', '.join(adapter.metric_names)}"
+        f"{args.threads} thread(s), adapter {args.adapter}, metrics {', '.join(adapter.metric_names)}"
     )
     print(
         f"{'layout':>10s} {'pairs':>6s} {'images':>6s} {'seconds':>8s} {'pairs/s':>8s} {'images/s':>8s} {'kept':>6s}"
