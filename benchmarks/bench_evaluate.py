@@ -37,8 +37,7 @@ def child(settings: dict) -> dict:
     from iqa_adapter.annotate import metric_columns
     from iqa_adapter.architectures import full_size_pipeline, tiny_sdxl_pipeline
     from iqa_adapter.evaluation import EvaluationSettings, Measures, evaluate
-    from iqa_adapter.evaluation.passes import ScoreColumn
-    from iqa_adapter.metrics import create_metric
+    from iqa_adapter.evaluation.passes import ScoreColumn, score_columns
     from iqa_adapter.pipelines import load_pipeline
     from iqa_adapter.toy.scenes import scene_for
     from iqa_adapter.toy.world import GUIDANCE_SCALE, SAMPLING_STEPS, shipped_world
@@ -82,10 +81,7 @@ def child(settings: dict) -> dict:
         def timed_pipeline():
             return pipe
 
-    metrics = [
-        ScoreColumn(column, create_metric(name).eval(), {"name": name})
-        for column, name in metric_columns(METRICS.split(",")).items()
-    ]
+    metrics = score_columns({column: (name, {}) for column, name in metric_columns(METRICS.split(",")).items()})
     out = Path(settings["out"])
     timings = {}
     started = time.perf_counter()

@@ -35,9 +35,8 @@ def main() -> None:
 
     from iqa_adapter import IQAAdapter
     from iqa_adapter.demo import demo_metric_specs
-    from iqa_adapter.evaluation.passes import ScoreColumn
+    from iqa_adapter.evaluation.passes import score_columns
     from iqa_adapter.evaluation.prompts import Prompt
-    from iqa_adapter.metrics import create_metric
     from iqa_adapter.pairs import (
         ContentFilter,
         PairSettings,
@@ -54,10 +53,7 @@ def main() -> None:
     pipe = load_pipeline(str(world.base), "cpu", torch.float32)
     adapter = IQAAdapter.from_pretrained(world.named_adapter(args.adapter))
     specs = demo_metric_specs(world)
-    metrics = [
-        ScoreColumn(name, create_metric(specs[name][0], **specs[name][1]).eval(), {"name": specs[name][0]})
-        for name in adapter.metric_names
-    ]
+    metrics = score_columns({name: specs[name] for name in adapter.metric_names})
     prompts = [
         Prompt(
             scene_for(9000, index, kind="single", full_caption=True).caption,

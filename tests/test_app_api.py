@@ -50,6 +50,7 @@ def test_the_model_endpoint_gives_z_and_raw_values_of_every_slider(server):
     info = server.get("/api/model")
     adapter = IQAAdapter.from_pretrained(shipped_world().adapter)
     assert info["toy"] and info["condition"] == "scores" and info["defaults"]["scale"] == adapter.config.default_scale
+    assert (info["base"], info["adapter"]) == ("toy", "toy:main")  # names, not folders inside site-packages
     assert [metric["name"] for metric in info["metrics"]] == [stats.name for stats in adapter.config.metrics]
     for metric, stats in zip(info["metrics"], adapter.config.metrics):
         rows = {row["percentile"]: row for row in metric["table"]}
@@ -148,10 +149,10 @@ def test_unknown_jobs_and_a_body_that_is_not_json_get_one_line_errors(server):
 
 
 def test_a_reference_based_adapter_takes_an_uploaded_reference(tmp_path):
-    world = shipped_world()
-    app = AppServer(["--threads", "1", "--adapter", str(world.reference_adapter)], tmp_path).start()
+    app = AppServer(["--threads", "1", "--adapter", "toy:reference"], tmp_path).start()
     try:
-        assert app.get("/api/model")["condition"] == "reference"
+        info = app.get("/api/model")
+        assert info["condition"] == "reference" and info["adapter"] == "toy:reference"
         status, body = app.post("/api/generate", {"prompt": "a red circle"})
         assert status == 400 and "upload a reference image" in body["error"]
         buffer = io.BytesIO()

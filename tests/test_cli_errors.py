@@ -386,6 +386,28 @@ CASES = [
         lambda f: generate("--adapter", "toy:topiq", "--quality", "cnniqa=p99"),
         "the toy world has no adapter 'topiq'; its adapters: main, reference, loda, cnniqa, aesthetic",
     ),
+    (
+        "a toy adapter with another --base",
+        lambda f: generate("--base", str(f), "--adapter", "toy:cnniqa", "--quality", "cnniqa=p99"),
+        "--adapter toy:cnniqa is one of the embedded toy world's adapters, which fit only the toy world's base model",
+    ),
+    (
+        "evaluate: a named toy adapter with another --base",
+        lambda f: [
+            "evaluate",
+            "--base",
+            str(f),
+            "--adapter",
+            "ours=toy:main",
+            "--metrics",
+            "sharpness",
+            "--prompt",
+            "x",
+            "--out",
+            f"{f}/e",
+        ],
+        "--adapter ours=toy:main is one of the embedded toy world's adapters",
+    ),
     # other commands
     (
         "evaluate --seeds 0",

@@ -22,11 +22,10 @@ from iqa_adapter import IQAAdapter
 from iqa_adapter.chunks import JobMismatchError
 from iqa_adapter.cli import main
 from iqa_adapter.demo import demo_metric_specs
-from iqa_adapter.evaluation.passes import ScoreColumn
+from iqa_adapter.evaluation.passes import score_columns
 from iqa_adapter.evaluation.prompts import Prompt
 from iqa_adapter.generation import generate
 from iqa_adapter.images import rgb_tensor
-from iqa_adapter.metrics import create_metric
 from iqa_adapter.pairs import (
     ContentFilter,
     FilterSettings,
@@ -69,14 +68,7 @@ class Toy:
         self.reference_adapter = IQAAdapter.from_pretrained(WORLD.reference_adapter)
         self.metric_names = self.adapter.metric_names
         specs = demo_metric_specs(WORLD)
-        self.metrics = [
-            ScoreColumn(
-                name,
-                create_metric(specs[name][0], **specs[name][1]).eval(),
-                {"name": specs[name][0], "options": specs[name][1]},
-            )
-            for name in self.metric_names
-        ]
+        self.metrics = score_columns({name: specs[name] for name in self.metric_names})
         self.high = dict.fromkeys(self.metric_names, "p99")
         self.low = {name: ["p1"] for name in self.metric_names}
 

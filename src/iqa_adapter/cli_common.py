@@ -45,8 +45,10 @@ def resolve_model_and_sampling(args, reference: bool = False) -> bool:
     """Fill in the base model, adapter and sampling settings a call leaves out; returns whether the embedded toy
     world is used. Without --base, the embedded toy world gives its base model, its sampling settings and, unless
     --adapter (or --no-adapter) is given, its score adapter (its reference adapter when ``reference``); an
-    ``--adapter toy:<name>`` is one of the world's own adapters (:meth:`~iqa_adapter.toy.world.ToyWorld.named_adapter`)."""
+    ``--adapter toy:<name>`` is one of the world's own adapters
+    (:meth:`~iqa_adapter.toy.world.ToyWorld.named_adapter`), which --base refuses: they fit only the toy base."""
     if args.base is not None:
+        refuse_toy_adapters(args.adapter if isinstance(args.adapter, list) else [args.adapter])
         args.steps = DEFAULT_STEPS if args.steps is None else args.steps
         args.guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
         return False
@@ -59,19 +61,38 @@ def resolve_model_and_sampling(args, reference: bool = False) -> bool:
     if not args.adapter and not getattr(args, "no_adapter", False):
         args.adapter = str(world.reference_adapter if reference else world.adapter)
     elif isinstance(args.adapter, list):
-        args.adapter = [_toy_adapter(world, location) for location in args.adapter]
+        args.adapter = [resolve_toy_adapter(world, location) for location in args.adapter]
     elif args.adapter:
-        args.adapter = _toy_adapter(world, args.adapter)
+        args.adapter = resolve_toy_adapter(world, args.adapter)
     print(f"using the embedded toy world ({world.root}); give --base and --adapter for your own models")
     return True
 
 
-def _toy_adapter(world, location: str) -> str:
-    """``toy:<name>`` (or ``NAME=toy:<name>``) -> the folder of the toy world's adapter ``name``; else unchanged."""
+def _toy_adapter_name(location: str) -> tuple[str, str] | None:
+    """``toy:<name>`` -> ``("", name)``, ``NAME=toy:<name>`` -> ``("NAME=", name)``; None for any other location."""
     label, marker, name = location.rpartition(TOY_ADAPTER_PREFIX)
     if not marker or (label and not label.endswith("=")):
+        return None
+    return label, name
+
+
+def resolve_toy_adapter(world, location: str) -> str:
+    """``toy:<name>`` (or ``NAME=toy:<name>``) -> the folder of the toy world's adapter ``name``; else unchanged."""
+    named = _toy_adapter_name(location)
+    if named is None:
         return location
+    label, name = named
     return label + str(world.named_adapter(name))
+
+
+def refuse_toy_adapters(locations: list[str | None]) -> None:
+    """A clear error for a ``toy:<name>`` adapter beside another base model (it fits only the toy world's)."""
+    toy_locations = [location for location in locations if location and _toy_adapter_name(location)]
+    if toy_locations:
+        raise ValueError(
+            f"--adapter {toy_locations[0]} is one of the embedded toy world's adapters, which fit only the toy "
+            "world's base model; leave out --base to use it, or give an adapter folder or hub id for your --base"
+        )
 
 
 def add_adapter_location_options(parser: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ from PIL import Image
 from .adapter import IQAAdapter
 from .distortions import FAMILIES, FAMILY_GROUP, FAMILY_GROUPS, distort
 from .evaluation import EvaluationSettings, Measures, evaluate, figures, relgain
-from .evaluation.passes import ScoreColumn, score_tensors
+from .evaluation.passes import ScoreColumn, score_columns, score_tensors
 from .evaluation.preference import PairVotes, bradley_terry, simulate_votes, win_rates
 from .evaluation.prompts import Prompt
 from .evaluation.report import report_markdown
@@ -503,9 +503,9 @@ def panel_experiment(out_dir: Path, world: ToyWorld, settings: DemoSettings, pro
 
 def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Path, progress: bool = False) -> dict:
     """IQA-Adapter as a degradation model: pairs from the world's ``settings.pair_adapter`` at p99 (high) and p1
-    (low) from the same noise, kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image scoring lower; and the
-    toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then the restoration
-    experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration":
+    (low) from the same noise, kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image
+    scoring lower; and the toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then
+    the restoration experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration":
     {arm: {psnr, ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
     _announce(
         f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
@@ -514,14 +514,7 @@ def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Pat
     )
     adapter = IQAAdapter.from_pretrained(world.named_adapter(settings.pair_adapter))
     specs = demo_metric_specs(world)
-    columns = [
-        ScoreColumn(
-            name,
-            create_metric(specs[name][0], **specs[name][1]).eval(),
-            {"name": specs[name][0], "options": specs[name][1]},
-        )
-        for name in adapter.metric_names
-    ]
+    columns = score_columns({name: specs[name] for name in adapter.metric_names})
     prompts = [
         Prompt(
             scene_for(PAIRS_SEED, index, kind="single", full_caption=True).caption,

@@ -134,7 +134,12 @@ def add_commands(commands) -> None:
         "--database, the studies it holds. Needs pip install 'iqa-adapter[app]'.",
     )
     app.add_argument("--base", default=None, help="base model (folder or hub id); default: the embedded toy world")
-    app.add_argument("--adapter", default=None, help="adapter (folder or hub id); default: the toy world's")
+    app.add_argument(
+        "--adapter",
+        default=None,
+        help="adapter (folder or hub id); without --base: the toy world's main adapter, or toy:NAME for another of "
+        "its own",
+    )
     add_adapter_location_options(app)
     app.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     app.add_argument("--dtype", default=None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32)")

@@ -75,19 +75,32 @@ class GenerationEngine:
         import torch
 
         from ..adapter import IQAAdapter
-        from ..cli_common import DEFAULT_GUIDANCE, DEFAULT_STEPS, TOY_GUIDANCE, TOY_STEPS, torch_dtype
+        from ..cli_common import (
+            DEFAULT_GUIDANCE,
+            DEFAULT_STEPS,
+            TOY_ADAPTER_PREFIX,
+            TOY_GUIDANCE,
+            TOY_STEPS,
+            refuse_toy_adapters,
+            resolve_toy_adapter,
+            torch_dtype,
+        )
         from ..hub import is_local
         from ..pipelines import load_pipeline
         from ..runtime import resolve_device
 
         toy = base is None
+        # what the page shows: the toy world's parts by name, not by their folders in site-packages
+        self.base_name, self.adapter_name = base or "toy", adapter or f"{TOY_ADAPTER_PREFIX}main"
         if toy:
             from ..toy.world import shipped_world
 
             world = shipped_world().check()
-            base, adapter = str(world.base), adapter or str(world.adapter)
-        if adapter is None:
+            base, adapter = str(world.base), resolve_toy_adapter(world, adapter) if adapter else str(world.adapter)
+        elif adapter is None:
             raise RequestError("give --adapter with --base")
+        else:
+            refuse_toy_adapters([adapter])
         self.adapter = IQAAdapter.from_pretrained(
             adapter, revision=None if is_local(adapter) else revision, subfolder=subfolder
         )
@@ -95,7 +108,6 @@ class GenerationEngine:
         self.pipe = load_pipeline(base, self.device, torch_dtype(dtype, self.device))
         self.pipe.set_progress_bar_config(disable=True)
         self.adapter.attach(self.pipe)
-        self.base_name, self.adapter_name = base, adapter
         self.defaults = {
             "steps": TOY_STEPS if toy else DEFAULT_STEPS,
             "guidance": TOY_GUIDANCE if toy else DEFAULT_GUIDANCE,

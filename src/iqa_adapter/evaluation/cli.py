@@ -114,10 +114,9 @@ def cmd_evaluate(args) -> None:
     from ..annotate import metric_columns
     from ..chunks import process_state
     from ..cli_common import comma_list, load_adapter, metric_options, plural, resolve_model_and_sampling, torch_dtype
-    from ..metrics import create_metric
     from ..pipelines import load_pipeline
     from ..runtime import apply_threads, hide_loading_bars, resolve_device
-    from .passes import ScoreColumn
+    from .passes import score_columns
     from .run import EvaluationSettings, Measures, evaluate
 
     groups = _metric_groups(args.metric_group)
@@ -132,14 +131,10 @@ def cmd_evaluate(args) -> None:
     folders = args.adapter if isinstance(args.adapter, list) else [args.adapter]
     adapters = {name: load_adapter(folder, args) for name, folder in _named_adapters(folders).items()}
     options = metric_options(args.metric_option)
-    metrics = [
-        ScoreColumn(
-            column,
-            create_metric(name, device=device, **options.get(column, {})).eval(),
-            {"name": name, "options": options.get(column, {})},
-        )
-        for column, name in metric_columns(comma_list(args.metrics)).items()
-    ]
+    metrics = score_columns(
+        {column: (name, options.get(column, {})) for column, name in metric_columns(comma_list(args.metrics)).items()},
+        device,
+    )
     settings = EvaluationSettings(
         seeds=args.seeds,
         seed=args.seed,

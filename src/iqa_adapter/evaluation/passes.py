@@ -33,7 +33,7 @@ from ..chunks import my_unfinished_chunks, start_or_resume
 from ..generation import generate
 from ..images import open_image, rgb_tensor
 from ..io_utils import atomic_write, write_json
-from ..metrics import QualityMetric
+from ..metrics import QualityMetric, create_metric
 from .plan import EvaluationPlan, Item
 
 JOB_FILE = "job.json"
@@ -218,6 +218,14 @@ class ScoreColumn:
     name: str
     metric: QualityMetric
     spec: dict
+
+
+def score_columns(specs: dict[str, tuple[str, dict]], device: str | torch.device = "cpu") -> list[ScoreColumn]:
+    """One :class:`ScoreColumn` per ``{column: (registry name, options)}``, its metric built on ``device``."""
+    return [
+        ScoreColumn(column, create_metric(name, device=device, **options).eval(), {"name": name, "options": options})
+        for column, (name, options) in specs.items()
+    ]
 
 
 def score_images(

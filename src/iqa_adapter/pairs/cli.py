@@ -98,16 +98,6 @@ def _score_specs(args, adapter, toy: bool) -> dict[str, tuple[str, dict]]:
     return {column: (name, {**defaults, **options.get(column, {})}) for column, (name, defaults) in specs.items()}
 
 
-def _score_columns(specs: dict[str, tuple[str, dict]], device: str) -> list:
-    from ..evaluation.passes import ScoreColumn
-    from ..metrics import create_metric
-
-    return [
-        ScoreColumn(column, create_metric(name, device=device, **options).eval(), {"name": name, "options": options})
-        for column, (name, options) in specs.items()
-    ]
-
-
 def _following_scorer(args, prompts: list, toy: bool, device: str):
     """The toy world's readers for prompts that name their toy scene, GenEval's tasks for GenEval prompts, else
     none (``--no-prompt-following``: none)."""
@@ -165,6 +155,7 @@ def cmd_pairs(args) -> None:
     from ..chunks import process_state
     from ..cli_common import load_adapter, plural, resolve_model_and_sampling, torch_dtype
     from ..evaluation.cli import read_prompt_options
+    from ..evaluation.passes import score_columns
     from ..pipelines import load_pipeline
     from ..runtime import apply_threads, hide_loading_bars, resolve_device
     from .generate import check_request, make_pairs, quality_levels
@@ -184,7 +175,7 @@ def cmd_pairs(args) -> None:
     specs = _score_specs(args, adapter, toy)
     check_request(adapter, high, levels, specs, reference_adapter, args.out)
     settings, content_filter = _pair_settings(args), _content_filter(args, prompts, toy, device)
-    metrics = _score_columns(specs, device)
+    metrics = score_columns(specs, device)
     pipe = load_pipeline(args.base, device, torch_dtype(args.dtype, device))
     summary = make_pairs(
         pipe,
