@@ -465,3 +465,20 @@ def test_an_image_that_fails_to_load_is_retried(app, browser):
     assert wait(browser, vote_buttons_ready, 30) == f"Pair 1 of {WALK_PAIRS}"
     assert all(loaded_images(browser, ".pair img"))
     assert text(browser, "#message") == ""
+
+
+def test_the_readme_screenshots_tool_photographs_the_three_pages(tmp_path):
+    """tools/app_screenshots.py (the README's app figures) runs end to end: app, study, votes, three screenshots."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "app_screenshots.py"
+    done = subprocess.run(
+        [sys.executable, str(tool), "--out", str(tmp_path), "--width", "800", "--height", "600"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("app_generate.png", "app_study.png", "app_results.png"):
+        with Image.open(tmp_path / name) as shot:
+            assert shot.size == (800, 600)
+            colours = shot.convert("RGB").getcolors(maxcolors=1_000_000)
+        assert colours is None or len(colours) > 50, f"{name} is nearly blank"  # images, text and widgets drawn
