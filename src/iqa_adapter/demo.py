@@ -505,8 +505,8 @@ def pairs_experiment(pipe, world: ToyWorld, settings: DemoSettings, out_dir: Pat
     """IQA-Adapter as a degradation model: pairs from the world's ``settings.pair_adapter`` at p99 (high) and p1
     (low) from the same noise, kept when the content filter (``settings.pair_filter``: blurred SSIM, the p1 image
     scoring lower; and the toy readers on both images) passes them, in ``out_dir/pairs`` (BasicSR folders); then
-    the restoration experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...}, "restoration":
-    {arm: {psnr, ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
+    the restoration experiment on the kept pairs. Returns ``{"pairs": {made, kept, kept_share, drop_reasons, ...},
+    "restoration": {arm: {psnr, ssim, families}, ...}}``; ``restoration`` is None when the filter kept no pair."""
     _announce(
         f"pairs: {settings.pair_prompts} prompts x {settings.pair_seeds} seeds at p99 and p1, then the "
         "restoration experiment",
