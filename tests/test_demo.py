@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +8,16 @@ import torch
 from iqa_adapter.cli import main
 from iqa_adapter.demo import transfer_by_family
 from iqa_adapter.distortions import FAMILIES
-from iqa_adapter.toy.world import IN_PROCESS_THREADS, ToyWorld, WorldSettings, build_world
+from iqa_adapter.toy.world import (
+    IN_PROCESS_THREADS,
+    ToyWorld,
+    WorldSettings,
+    WorldStep,
+    build_world,
+    lane_order,
+    recorded_step_seconds,
+    world_steps,
+)
 
 REPORT_KEYS = (
     "target_metrics",
@@ -217,3 +227,20 @@ def test_a_build_with_another_recipe_reruns_every_step(tmp_path):
     other_base = {**recipe, "base_config": ToyBaseConfig(unet_steps=ToyBaseConfig().unet_steps + 1).to_dict()}
     other_settings = {**recipe, "settings": dataclasses.asdict(dataclasses.replace(settings, seed=1))}
     assert _earlier_steps(log_file, other_base) == {} and _earlier_steps(log_file, other_settings) == {}
+
+
+def test_lane_order_starts_the_longest_chain_first_and_keeps_every_step_after_what_it_reads():
+    def step(name, *needs):
+        return WorldStep(name, name, lambda: None, needs)
+
+    steps = [step("short"), step("model"), step("adapter", "model"), step("long_alone")]
+    seconds = {"short": 10.0, "model": 5.0, "adapter": 60.0, "long_alone": 50.0}
+    assert [s.name for s in lane_order(steps, seconds)] == ["model", "adapter", "long_alone", "short"]
+    # the shipped world's recorded times: the reference adapter (the longest single step) no longer starts last,
+    # and the order stays runnable by a single lane
+    shipped = [s for s in world_steps(Path("world"), WorldSettings()) if s.name not in ("data", "base")]
+    ordered = [s.name for s in lane_order(shipped, recorded_step_seconds())]
+    assert ordered.index("reference_adapter") < ordered.index("adapter")
+    for position, name in enumerate(ordered):
+        needs = next(s.needs for s in shipped if s.name == name)
+        assert set(needs) - {"data", "base"} <= set(ordered[:position])
