@@ -62,3 +62,14 @@ def test_make_data_train_base_evaluate_base(tmp_path, capsys):
     assert result["caption_following"]["ceiling_clean"]["accuracy"]["colour"] == 1.0
     assert Image.open(report / "grid.png").size[0] == 2 * 96
     assert "chance" in capsys.readouterr().out
+
+
+def test_make_data_run_as_the_world_records_it_makes_the_worlds_data(tmp_path):
+    """world.json records ``toy make-data`` without --clean-fraction; the command must then make what the build's
+    own call made (the CLI's default once kept 20 % of the images clean, the build 40 %)."""
+    from iqa_adapter.toy.data import write_toy_dataset
+
+    assert main(["toy", "make-data", "--out", str(tmp_path / "cli"), "--num-images", "4"]) == 0
+    write_toy_dataset(tmp_path / "build", 4, progress=False)
+    manifests = [json.loads((tmp_path / name / "toy_dataset.json").read_text()) for name in ("cli", "build")]
+    assert manifests[0]["parameters"] == manifests[1]["parameters"]

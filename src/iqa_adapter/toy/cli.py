@@ -21,7 +21,7 @@ def cmd_make_data(args) -> None:
         seed=args.seed,
         size=args.size,
         distort=not args.no_distort,
-        clean_fraction=args.clean_fraction,
+        **({} if args.clean_fraction is None else {"clean_fraction": args.clean_fraction}),
         format=args.format,
         shard_size=args.shard_size,
     )
@@ -89,7 +89,12 @@ def add_commands(commands) -> None:
     data.add_argument("--num-images", type=positive_int, default=20000)
     data.add_argument("--seed", type=seed, default=0)
     data.add_argument("--size", type=positive_int, default=32, help="image side in pixels")
-    data.add_argument("--clean-fraction", type=fraction, default=0.2, help="fraction of images left undegraded")
+    data.add_argument(
+        "--clean-fraction",
+        type=fraction,
+        default=None,
+        help="fraction of images left undegraded (default: the toy world's, data.TRAINING_CLEAN_FRACTION = 0.4)",
+    )
     data.add_argument("--no-distort", action="store_true", help="keep every image clean")
     data.add_argument(
         "--format",
