@@ -489,3 +489,47 @@ def test_two_processes_give_the_result_of_one(tmp_path):
     assert read_csv(multi / "stats.csv") == read_csv(single / "stats.csv")
     scored = [json.loads((multi / f"scored_{rank}.json").read_text()) for rank in (0, 1)]
     assert min(scored) > 0 and sum(scored) == len(LEVELS)  # both processes worked, no image twice
+
+
+def test_through_vae_scores_each_image_as_the_vae_reproduces_it(tmp_path):
+    """The toy world's base model (a real diffusers pipeline folder, VAE factor 2): the scores are the metric of the
+    VAE's round trip, computed here independently; noise the VAE erases no longer counts; an image whose sides the
+    VAE cannot take is skipped with the reason; the VAE is part of the job's parameters."""
+    from diffusers import AutoencoderKL
+
+    from iqa_adapter.toy.world import shipped_world
+
+    base = shipped_world().base
+    data = make_folder(tmp_path / "data", count=3, corrupt=False)  # noisy images (noise sd 20 of 255)
+    run = {**RUN, "resize": None}  # native sizes: 20x30, 23x29 (odd: skipped with the VAE), 26x28
+    Image.new("RGB", (17, 16), (120, 60, 30)).save(data / "odd.png")
+    annotate(str(data), ["test-redness", "noise=test-brightness"], tmp_path / "plain", **{**run, "resize": 16})
+    annotate(str(data), ["test-redness", "noise=test-brightness"], tmp_path / "vae", **run, through_vae=str(base))
+    scores = pd.read_parquet(tmp_path / "vae" / "scores.parquet").set_index("key")
+    vae = AutoencoderKL.from_pretrained(str(base), subfolder="vae").eval()
+    for index in range(3):
+        image = Image.open(io.BytesIO(image_bytes(index))).convert("RGB")
+        height, width = image.height // 2 * 2, image.width // 2 * 2
+        if (height, width) != (image.height, image.width):
+            continue  # skipped below
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            trip = ((vae.decode(vae.encode(pixels * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+        assert scores.loc[f"img{index:02d}", "test-redness"] == pytest.approx(float(Redness()(trip)[0]), abs=1e-5)
+        assert (trip - pixels).abs().mean() > 0.02  # the round trip is not the image: the VAE smooths the noise
+    skipped = pd.read_csv(tmp_path / "vae" / "skipped.csv").set_index("key")
+    assert "multiples of 2" in skipped.loc["odd", "reason"] and "multiples of 2" in skipped.loc["img01", "reason"]
+    assert "odd" in pd.read_parquet(tmp_path / "plain" / "scores.parquet")["key"].tolist()  # scored without the VAE
+    assert json.loads((tmp_path / "vae" / "job.json").read_text())["through_vae"] == str(base)
+    with pytest.raises(JobMismatchError, match="through_vae"):
+        annotate(str(data), ["test-redness", "noise=test-brightness"], tmp_path / "vae", **run)
+    # the VAE folder itself loads too; a folder without a VAE is a clear error
+    annotate(str(data), ["test-redness"], tmp_path / "vae_folder", **run, through_vae=str(base / "vae"))
+    assert (
+        pd.read_parquet(tmp_path / "vae_folder" / "scores.parquet")
+        .set_index("key")["test-redness"]
+        .dropna()
+        .equals(scores["test-redness"].dropna())
+    )
+    with pytest.raises(ValueError, match="cannot load a VAE from"):
+        annotate(str(data), ["test-redness"], tmp_path / "none", **run, through_vae=str(tmp_path / "data"))

@@ -441,6 +441,24 @@ CASES = [
         "--metric-option niqe.params=FILE",
     ),
     (
+        "annotate --through-vae a folder without a VAE",
+        lambda f: [
+            "annotate",
+            "--data",
+            str(f),
+            "--metrics",
+            "piqe",
+            "--out",
+            f"{f}/a",
+            "--through-vae",
+            str(f),
+            "--workers",
+            "0",
+            "--no-progress",
+        ],
+        "cannot load a VAE from",
+    ),
+    (
         "NIQE params that are not a NIQE file",
         lambda f: [
             "annotate",

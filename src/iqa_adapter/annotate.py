@@ -5,8 +5,9 @@ batch with all the metrics. The dataset is cut into chunks of ``chunk_size`` sam
 each finished chunk is written atomically to ``out_dir/chunks/chunk_NNNNNN.parquet``: a run killed at any
 point and started again with the same command redoes only the unfinished chunks. Under ``accelerate
 launch`` the unfinished chunks are dealt out to the processes in turn (``out_dir`` must be on a file system
-that all of them see), and the main process merges the chunk files once every process is done. ``out_dir``
-then holds:
+that all of them see), and the main process merges the chunk files once every process is done. With
+``through_vae`` the metrics score each image as a diffusion model's VAE reproduces it, not the image itself.
+``out_dir`` then holds:
 
 * ``scores.parquet``: ``key, caption, width, height`` (original size), then one float32 column per metric;
 * ``stats.csv``: statistics of each metric over its finite scores, in the layout of ``CC3M_stats.csv``;
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -48,6 +50,7 @@ from .datasets import RESIZE_MODES, DecodedImage, ImageTextReader, load_image, o
 from .images import DEFAULT_MAX_PIXELS
 from .io_utils import atomic_write
 from .metrics import QualityMetric, create_metric, metric_info
+from .pipelines import load_vae, vae_factor, vae_round_trip
 from .stats import MetricStats, write_stats_table
 
 JOB_FILE = "job.json"
@@ -101,6 +104,7 @@ def annotate(
     metric_options: dict[str, dict] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     resize_mode: str = "pil-bicubic",
+    through_vae: str | None = None,
     progress: bool = True,
 ) -> AnnotationSummary | None:
     """Score every image of ``data`` with ``metrics`` and write the outputs described in this module to ``out_dir``.
@@ -127,6 +131,10 @@ def annotate(
         max_pixels: images with more pixels are skipped (listed in ``skipped.csv``) without being decoded;
             ``None`` reads any size. Scoring needs about 16 bytes per pixel of the largest image beside the
             decoded batch.
+        through_vae: score each image as this model's VAE reproduces it (encoded to the posterior mean, decoded):
+            the quality that a latent diffusion model on that VAE can learn to make. A diffusers pipeline folder
+            or hub id (its ``vae/``) or a VAE folder; images whose sides are not multiples of the VAE's
+            downsampling factor are skipped. ``None`` (default, as the paper) scores the images themselves.
         progress: show a progress bar (images/s) and print a summary, on the main process.
 
     Returns:
@@ -153,6 +161,7 @@ def annotate(
         column: create_metric(name, device=device, **metric_options.get(column, {})).eval()
         for column, name in columns.items()
     }
+    vae = None if through_vae is None else load_vae(through_vae, device)
     parameters = {
         "data": str(Path(data).expanduser().absolute()),
         "metrics": metrics,
@@ -166,6 +175,8 @@ def annotate(
         parameters["max_pixels"] = max_pixels
     if resize_mode != "pil-bicubic":
         parameters["resize_mode"] = resize_mode
+    if through_vae is not None:
+        parameters["through_vae"] = str(Path(through_vae).absolute()) if Path(through_vae).exists() else through_vae
     num_samples = start_or_resume(
         out_dir / JOB_FILE,
         json.loads(json.dumps(parameters)),
@@ -190,6 +201,7 @@ def annotate(
             max_pixels=max_pixels,
             resize_mode=resize_mode,
             device=device,
+            vae=vae,
             on_batch=bar.update,
         )
     state.wait_for_everyone()  # every chunk file is written
@@ -289,6 +301,7 @@ def _score_chunks(
     max_pixels: int | None,
     resize_mode: str,
     device: torch.device,
+    vae: AutoencoderKL | None,
     on_batch: Callable[[int], object],
 ) -> None:
     """Score the given chunks, writing each chunk's file as soon as all its samples are in."""
@@ -310,7 +323,7 @@ def _score_chunks(
             scores, reasons = (
                 ({}, [None] * len(pairs))
                 if images is None
-                else _score(models, images, device, [item.sample.key for item, _ in pairs])
+                else _score(models, images, device, [item.sample.key for item, _ in pairs], vae)
             )
             for row, (item, decoded) in enumerate(pairs):
                 writer.add(
@@ -340,11 +353,27 @@ def _too_small(models: dict[str, QualityMetric], height: int, width: int) -> str
     return None
 
 
+def _off_vae_grid(vae: AutoencoderKL | None, height: int, width: int) -> str | None:
+    """Why images of this size cannot go through ``vae`` (sides not multiples of its factor), or None."""
+    factor = 1 if vae is None else vae_factor(vae)
+    if height % factor or width % factor:
+        return (
+            f"image of {width}x{height} pixels (after --resize) cannot go through the VAE, whose sides must be "
+            f"multiples of {factor}"
+        )
+    return None
+
+
 def _score(
-    models: dict[str, QualityMetric], images: torch.Tensor, device: torch.device, keys: list[str]
+    models: dict[str, QualityMetric],
+    images: torch.Tensor,
+    device: torch.device,
+    keys: list[str],
+    vae: AutoencoderKL | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """Scores of images (N, 3, H, W) of one size (uint8, or float in [0, 1]) with every metric, and for each image
-    the reason it was not scored (None when it was).
+    the reason it was not scored (None when it was). With ``vae``, the metrics score the images' round trips through
+    it (:func:`~iqa_adapter.pipelines.vae_round_trip`).
 
     Images too small for a metric are not scored. The images go to the metrics in slices of at most
     :data:`PIXELS_PER_CALL` pixels, so that memory stays bounded for large native-size images. A metric that
@@ -352,7 +381,7 @@ def _score(
     fails on are skipped; other errors stop the job.
     """
     count, height, width = len(keys), images.shape[-2], images.shape[-1]
-    reasons: list[str | None] = [_too_small(models, height, width)] * count
+    reasons: list[str | None] = [_too_small(models, height, width) or _off_vae_grid(vae, height, width)] * count
     scores = {name: np.full(count, np.nan, dtype=np.float32) for name in models}
     if reasons[0] is not None:
         return scores, reasons
@@ -360,6 +389,8 @@ def _score(
     for start in range(0, count, step):
         part = images[start : start + step].to(device)
         batch = part.float().div_(255) if part.dtype == torch.uint8 else part.float()
+        if vae is not None:
+            batch = vae_round_trip(vae, batch)
         for name, model in models.items():
             values, failures = _metric_scores(name, model, batch, keys[start : start + step])
             scores[name][start : start + len(batch)] = values

@@ -357,6 +357,7 @@ def cmd_annotate(args) -> None:
         max_pixels=args.max_pixels,
         resize_mode=args.resize_mode,
         metric_options=metric_options(args.metric_option),
+        through_vae=args.through_vae,
         progress=not args.no_progress,
     )
 
@@ -647,6 +648,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         help="skip (and list) images with more pixels, unread (default: PIL's limit)",
+    )
+    annotate.add_argument(
+        "--through-vae",
+        default=None,
+        metavar="MODEL",
+        help="score each image as MODEL's VAE reproduces it (encode, decode): the quality a latent diffusion model "
+        "on that VAE can learn; a diffusers pipeline folder or hub id (its vae/) or a VAE folder (default: score the "
+        "images themselves, as the paper)",
     )
     annotate.add_argument("--batch-size", type=positive_int, default=32)
     annotate.add_argument("--workers", type=non_negative_int, default=2, help="data-loader processes decoding images")

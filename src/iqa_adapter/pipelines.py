@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline
 
 from .hub import loading_options, not_found_message
 
@@ -53,3 +53,47 @@ def load_pipeline(
                 component.requires_grad_(False).eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+VAE_PIXELS_PER_CALL = 2**21
+"""Most pixels a VAE round trip encodes at once (8 images of 512x512): the decoder's activations are large."""
+
+
+def load_vae(base: str, device: str | torch.device) -> AutoencoderKL:
+    """The VAE of the pipeline ``base`` (its ``vae/`` folder; or ``base`` itself when it is a VAE folder), frozen,
+    in float32 (the official training encodes with a float32 VAE). Raises ValueError with the fix when it cannot be
+    loaded."""
+    options = loading_options(base)
+    for subfolder in ("vae", None):
+        try:
+            vae = AutoencoderKL.from_pretrained(base, subfolder=subfolder, torch_dtype=torch.float32, **options)
+            break
+        except (OSError, ValueError):
+            continue
+    else:
+        if options.get("local_files_only"):
+            raise ValueError(not_found_message(base, "the VAE")) from None
+        raise ValueError(
+            f"cannot load a VAE from {base!r}: give a diffusers pipeline folder or hub id (its vae/ is used) or a VAE "
+            "folder (hub ids need the internet or a filled Hugging Face cache)"
+        )
+    return vae.requires_grad_(False).eval().to(device)
+
+
+@torch.no_grad()
+def vae_round_trip(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, 3, H, W) in [0, 1] as ``vae`` reproduces them: encoded (the posterior mean), decoded, clipped
+    to [0, 1]; in slices of at most :data:`VAE_PIXELS_PER_CALL` pixels. H and W must be multiples of
+    :func:`vae_factor`."""
+    step = max(1, VAE_PIXELS_PER_CALL // (images.shape[-2] * images.shape[-1]))
+    parts = []
+    for start in range(0, len(images), step):
+        pixels = images[start : start + step].to(vae.device, vae.dtype) * 2 - 1
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        parts.append(((decoded.float() + 1) / 2).clamp_(0, 1).to(images.device))
+    return torch.cat(parts)
+
+
+def vae_factor(vae: AutoencoderKL) -> int:
+    """The VAE's downsampling factor (8 for Stable Diffusion's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
