@@ -178,3 +178,19 @@ def test_without_top_attention_the_full_resolution_level_only_convolves():
         cheaper, adapter, ["a red circle"], dict.fromkeys(adapter.metric_names, "p99"), steps=2, progress=False
     )[0].image
     assert image.size == (32, 32)
+
+
+def test_a_new_pipeline_has_the_shipped_worlds_scheduler_and_builds_without_a_deprecation_warning():
+    import warnings
+
+    from iqa_adapter.toy.base_model import build_toy_pipeline
+    from iqa_adapter.toy.world import shipped_world
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # diffusers' steps_offset deprecation
+        pipe = build_toy_pipeline(ToyBaseConfig())
+    shipped = json.loads((shipped_world().base / "scheduler" / "scheduler_config.json").read_text())
+    built = dict(pipe.scheduler.config)
+    assert {key: built.get(key) for key in shipped if not key.startswith("_")} == {
+        key: value for key, value in shipped.items() if not key.startswith("_")
+    }

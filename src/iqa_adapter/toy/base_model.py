@@ -94,6 +94,7 @@ SCHEDULER_CONFIG = dict(
     clip_sample=False,
     set_alpha_to_one=False,
     timestep_spacing="trailing",
+    steps_offset=1,  # what StableDiffusionPipeline would rewrite it to, with a deprecation warning (unused by "trailing")
 )
 
 
