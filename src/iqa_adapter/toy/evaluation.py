@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 
 from ..distortions import FAMILIES, distort, random_distortions
 from ..grid import image_grid
+from ..pipelines import vae_round_trip
 from .caption_check import caption_following
 from .data import TRAINING_CLEAN_FRACTION
 from .scenes import Scene, render_scene, scene_for
@@ -52,13 +53,6 @@ def psnr(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
-@torch.no_grad()
-def reconstruct(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """Encode (posterior mean) and decode float images in [0, 1]."""
-    latents = vae.encode(images * 2 - 1).latent_dist.mode()
-    return ((vae.decode(latents).sample + 1) / 2).clamp(0, 1)
-
-
 def rendered_scenes(
     count: int, size: int, seed: int = EVALUATION_SEED, kind: str | None = None
 ) -> tuple[list[Scene], torch.Tensor]:
@@ -79,13 +73,13 @@ def vae_psnr(vae: AutoencoderKL, size: int, count: int = 128, seed: int = EVALUA
     for family in FAMILIES:
         levels = torch.rand(count, generator=generator)
         degraded = distort(clean, family, levels, generator)
-        reconstruction = reconstruct(vae, degraded)
+        reconstruction = vae_round_trip(vae, degraded)
         per_family[family] = float(psnr(degraded, reconstruction).mean())
         before.append(psnr(clean, degraded))
         after.append(psnr(clean, reconstruction))
     correlation = spearmanr(torch.cat(before).numpy(), torch.cat(after).numpy()).statistic
     return dict(
-        clean=float(psnr(clean, reconstruct(vae, clean)).mean()),
+        clean=float(psnr(clean, vae_round_trip(vae, clean)).mean()),
         distorted=float(np.mean(list(per_family.values()))),
         per_family=per_family,
         distortion_rank_correlation=float(correlation),
