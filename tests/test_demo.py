@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import iqa_adapter.toy.world as world_module
 from iqa_adapter.cli import main
 from iqa_adapter.demo import transfer_by_family
 from iqa_adapter.distortions import FAMILIES
@@ -16,6 +17,7 @@ from iqa_adapter.toy.world import (
     build_world,
     lane_order,
     recorded_step_seconds,
+    simulated_lane_seconds,
     world_steps,
 )
 
@@ -118,6 +120,7 @@ def test_miniature_of_the_whole_toy_world_pipeline(tmp_path, capsys):
         "zoo_panel",
         "zoo_classifier",
         "annotate",
+        "cache",
         "adapter",
         "adapter_loda",
         "adapter_cnniqa",
@@ -229,22 +232,32 @@ def test_a_build_with_another_recipe_reruns_every_step(tmp_path):
     assert _earlier_steps(log_file, other_base) == {} and _earlier_steps(log_file, other_settings) == {}
 
 
-def test_lane_order_starts_the_longest_chain_first_and_keeps_every_step_after_what_it_reads():
+def test_lane_order_plans_the_shortest_simulated_build(monkeypatch):
     def step(name, *needs):
         return WorldStep(name, name, lambda: None, needs)
 
+    # longest chain first: model (5 s) then adapter (60 s) in one lane, long_alone and short in the other
     steps = [step("short"), step("model"), step("adapter", "model"), step("long_alone")]
     seconds = {"short": 10.0, "model": 5.0, "adapter": 60.0, "long_alone": 50.0}
     assert [s.name for s in lane_order(steps, seconds)] == ["model", "adapter", "long_alone", "short"]
-    # the shipped world's recorded times: of the steps that no step reads (the reference adapter, the panel, the
-    # classifier, ...), the longer start first, so a long one does not start last while the other lane idles; and
-    # the order stays runnable by a single lane
+    assert simulated_lane_seconds(lane_order(steps, seconds), seconds) == 65.0
+    # there the longest chain first ends with 40 s of work in one lane while the other idles 40 s; the plan fills it
+    steps = [step("a"), step("b"), step("c"), step("d"), step("e")]
+    seconds = {"a": 50.0, "b": 40.0, "c": 30.0, "d": 30.0, "e": 30.0}
+    chain_first = simulated_lane_seconds(steps, seconds)  # already sorted longest first: 50+30 | 40+30+30 = 100
+    planned = lane_order(steps, seconds)
+    assert chain_first == 100.0 and simulated_lane_seconds(planned, seconds) == 90.0  # 50+40 | 30+30+30
+    assert simulated_lane_seconds(planned, seconds, lanes=1) == sum(seconds.values())
+    with pytest.raises(ValueError, match="never finish"):
+        simulated_lane_seconds([step("x", "x")], {"x": 1.0})
+    # the shipped world's recorded times: the plan is no longer than the longest chain first, nor shorter than the
+    # work split evenly, and the same on every call
     shipped = [s for s in world_steps(Path("world"), WorldSettings()) if s.name not in ("data", "base")]
     recorded = recorded_step_seconds()
-    ordered = [s.name for s in lane_order(shipped, recorded)]
-    read = {need for s in shipped for need in s.needs}
-    alone = [name for name in ordered if name not in read]
-    assert len(alone) >= 3 and [recorded[name] for name in alone] == sorted((recorded[n] for n in alone), reverse=True)
-    for position, name in enumerate(ordered):
-        needs = next(s.needs for s in shipped if s.name == name)
-        assert set(needs) - {"data", "base"} <= set(ordered[:position])
+    planned = lane_order(shipped, recorded)
+    assert sorted(s.name for s in planned) == sorted(s.name for s in shipped)
+    assert [s.name for s in lane_order(shipped, recorded)] == [s.name for s in planned]
+    work = sum(recorded.get(s.name, 1.0) for s in shipped) / 2
+    monkeypatch.setattr(world_module, "LANE_PLANS", 0)  # the longest chain first alone
+    chain_first = lane_order(shipped, recorded)
+    assert work <= simulated_lane_seconds(planned, recorded) <= simulated_lane_seconds(chain_first, recorded)

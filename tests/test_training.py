@@ -331,6 +331,26 @@ def test_cache_is_built_once_reused_and_matches_on_the_fly_training(world, tmp_p
         train(config(world, tmp_path / "random", cache_dir=str(cache), crop="random"))
 
 
+def test_cache_command_builds_the_cache_that_train_then_reads(world, tmp_path, capsys):
+    """`iqa-adapter cache` first (the toy world's build does so, so that its adapters can train side by side): the
+    training run finds the cache finished, leaves its shards alone, and learns what it learns from its own cache."""
+    from iqa_adapter.cli import main
+
+    cache = tmp_path / "cache"
+    arguments = ["--base", str(world / "sd"), "--data", str(world / "data"), "--resolution", "32"]
+    assert main(["cache", *arguments, "--cache-dir", str(cache), "--workers", "0", "--no-progress"]) == 0
+    assert f"--cache-dir {cache}" in capsys.readouterr().out
+    shards = sorted((cache / "shards").glob("shard_*.safetensors"))
+    mtimes = [path.stat().st_mtime_ns for path in shards]
+    readable = str(world / "scores_readable")
+    prebuilt = train(config(world, tmp_path / "prebuilt", scores=readable, cache_dir=str(cache)))
+    assert shards and [path.stat().st_mtime_ns for path in shards] == mtimes
+    own = train(config(world, tmp_path / "own", scores=readable, cache_dir=str(tmp_path / "own_cache")))
+    assert_same_weights(prebuilt.adapter_dir, own.adapter_dir, atol=0)
+    with pytest.raises(ValueError, match="resolution: 32 -> 16"):  # a cache of another resolution is refused
+        train(config(world, tmp_path / "other", scores=readable, cache_dir=str(cache), resolution=16))
+
+
 def test_cache_build_resumes_only_missing_shards(world, tmp_path):
     from iqa_adapter.training.cache import TrainingCache, build_cache
 

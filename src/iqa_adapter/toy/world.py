@@ -31,13 +31,13 @@ The package ships one (:func:`shipped_world`), the embedded default of ``iqa-ada
 5. ``iqa-adapter annotate --through-vae``: the training images, as the base model's VAE reproduces them, scored
    with ``loda``, ``niqe``, ``cnniqa`` and ``aesthetic`` (the toy VAE cannot draw pixel noise, so the scores of the
    images themselves teach the adapters to ask for noise that the decoder turns into blotches);
-6. ``iqa-adapter train``: the main adapter and one adapter per learned model on the frozen toy base, from one
-   latent/text cache;
+6. ``iqa-adapter cache``, then ``iqa-adapter train``: one latent/text cache of the training images, then the main
+   adapter and one adapter per learned model on the frozen toy base, all reading it (side by side in the lanes);
 7. ``iqa-adapter train --reference-features``: the reference-based adapter.
 
 Steps 1 and 2 run in the building process on two threads (:data:`IN_PROCESS_THREADS`); the others in two
-one-thread worker processes at once (``lanes``), each step as soon as the steps it reads are finished, the longest
-chain of work first (:func:`lane_order`, planned with the step times of the shipped world's build): on 2 cores
+one-thread worker processes at once (``lanes``), each step as soon as the steps it reads are finished, in the order
+that :func:`lane_order` plans with the step times of the shipped world's build: on 2 cores
 two one-thread processes do 1.4 times the work of one two-thread process (toy UNet training step: 0.54 s with two
 threads, 0.76 s each for two one-thread processes side by side), and a step gets the same weights in either lane.
 
@@ -48,8 +48,10 @@ folder can be moved or shipped as a whole.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -217,6 +219,7 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
     """The steps that build a world in ``root`` (scratch data in ``<root>-work``), in the order one lane runs them."""
     from ..annotate import annotate
     from ..training import TrainConfig, train
+    from ..training.cache import precompute_cache
     from .base_model import PIPELINE_DIR, ToyBaseConfig, train_base_model
     from .data import load_images, write_toy_dataset
     from .iqa_models import fit_toy_niqe, make_toy_iqa_dataset, train_toy_loda
@@ -292,6 +295,18 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
         )
     )
 
+    cache = work / "cache"
+    steps.append(
+        WorldStep(
+            "cache",
+            f"iqa-adapter cache --base {world.base} --data {data} --resolution {base_config.size} --cache-dir {cache}",
+            lambda: precompute_cache(
+                str(world.base), str(data), cache, resolution=base_config.size, num_workers=0, progress=progress
+            ),
+            ("data", "base"),
+        )
+    )
+
     common = dict(
         base=str(world.base),
         data=str(data),
@@ -313,7 +328,7 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
                     metrics=list(metrics),
                     out=str(out),
                     default_target="p50",
-                    cache_dir=str(work / "cache"),
+                    cache_dir=str(cache),
                     max_steps=steps,
                     **common,
                 )
@@ -327,7 +342,7 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
         return (
             f"iqa-adapter train --base {world.base} --data {data} --scores {scores} --metrics {','.join(metrics)} "
             f"--default-target p50 --resolution {base_config.size} --batch-size {settings.adapter_batch_size} "
-            f"--learning-rate {settings.adapter_lr} --max-steps {steps} --cache-dir {work / 'cache'} --out {out}"
+            f"--learning-rate {settings.adapter_lr} --max-steps {steps} --cache-dir {cache} --out {out}"
         )
 
     steps.append(
@@ -335,7 +350,7 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
             "adapter",
             train_command(ADAPTER_METRICS, settings.adapter_steps, work / "adapter"),
             score_adapter(ADAPTER_METRICS, settings.adapter_steps, work / "adapter", world.adapter),
-            ("base", "annotate"),
+            ("base", "annotate", "cache"),
         )
     )
     for metric in CONDITIONING_MODELS:
@@ -345,7 +360,7 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
                 f"adapter_{metric}",
                 train_command((metric,), settings.metric_adapter_steps, out),
                 score_adapter((metric,), settings.metric_adapter_steps, out, world.metric_adapter(metric)),
-                ("base", "annotate", "adapter"),  # the main adapter's run builds the latent/text cache they read
+                ("base", "annotate", "cache"),
             )
         )
 
@@ -452,7 +467,9 @@ def build_world(
             if step.name in IN_PROCESS_STEPS and begin(step):
                 step.run()
                 finish(step)
-        lane_steps = lane_order([step for step in steps if step.name not in IN_PROCESS_STEPS], recorded_step_seconds())
+        lane_steps = lane_order(
+            [step for step in steps if step.name not in IN_PROCESS_STEPS], recorded_step_seconds(), lanes
+        )
         _run_in_lanes(lane_steps, lanes, root, settings, progress, begin, finish, log)
     finally:
         log["wall_seconds"] = round(log["wall_seconds"] + time.perf_counter() - build_started, 1)
@@ -465,11 +482,16 @@ def build_world(
     return ToyWorld(root).check()
 
 
-def lane_order(steps: list[WorldStep], seconds: dict[str, float]) -> list[WorldStep]:
-    """``steps`` ordered for the lanes: the longest chain first (a step's own ``seconds`` plus the longest chain of
-    the steps that read it; 1 s where none is recorded), ties in the given order. A step that waits for no one then
-    starts before shorter work, so a long step such as the reference adapter does not start last while the other
-    lane idles. The order still runs every step after the steps it reads, so one lane can run it as it stands."""
+LANE_PLANS = 2000  # seeded shuffles that lane_order tries beside the longest-chain-first order
+
+
+def lane_order(steps: list[WorldStep], seconds: dict[str, float], lanes: int = 2) -> list[WorldStep]:
+    """``steps`` in the order the lanes should take them (each free lane starts the first step whose ``needs`` are
+    finished): of the longest-chain-first order (a step's own ``seconds`` plus the longest chain of the steps that
+    read it; 1 s where none is recorded) and :data:`LANE_PLANS` seeded shuffles of it, the one whose
+    :func:`simulated_lane_seconds` is shortest, the first on ties. The longest chain first alone leaves a lane idle
+    at the end when a short step that nothing reads comes last; a dozen steps are planned in a fraction of a second,
+    and the plan is the same on every machine."""
     readers: dict[str, list[str]] = {step.name: [] for step in steps}
     for step in steps:
         for need in step.needs:
@@ -484,7 +506,33 @@ def lane_order(steps: list[WorldStep], seconds: dict[str, float]) -> list[WorldS
             )
         return chains[name]
 
-    return sorted(steps, key=lambda step: -chain(step.name))
+    best = sorted(steps, key=lambda step: -chain(step.name))
+    best_seconds = simulated_lane_seconds(best, seconds, lanes)
+    shuffler = random.Random(0)
+    for _ in range(LANE_PLANS):
+        order = best.copy()
+        shuffler.shuffle(order)
+        order_seconds = simulated_lane_seconds(order, seconds, lanes)
+        if order_seconds < best_seconds:
+            best, best_seconds = order, order_seconds
+    return best
+
+
+def simulated_lane_seconds(order: list[WorldStep], seconds: dict[str, float], lanes: int = 2) -> float:
+    """How long ``lanes`` lanes take over ``order`` when step ``s`` lasts ``seconds[s]`` (1 s where none is given),
+    scheduled as :func:`build_world` schedules them; needs outside ``order`` count as finished."""
+    names = {step.name for step in order}
+    waiting, running, finished, clock = list(order), [], set(), 0.0
+    while waiting or running:
+        for step in list(waiting):
+            if len(running) < lanes and all(need in finished or need not in names for need in step.needs):
+                waiting.remove(step)
+                heapq.heappush(running, (clock + seconds.get(step.name, 1.0), step.name))
+        if not running:
+            raise ValueError(f"steps {[step.name for step in waiting]} wait for steps that never finish")
+        clock, name = heapq.heappop(running)
+        finished.add(name)
+    return clock
 
 
 def recorded_step_seconds() -> dict[str, float]:

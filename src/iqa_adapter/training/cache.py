@@ -123,6 +123,29 @@ def build_cache(
     state.wait_for_everyone()
 
 
+def precompute_cache(
+    base: str,
+    data: str,
+    cache_dir: str | Path,
+    *,
+    resolution: int,
+    dtype: str = "float16",
+    num_workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Build the cache of ``data`` for the base model ``base`` (a folder or hub id) before any training run, so that
+    several runs (or runs started side by side) read one cache: the same cache ``train --cache-dir`` would build,
+    with the base loaded as training loads it. Returns ``cache_dir``."""
+    from .base_model import load_pipeline_for_training
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    frozen = FrozenBase(load_pipeline_for_training(base, device, torch.float32))
+    build_cache(
+        cache_dir, data, frozen, base, resolution=resolution, dtype=dtype, num_workers=num_workers, progress=progress
+    )
+    return Path(cache_dir)
+
+
 def _encode_batch(base: FrozenBase, pairs: list, collector: ChunkCollector) -> None:
     readable = [(item, crop) for item, crop in pairs if not isinstance(crop, str)]
     encoded: dict[int, dict] = {}

@@ -1,4 +1,4 @@
-"""``iqa-adapter train``."""
+"""``iqa-adapter train`` and ``iqa-adapter cache``."""
 
 from __future__ import annotations
 
@@ -68,8 +68,28 @@ def cmd_train(args) -> None:
     train(config)
 
 
+def cmd_cache(args) -> None:
+    from ..runtime import apply_threads, hide_loading_bars
+    from .cache import precompute_cache
+    from .config import input_path, output_path
+
+    apply_threads(args.threads, toy=is_toy_world_model(args.base), workers=args.workers)
+    if args.no_progress:
+        hide_loading_bars()
+    cache_dir = precompute_cache(
+        input_path(args.base),
+        input_path(args.data),
+        output_path(args.cache_dir),
+        resolution=args.resolution,
+        dtype=args.cache_dtype,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(f"cache ready in {cache_dir}; train with --cache-dir {cache_dir}")
+
+
 def add_commands(commands) -> None:
-    """Register ``train``."""
+    """Register ``train`` and ``cache``."""
     parser = commands.add_parser(
         "train",
         help="train an IQA-Adapter on a frozen SD 1.x/2.x or SDXL base",
@@ -167,3 +187,20 @@ def add_commands(commands) -> None:
     group.add_argument("--no-progress", action="store_true")
     add_threads_option(group)
     parser.set_defaults(func=cmd_train)
+    cache = commands.add_parser(
+        "cache",
+        help="precompute the VAE latents and text embeddings of a dataset for `train --cache-dir`",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Encode every image and caption of --data once with the frozen base model, as `train "
+        "--cache-dir` does on its first run; later runs with the same base, data and resolution read it, whatever "
+        "they condition on. Resumable: run it again after an interruption.",
+    )
+    cache.add_argument("--base", required=True, help="diffusers model folder or hub id (SD 1.x/2.x, SDXL)")
+    cache.add_argument("--data", required=True, help="dataset in any format `annotate` reads")
+    cache.add_argument("--cache-dir", required=True, help="the cache folder (give the same to `train --cache-dir`)")
+    cache.add_argument("--resolution", type=positive_int, default=512)
+    cache.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    cache.add_argument("--workers", type=non_negative_int, default=2, help="data-loader processes")
+    cache.add_argument("--no-progress", action="store_true")
+    add_threads_option(cache)
+    cache.set_defaults(func=cmd_cache)
