@@ -180,7 +180,7 @@ class WorldSettings:
     adapter_batch_size: int = 32
     adapter_lr: float = 1e-3
     # world 2: 800 -> 2400 steps, generated images read as the reference's family 0.18 -> 0.23; 1000 shortens the
-    # rebuild (world 3: 94 minutes, family read in 0.16)
+    # rebuild (worlds 3 and 4: family read in 0.16)
     reference_steps: int = 1000
     # lambda the world's adapters generate with by default: they train at 1.0 (the official recipe), and at the
     # paper's 0.5 the toy adapters' effect is half of what they learned (measured: the score adapters' p1-p99 gaps

@@ -138,7 +138,7 @@ def precompute_cache(
     with the base loaded as training loads it. Returns ``cache_dir``."""
     from .base_model import load_pipeline_for_training
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = process_state().device  # this process's GPU under accelerate launch, else the GPU or the CPU
     frozen = FrozenBase(load_pipeline_for_training(base, device, torch.float32))
     build_cache(
         cache_dir, data, frozen, base, resolution=resolution, dtype=dtype, num_workers=num_workers, progress=progress
