@@ -351,6 +351,28 @@ def test_cache_command_builds_the_cache_that_train_then_reads(world, tmp_path, c
         train(config(world, tmp_path / "other", scores=readable, cache_dir=str(cache), resolution=16))
 
 
+def test_cache_command_runs_under_accelerate_launch(world, tmp_path):
+    """`accelerate launch -m iqa_adapter cache` on 2 processes (each on its own device, the CPU here) writes the
+    cache one process writes."""
+    arguments = ["--base", str(world / "sd"), "--data", str(world / "data"), "--resolution", "32", "--workers", "0"]
+    arguments += ["--cache-dtype", "float32", "--no-progress"]
+    single = tmp_path / "single"
+    from iqa_adapter.cli import main
+
+    assert main(["cache", *arguments, "--cache-dir", str(single)]) == 0
+    finished = launch_two_cpu_processes(
+        ["-m", "iqa_adapter", "cache", *arguments, "--cache-dir", str(tmp_path / "two")], timeout=600
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    shards = sorted(path.name for path in (single / "shards").glob("*.safetensors"))
+    assert shards and shards == sorted(path.name for path in (tmp_path / "two" / "shards").glob("*.safetensors"))
+    for name in shards:
+        one, two = load_file(single / "shards" / name), load_file(tmp_path / "two" / "shards" / name)
+        assert one.keys() == two.keys()
+        for key in one:
+            torch.testing.assert_close(one[key], two[key], rtol=0, atol=1e-5)
+
+
 def test_cache_build_resumes_only_missing_shards(world, tmp_path):
     from iqa_adapter.training.cache import TrainingCache, build_cache
 
