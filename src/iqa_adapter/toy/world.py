@@ -522,12 +522,11 @@ def simulated_lane_seconds(order: list[WorldStep], seconds: dict[str, float], la
     """How long ``lanes`` lanes take over ``order`` when step ``s`` lasts ``seconds[s]`` (1 s where none is given),
     scheduled as :func:`build_world` schedules them; needs outside ``order`` count as finished."""
     names = {step.name for step in order}
-    waiting, running, finished, clock = list(order), [], set(), 0.0
+    finished = {need for step in order for need in step.needs if need not in names}
+    waiting, running, clock = list(order), [], 0.0
     while waiting or running:
-        for step in list(waiting):
-            if len(running) < lanes and all(need in finished or need not in names for need in step.needs):
-                waiting.remove(step)
-                heapq.heappush(running, (clock + seconds.get(step.name, 1.0), step.name))
+        for step in _take_ready(waiting, finished, lanes - len(running)):
+            heapq.heappush(running, (clock + seconds.get(step.name, 1.0), step.name))
         if not running:
             raise ValueError(f"steps {[step.name for step in waiting]} wait for steps that never finish")
         clock, name = heapq.heappop(running)
@@ -541,6 +540,14 @@ def recorded_step_seconds() -> dict[str, float]:
     return {name: float(entry.get("seconds", 1.0)) for name, entry in recorded.items()}
 
 
+def _take_ready(waiting: list[WorldStep], finished: set[str], free_lanes: int) -> list[WorldStep]:
+    """Up to ``free_lanes`` steps of ``waiting`` whose needs are all ``finished``, in order, taken out of it."""
+    ready = [step for step in waiting if set(step.needs) <= finished][: max(free_lanes, 0)]
+    for step in ready:
+        waiting.remove(step)
+    return ready
+
+
 def _run_in_lanes(steps, lanes, root, settings, progress, begin, finish, log) -> None:
     """Run ``steps`` in ``lanes`` one-thread worker processes, each as soon as its ``needs`` are finished, in the
     order given; a failed step stops the build (the others are killed; a later run resumes them)."""
@@ -549,13 +556,11 @@ def _run_in_lanes(steps, lanes, root, settings, progress, begin, finish, log) ->
     running: dict[str, tuple[WorldStep, subprocess.Popen]] = {}
     try:
         while waiting or running:
-            for step in list(waiting):
-                if len(running) < lanes and set(step.needs) <= finished:
-                    waiting.remove(step)
-                    if begin(step):
-                        running[step.name] = (step, _lane_process(step.name, root, settings, progress))
-                    else:
-                        finished.add(step.name)
+            for step in _take_ready(waiting, finished, lanes - len(running)):
+                if begin(step):
+                    running[step.name] = (step, _lane_process(step.name, root, settings, progress))
+                else:
+                    finished.add(step.name)
             if not running and waiting:
                 missing = sorted({need for step in waiting for need in step.needs} - finished)
                 raise RuntimeError(
