@@ -13,7 +13,7 @@ from iqa_adapter.toy.tokenizer import toy_tokenizer
 MINIATURE = ToyBaseConfig(
     vae_channels=(8, 8),
     unet_channels=(8, 16),
-    attention_head_dim=2,
+    attention_heads=2,
     text_width=16,
     text_layers=1,
     vae_steps=2,

@@ -106,7 +106,7 @@ class ToyBaseConfig:
     latent_channels: int = 8
     vae_channels: tuple[int, ...] = (32, 32)  # one entry per level; len - 1 downsamplings
     unet_channels: tuple[int, ...] = (32, 64, 64)
-    attention_head_dim: int = 8
+    attention_heads: int = 2  # per attention layer, at every level (diffusers calls this attention_head_dim)
     top_attention: bool = True  # attention at the full latent resolution (SDXL has none there; 2.5x cheaper without)
     pooled_text: bool = True  # also add an attention-pooled text embedding to the time embedding
     norm_groups: int = 4  # GroupNorm groups in VAE and UNet (module docstring)
@@ -117,7 +117,7 @@ class ToyBaseConfig:
     vae_batch_size: int = 32
     vae_lr: float = 3e-3
     kl_weight: float = 1e-5  # per latent element, beside the per-pixel MSE
-    unet_steps: int = 4000
+    unet_steps: int = 7000
     unet_batch_size: int = 32
     unet_lr: float = 1e-3
     warmup_steps: int = 100
@@ -209,7 +209,7 @@ def build_unet(config: ToyBaseConfig) -> UNet2DConditionModel:
         down_block_types=tuple(down),
         up_block_types=tuple(up),
         cross_attention_dim=config.text_width,
-        attention_head_dim=config.attention_head_dim,
+        attention_head_dim=config.attention_heads,  # diffusers' name for the number of heads
         norm_num_groups=config.norm_groups,
         addition_embed_type="text" if config.pooled_text else None,
         addition_embed_type_num_heads=4,

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..io_utils import read_json
 from ..runtime import add_threads_option, apply_threads
 from ..validation import fraction, non_negative_number, positive_int, seed
+from .data import TRAINING_CLEAN_FRACTION
 from .world import GUIDANCE_SCALE, SAMPLING_STEPS
 
 
@@ -93,7 +94,7 @@ def add_commands(commands) -> None:
         "--clean-fraction",
         type=fraction,
         default=None,
-        help="fraction of images left undegraded (default: the toy world's, data.TRAINING_CLEAN_FRACTION = 0.4)",
+        help=f"fraction of images left undegraded (default: the toy world's, {TRAINING_CLEAN_FRACTION})",
     )
     data.add_argument("--no-distort", action="store_true", help="keep every image clean")
     data.add_argument(

@@ -45,7 +45,7 @@ from .scenes import LANDSCAPE, Scene, render_scene, scene_for
 MANIFEST = "toy_dataset.json"
 METADATA = "metadata.parquet"
 FORMATS = ("folder", "shards")
-TRAINING_CLEAN_FRACTION = 0.4  # default fraction of undegraded images
+TRAINING_CLEAN_FRACTION = 0.5  # default fraction of undegraded images
 _DISTORTION_STREAM = 1  # the distortion of image i draws from SeedSequence([seed, i, 1]), its scene from [seed, i]
 
 
