@@ -61,7 +61,7 @@ from .pairs import ContentFilter, FilterSettings, PairSettings, make_pairs, qual
 from .pairs.restoration import ARMS, RestorationSettings, restoration_experiment
 from .pipelines import vae_round_trip
 from .toy.caption_check import ToyCaptionScorer, read_object
-from .toy.scenes import Scene, render_scene, scene_for
+from .toy.scenes import Scene, render_scene, render_scenes, scene_for
 from .toy.world import CONDITIONING_MODELS, GUIDANCE_SCALE, SAMPLING_STEPS, ToyWorld, shipped_world
 from .toy.zoo import CLASSES, CLEAN, linear_probe_accuracy, make_zoo_data
 
@@ -246,7 +246,7 @@ def reference_transfer_experiment(
         for scene in [scene_for(REFERENCE_SEED, index, kind="single", full_caption=True)]
         if scene.objects[0].colour not in prompt_colours
     )
-    clean = torch.from_numpy(render_scene(reference_scene, size)).permute(2, 0, 1).float()[None] / 255
+    clean = render_scenes([reference_scene], size)
     generator = torch.Generator().manual_seed(REFERENCE_SEED)
 
     @torch.no_grad()
@@ -335,8 +335,7 @@ def _round_trip_match(pipe, classify, scenes: list[Scene], seeds: int, size: int
     base model's VAE (encoded, decoded), that the classifier names that family: how much of each family survives the
     VAE. Not a ceiling of the generated images: a generator's latents need not be ones the encoder makes (noise
     references give noisy images, while a round trip smooths pixel noise away)."""
-    clean = torch.from_numpy(np.stack([render_scene(scene, size) for scene in scenes for _ in range(seeds)]))
-    clean = clean.permute(0, 3, 1, 2).float() / 255
+    clean = render_scenes([scene for scene in scenes for _ in range(seeds)], size)
     generator = torch.Generator().manual_seed(REFERENCE_SEED + 2)
     kept = {}
     for family in FAMILIES:

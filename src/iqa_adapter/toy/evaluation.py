@@ -25,7 +25,7 @@ from ..grid import image_grid
 from ..pipelines import vae_round_trip
 from .caption_check import caption_following
 from .data import TRAINING_CLEAN_FRACTION
-from .scenes import Scene, render_scene, scene_for
+from .scenes import Scene, render_scenes, scene_for
 from .world import GUIDANCE_SCALE, SAMPLING_STEPS
 
 EVALUATION_SEED = 1000
@@ -58,8 +58,7 @@ def rendered_scenes(
 ) -> tuple[list[Scene], torch.Tensor]:
     """``count`` scenes with full captions and their clean renderings as float (N, 3, size, size) in [0, 1]."""
     scenes = [scene_for(seed, index, kind=kind, full_caption=True) for index in range(count)]
-    pixels = np.stack([render_scene(scene, size) for scene in scenes])
-    return scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    return scenes, render_scenes(scenes, size)
 
 
 def vae_psnr(vae: AutoencoderKL, size: int, count: int = 128, seed: int = EVALUATION_SEED) -> dict:

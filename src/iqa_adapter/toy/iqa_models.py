@@ -54,7 +54,7 @@ from ..loda.model import read_checkpoint_config
 from ..loda.synthetic import CLEAN_FAMILY, make_dataset
 from ..loda.train import STATE_FILE, TrainSettings, train
 from ..metrics.niqe import fit_niqe, save_niqe_params
-from .scenes import render_scene, scene_for
+from .scenes import render_scenes, scene_for
 
 IQA_DATA_SEED = 2000  # scenes of the IQA dataset (base model data: seed 0; base-model evaluations: 1000)
 NIQE_SEED = 3000  # clean scenes NIQE is fitted on
@@ -114,8 +114,7 @@ def _say(progress: bool, message: str) -> None:
 def render_clean_scenes(count: int, seed: int, size: int = TOY_SIZE, start: int = 0) -> torch.Tensor:
     """Scenes ``start .. start + count - 1`` of the toy world with ``seed``, rendered: (count, 3, size, size)
     float in [0, 1] (exactly the 8-bit rendering)."""
-    pixels = np.stack([render_scene(scene_for(seed, index), size) for index in range(start, start + count)])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    return render_scenes((scene_for(seed, index) for index in range(start, start + count)), size)
 
 
 # ---------------------------------------------------------------- dataset

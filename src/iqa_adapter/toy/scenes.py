@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -361,3 +363,9 @@ def render_scene(scene: Scene, size: int = 32) -> np.ndarray:
         coverage = object_coverage(item, size)[..., None]
         pixels = pixels * (1 - coverage) + rgb(item.colour) * coverage
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def render_scenes(scenes: Iterable[Scene], size: int = 32) -> torch.Tensor:
+    """The scenes rendered as float (N, 3, size, size) in [0, 1] (exactly the 8-bit rendering)."""
+    pixels = np.stack([render_scene(scene, size) for scene in scenes])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255

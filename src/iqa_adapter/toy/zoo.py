@@ -40,7 +40,7 @@ from ..io_utils import read_json
 from ..loda.evaluate import correlation_metrics
 from ..loda.synthetic import pseudo_mos
 from ..metrics.learned import CONFIG_FILE, LearnedModel, LearnedModelConfig, fit
-from .scenes import COLOURS, LANDSCAPE, Scene, background_tones, render_scene, scene_for
+from .scenes import COLOURS, LANDSCAPE, Scene, background_tones, render_scenes, scene_for
 
 CLEAN = "clean"
 CLASSES = (CLEAN, *FAMILIES)
@@ -186,8 +186,7 @@ def make_zoo_data(
     """Scenes ``start ..`` of ``seed``, rendered and passed through :func:`degrade`; image ``i`` depends only on
     ``(seed, i)``."""
     scenes = [scene_for(seed, index) for index in range(start, start + count)]
-    clean = torch.from_numpy(np.stack([render_scene(scene, size) for scene in scenes])).permute(0, 3, 1, 2).float()
-    clean = clean / 255
+    clean = render_scenes(scenes, size)
     images, family, level = degrade(clean, seed, clean_fraction, min_level)
     return ZooData(
         images,
