@@ -9,14 +9,20 @@ from ..toy.world import is_toy_world_model
 from ..validation import fraction, non_negative_int, non_negative_number, positive_int, positive_number, seed
 
 
-def cmd_train(args) -> None:
+def _set_up_runtime(args) -> None:
+    """Torch threads for the base model and its data loaders; loading bars hidden with ``--no-progress``."""
     from ..runtime import apply_threads, hide_loading_bars
-    from .config import TrainConfig, input_path, output_path
-    from .trainer import train
 
     apply_threads(args.threads, toy=is_toy_world_model(args.base), workers=args.workers)
     if args.no_progress:
         hide_loading_bars()
+
+
+def cmd_train(args) -> None:
+    from .config import TrainConfig, input_path, output_path
+    from .trainer import train
+
+    _set_up_runtime(args)
     config = TrainConfig(
         base=input_path(args.base),
         data=input_path(args.data),
@@ -69,13 +75,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from ..runtime import apply_threads, hide_loading_bars
     from .cache import precompute_cache
     from .config import input_path, output_path
 
-    apply_threads(args.threads, toy=is_toy_world_model(args.base), workers=args.workers)
-    if args.no_progress:
-        hide_loading_bars()
+    _set_up_runtime(args)
     cache_dir = precompute_cache(
         input_path(args.base),
         input_path(args.data),
