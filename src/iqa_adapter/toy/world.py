@@ -22,7 +22,7 @@ The package ships one (:func:`shipped_world`), the embedded default of ``iqa-ada
 ``iqa-adapter demo``. :func:`build_world` rebuilds one in any folder (its scratch data, about 1 GB, in a
 ``-work`` folder beside it), step by step:
 
-1. ``iqa-adapter toy make-data``: 20,000 captioned toy images at 32 px, 80 % degraded at random;
+1. ``iqa-adapter toy make-data``: 20,000 captioned toy images at 32 px, half of them degraded at random;
 2. ``iqa-adapter toy train-base``: the VAE, then the UNet and text encoder, on them;
 3. the toy IQA models (:mod:`iqa_adapter.toy.iqa_models`): a distortion dataset with a full-reference
    pseudo-MOS, the tiny LoDa trained on it, NIQE fitted on clean scenes;
