@@ -30,8 +30,12 @@ It is an ordinary diffusers ``StableDiffusionPipeline`` directory, loaded with
   works; AdamW, warm-up then cosine learning rate, an EMA of the weights (the EMA is what is saved).
   Shapes come last and with steps, not width: on clean single-object scenes a fresh UNet drew the caption's
   shape in 11, 20, 37, 52 % of the images after 1000 to 4000 steps with top attention (10, 18, 21, 35 %
-  without, in half the time), and a wider UNet did no better per step; hence 4000 steps with top attention,
-  on data with 70 % single-object scenes and 40 % clean images. A base of 9000 steps without top attention drew
+  without, in half the time), and a wider UNet did no better per step. So steps are made cheap: 2 attention heads
+  per layer (``attention_heads``; diffusers calls it ``attention_head_dim``): with 8, heads of 4 to 8 channels,
+  PyTorch's CPU attention was about half of a training step (0.49 s against 0.28 s on 2 threads, batch 32;
+  ``benchmarks/bench_toy_attention_heads.py``). The default, 7000 steps with top attention on data with 70 %
+  single-object scenes and half of the images clean, draws the caption's shape in 59 % of the images (world 4's
+  base, 8 heads, 4000 steps, 40 % clean: 18.5 %). A base of 9000 steps without top attention drew
   shapes in 35.5 % of the images, but an adapter trained on it moved CNNIQA by 0.2 points between the 1st and
   99th percentile targets (world 1's adapter on its top-attention base: 16 points);
 * **scheduler**: ``DDIMScheduler`` with DDPM's linear betas (1e-4 to 0.02), "trailing" timesteps and the
