@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--retrain",
         action="store_true",
-        help="first rebuild every toy model from scratch in OUT/world (about 90 minutes on 2 CPU cores)",
+        help="first rebuild every toy model from scratch in OUT/world (about 80 minutes on 2 CPU cores)",
     )
     demo.add_argument("--world", default=None, help="a toy world folder (default: the embedded one)")
     demo.add_argument(
