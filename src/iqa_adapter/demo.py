@@ -704,10 +704,11 @@ def demo_markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for family, values in transfer_by_family(transfer).items():
-        kept = values.get("round_trip_match")
         lines.append(
-            f"| {family} | {values['match']:.2f} | {'-' if kept is None else f'{kept:.2f}'} | "
-            + " | ".join("-" if values[key] is None else f"{values[key]:.2f}" for key in PAIRED_KEYS)
+            f"| {family} | {values['match']:.2f} | "
+            + " | ".join(
+                "-" if values[key] is None else f"{values[key]:.2f}" for key in ("round_trip_match", *PAIRED_KEYS)
+            )
             + f" | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
             f"| {values['reference_classified_as']} |"
         )
