@@ -23,15 +23,21 @@ import torch
 
 from iqa_adapter.toy.base_model import ToyBaseConfig, build_text_encoder, build_unet
 from iqa_adapter.toy.tokenizer import toy_tokenizer
+from iqa_adapter.validation import positive_int
+
+
+def head_counts(text: str) -> list[int]:
+    """``--heads``: comma-separated positive head counts."""
+    return [positive_int(value.strip()) for value in text.split(",")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--heads", default="8,2", help="comma-separated head counts to compare")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="steps timed per round and head count")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--heads", type=head_counts, default="8,2", help="comma-separated head counts to compare")
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=3, help="steps timed per round and head count")
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -43,7 +49,7 @@ def main() -> None:
     ids = torch.randint(0, len(tokenizer), (args.batch, tokenizer.model_max_length), generator=generator)
 
     models = {}
-    for heads in (int(value) for value in args.heads.split(",")):
+    for heads in args.heads:
         config = dataclasses.replace(base, attention_heads=heads)
         models[heads] = (build_unet(config), build_text_encoder(config, tokenizer))
 
