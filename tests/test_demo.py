@@ -79,6 +79,9 @@ def check_report(out, report: dict) -> None:
     assert set(report["caption_accuracy"]["p99"]) == {"colour", "shape", "position", "background"}
     transfer = report["reference_transfer"]
     assert 0 <= transfer["classifier_accuracy"] <= 1 and 0 <= transfer["mean_match"] <= 1
+    # the miniature's classifier learned from rendered scenes, scenes redrawn by the VAE and base samples
+    assert set(transfer["classifier_accuracy_by_part"]) == {"rendered", "round_trip", "generated"}
+    assert "redrawn by the VAE" in (out / "report.md").read_text()
     assert 0 <= transfer["mean_paired_match"] <= 1 and transfer["clean"]["paired_match"] is None
     assert 0 <= transfer["separability"]["linear_probe_accuracy"] <= 1
     assert {"clean", "gaussian_blur", "jpeg", "gaussian_noise"} <= set(transfer)

@@ -51,15 +51,30 @@ def test_a_zoo_model_trains_reports_and_loads_as_a_metric(tmp_path):
 
 
 def test_the_classifier_learns_distortion_families(tmp_path):
-    recipe = dataclasses.replace(RECIPES["classifier"], images=1500, epochs=4, generated_images=0)
+    recipe = dataclasses.replace(
+        RECIPES["classifier"], images=1500, epochs=4, generated_images=0, round_trip_fraction=0.0
+    )
     report = train_zoo_model("classifier", tmp_path / "classifier", recipe, progress=False)
     assert set(report["test"]["per_class"]) == set(CLASSES)
     assert report["test"]["accuracy"] > 3 / len(CLASSES)  # three times chance after a few seconds of training
 
 
-def test_the_classifier_can_also_learn_from_base_model_samples(tmp_path, sd_pipe):
-    recipe = dataclasses.replace(RECIPES["classifier"], images=60, epochs=1, generated_images=10)
+def test_the_classifier_can_also_learn_from_base_model_samples_and_vae_round_trips(tmp_path, sd_pipe, monkeypatch):
+    from iqa_adapter import pipelines
+
+    redrawn, real_round_trip = [], pipelines.vae_round_trip  # how many scenes went through the VAE
+
+    def round_trip(vae, images):
+        redrawn.append(len(images))
+        return real_round_trip(vae, images)
+
+    monkeypatch.setattr(pipelines, "vae_round_trip", round_trip)
+    recipe = dataclasses.replace(
+        RECIPES["classifier"], images=60, epochs=1, generated_images=10, round_trip_fraction=0.5
+    )
     report = train_zoo_model("classifier", tmp_path / "classifier", recipe, base_pipeline=sd_pipe, progress=False)
-    assert set(report["test"]["parts"]) == {"rendered", "generated"} and report["test"]["images"] == 12 + 2
-    with pytest.raises(ValueError, match="needs the base pipeline"):
-        train_zoo_model("classifier", tmp_path / "other", recipe, progress=False)
+    assert set(report["test"]["parts"]) == {"rendered", "round_trip", "generated"}
+    assert report["test"]["images"] == 12 + 2 and 10 <= redrawn[0] <= 50  # about half of the 60 scenes
+    for other in (recipe, dataclasses.replace(recipe, generated_images=0)):
+        with pytest.raises(ValueError, match="need the base pipeline"):
+            train_zoo_model("classifier", tmp_path / "other", other, progress=False)

@@ -320,6 +320,8 @@ def reference_transfer_experiment(
         "groups": FAMILY_GROUPS,
         "chance": 1 / len(labels),
         "classifier_accuracy": classifier.config.training["test"]["accuracy"],
+        # held-out accuracy on rendered scenes, on scenes redrawn by the base's VAE and on the base's samples
+        "classifier_accuracy_by_part": classifier.config.training["test"].get("parts", {}),
         "separability": {
             **reference_separability(encoder, settings.separability_images),
             "features": adapter.config.reference,
@@ -611,6 +613,16 @@ def demo_claims(report: dict) -> dict:
     )
 
 
+CLASSIFIER_PARTS = {"rendered": "rendered", "round_trip": "redrawn by the VAE", "generated": "base samples"}
+
+
+def _by_part(transfer: dict) -> str:
+    """``" (rendered 0.93, redrawn by the VAE 0.91, ...)"``: the classifier's accuracy on each held-out part."""
+    parts = transfer.get("classifier_accuracy_by_part", {})
+    named = [f"{CLASSIFIER_PARTS.get(part, part)} {value:.3f}" for part, value in parts.items()]
+    return f" ({', '.join(named)})" if named else ""
+
+
 def transfer_by_family(transfer: dict) -> dict[str, dict]:
     """The per-family entries of ``report["reference_transfer"]`` (``clean`` and every distortion family)."""
     return {family: transfer[family] for family in ["clean", *FAMILIES] if family in transfer}
@@ -686,7 +698,8 @@ def demo_markdown(report: dict) -> str:
         "",
         f'Reference: "{transfer["reference_caption"]}", degraded at level {transfer["reference_level"]}. '
         "Match: the share of generated images in which the zoo's distortion classifier (held-out accuracy "
-        f"{transfer['classifier_accuracy']:.3f} on degraded toy scenes, chance {transfer['chance']:.3f}) finds "
+        f"{transfer['classifier_accuracy']:.3f} on degraded toy scenes{_by_part(transfer)}, chance "
+        f"{transfer['chance']:.3f}) finds "
         f"the reference's family; mean over the {len(FAMILIES)} families: {transfer['mean_match']:.3f}. Paired match: "
         "the share in which the reference's family is the one whose evidence rose most against the image of the same "
         "prompt and seed made with the clean reference (the base model's own images read as some families; pairing "

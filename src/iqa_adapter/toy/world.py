@@ -263,13 +263,13 @@ def world_steps(root: Path, settings: WorldSettings, progress: bool = True) -> l
                 if key != "generated_images" or RECIPES[name].generated_images
             }
             recipe = dataclasses.replace(RECIPES[name], **overrides)
-            pipe = load_toy_pipeline(world.base) if recipe.generated_images else None
+            pipe = load_toy_pipeline(world.base) if recipe.reads_base_model else None
             train_zoo_model(name, world.zoo(name), recipe, base_pipeline=pipe, progress=progress)
 
         return run
 
     for name in ZOO_MODELS:
-        needs = ("base",) if RECIPES[name].generated_images else ()
+        needs = ("base",) if RECIPES[name].reads_base_model else ()
         steps.append(WorldStep(f"zoo_{name}", f"train_zoo_model {name} (iqa_adapter.toy.zoo)", zoo_model(name), needs))
 
     scores = work / "scores"
