@@ -27,7 +27,7 @@ The package ships one (:func:`shipped_world`), the embedded default of ``iqa-ada
 3. the toy IQA models (:mod:`iqa_adapter.toy.iqa_models`): a distortion dataset with a full-reference
    pseudo-MOS, the tiny LoDa trained on it, NIQE fitted on clean scenes;
 4. the zoo (:mod:`iqa_adapter.toy.zoo`): CNNIQA, the aesthetics model, the panel judge and the classifier, each
-   on scenes of its own (the classifier also on the base model's samples), one step each;
+   on scenes of its own (the classifier also on the base model's samples and on scenes redrawn by its VAE), one step each;
 5. ``iqa-adapter annotate --through-vae``: the training images, as the base model's VAE reproduces them, scored
    with ``loda``, ``niqe``, ``cnniqa`` and ``aesthetic`` (the toy VAE cannot draw pixel noise, so the scores of the
    images themselves teach the adapters to ask for noise that the decoder turns into blotches);
