@@ -272,10 +272,10 @@ def test_lane_order_plans_the_shortest_simulated_build(monkeypatch):
     assert work <= simulated_lane_seconds(planned, recorded) <= simulated_lane_seconds(chain_first, recorded)
 
 
-def test_vae_round_trip_keeps_brightness_and_contrast_but_smooths_noise_away():
-    """The shipped toy VAE reproduces a brightness or contrast change but smooths pixel noise away, so the classifier
-    finds noise in hardly any VAE round trip of a noisy scene (measured on world 3's classifier: 0.00 against 0.94
-    for brightness, on 2,400 scenes)."""
+def test_the_classifier_reads_vae_round_trips_of_noise_brightness_and_contrast():
+    """The shipped toy VAE draws pixel noise as coloured blotches; the shipped classifier, which learned from scenes
+    redrawn by that VAE, names the family of round trips of noisy scenes as of brightness and contrast changes
+    (world 5's classifier, which had not seen round trips, named the noise in none of them)."""
     from iqa_adapter.demo import _round_trip_match
     from iqa_adapter.metrics.learned import LearnedModel
     from iqa_adapter.toy.base_model import load_toy_pipeline
@@ -293,5 +293,4 @@ def test_vae_round_trip_keeps_brightness_and_contrast_but_smooths_noise_away():
     scenes = [scene_for(7, index, kind="single") for index in range(8)]
     kept = _round_trip_match(pipe, classify, scenes, 2, 32)
     assert set(kept) == set(FAMILIES)
-    assert kept["gaussian_noise"] <= 0.25 and kept["impulse_noise"] <= 0.25
-    assert kept["brightness"] >= 0.75 and kept["contrast"] >= 0.75
+    assert min(kept[family] for family in ("gaussian_noise", "impulse_noise", "brightness", "contrast")) >= 0.75

@@ -335,8 +335,7 @@ def reference_transfer_experiment(
 def _round_trip_match(pipe, classify, scenes: list[Scene], seeds: int, size: int) -> dict[str, float]:
     """Per family, the share of the prompts' own scenes, degraded at :data:`REFERENCE_LEVEL` and passed through the
     base model's VAE (encoded, decoded), that the classifier names that family: how much of each family survives the
-    VAE. Not a ceiling of the generated images: a generator's latents need not be ones the encoder makes (noise
-    references give noisy images, while a round trip smooths pixel noise away)."""
+    VAE. Not a ceiling of the generated images: a generator's latents need not be ones the encoder makes."""
     clean = render_scenes([scene for scene in scenes for _ in range(seeds)], size)
     generator = torch.Generator().manual_seed(REFERENCE_SEED + 2)
     kept = {}
