@@ -75,6 +75,9 @@ def test_the_classifier_can_also_learn_from_base_model_samples_and_vae_round_tri
     report = train_zoo_model("classifier", tmp_path / "classifier", recipe, base_pipeline=sd_pipe, progress=False)
     assert set(report["test"]["parts"]) == {"rendered", "round_trip", "generated"}
     assert report["test"]["images"] == 12 + 2 and 10 <= redrawn[0] <= 50  # about half of the 60 scenes
+    for fraction in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="round_trip_fraction must lie in"):
+            train_zoo_model("classifier", tmp_path / "other", dataclasses.replace(recipe, round_trip_fraction=fraction))
     for other in (recipe, dataclasses.replace(recipe, generated_images=0)):
         with pytest.raises(ValueError, match="need the base pipeline"):
             train_zoo_model("classifier", tmp_path / "other", other, progress=False)

@@ -255,6 +255,8 @@ def train_zoo_model(
     split 80/20 too, and the report gives the accuracy on each part: rendered, round trip, generated).
     A finished model with the same recipe is returned as it is; one made with another recipe is refused."""
     recipe = recipe or RECIPES[name]
+    if not 0 <= recipe.round_trip_fraction <= 1:  # also refuses NaN
+        raise ValueError(f"round_trip_fraction must lie in [0, 1], got {recipe.round_trip_fraction}")
     if recipe.reads_base_model and (base_pipeline is None or recipe.target != "family"):
         raise ValueError(
             "generated_images and round_trip_fraction need the base pipeline and the family target (the classifier)"
