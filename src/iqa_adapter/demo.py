@@ -53,7 +53,7 @@ from .evaluation.report import report_markdown
 from .generation import generate
 from .grid import image_grid
 from .guidance import IQAGuidance
-from .images import rgb_tensor
+from .images import rgb_tensor, to_8bit
 from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
 from .metrics.learned import LearnedModel
@@ -249,14 +249,7 @@ def reference_transfer_experiment(
     clean = render_scenes([reference_scene], size)
     generator = torch.Generator().manual_seed(REFERENCE_SEED)
 
-    @torch.no_grad()
-    def log_probabilities(pixels: torch.Tensor) -> torch.Tensor:
-        return classifier(pixels).log_softmax(dim=1)
-
-    def classify(pixels: torch.Tensor) -> list[str]:
-        return [labels[index] for index in log_probabilities(pixels).argmax(dim=1).tolist()]
-
-    round_trip_match = _round_trip_match(pipe, classify, scenes, settings.seeds, size)
+    round_trip_match = _round_trip_match(pipe, classifier, scenes, settings.seeds, size)
     family_columns = [labels.index(family) for family in FAMILIES]
     results: dict[str, dict] = {}
     clean_evidence = None  # the families' log-probabilities on the images made with the clean reference
@@ -277,7 +270,7 @@ def reference_transfer_experiment(
             guidance=settings.guidance,
             progress=progress,
         )
-        evidence = log_probabilities(_pixels([result.image for result in generated]))
+        evidence = family_log_probabilities(classifier, _pixels([result.image for result in generated]))
         predicted = [labels[index] for index in evidence.argmax(dim=1).tolist()]
         if family == CLEAN:
             clean_evidence = evidence[:, family_columns]
@@ -300,7 +293,7 @@ def reference_transfer_experiment(
                 np.mean([r.colour == scenes[i // settings.seeds].objects[0].colour for i, r in enumerate(readings)])
             ),
             "classified_as": {label: predicted.count(label) / len(predicted) for label in sorted(set(predicted))},
-            "reference_classified_as": classify(reference)[0],
+            "reference_classified_as": classify_families(classifier, reference)[0],
         }
         grid_images += [reference_image] + [result.image for result in generated[:: settings.seeds]]
         rows.append(family)
@@ -332,7 +325,19 @@ def reference_transfer_experiment(
     }
 
 
-def _round_trip_match(pipe, classify, scenes: list[Scene], seeds: int, size: int) -> dict[str, float]:
+@torch.no_grad()
+def family_log_probabilities(classifier: LearnedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """The distortion classifier's log-probabilities (N, classes) for images (N, 3, H, W) in [0, 1]."""
+    return classifier(pixels).log_softmax(dim=1)
+
+
+def classify_families(classifier: LearnedModel, pixels: torch.Tensor) -> list[str]:
+    """The class (a distortion family, or clean) the distortion classifier names for each image."""
+    labels = classifier.config.classes
+    return [labels[index] for index in family_log_probabilities(classifier, pixels).argmax(dim=1).tolist()]
+
+
+def _round_trip_match(pipe, classifier: LearnedModel, scenes: list[Scene], seeds: int, size: int) -> dict[str, float]:
     """Per family, the share of the prompts' own scenes, degraded at :data:`REFERENCE_LEVEL` and passed through the
     base model's VAE (encoded, decoded), that the classifier names that family: how much of each family survives the
     VAE. Not a ceiling of the generated images: a generator's latents need not be ones the encoder makes."""
@@ -340,9 +345,8 @@ def _round_trip_match(pipe, classify, scenes: list[Scene], seeds: int, size: int
     generator = torch.Generator().manual_seed(REFERENCE_SEED + 2)
     kept = {}
     for family in FAMILIES:
-        degraded = _pixels(_to_images(distort(clean, family, REFERENCE_LEVEL, generator)))
-        drawn = _pixels(_to_images(vae_round_trip(pipe.vae, degraded)))
-        kept[family] = float(np.mean([label == family for label in classify(drawn)]))
+        drawn = to_8bit(vae_round_trip(pipe.vae, to_8bit(distort(clean, family, REFERENCE_LEVEL, generator))))
+        kept[family] = float(np.mean([label == family for label in classify_families(classifier, drawn)]))
     return kept
 
 

@@ -135,6 +135,11 @@ def rgb_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(rgb_array(image)).permute(2, 0, 1).contiguous()
 
 
+def to_8bit(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` in [0, 1] as an 8-bit image stores them: clipped and rounded to multiples of 1/255 (still float)."""
+    return (pixels.clamp(0, 1) * 255).round() / 255
+
+
 def read_rgb(
     source: str | os.PathLike | bytes, *, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Image.Image:

@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..distortions import FAMILIES, distort
+from ..images import to_8bit
 from ..io_utils import atomic_write
 from ..metrics.full_reference import ms_ssim, ssim
 
@@ -66,10 +67,6 @@ def procedural_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
 def _save_png(path: Path, image: torch.Tensor) -> None:
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     atomic_write(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
-
-
-def _to_8bit(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round() / 255
 
 
 def pseudo_mos(distorted: torch.Tensor, clean: torch.Tensor, measure: str = "ssim") -> torch.Tensor:
@@ -117,7 +114,7 @@ def make_dataset(
     if levels < 1:
         raise ValueError("make_dataset needs at least one level")
     out_dir = Path(out_dir)
-    clean = _to_8bit(images.detach().cpu().float())
+    clean = to_8bit(images.detach().cpu().float())
     strengths = torch.arange(1, levels + 1, dtype=torch.float32) / levels
     rows = []
     for r, reference in enumerate(tqdm(clean, desc="IQA dataset", unit="ref", disable=not progress)):
@@ -137,7 +134,7 @@ def make_dataset(
         batch = reference[None].expand(levels, -1, -1, -1)
         for f, family in enumerate(families):
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence((seed, r, f)).generate_state(1)[0]))
-            distorted = _to_8bit(distort(batch, family, strengths, generator))
+            distorted = to_8bit(distort(batch, family, strengths, generator))
             mos = pseudo_mos(distorted, batch, measure)
             for k in range(levels):
                 name = f"distorted/ref_{r:03d}_{family}_{k + 1}.png"

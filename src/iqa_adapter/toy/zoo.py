@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..distortions import FAMILIES, distort
+from ..images import to_8bit
 from ..io_utils import read_json
 from ..loda.evaluate import correlation_metrics
 from ..loda.synthetic import pseudo_mos
@@ -188,7 +189,7 @@ def degrade(
         selected = torch.nonzero(family == index).flatten()
         if len(selected):
             images[selected] = distort(clean[selected], name, level[selected], generator)
-    return (images.clamp(0, 1) * 255).round() / 255, family, level  # 8-bit, as every image the models will see
+    return to_8bit(images), family, level  # 8-bit, as every image the models will see
 
 
 def make_zoo_data(
@@ -279,7 +280,7 @@ def train_zoo_model(
             recipe.round_trip_fraction
         )
         with torch.no_grad():
-            images[chosen] = (vae_round_trip(base_pipeline.vae, images[chosen]) * 255).round() / 255
+            images[chosen] = to_8bit(vae_round_trip(base_pipeline.vae, images[chosen]))
         parts = {"rendered": test_rows[~chosen[test_rows]], "round_trip": test_rows[chosen[test_rows]]}
     if recipe.generated_images:
         from .world import GUIDANCE_SCALE, SAMPLING_STEPS
