@@ -5,7 +5,18 @@ import pytest
 import torch
 from PIL import Image
 
-from iqa_adapter.images import ImageReadError, open_image, read_rgb, resized, rgb_array, rgb_tensor, to_rgb
+from iqa_adapter.images import (
+    ImageReadError,
+    open_image,
+    read_rgb,
+    resized,
+    rgb_array,
+    rgb_tensor,
+    to_8bit,
+    to_pil_images,
+    to_rgb,
+    to_uint8_arrays,
+)
 
 RAMP16 = np.linspace(0, 65535, 8 * 8).reshape(8, 8).astype(np.uint16)
 
@@ -78,3 +89,15 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     assert open_image(tmp_path / "a.png", max_pixels=None).size == (40, 30)
     assert open_image((tmp_path / "a.png").read_bytes()).size == (40, 30)
     assert torch.equal(rgb_tensor(open_image(tmp_path / "a.png")), torch.zeros(3, 30, 40))
+
+
+def test_tensor_images_go_back_to_the_same_8_bit_pixels():
+    """``to_pil_images`` inverts ``rgb_tensor`` exactly, clips out-of-range values, and ``to_8bit`` keeps the same
+    values as floats."""
+    array = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    tensor = rgb_tensor(Image.fromarray(array))
+    assert np.array_equal(np.asarray(to_pil_images(tensor[None])[0]), array)
+    assert torch.equal(to_8bit(tensor), tensor)
+    outside = torch.tensor([-0.3, 0.5, 1.7]).view(1, 3, 1, 1)
+    assert to_uint8_arrays(outside).tolist() == [[[[0, 128, 255]]]]
+    assert torch.equal(to_8bit(outside).flatten(), torch.tensor([0.0, 128 / 255, 1.0]))

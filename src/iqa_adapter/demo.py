@@ -53,7 +53,7 @@ from .evaluation.report import report_markdown
 from .generation import generate
 from .grid import image_grid
 from .guidance import IQAGuidance
-from .images import rgb_tensor, to_8bit
+from .images import rgb_tensor, to_8bit, to_pil_images
 from .io_utils import atomic_write, write_json
 from .metrics import QualityMetric, create_metric
 from .metrics.learned import LearnedModel
@@ -165,11 +165,6 @@ def _announce(step: str, progress: bool) -> None:
         print(f"demo: {step}", file=sys.stderr, flush=True)
 
 
-def _to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    arrays = (pixels.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().byte().numpy()
-    return [Image.fromarray(array) for array in arrays]
-
-
 def _save_grid(images: list[Image.Image], columns: int, path: Path, **labels) -> str:
     grid = image_grid(images, columns=columns, min_cell=96, **labels)
     atomic_write(path, lambda temporary: grid.save(temporary, format="PNG"))
@@ -257,7 +252,7 @@ def reference_transfer_experiment(
     for family in [CLEAN, *FAMILIES]:
         _announce(f"reference transfer: a {family} reference", progress)
         reference = clean if family == CLEAN else distort(clean, family, REFERENCE_LEVEL, generator)
-        reference_image = _to_images(reference)[0]
+        reference_image = to_pil_images(reference)[0]
         generated = generate(
             pipe,
             adapter,

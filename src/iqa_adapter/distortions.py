@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .images import to_uint8_arrays
+
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 MIN_SIZE = 8
 
@@ -141,7 +143,7 @@ def _jpeg(images: torch.Tensor, level: torch.Tensor, generator: torch.Generator 
     """A real JPEG round trip through PIL (4:2:0 chroma subsampling) at quality ``round(95 - 93 * level)``
     (95 just above level 0, 2 at level 1); the images are rounded to 8 bits first. Not differentiable."""
     best, worst = JPEG_QUALITY_RANGE
-    pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = to_uint8_arrays(images)
     decoded = []
     for array, value in zip(pixels, level.tolist()):
         buffer = io.BytesIO()

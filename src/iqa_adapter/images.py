@@ -135,6 +135,17 @@ def rgb_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(rgb_array(image)).permute(2, 0, 1).contiguous()
 
 
+def to_uint8_arrays(pixels: torch.Tensor) -> np.ndarray:
+    """Images (N, 3, H, W) in [0, 1] as uint8 arrays (N, H, W, 3): clipped and rounded, as PIL stores them."""
+    pixels = pixels.detach().cpu().to(torch.promote_types(pixels.dtype, torch.float32))  # half precision rounds badly
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def to_pil_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """Images (N, 3, H, W) in [0, 1] as 8-bit RGB PIL images (see :func:`to_uint8_arrays`)."""
+    return [Image.fromarray(np.ascontiguousarray(array)) for array in to_uint8_arrays(pixels)]
+
+
 def to_8bit(pixels: torch.Tensor) -> torch.Tensor:
     """``pixels`` in [0, 1] as an 8-bit image stores them: clipped and rounded to multiples of 1/255 (still float)."""
     return (pixels.clamp(0, 1) * 255).round() / 255

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..distortions import distort
 from ..evaluation.preference import PairVotes, bootstrap_bradley_terry, bradley_terry, win_rates
-from ..images import open_image, rgb_tensor
+from ..images import open_image, rgb_tensor, to_pil_images
 from ..io_utils import atomic_write
 from ..validation import check_int
 from .store import StudyError, StudySettings, StudyStore
@@ -146,9 +145,8 @@ def degraded_copy(path: Path, seed: int = 0) -> bytes:
     image = rgb_tensor(open_image(path))[None]
     generator = torch.Generator().manual_seed(seed)
     image = distort(distort(image, "downsample", 1.0), "gaussian_noise", 0.6, generator=generator)
-    array = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    to_pil_images(image)[0].save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from ..hub import error_first_line, loading_options, not_found_message
-from ..images import to_rgb
+from ..images import to_pil_images, to_rgb
 from ..validation import check_int, check_number
 
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
@@ -399,7 +399,7 @@ def _tensor_image(image: torch.Tensor) -> Image.Image:
             f"image values must lie in [0, 1], got [{image.min():.3g}, {image.max():.3g}]; "
             "map [-1, 1] images with (x + 1) / 2"
         )
-    return Image.fromarray((image.detach().float().cpu() * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    return to_pil_images(image[None])[0]
 
 
 class GenEvalScorer:

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..distortions import FAMILIES, distort
-from ..images import to_8bit
+from ..images import to_8bit, to_pil_images
 from ..io_utils import atomic_write
 from ..metrics.full_reference import ms_ssim, ssim
 
@@ -65,8 +64,7 @@ def procedural_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def _save_png(path: Path, image: torch.Tensor) -> None:
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    atomic_write(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
+    atomic_write(path, lambda temporary: to_pil_images(image[None])[0].save(temporary, format="PNG"))
 
 
 def pseudo_mos(distorted: torch.Tensor, clean: torch.Tensor, measure: str = "ssim") -> torch.Tensor:

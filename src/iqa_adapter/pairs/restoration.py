@@ -18,13 +18,11 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from ..distortions import FAMILIES, distort, random_distortions
-from ..images import open_image, rgb_tensor
+from ..images import open_image, rgb_tensor, to_pil_images
 from ..io_utils import atomic_write
 from ..metrics.full_reference import ssim
 from ..toy.evaluation import psnr, rendered_scenes
@@ -165,11 +163,6 @@ def evaluate_network(net: RestorationNet, tests: dict[str, tuple[torch.Tensor, t
     return {"psnr": float(torch.cat(all_psnr).mean()), "ssim": float(torch.cat(all_ssim).mean()), "families": families}
 
 
-def _as_images(pixels: torch.Tensor) -> list[Image.Image]:
-    arrays = (pixels.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(np.ascontiguousarray(array)) for array in arrays]
-
-
 def save_figure(
     path: Path, networks: dict[str, RestorationNet], tests: dict[str, tuple[torch.Tensor, torch.Tensor]]
 ) -> None:
@@ -180,7 +173,7 @@ def save_figure(
     cells = []
     for degraded, clean in tests.values():
         restored = [restore(net, degraded[:1]) for net in networks.values()]
-        cells += _as_images(torch.cat([degraded[:1], *restored, clean[:1]]))
+        cells += to_pil_images(torch.cat([degraded[:1], *restored, clean[:1]]))
     columns = ["degraded input", *(f"net of {arm}" for arm in networks), "clean"]
     grid = image_grid(cells, columns=len(columns), row_labels=list(tests), column_labels=columns, min_cell=128)
     atomic_write(path, lambda temporary: grid.save(temporary, format="PNG"))

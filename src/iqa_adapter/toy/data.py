@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..datasets import load_image, open_dataset
 from ..distortions import FAMILIES, random_distortions
+from ..images import to_uint8_arrays
 from ..io_utils import atomic_write, write_json
 from .scenes import LANDSCAPE, Scene, render_scene, scene_for
 
@@ -69,7 +70,7 @@ def toy_sample(
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
         degraded, names, levels = random_distortions(image, generator, families, clean_fraction)
         family, level = names[0], float(levels[0])
-        pixels = (degraded[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        pixels = to_uint8_arrays(degraded)[0]
     key = f"{index:09d}"
     record = dict(
         key=key,

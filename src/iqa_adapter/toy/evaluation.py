@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 
 from ..distortions import FAMILIES, distort, random_distortions
 from ..grid import image_grid
+from ..images import to_uint8_arrays
 from ..pipelines import vae_round_trip
 from .caption_check import caption_following
 from .data import TRAINING_CLEAN_FRACTION
@@ -39,12 +40,6 @@ GRID_PROMPTS = (
     "a yellow sun on the right above green hills under a blue sky",
     "a small cyan diamond on the left and a large red circle on the right on a plain black background",
 )
-
-
-def to_arrays(images: torch.Tensor) -> list[np.ndarray]:
-    """Float images (N, 3, H, W) in [0, 1] -> uint8 (H, W, 3) arrays."""
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return list(pixels)
 
 
 def psnr(reference: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -128,8 +123,8 @@ def caption_following_report(
     generated = generate(pipe, [scene.caption for scene in scenes], list(range(count)), steps, guidance)
     return dict(
         generated=caption_following(generated, scenes),
-        ceiling_clean=caption_following(to_arrays(clean), scenes),
-        ceiling_training_mix=caption_following(to_arrays(degraded), scenes),
+        ceiling_clean=caption_following(list(to_uint8_arrays(clean)), scenes),
+        ceiling_training_mix=caption_following(list(to_uint8_arrays(degraded)), scenes),
         steps=steps,
         guidance=guidance,
     )
