@@ -91,6 +91,9 @@ def check_report(out, report: dict) -> None:
             assert values["paired_match"] <= values["paired_group_match"] <= 1
             assert 0 <= values["round_trip_match"] <= 1
     assert transfer["clean"]["round_trip_match"] is None
+    assert transfer["clean"]["sharpness_ratio"] == transfer["clean"]["reference_sharpness_ratio"] == 1
+    assert all(values["sharpness_ratio"] > 0 for values in transfer_by_family(transfer).values())
+    assert "sharpness ratio" in (out / "report.md").read_text()
     assert transfer["mean_round_trip_match"] == pytest.approx(
         sum(transfer[family]["round_trip_match"] for family in FAMILIES) / len(FAMILIES)
     )
@@ -288,3 +291,38 @@ def test_the_classifier_reads_vae_round_trips_of_noise_brightness_and_contrast()
     kept = _round_trip_match(pipe, classifier, scenes, 2, 32)
     assert set(kept) == set(FAMILIES)
     assert min(kept[family] for family in ("gaussian_noise", "impulse_noise", "brightness", "contrast")) >= 0.75
+
+
+def test_the_shipped_reference_adapter_moves_detail_the_way_of_its_reference():
+    """Read without the classifier: with a Gaussian-blur reference the shipped reference adapter draws less detail
+    than with the clean reference (world 6, the demo's 32 images: sharpness ratio about half), with a Gaussian-noise
+    reference more; both references are far stronger than what the adapter draws."""
+    from iqa_adapter.adapter import IQAAdapter
+    from iqa_adapter.demo import REFERENCE_LEVEL, demo_scenes
+    from iqa_adapter.distortions import distort
+    from iqa_adapter.generation import generate
+    from iqa_adapter.images import rgb_tensor, to_pil_images
+    from iqa_adapter.metrics import create_metric
+    from iqa_adapter.toy.base_model import load_toy_pipeline
+    from iqa_adapter.toy.scenes import render_scenes, scene_for
+
+    torch.manual_seed(0)
+    world = shipped_world()
+    pipe = load_toy_pipeline(world.base)
+    adapter = IQAAdapter.from_pretrained(world.reference_adapter)
+    sharpness = create_metric("sharpness")
+    prompts = [scene.caption for scene in demo_scenes(4)]
+    clean = render_scenes([scene_for(11, 0, kind="single")], 32)
+    generator = torch.Generator().manual_seed(0)
+
+    def images_sharpness(reference: torch.Tensor) -> float:
+        made = generate(
+            pipe, adapter, prompts, references=to_pil_images(reference), seed=0, num_images=2, steps=20, progress=False
+        )
+        return float(sharpness(torch.stack([rgb_tensor(result.image) for result in made])).mean())
+
+    with torch.no_grad():
+        plain = images_sharpness(clean)
+        blurred = images_sharpness(distort(clean, "gaussian_blur", REFERENCE_LEVEL, generator))
+        noisy = images_sharpness(distort(clean, "gaussian_noise", REFERENCE_LEVEL, generator))
+    assert blurred < 0.8 * plain and noisy > 1.5 * plain, (blurred / plain, noisy / plain)

@@ -245,6 +245,9 @@ def reference_transfer_experiment(
     generator = torch.Generator().manual_seed(REFERENCE_SEED)
 
     round_trip_match = _round_trip_match(pipe, classifier, scenes, settings.seeds, size)
+    sharpness = create_metric("sharpness").eval()  # reads detail without the classifier
+    clean_reference_sharpness = float(sharpness(clean)[0])
+    clean_images_sharpness = None  # of the images made with the clean reference
     family_columns = [labels.index(family) for family in FAMILIES]
     results: dict[str, dict] = {}
     clean_evidence = None  # the families' log-probabilities on the images made with the clean reference
@@ -265,10 +268,13 @@ def reference_transfer_experiment(
             guidance=settings.guidance,
             progress=progress,
         )
-        evidence = family_log_probabilities(classifier, _pixels([result.image for result in generated]))
+        pixels = _pixels([result.image for result in generated])
+        evidence = family_log_probabilities(classifier, pixels)
+        with torch.no_grad():
+            images_sharpness = float(sharpness(pixels).mean())
         predicted = [labels[index] for index in evidence.argmax(dim=1).tolist()]
         if family == CLEAN:
-            clean_evidence = evidence[:, family_columns]
+            clean_evidence, clean_images_sharpness = evidence[:, family_columns], images_sharpness
             paired = paired_group = None
         else:  # the family whose evidence rose most against the same prompt and seed with the clean reference
             rises = [FAMILIES[index] for index in (evidence[:, family_columns] - clean_evidence).argmax(dim=1).tolist()]
@@ -289,6 +295,8 @@ def reference_transfer_experiment(
             ),
             "classified_as": {label: predicted.count(label) / len(predicted) for label in sorted(set(predicted))},
             "reference_classified_as": classify_families(classifier, reference)[0],
+            "sharpness_ratio": images_sharpness / clean_images_sharpness,
+            "reference_sharpness_ratio": float(sharpness(reference)[0]) / clean_reference_sharpness,
         }
         grid_images += [reference_image] + [result.image for result in generated[:: settings.seeds]]
         rows.append(family)
@@ -708,11 +716,13 @@ def demo_markdown(report: dict) -> str:
         "share of the prompts' scenes with the reference's distortion, encoded and decoded by the base model's VAE, "
         "that the classifier reads as that family (how much of the family survives the VAE); mean "
         f"{transfer['mean_round_trip_match']:.3f}. Content leak: the share in which the object takes the reference's "
-        "colour instead of the prompt's.",
+        "colour instead of the prompt's. Sharpness ratio, read without the classifier: the images' mean sharpness "
+        "(energy of the Laplacian) against that of the images made with the clean reference, beside the reference's "
+        "own against the clean reference's (whether the adapter moves detail the reference's way, and how far).",
         "",
         "| reference | match | VAE round trip | paired match | group match | content leak | prompt colour kept "
-        "| reference classified as |",
-        "|---|---|---|---|---|---|---|---|",
+        "| reference classified as | sharpness ratio | reference's sharpness ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for family, values in transfer_by_family(transfer).items():
         lines.append(
@@ -721,7 +731,8 @@ def demo_markdown(report: dict) -> str:
                 "-" if values[key] is None else f"{values[key]:.2f}" for key in ("round_trip_match", *PAIRED_KEYS)
             )
             + f" | {values['content_leak']:.2f} | {values['prompt_colour']:.2f} "
-            f"| {values['reference_classified_as']} |"
+            f"| {values['reference_classified_as']} | {values['sharpness_ratio']:.2f} "
+            f"| {values['reference_sharpness_ratio']:.2f} |"
         )
     if "restoration" in report:
         lines += _restoration_markdown(report["pairs"], report["restoration"])
