@@ -24,12 +24,8 @@ import http.client
 import json
 import os
 import random
-import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,53 +37,10 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from iqa_adapter.app.process import AppProcess
+
 STUDY = "bench"
 CHOICES = ("left", "right", "same")
-
-
-class Server:
-    """``iqa-adapter app --database DB --no-generate --port P`` in a subprocess: ``start()`` waits until it answers,
-    ``kill()`` sends SIGKILL (a crash: no shutdown handler runs), ``stop()`` terminates it."""
-
-    def __init__(self, database: Path, port: int, log: Path) -> None:
-        self.database, self.port, self.log = database, port, log
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120) -> float:
-        """Seconds until the server answered."""
-        started = time.monotonic()
-        with open(self.log, "a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "iqa_adapter", "app", "--database", str(self.database), "--no-generate",
-                 "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the app exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/")
-                connection.getresponse().read()
-                connection.close()
-                return time.monotonic() - started
-            except (OSError, http.client.HTTPException):
-                time.sleep(0.05)
-        self.stop()
-        raise SystemExit(f"the app did not answer within {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class Run:
@@ -189,12 +142,6 @@ def write_images(root: Path, conditions: list[str], keys: int, size: int) -> Pat
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
@@ -270,8 +217,8 @@ def main() -> None:
         total = min(args.pairs, counts["pairs"]) + min(args.checks, counts["attention_pairs"])
         expected = args.participants * total
 
-        server = Server(database, free_port(), root / "app.log")
-        start_s = server.start()
+        server = AppProcess(["--database", str(database), "--no-generate"], log=root / "app.log")
+        start_s = server.start().start_seconds
         run = Run(expected, args.kill_at)
         people = [
             Participant(server.port, f"participant-{index}", run, args.images, args.think)
@@ -288,7 +235,7 @@ def main() -> None:
                             break
                     run.killed_at = time.monotonic()
                     server.kill()
-                    restart_s = server.start()
+                    restart_s = server.start().start_seconds
                 for future in futures:
                     future.result()
             elapsed = time.monotonic() - started

@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import string
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from iqa_adapter import IQAAdapter, MetricStats
+from iqa_adapter.app.process import free_port
 from iqa_adapter.architectures import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 
@@ -172,12 +172,6 @@ def tiny_models(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- several processes
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch_two_cpu_processes(arguments: list[str], **options) -> subprocess.CompletedProcess:

@@ -227,3 +227,36 @@ def test_results_links_are_url_encoded_and_html_escaped():
     assert 'href="/study/a%20b%26c%3C/votes.csv?token=t%26k+n"' in page
     assert 'src="/study/a%20b%26c%3C/figures/win_rates.png?token=t%26k+n"' in page
     assert "Results of the study a b&amp;c&lt;" in page and "<c<" not in page
+
+
+def test_an_app_that_cannot_start_is_reported_with_its_error(tmp_path):
+    """AppProcess (what notebooks, these tests and the study benchmark start the app with) raises with the app's
+    own message when the app exits, instead of waiting for an answer that never comes; the log keeps it too."""
+    from iqa_adapter.app.process import AppProcess
+
+    app = AppProcess(["--adapter", "toy:nonexistent"], cwd=tmp_path)
+    with pytest.raises(RuntimeError, match="the app exited with 2") as error:
+        app.start(timeout=120)
+    assert "the toy world has no adapter 'nonexistent'" in str(error.value)
+    assert app.log.parent == tmp_path and "no adapter 'nonexistent'" in app.log.read_text()
+
+
+def test_the_app_process_restarts_on_its_port_and_stops(tmp_path):
+    from app_fixtures import condition_folders
+    from iqa_adapter.app.process import AppProcess
+    from iqa_adapter.app.store import StudySettings, StudyStore
+    from iqa_adapter.app.study import create_study
+
+    database = str(tmp_path / "study.sqlite")
+    root = condition_folders(tmp_path / "eval", ["base", "toy/p99"], 2)
+    create_study(StudyStore(database), "s", root, StudySettings(conditions=("base", "toy/p99")), attention_pairs=1)
+    with AppProcess(["--no-generate", "--database", database], cwd=tmp_path) as app:
+        assert app.start_seconds is not None and app.start_seconds > 0
+        port = app.port
+        app.kill()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(app.url + "/", timeout=5)
+        app.start()
+        assert app.port == port
+        assert urllib.request.urlopen(app.url + "/", timeout=5).status == 200
+    assert app.process.poll() is not None

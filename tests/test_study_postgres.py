@@ -20,7 +20,7 @@ pytest.importorskip("sqlalchemy", reason="the study needs the app extra: pip ins
 pytest.importorskip("psycopg", reason="PostgreSQL needs a driver: pip install 'psycopg[binary]'")
 
 from app_fixtures import condition_folders  # noqa: E402
-from conftest import free_port  # noqa: E402
+from iqa_adapter.app.process import free_port  # noqa: E402
 from iqa_adapter.app.store import StudySettings, StudyStore  # noqa: E402
 from iqa_adapter.app.study import create_study, study_report  # noqa: E402
 
