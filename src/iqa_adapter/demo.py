@@ -270,8 +270,7 @@ def reference_transfer_experiment(
         )
         pixels = _pixels([result.image for result in generated])
         evidence = family_log_probabilities(classifier, pixels)
-        with torch.no_grad():
-            images_sharpness = float(sharpness(pixels).mean())
+        images_sharpness = float(sharpness(pixels).mean())
         predicted = [labels[index] for index in evidence.argmax(dim=1).tolist()]
         if family == CLEAN:
             clean_evidence, clean_images_sharpness = evidence[:, family_columns], images_sharpness
