@@ -252,6 +252,8 @@ def test_the_app_process_restarts_on_its_port_and_stops(tmp_path):
     create_study(StudyStore(database), "s", root, StudySettings(conditions=("base", "toy/p99")), attention_pairs=1)
     with AppProcess(["--no-generate", "--database", database], cwd=tmp_path) as app:
         assert app.start_seconds is not None and app.start_seconds > 0
+        with pytest.raises(RuntimeError, match="already running at .*stop\\(\\) it first"):
+            app.start()
         port = app.port
         app.kill()
         with pytest.raises(OSError):

@@ -35,7 +35,8 @@ class AppProcess:
 
     ``start()`` returns once the app answers ``GET /`` (``start_seconds`` says how long that took) and raises,
     with the log's end, if it exits or does not answer in time; ``kill()`` sends SIGKILL (a crash: no shutdown
-    handler runs); ``stop()`` terminates it, killing it after 10 s. ``start()`` again restarts it on the same port.
+    handler runs); ``stop()`` terminates it, killing it after 10 s. ``start()`` again, once it has stopped or been
+    killed, restarts it on the same port; while it runs, ``start()`` raises instead of starting a second one.
     """
 
     def __init__(
@@ -55,6 +56,8 @@ class AppProcess:
         self.start_seconds: float | None = None
 
     def start(self, timeout: float = 120) -> AppProcess:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"the app is already running at {self.url} (pid {self.process.pid}); stop() it first")
         started = time.monotonic()
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(
