@@ -101,3 +101,14 @@ def test_tensor_images_go_back_to_the_same_8_bit_pixels():
     outside = torch.tensor([-0.3, 0.5, 1.7]).view(1, 3, 1, 1)
     assert to_uint8_arrays(outside).tolist() == [[[[0, 128, 255]]]]
     assert torch.equal(to_8bit(outside).flatten(), torch.tensor([0.0, 128 / 255, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_pixels_round_to_the_levels_8_bit_files_get(dtype):
+    """Half precision rounds ``pixels * 255`` before ``round()`` would (a few percent of values land one level off);
+    ``to_8bit`` rounds in float32 and keeps the dtype, so it agrees with ``to_uint8_arrays`` level for level."""
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    rounded = to_8bit(pixels)
+    assert rounded.dtype == dtype
+    levels = (rounded.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(levels, to_uint8_arrays(pixels))

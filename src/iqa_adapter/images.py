@@ -147,8 +147,10 @@ def to_pil_images(pixels: torch.Tensor) -> list[Image.Image]:
 
 
 def to_8bit(pixels: torch.Tensor) -> torch.Tensor:
-    """``pixels`` in [0, 1] as an 8-bit image stores them: clipped and rounded to multiples of 1/255 (still float)."""
-    return (pixels.clamp(0, 1) * 255).round() / 255
+    """``pixels`` in [0, 1] as an 8-bit image stores them: clipped and rounded to multiples of 1/255 (still float,
+    in the input's dtype; rounded in at least float32, the levels :func:`to_uint8_arrays` gives)."""
+    wide = pixels.to(torch.promote_types(pixels.dtype, torch.float32))
+    return ((wide.clamp(0, 1) * 255).round() / 255).to(pixels.dtype)
 
 
 def read_rgb(
