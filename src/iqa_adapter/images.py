@@ -137,8 +137,7 @@ def rgb_tensor(image: Image.Image) -> torch.Tensor:
 
 def to_uint8_arrays(pixels: torch.Tensor) -> np.ndarray:
     """Images (N, 3, H, W) in [0, 1] as uint8 arrays (N, H, W, 3): clipped and rounded, as PIL stores them."""
-    pixels = pixels.detach().cpu().to(torch.promote_types(pixels.dtype, torch.float32))  # half precision rounds badly
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return _8bit_levels(pixels.detach().cpu()).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def to_pil_images(pixels: torch.Tensor) -> list[Image.Image]:
@@ -148,9 +147,15 @@ def to_pil_images(pixels: torch.Tensor) -> list[Image.Image]:
 
 def to_8bit(pixels: torch.Tensor) -> torch.Tensor:
     """``pixels`` in [0, 1] as an 8-bit image stores them: clipped and rounded to multiples of 1/255 (still float,
-    in the input's dtype; rounded in at least float32, the levels :func:`to_uint8_arrays` gives)."""
+    in the input's dtype; the levels :func:`to_uint8_arrays` gives)."""
+    return (_8bit_levels(pixels) / 255).to(pixels.dtype)
+
+
+def _8bit_levels(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels`` in [0, 1] clipped and rounded to the levels 0-255, in at least float32 (half precision would round
+    ``pixels * 255`` before ``round()`` does, a level off for a few percent of values)."""
     wide = pixels.to(torch.promote_types(pixels.dtype, torch.float32))
-    return ((wide.clamp(0, 1) * 255).round() / 255).to(pixels.dtype)
+    return (wide.clamp(0, 1) * 255).round()
 
 
 def read_rgb(
