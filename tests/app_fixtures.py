@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from iqa_adapter.app.process import AppProcess, free_port
+from iqa_adapter.app.process import AppProcess
 
 
 class AppServer(AppProcess):
     """The app for the tests: its log in ``cwd``, and JSON ``get`` / ``post`` helpers."""
 
     def __init__(self, arguments: list[str], cwd: Path, port: int | None = None) -> None:
-        port = port or free_port()
-        super().__init__(arguments, port=port, cwd=cwd, log=cwd / f"app_{port}.log")
+        super().__init__(arguments, port=port, cwd=cwd)
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
